@@ -1,0 +1,306 @@
+"""Load and validate MNIST-shaped data: the Keras cache or download, IDX directories, ``.npz``.
+
+Images come back as uint8 arrays of shape (N, 28, 28), white digit on black, labels as
+uint8 (N,). Scaling to [0, 1] happens in :func:`normalize`, the one place that defines
+the model's input normalization.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import sys
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MnistTfliteError, fail
+
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# Input normalization shared by training, conversion metadata and every inference path.
+PIXEL_SCALE = 1.0 / 255.0
+IMAGE_SHAPE = (28, 28)
+DOWNLOAD_TIMEOUT_S = 8.0
+FULL_SET_HINT = (
+    "for the full 60,000-image training set run once with internet "
+    "(Keras caches it in ~/.keras/datasets/mnist.npz) or pass --data DIR|FILE.npz"
+)
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test split of a 10-class, 28x28 grayscale data set."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+    name: str = "mnist"
+    class_names: tuple[str, ...] = MNIST_CLASSES
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "train_images": int(len(self.x_train)),
+            "test_images": int(len(self.x_test)),
+            "class_names": list(self.class_names),
+        }
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], the model's input."""
+    x = np.asarray(images, dtype=np.float32) * np.float32(PIXEL_SCALE)
+    return x.reshape((-1, *IMAGE_SHAPE, 1))
+
+
+# --- IDX --------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or not), checking magic, dimensions and length.
+
+    Example:
+        >>> labels = read_idx("t10k-labels-idx1-ubyte.gz")
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise fail(path, "no such file") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise fail(path, f"cannot read gzip data ({exc})") from None
+    if len(raw) < 4:
+        raise fail(path, f"not an IDX file: {len(raw)} bytes, expected a 4-byte magic number")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
+        raise fail(
+            path, f"not an IDX file: magic {raw[:4].hex()}, expected 0000<type><ndim> e.g. 00000803"
+        )
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise fail(path, f"truncated IDX header: {len(raw)} bytes, expected {header}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "trailing bytes in"
+        raise fail(
+            path,
+            f"{problem} IDX data: {len(raw)} bytes, expected {expected} for dimensions {dims}",
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(directory: Path, split: str, kind: str) -> Path:
+    ndim = 3 if kind == "images" else 1
+    candidates = sorted(
+        p
+        for p in directory.iterdir()
+        if p.name.startswith(split)
+        and p.name.replace(".", "-").split("-idx")[0].endswith(kind)
+        and f"idx{ndim}-ubyte" in p.name.replace(".", "-")
+    )
+    if not candidates:
+        raise fail(
+            directory,
+            f"no {split} {kind} file, expected e.g. {split}-{kind}-idx{ndim}-ubyte[.gz]",
+        )
+    return candidates[0]
+
+
+def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
+    """Load ``train-*`` and ``t10k-*`` IDX image and label files from one directory."""
+    directory = Path(directory)
+    splits = {}
+    for split in ("train", "t10k"):
+        images_path = _find_idx(directory, split, "images")
+        labels_path = _find_idx(directory, split, "labels")
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        _check_pair(images_path, labels_path, images, labels)
+        splits[split] = (images, labels)
+    fashion = "fashion" in str(directory.resolve()).lower()
+    return Dataset(
+        *splits["train"],
+        *splits["t10k"],
+        source=f"IDX files in {directory}",
+        name="fashion-mnist" if fashion else "mnist",
+        class_names=FASHION_CLASSES if fashion else MNIST_CLASSES,
+    )
+
+
+def _check_pair(images_path: Path, labels_path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
+        raise fail(
+            images_path,
+            f"expected uint8 images of shape (N, 28, 28), received: shape={images.shape} "
+            f"dtype={images.dtype}",
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise fail(labels_path, f"expected integer labels of shape (N,), received: shape={labels.shape}")
+    if len(images) != len(labels):
+        raise fail(
+            labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise fail(labels_path, f"labels out of range: found {labels.min()}..{labels.max()}, expected 0..9")
+
+
+# --- npz ---------------------------------------------------------------------------------
+
+
+def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
+    """Load an ``.npz`` with ``x_train, y_train, x_test, y_test`` (the Keras mnist.npz layout)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+            if missing:
+                raise fail(
+                    path, f"missing arrays {sorted(missing)}; found {sorted(npz.files)}, "
+                    "expected x_train, y_train, x_test, y_test",
+                )
+            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except MnistTfliteError:
+        raise
+    except FileNotFoundError:
+        raise fail(path, "no such file") from None
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        raise fail(path, f"not a readable .npz archive ({exc})") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+            raise fail(
+                path,
+                f"x_{split}: expected uint8 of shape (N, 28, 28), received: "
+                f"shape={x.shape} dtype={x.dtype}",
+            )
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+            raise fail(
+                path,
+                f"y_{split}: expected {len(x)} integer labels, received: shape={y.shape} dtype={y.dtype}",
+            )
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise fail(path, f"y_{split}: labels out of range {y.min()}..{y.max()}, expected 0..9")
+    return Dataset(
+        arrays["x_train"], arrays["y_train"].astype(np.uint8),
+        arrays["x_test"], arrays["y_test"].astype(np.uint8),
+        source=f"npz file {path}", name=name,
+    )  # fmt: skip
+
+
+# --- auto: Keras cache, Keras download, embedded sample ---------------------------------
+
+
+def keras_cache_path() -> Path:
+    """Where ``keras.datasets.mnist.load_data()`` keeps mnist.npz (honours KERAS_HOME)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "datasets" / "mnist.npz"
+
+
+def embedded_dir() -> Path:
+    """The real MNIST sample shipped in the package (5k train, official 10k test)."""
+    return Path(str(resources.files("mnist_tflite") / "_data" / "mnist"))
+
+
+def _try_keras_download(timeout_s: float) -> Path | None:
+    """Let Keras download mnist.npz into its cache; give up quickly when offline."""
+    try:
+        import keras  # noqa: F401  (training extra; absent on an inference-only install)
+    except ImportError:
+        return None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        import keras
+
+        keras.datasets.mnist.load_data()
+    except Exception:  # offline, DNS failure, timeout, bad hash: all mean "not available"
+        return None
+    finally:
+        socket.setdefaulttimeout(old)
+    path = keras_cache_path()
+    return path if path.exists() else None
+
+
+def load_embedded() -> Dataset:
+    d = load_idx_dir(embedded_dir())
+    return Dataset(
+        d.x_train, d.y_train, d.x_test, d.y_test,
+        source="embedded real MNIST sample: 5,000 official training digits + the official "
+        "10,000-image test set (LeCun, Cortes, Burges; CC BY-SA 3.0)",
+    )  # fmt: skip
+
+
+def load(spec: str = "auto", *, download: bool = True, log=print) -> Dataset:
+    """Load a data set from ``auto``, ``embedded``, a directory of IDX files or an ``.npz``.
+
+    Args:
+        spec: ``auto`` (Keras cache, then a short Keras download, then the embedded sample),
+            ``embedded``, ``keras``, a directory or a ``.npz`` path.
+        download: allow the Keras download attempt in ``auto``.
+        log: where the one-line notice about the embedded sample goes.
+
+    Returns:
+        A validated :class:`Dataset`.
+
+    Example:
+        >>> ds = load("/usr/share/datasets/fashion-mnist")
+    """
+    if spec in ("auto", "keras"):
+        cache = keras_cache_path()
+        if not cache.exists() and download:
+            _try_keras_download(DOWNLOAD_TIMEOUT_S)
+        if cache.exists():
+            ds = load_npz(cache)
+            return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                           source=f"Keras MNIST cache {cache}")  # fmt: skip
+        if spec == "keras":
+            raise fail(cache, f"no Keras MNIST cache and the download failed; {FULL_SET_HINT}")
+        log(f"Using the embedded MNIST sample (5,000 training digits); {FULL_SET_HINT}.")
+        return load_embedded()
+    if spec == "embedded":
+        return load_embedded()
+    path = Path(spec)
+    if path.is_dir():
+        return load_idx_dir(path)
+    if path.suffix == ".npz" or path.is_file():
+        return load_npz(path)
+    raise fail(spec, "no such file or directory; expected auto, embedded, an IDX directory or .npz")
+
+
+def split_validation(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle (seeded) then split off ``fraction`` for validation; labels may arrive sorted."""
+    if not 0.0 <= fraction < 1.0:
+        raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {fraction}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    n_val = int(round(len(x) * fraction))
+    return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+
+
+def representative_sample(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A seeded subset of training images for int8 calibration."""
+    count = min(count, len(x))
+    idx = np.random.default_rng(seed + 1).choice(len(x), size=count, replace=False)
+    return x[np.sort(idx)]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(load(sys.argv[1] if len(sys.argv) > 1 else "auto").summary())

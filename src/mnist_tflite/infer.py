@@ -1,0 +1,252 @@
+"""Run a ``.tflite`` model with LiteRT, the way the device does: NumPy in, NumPy out.
+
+Never imports TensorFlow. Quantized inputs are quantized and outputs dequantized with the
+tensor's own scale and zero point; batches go through one resized interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metadata
+from ._probe import probe
+from .data import MNIST_CLASSES
+from .errors import fail
+
+TFLITE_IDENTIFIER = b"TFL3"
+DEFAULT_BATCH = 256
+KERNELS = ("default", "builtin", "reference")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the runner needs to know about the model's input or output tensor."""
+
+    index: int
+    dtype: np.dtype
+    shape: tuple[int, ...]  # the signature: -1 for a dynamic dimension
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+
+def _tensor_info(det: dict[str, Any]) -> TensorInfo:
+    scale, zero_point = det["quantization"]
+    sig = det.get("shape_signature")
+    shape = tuple(int(s) for s in (sig if sig is not None and len(sig) else det["shape"]))
+    return TensorInfo(int(det["index"]), np.dtype(det["dtype"]), shape, float(scale), int(zero_point))
+
+
+def read_model_bytes(path: str | os.PathLike[str], *, allow_modified: bool = False) -> tuple[bytes, dict[str, Any] | None, bool]:
+    """Read and vet a model file; returns (bytes, sidecar metadata or None, hash-verified)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise fail(path, "no such file") from None
+    except IsADirectoryError:
+        raise fail(path, "is a directory; expected a .tflite file") from None
+    except OSError as exc:
+        raise fail(path, f"cannot read ({exc.strerror})") from None
+    if len(data) == 0:
+        raise fail(path, "empty file (0 bytes); expected a TFLite flatbuffer")
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        found = data[4:8] if len(data) >= 8 else data[:8]
+        raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
+    meta = metadata.read(path)
+    verified = False
+    if allow_modified:
+        verified = False
+    else:
+        verified = metadata.check_hash(path, data, meta)
+    return data, meta, verified
+
+
+class TfliteModel:
+    """A ``.tflite`` classifier of 28x28 grayscale images, run by LiteRT.
+
+    Args:
+        path: the model file. A sidecar ``<name>.json`` (written by mnist-tflite) is read
+            for class names and checked against the file's SHA-256.
+        num_threads: interpreter threads (default: all cores).
+        kernels: ``default`` (XNNPACK), ``builtin`` (TFLite's optimized builtin kernels, no
+            delegate: the numerics TFLM shares) or ``reference``.
+        allow_modified: use the file even if its SHA-256 differs from the sidecar.
+        batch_size: images per ``invoke()`` for batched inference.
+
+    Example:
+        >>> model = TfliteModel("runs/demo/int8.tflite")
+        >>> probs = model.predict_proba(images)  # images: float (N, 28, 28) in [0, 1]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        num_threads: int | None = None,
+        kernels: str = "default",
+        allow_modified: bool = False,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, received: {kernels!r}")
+        self.path = Path(path)
+        data, self.metadata, verified = read_model_bytes(self.path, allow_modified=allow_modified)
+        if not verified:
+            problem = probe(data)
+            if problem:
+                raise fail(self.path, problem)
+        resolver = {
+            "default": OpResolverType.AUTO,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            "reference": OpResolverType.BUILTIN_REF,
+        }[kernels]
+        self.num_threads = num_threads or os.cpu_count() or 1
+        try:
+            self._interp = Interpreter(
+                model_content=data,
+                num_threads=self.num_threads,
+                experimental_op_resolver_type=resolver,
+            )
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise fail(self.path, f"LiteRT cannot load it: {str(exc).strip().splitlines()[0]}") from None
+        self.size_bytes = len(data)
+        self.kernels = kernels
+        ins, outs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise fail(self.path, f"expected 1 input and 1 output tensor, found {len(ins)} and {len(outs)}")
+        self.input, self.output = _tensor_info(ins[0]), _tensor_info(outs[0])
+        self._check_shapes()
+        names = (self.metadata or {}).get("class_names")
+        n_out = self.output.shape[-1]
+        self.class_names = tuple(names) if names and len(names) == n_out else tuple(
+            MNIST_CLASSES if n_out == 10 else (str(i) for i in range(n_out))
+        )
+        self.batch_size = max(1, int(batch_size)) if self._batchable else 1
+        self._allocated_batch = int(ins[0]["shape"][0]) if self._has_batch_dim else 1
+        self._outputs_probabilities: bool | None = None
+
+    # -- shapes --------------------------------------------------------------------------
+
+    def _check_shapes(self) -> None:
+        shape = self.input.shape
+        image_dims = {(28, 28), (28, 28, 1)}
+        if tuple(shape[1:]) in image_dims and len(shape) in (3, 4):
+            self._has_batch_dim = True
+            self._batchable = shape[0] in (-1, 1)
+        elif tuple(shape) in image_dims:
+            self._has_batch_dim, self._batchable = False, False
+        else:
+            raise fail(
+                self.path,
+                f"input shape {list(shape)} is not MNIST-shaped; expected [N, 28, 28, 1], "
+                "[N, 28, 28], [28, 28, 1] or [28, 28]",
+            )
+        if len(self.output.shape) not in (1, 2):
+            raise fail(self.path, f"output shape {list(self.output.shape)}; expected [N, classes]")
+        if self.input.dtype not in (np.float32, np.int8, np.uint8, np.int16):
+            raise fail(self.path, f"input type {self.input.dtype}; expected float32, int8, uint8 or int16")
+
+    def _resize(self, batch: int) -> None:
+        if batch == self._allocated_batch or not self._has_batch_dim:
+            return
+        new_shape = [batch, *[abs(d) for d in self.input.shape[1:]]]
+        try:
+            self._interp.resize_tensor_input(self.input.index, new_shape, strict=False)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            # graphs with a fixed-batch reshape cannot be resized; fall back to batch 1
+            self._interp.resize_tensor_input(self.input.index, [1, *new_shape[1:]], strict=False)
+            self._interp.allocate_tensors()
+            self._batchable, self.batch_size, batch = False, 1, 1
+        self._allocated_batch = batch
+
+    # -- quantization --------------------------------------------------------------------
+
+    def quantize_input(self, images: np.ndarray) -> np.ndarray:
+        """float images in [0, 1] -> the input tensor's dtype, with its scale and zero point."""
+        x = np.asarray(images, dtype=np.float32)
+        if not self.input.quantized:
+            return x.astype(self.input.dtype, copy=False)
+        info = np.iinfo(self.input.dtype)
+        q = np.rint(x / np.float32(self.input.scale)) + np.float32(self.input.zero_point)
+        return np.clip(q, info.min, info.max).astype(self.input.dtype)
+
+    def dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        if not self.output.quantized:
+            return raw.astype(np.float32, copy=False)
+        return (raw.astype(np.float32) - np.float32(self.output.zero_point)) * np.float32(self.output.scale)
+
+    # -- inference -----------------------------------------------------------------------
+
+    def _as_images(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images)
+        if x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"Expected images of shape (N, 28, 28) or (N, 28, 28, 1), received: shape={np.shape(images)}")
+        return x
+
+    def run_raw(self, images: np.ndarray) -> np.ndarray:
+        """Images in [0, 1] -> the raw output tensor values (quantized for int8 models)."""
+        x = self._as_images(images)
+        n = len(x)
+        out = np.empty((n, self.output.shape[-1]), dtype=self.output.dtype)
+        if n == 0:
+            return out
+        batch = min(self.batch_size, n)
+        self._resize(batch)
+        batch = self._allocated_batch
+        in_shape = [batch, *[abs(d) for d in self.input.shape[1:]]] if self._has_batch_dim else [abs(d) for d in self.input.shape]
+        buf = np.zeros(in_shape, dtype=self.input.dtype)
+        flat = buf.reshape(batch, 28, 28)
+        for start in range(0, n, batch):
+            chunk = x[start : start + batch]
+            flat[: len(chunk)] = self.quantize_input(chunk)
+            self._interp.set_tensor(self.input.index, buf)
+            self._interp.invoke()
+            res = self._interp.get_tensor(self.output.index).reshape(batch, -1)
+            out[start : start + len(chunk)] = res[: len(chunk)]
+        return out
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Images (N, 28, 28[, 1]) float in [0, 1] -> class probabilities, float32 (N, C)."""
+        out = self.dequantize_output(self.run_raw(images))
+        if self._outputs_probabilities is None and len(out):
+            # models from elsewhere may end in logits; ours end in softmax
+            sums = out.sum(axis=1)
+            self._outputs_probabilities = bool(out.min() >= -1e-3 and np.allclose(sums, 1.0, atol=0.02))
+        if self._outputs_probabilities is False:
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Images -> predicted class indices (N,)."""
+        return self.predict_proba(images).argmax(axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "input": {"dtype": self.input.dtype.name, "shape": list(self.input.shape),
+                      "scale": self.input.scale, "zero_point": self.input.zero_point},
+            "output": {"dtype": self.output.dtype.name, "shape": list(self.output.shape),
+                       "scale": self.output.scale, "zero_point": self.output.zero_point},
+            "recipe": (self.metadata or {}).get("recipe", {}).get("name"),
+            "class_names": list(self.class_names),
+        }  # fmt: skip

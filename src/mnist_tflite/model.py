@@ -1,0 +1,72 @@
+"""Model architectures, as data: each entry builds a Keras 3 model for 28x28x1 inputs in [0, 1].
+
+Adding an architecture is adding an entry to ``ARCHITECTURES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MnistTfliteError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named model: ``layers`` lists (Keras layer class name, keyword arguments)."""
+
+    name: str
+    description: str
+    layers: tuple[tuple[str, dict[str, Any]], ...]
+
+    def build(self, num_classes: int = 10) -> Any:
+        import keras
+
+        inputs = keras.Input(shape=(28, 28, 1), name="image")
+        x = inputs
+        for kind, kwargs in self.layers:
+            x = getattr(keras.layers, kind)(**kwargs)(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model(inputs, outputs, name=f"mnist_{self.name}")
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
+        name="seed",
+        description="the seed's CNN: Conv(32,3)-Pool-Conv(64,3)-Pool-Dense(10), 34,826 parameters",
+        layers=(
+            ("Conv2D", {"filters": 32, "kernel_size": 3, "activation": "relu"}),
+            ("MaxPooling2D", {"pool_size": 2}),
+            ("Conv2D", {"filters": 64, "kernel_size": 3, "activation": "relu"}),
+            ("MaxPooling2D", {"pool_size": 2}),
+            ("Flatten", {}),
+        ),
+    ),
+    Architecture(
+        name="tiny",
+        description="for the smallest microcontrollers: int8 file under 10 KB, arena under 8 KB",
+        layers=(
+            ("Conv2D", {"filters": 8, "kernel_size": 3, "strides": 2, "activation": "relu"}),
+            ("Conv2D", {"filters": 16, "kernel_size": 3, "strides": 2, "activation": "relu"}),
+            ("Conv2D", {"filters": 24, "kernel_size": 3, "activation": "relu"}),
+            ("GlobalAveragePooling2D", {}),
+        ),
+    ),
+)
+
+
+def get_architecture(name: str) -> Architecture:
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    known = ", ".join(a.name for a in ARCHITECTURES)
+    raise MnistTfliteError(f"unknown architecture {name!r}; expected one of: {known}")
+
+
+def build(name: str = "seed", num_classes: int = 10) -> Any:
+    """Build an untrained Keras model by architecture name."""
+    return get_architecture(name).build(num_classes)
+
+
+BuildFn = Callable[[int], Any]
