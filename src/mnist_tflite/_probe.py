@@ -40,7 +40,7 @@ def probe(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         code = 0
         try:
             _load_and_invoke(data)
-        except BaseException as exc:  # noqa: BLE001 - everything is a verdict here
+        except BaseException as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             os.write(write_fd, first.encode("utf-8", "replace")[:2000])
             code = 1

@@ -107,7 +107,10 @@ def load_model_source(path: str | os.PathLike[str]) -> Any:
     if not path.exists():
         raise fail(path, "no such file")
     if path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise fail(path, f"unsupported model file {path.suffix!r}; expected .keras, .h5 or a SavedModel dir")
+        raise fail(
+            path,
+            f"unsupported model file {path.suffix!r}; expected .keras, .h5 or a SavedModel dir",
+        )
     import_tf()
     import keras
 
@@ -188,7 +191,10 @@ def io_details(flatbuffer: bytes) -> dict[str, dict[str, Any]]:
 
     interp = Interpreter(model_content=flatbuffer)
     out = {}
-    for key, det in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
+    for key, det in (
+        ("input", interp.get_input_details()[0]),
+        ("output", interp.get_output_details()[0]),
+    ):
         scale, zero_point = det["quantization"]
         out[key] = {
             "dtype": np.dtype(det["dtype"]).name,
@@ -247,7 +253,12 @@ def convert_file(
     """``mnist-tflite convert``: one model file, one recipe, one ``.tflite`` plus sidecar."""
     recipe = get_recipe(recipe_name)
     source = load_model_source(model_path)
-    rep, calibration, data_source, classes = None, None, "not used (no calibration)", data_mod.MNIST_CLASSES
+    rep, calibration, data_source, classes = (
+        None,
+        None,
+        "not used (no calibration)",
+        data_mod.MNIST_CLASSES,
+    )
     if recipe.needs_calibration:
         ds = data_mod.load(data_spec, log=log)
         rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, calibration_size, seed))
@@ -255,7 +266,11 @@ def convert_file(
         data_source, classes = ds.source, ds.class_names
     flatbuffer = convert(source, recipe, rep)
     return write_tflite(
-        out, flatbuffer, recipe,
-        class_names=classes, data_source=data_source, calibration=calibration,
+        out,
+        flatbuffer,
+        recipe,
+        class_names=classes,
+        data_source=data_source,
+        calibration=calibration,
         extra={"converted_from": str(model_path)},
-    )  # fmt: skip
+    )

@@ -22,9 +22,17 @@ from .errors import MnistTfliteError, fail
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Input normalization shared by training, conversion metadata and every inference path.
 PIXEL_SCALE = 1.0 / 255.0
 IMAGE_SHAPE = (28, 28)
@@ -34,8 +42,14 @@ FULL_SET_HINT = (
     "(Keras caches it in ~/.keras/datasets/mnist.npz) or pass --data DIR|FILE.npz"
 )
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,8 @@ class Dataset:
         return {
             "name": self.name,
             "source": self.source,
-            "train_images": int(len(self.x_train)),
-            "test_images": int(len(self.x_test)),
+            "train_images": len(self.x_train),
+            "test_images": len(self.x_test),
             "class_names": list(self.class_names),
         }
 
@@ -87,9 +101,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(raw) < 4:
         raise fail(path, f"not an IDX file: {len(raw)} bytes, expected a 4-byte magic number")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
-        raise fail(
-            path, f"not an IDX file: magic {raw[:4].hex()}, expected 0000<type><ndim> e.g. 00000803"
-        )
+        raise fail(path, f"not an IDX file: magic {raw[:4].hex()}, expected 0000<type><ndim> e.g. 00000803")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
@@ -153,9 +165,7 @@ def _check_pair(images_path: Path, labels_path: Path, images: np.ndarray, labels
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise fail(labels_path, f"expected integer labels of shape (N,), received: shape={labels.shape}")
     if len(images) != len(labels):
-        raise fail(
-            labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}"
-        )
+        raise fail(labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise fail(labels_path, f"labels out of range: found {labels.min()}..{labels.max()}, expected 0..9")
 
@@ -171,7 +181,8 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
             if missing:
                 raise fail(
-                    path, f"missing arrays {sorted(missing)}; found {sorted(npz.files)}, "
+                    path,
+                    f"missing arrays {sorted(missing)}; found {sorted(npz.files)}, "
                     "expected x_train, y_train, x_test, y_test",
                 )
             arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -186,8 +197,7 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
         if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
             raise fail(
                 path,
-                f"x_{split}: expected uint8 of shape (N, 28, 28), received: "
-                f"shape={x.shape} dtype={x.dtype}",
+                f"x_{split}: expected uint8 of shape (N, 28, 28), received: shape={x.shape} dtype={x.dtype}",
             )
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
             raise fail(
@@ -197,10 +207,13 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise fail(path, f"y_{split}: labels out of range {y.min()}..{y.max()}, expected 0..9")
     return Dataset(
-        arrays["x_train"], arrays["y_train"].astype(np.uint8),
-        arrays["x_test"], arrays["y_test"].astype(np.uint8),
-        source=f"npz file {path}", name=name,
-    )  # fmt: skip
+        arrays["x_train"],
+        arrays["y_train"].astype(np.uint8),
+        arrays["x_test"],
+        arrays["y_test"].astype(np.uint8),
+        source=f"npz file {path}",
+        name=name,
+    )
 
 
 # --- auto: Keras cache, Keras download, embedded sample ---------------------------------
@@ -220,7 +233,7 @@ def embedded_dir() -> Path:
 def _try_keras_download(timeout_s: float) -> Path | None:
     """Let Keras download mnist.npz into its cache; give up quickly when offline."""
     try:
-        import keras  # noqa: F401  (training extra; absent on an inference-only install)
+        import keras
     except ImportError:
         return None
     old = socket.getdefaulttimeout()
@@ -240,10 +253,13 @@ def _try_keras_download(timeout_s: float) -> Path | None:
 def load_embedded() -> Dataset:
     d = load_idx_dir(embedded_dir())
     return Dataset(
-        d.x_train, d.y_train, d.x_test, d.y_test,
+        d.x_train,
+        d.y_train,
+        d.x_test,
+        d.y_test,
         source="embedded real MNIST sample: 5,000 official training digits + the official "
         "10,000-image test set (LeCun, Cortes, Burges; CC BY-SA 3.0)",
-    )  # fmt: skip
+    )
 
 
 def load(spec: str = "auto", *, download: bool = True, log=print) -> Dataset:
@@ -267,8 +283,7 @@ def load(spec: str = "auto", *, download: bool = True, log=print) -> Dataset:
             _try_keras_download(DOWNLOAD_TIMEOUT_S)
         if cache.exists():
             ds = load_npz(cache)
-            return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                           source=f"Keras MNIST cache {cache}")  # fmt: skip
+            return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")
         if spec == "keras":
             raise fail(cache, f"no Keras MNIST cache and the download failed; {FULL_SET_HINT}")
         log(f"Using the embedded MNIST sample (5,000 training digits); {FULL_SET_HINT}.")
@@ -291,7 +306,7 @@ def split_validation(
         raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {fraction}")
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    n_val = int(round(len(x) * fraction))
+    n_val = round(len(x) * fraction)
     return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
 
 

@@ -45,7 +45,9 @@ def _tensor_info(det: dict[str, Any]) -> TensorInfo:
     return TensorInfo(int(det["index"]), np.dtype(det["dtype"]), shape, float(scale), int(zero_point))
 
 
-def read_model_bytes(path: str | os.PathLike[str], *, allow_modified: bool = False) -> tuple[bytes, dict[str, Any] | None, bool]:
+def read_model_bytes(
+    path: str | os.PathLike[str], *, allow_modified: bool = False
+) -> tuple[bytes, dict[str, Any] | None, bool]:
     """Read and vet a model file; returns (bytes, sidecar metadata or None, hash-verified)."""
     path = Path(path)
     try:
@@ -63,10 +65,7 @@ def read_model_bytes(path: str | os.PathLike[str], *, allow_modified: bool = Fal
         raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
     meta = metadata.read(path)
     verified = False
-    if allow_modified:
-        verified = False
-    else:
-        verified = metadata.check_hash(path, data, meta)
+    verified = False if allow_modified else metadata.check_hash(path, data, meta)
     return data, meta, verified
 
 
@@ -130,8 +129,10 @@ class TfliteModel:
         self._check_shapes()
         names = (self.metadata or {}).get("class_names")
         n_out = self.output.shape[-1]
-        self.class_names = tuple(names) if names and len(names) == n_out else tuple(
-            MNIST_CLASSES if n_out == 10 else (str(i) for i in range(n_out))
+        self.class_names = (
+            tuple(names)
+            if names and len(names) == n_out
+            else tuple(MNIST_CLASSES if n_out == 10 else (str(i) for i in range(n_out)))
         )
         self.batch_size = max(1, int(batch_size)) if self._batchable else 1
         self._allocated_batch = int(ins[0]["shape"][0]) if self._has_batch_dim else 1
@@ -197,7 +198,9 @@ class TfliteModel:
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise ValueError(f"Expected images of shape (N, 28, 28) or (N, 28, 28, 1), received: shape={np.shape(images)}")
+            raise ValueError(
+                f"Expected images of shape (N, 28, 28) or (N, 28, 28, 1), received: shape={np.shape(images)}"
+            )
         return x
 
     def run_raw(self, images: np.ndarray) -> np.ndarray:
@@ -210,7 +213,11 @@ class TfliteModel:
         batch = min(self.batch_size, n)
         self._resize(batch)
         batch = self._allocated_batch
-        in_shape = [batch, *[abs(d) for d in self.input.shape[1:]]] if self._has_batch_dim else [abs(d) for d in self.input.shape]
+        in_shape = (
+            [batch, *[abs(d) for d in self.input.shape[1:]]]
+            if self._has_batch_dim
+            else [abs(d) for d in self.input.shape]
+        )
         buf = np.zeros(in_shape, dtype=self.input.dtype)
         flat = buf.reshape(batch, 28, 28)
         for start in range(0, n, batch):
@@ -243,10 +250,18 @@ class TfliteModel:
         return {
             "path": str(self.path),
             "size_bytes": self.size_bytes,
-            "input": {"dtype": self.input.dtype.name, "shape": list(self.input.shape),
-                      "scale": self.input.scale, "zero_point": self.input.zero_point},
-            "output": {"dtype": self.output.dtype.name, "shape": list(self.output.shape),
-                       "scale": self.output.scale, "zero_point": self.output.zero_point},
+            "input": {
+                "dtype": self.input.dtype.name,
+                "shape": list(self.input.shape),
+                "scale": self.input.scale,
+                "zero_point": self.input.zero_point,
+            },
+            "output": {
+                "dtype": self.output.dtype.name,
+                "shape": list(self.output.shape),
+                "scale": self.output.scale,
+                "zero_point": self.output.zero_point,
+            },
             "recipe": (self.metadata or {}).get("recipe", {}).get("name"),
             "class_names": list(self.class_names),
-        }  # fmt: skip
+        }

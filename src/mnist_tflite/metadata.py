@@ -37,9 +37,10 @@ def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(path, f"unreadable metadata sidecar ({exc}); expected JSON written by mnist-tflite")
+        problem = f"unreadable metadata sidecar ({exc}); expected JSON written by mnist-tflite"
+        raise fail(path, problem) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise fail(path, f"not an mnist-tflite metadata sidecar; expected \"format\": \"{FORMAT}\"")
+        raise fail(path, f'not an mnist-tflite metadata sidecar; expected "format": "{FORMAT}"')
     return meta
 
 

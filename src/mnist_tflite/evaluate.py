@@ -1,0 +1,109 @@
+"""Measure a ``.tflite`` variant: accuracy, size, agreement with a reference, latency, throughput.
+
+No TensorFlow: the reference probabilities are passed in (computed once from Keras by the
+pipeline, or from another ``.tflite`` by the ``evaluate`` command).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data import normalize
+from .infer import TfliteModel
+
+LATENCY_SAMPLES = 200
+
+
+@dataclass
+class VariantResult:
+    """One row of the comparison table. ``status`` is ``ok`` or ``failed`` (with ``error``)."""
+
+    name: str
+    path: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    recipe: str | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    agreement: float | None = None  # top-1 agreement with the reference (Keras) model
+    max_prob_diff: float | None = None  # largest |p - p_ref| over all images and classes
+    latency_us: float | None = None  # batch 1, median
+    latency_us_p90: float | None = None
+    throughput_ips: float | None = None  # batched, images per second
+    input_dtype: str | None = None
+    output_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def batch1_latency_us(
+    model_path: str | os.PathLike[str], x: np.ndarray, samples: int, **kw: Any
+) -> tuple[float, float]:
+    """Median and p90 wall time of one ``invoke`` on one image (a fresh batch-1 interpreter)."""
+    single = TfliteModel(model_path, batch_size=1, **kw)
+    n = min(samples, len(x))
+    times = np.empty(n)
+    single.predict_proba(x[:1])  # warm-up: first invoke allocates and packs weights
+    for i in range(n):
+        t = time.perf_counter()
+        single.predict_proba(x[i : i + 1])
+        times[i] = time.perf_counter() - t
+    return float(np.median(times) * 1e6), float(np.percentile(times, 90) * 1e6)
+
+
+def evaluate_model(
+    model_path: str | os.PathLike[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    reference_probs: np.ndarray | None = None,
+    name: str | None = None,
+    latency_samples: int = LATENCY_SAMPLES,
+    allow_modified: bool = False,
+) -> tuple[VariantResult, np.ndarray]:
+    """Evaluate one model on uint8 images (N, 28, 28); returns the row and its probabilities.
+
+    Example:
+        >>> row, probs = evaluate_model("int8.tflite", ds.x_test, ds.y_test)
+    """
+    x = normalize(images)
+    model = TfliteModel(model_path, allow_modified=allow_modified)
+    model.predict_proba(x[:1])  # warm-up outside the timed pass
+    t = time.perf_counter()
+    probs = model.predict_proba(x)
+    seconds = time.perf_counter() - t
+    pred = probs.argmax(axis=1)
+    row = VariantResult(
+        name=name or model.path.stem,
+        path=str(model_path),
+        recipe=(model.metadata or {}).get("recipe", {}).get("name"),
+        size_bytes=model.size_bytes,
+        accuracy=float((pred == labels).mean()),
+        throughput_ips=float(len(x) / seconds) if seconds > 0 else None,
+        input_dtype=model.input.dtype.name,
+        output_dtype=model.output.dtype.name,
+    )
+    if reference_probs is not None:
+        row.agreement = float((pred == reference_probs.argmax(axis=1)).mean())
+        row.max_prob_diff = float(np.abs(probs - reference_probs).max())
+    if latency_samples:
+        row.latency_us, row.latency_us_p90 = batch1_latency_us(
+            model_path, x, latency_samples, allow_modified=allow_modified
+        )
+    return row, probs

@@ -1,0 +1,165 @@
+"""Turn evaluation rows into ``report.md``, ``report.json`` and PNG plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _atomic
+from .evaluate import VariantResult
+
+# (header, row key, formatter); a column whose key no row has is left out
+COLUMNS: tuple[tuple[str, str, Any], ...] = (
+    ("variant", "name", str),
+    ("size (bytes)", "size_bytes", lambda v: f"{v:,}"),
+    ("x float32", "size_ratio", lambda v: f"{v:.2f}"),
+    ("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %"),
+    ("agrees w/ Keras", "agreement", lambda v: f"{100 * v:.2f} %"),
+    ("max |Δp|", "max_prob_diff", lambda v: f"{v:.4f}"),
+    ("latency b1 (µs)", "latency_us", lambda v: f"{v:,.0f}"),
+    ("batched (img/s)", "throughput_ips", lambda v: f"{v:,.0f}"),
+    ("flash (bytes)", "flash_bytes", lambda v: f"{v:,}"),
+    ("TFLM arena (bytes)", "arena_bytes", lambda v: f"{v:,}"),
+    ("MACs", "macs", lambda v: f"{v:,}"),
+    ("ops", "ops", lambda v: ", ".join(v) if isinstance(v, list) else str(v)),
+    ("in/out", "io", str),
+)
+
+
+def rows_as_dicts(rows: Sequence[VariantResult]) -> list[dict[str, Any]]:
+    out = [r.to_dict() for r in rows]
+    base = next((r["size_bytes"] for r in out if r["name"] == "float32" and r["size_bytes"]), None)
+    for r in out:
+        if base and r.get("size_bytes"):
+            r["size_ratio"] = r["size_bytes"] / base
+        if r.get("input_dtype"):
+            r["io"] = f"{r['input_dtype']}/{r['output_dtype']}"
+    return out
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured table; failed rows show their reason."""
+    cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r.get("status") == "failed":
+            cells = [r["name"], f"failed: {r.get('error') or 'unknown'}"] + [""] * (len(cols) - 2)
+        else:
+            cells = ["" if r.get(key) is None else fmt(r[key]) for _, key, fmt in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], title: str, path: str | os.PathLike[str]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+    shown = np.log1p(cm)  # the diagonal dwarfs the errors; log keeps them visible
+    ax.imshow(shown, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                color = "white" if shown[i, j] > shown.max() * 0.6 else "black"
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [str(c)[:8] for c in class_names], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [str(c)[:8] for c in class_names], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_size_accuracy(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    size_key: str = "size_bytes",
+    title: str = "Size vs accuracy",
+) -> None:
+    """Accuracy against model bytes for every variant; the Pareto front is drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [
+        (r[size_key], 100 * r["accuracy"], r["name"])
+        for r in rows
+        if r.get("status") == "ok" and r.get(size_key) and r.get("accuracy") is not None
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    if pts:
+        xs, ys, _names = zip(*pts, strict=False)
+        front = pareto_front([(x, y) for x, y, _ in pts])
+        ax.scatter(xs, ys, s=40, zorder=3)
+        for x, y, n in pts:
+            ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        fx, fy = zip(*sorted(front), strict=False)
+        ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{size_key.replace('_', ' ')} (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another that is at most as large and at least as accurate."""
+    front = []
+    for x, y in points:
+        if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
+            front.append((x, y))
+    return front
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    with _atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: str | os.PathLike[str], report: dict[str, Any], notes: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    rows = report["variants"]
+    data = report.get("data", {})
+    lines = [
+        "# mnist-tflite report",
+        "",
+        f"Data: {data.get('source', '?')} — {data.get('train_images', '?'):,} training / "
+        f"{data.get('test_images', '?'):,} test images. Seed {report.get('seed')}.",
+    ]
+    if "keras_accuracy" in report.get("train", {}):
+        t = report["train"]
+        lines.append(
+            f"Keras model ({t['config']['arch']}): {100 * t['keras_accuracy']:.2f} % test accuracy "
+            f"after {t['config']['epochs']} epochs ({t['seconds']:.0f} s)."
+        )
+    lines += ["", markdown_table(rows), ""]
+    lines += [f"- {n}" for n in notes]
+    plots = report.get("plots", {})
+    if plots:
+        lines.append("")
+        lines += [f"![{k}]({v})" for k, v in plots.items()]
+    md, js = out / "report.md", out / "report.json"
+    _atomic.write_text(md, "\n".join(lines).rstrip() + "\n")
+    _atomic.write_json(js, report)
+    return md, js
