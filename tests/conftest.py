@@ -1,0 +1,65 @@
+"""Shared fixtures: real MNIST data and small real models.
+
+``tests/models/`` holds models made by ``mnist-tflite run --out ...`` (seed 0, defaults,
+embedded data); they let inference tests run without TensorFlow. Tests that need a fresh
+Keras model use ``trained_model`` (a short, seeded training run once per session).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+MODELS = Path(__file__).parent / "models"
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The embedded real MNIST sample (5k train, official 10k test)."""
+    from mnist_tflite import data
+
+    return data.load("embedded")
+
+
+@pytest.fixture(scope="session")
+def test_images(mnist) -> tuple[np.ndarray, np.ndarray]:
+    """The first 1,000 official test images (uint8) and labels."""
+    return mnist.x_test[:1000], mnist.y_test[:1000]
+
+
+@pytest.fixture(scope="session")
+def trained_model(mnist, tmp_path_factory):
+    """A seed-architecture Keras model trained briefly (seeded) on the 5k sample."""
+    from mnist_tflite.train import TrainConfig, save_model, train
+
+    result = train(mnist, TrainConfig(epochs=2, augment=False, seed=0), log=lambda m: None)
+    path = tmp_path_factory.mktemp("trained") / "model.keras"
+    save_model(result.model, path)
+    return result.model, path
+
+
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``mnist-tflite`` in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_tflite.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
