@@ -39,6 +39,9 @@ class TrainConfig:
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
+        from .model import get_architecture
+
+        get_architecture(self.arch)
         if self.epochs < 1:
             raise MnistTfliteError(f"--epochs must be >= 1, received: {self.epochs}")
         if self.batch_size < 1:
@@ -128,6 +131,7 @@ def train(
         epochs=config.epochs,
         validation_data=val,
         verbose=0,
+        shuffle=False,  # tf.data already shuffles, seeded
         callbacks=[_EpochLog(config.epochs, log)],
     )
     seconds = time.perf_counter() - start

@@ -1,0 +1,52 @@
+"""Training: the seed architecture, determinism for a fixed seed, configuration errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_tflite import data, model
+from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.train import TrainConfig, train
+
+
+def test_seed_architecture_matches_the_write_up():
+    m = model.build("seed")
+    assert m.count_params() == 34_826
+    kinds = [type(layer).__name__ for layer in m.layers[1:]]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense"]
+    assert m.input_shape == (None, 28, 28, 1) and m.output_shape == (None, 10)
+
+
+def test_unknown_architecture():
+    with pytest.raises(MnistTfliteError, match="unknown architecture 'resnet'; expected one of: seed"):
+        model.build("resnet")
+
+
+def test_same_seed_same_weights(mnist):
+    """Bit-identical weights for the same seed on the same machine; another seed differs."""
+    small = data.Dataset(mnist.x_train[::5], mnist.y_train[::5], mnist.x_test[:10], mnist.y_test[:10], "t")
+    cfg = TrainConfig(epochs=1, batch_size=64, seed=7)
+    a = train(small, cfg, log=lambda m: None).model.get_weights()
+    b = train(small, cfg, log=lambda m: None).model.get_weights()
+    c = train(small, TrainConfig(epochs=1, batch_size=64, seed=8), log=lambda m: None).model.get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_seed_recipe_is_the_write_ups():
+    cfg = TrainConfig.seed_recipe(seed=3)
+    assert (cfg.epochs, cfg.augment, cfg.cosine_decay, cfg.seed) == (5, False, False, 3)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (TrainConfig(epochs=0), "--epochs must be >= 1, received: 0"),
+        (TrainConfig(batch_size=0), "--batch-size must be >= 1"),
+        (TrainConfig(val_fraction=1.5), "validation fraction must be in"),
+    ],
+)
+def test_bad_config(cfg, message):
+    with pytest.raises(MnistTfliteError, match=message):
+        cfg.validate()
