@@ -19,7 +19,7 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("x float32", "size_ratio", lambda v: f"{v:.2f}"),
     ("accuracy", "accuracy", lambda v: f"{100 * v:.2f} %"),
     ("agrees w/ Keras", "agreement", lambda v: f"{100 * v:.2f} %"),
-    ("max |Δp|", "max_prob_diff", lambda v: f"{v:.4f}"),
+    ("max Δprob", "max_prob_diff", lambda v: f"{v:.4f}"),
     ("latency b1 (µs)", "latency_us", lambda v: f"{v:,.0f}"),
     ("batched (img/s)", "throughput_ips", lambda v: f"{v:,.0f}"),
     ("flash (bytes)", "flash_bytes", lambda v: f"{v:,}"),
