@@ -13,10 +13,31 @@ def import_tf() -> Any:
     # TF's C++ banner (CUDA probing, oneDNN notices) is noise for a CPU-only tool
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-    import tensorflow as tf
+    with _stderr_silenced():
+        # TF 2.21 logs through absl before logging is initialized, ignoring the level above
+        import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     return tf
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    import sys
+
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager

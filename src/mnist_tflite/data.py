@@ -233,14 +233,15 @@ def embedded_dir() -> Path:
 def _try_keras_download(timeout_s: float) -> Path | None:
     """Let Keras download mnist.npz into its cache; give up quickly when offline."""
     try:
+        from ._tf import import_tf
+
+        import_tf()  # the training extra; absent on an inference-only install
         import keras
     except ImportError:
         return None
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
-        import keras
-
         keras.datasets.mnist.load_data()
     except Exception:  # offline, DNS failure, timeout, bad hash: all mean "not available"
         return None

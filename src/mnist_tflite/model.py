@@ -21,6 +21,9 @@ class Architecture:
     layers: tuple[tuple[str, dict[str, Any]], ...]
 
     def build(self, num_classes: int = 10) -> Any:
+        from ._tf import import_tf
+
+        import_tf()
         import keras
 
         inputs = keras.Input(shape=(28, 28, 1), name="image")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import data as data_mod
+from ._tf import import_tf
 from .errors import MnistTfliteError
 
 
@@ -61,8 +62,8 @@ class TrainResult:
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and TF and make TF ops deterministic (same seed -> same weights)."""
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    tf = import_tf()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
