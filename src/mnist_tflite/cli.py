@@ -33,7 +33,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--data", default="auto", help="auto | embedded | IDX directory | .npz (default: auto)")
     p.add_argument("--arch", default=d.arch, help=f"model architecture (default: {d.arch})")
-    p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: {d.epochs})")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {d.epochs}; tiny: 50)")
     p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument(
@@ -51,7 +51,7 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         overrides["epochs"] = args.epochs
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
-    return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig(**overrides)
+    return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig.for_arch(**overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="auto", help="calibration data (default: auto)")
     p.add_argument("--calibration-size", type=int, default=None, help="calibration images (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.add_argument("--sparsity", type=float, help="target sparsity in (0, 1) for pruned-int8 / pruned80-int8")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
     p.set_defaults(func=cmd_convert)
@@ -127,6 +128,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = _parser(
+        sub,
+        "predict",
+        "classify photos, scans or MNIST arrays of digits with a .tflite model (no TensorFlow)",
+        "mnist-tflite predict runs/demo/int8.tflite photo.jpg scans/ --top-k 3\n"
+        "  mnist-tflite predict model.tflite digits.npy --json\n\n"
+        "exit status: 0 all inputs classified, 1 some inputs could not be read (each reported\n"
+        "on stderr, the others still classified), 2 usage or model error",
+    )
+    p.add_argument("model", type=Path, help="the .tflite model (its .json sidecar is checked)")
+    p.add_argument(
+        "inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy/IDX, dirs"
+    )
+    p.add_argument("--top-k", type=int, default=1, help="show the k most probable classes (default: 1)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    p.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
+    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
+    p.add_argument("--batch-size", type=int, default=256, help="images per interpreter call (default: 256)")
+    p.set_defaults(func=cmd_predict)
+
+    p = _parser(
+        sub,
+        "serve",
+        "a draw-a-digit web page and JSON API running a .tflite model (or every variant of a run)",
+        "mnist-tflite serve runs/demo/int8.tflite\n"
+        "  mnist-tflite serve runs/demo/ --port 9000    # switch between the run's variants",
+    )
+    p.add_argument("model", type=Path, help="a .tflite model, or a run folder from `mnist-tflite run`")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
+    p.set_defaults(func=cmd_serve)
+
+    p = _parser(
+        sub,
+        "export-micro",
+        "write a model as C sources for TensorFlow Lite Micro, with its flash/arena (RAM) needs",
+        "mnist-tflite export-micro runs/demo/int8.tflite --out firmware/ --name mnist_model --verify",
+    )
+    p.add_argument("model", type=Path, help="a fully int8 .tflite (recipe int8); others need --allow-float")
+    p.add_argument("--out", required=True, type=Path, help="directory to create for the C sources")
+    p.add_argument("--name", default="mnist_model", help="C name of the model array (default: mnist_model)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the official test set in the TFLM interpreter and compare with LiteRT",
+    )
+    p.add_argument("--data", default="auto", help="test data for --verify (default: auto)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out written by export-micro")
+    p.add_argument(
+        "--allow-float", action="store_true", help="export a model that is not fully int8 (e.g. float32)"
+    )
+    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
+    p.add_argument("--json", action="store_true", help="print the summary (micro.json) as JSON")
+    p.set_defaults(func=cmd_export_micro)
 
     return parser
 
@@ -179,6 +238,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         data_spec=args.data,
         calibration_size=args.calibration_size or CALIBRATION_SIZE,
         seed=args.seed,
+        sparsity=args.sparsity,
         log=log,
     )
     if args.json:
@@ -235,6 +295,75 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(report_mod.markdown_table(table).replace("agrees w/ Keras", "agrees w/ reference"))
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Classifier, Failure, save_inputs
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise MnistTfliteError(
+            f"--top-k and --batch-size must be >= 1, received: {args.top_k} and {args.batch_size}"
+        )
+    clf = Classifier(args.model, allow_modified=args.allow_modified, batch_size=args.batch_size)
+    results, failed = [], 0
+    saver = save_inputs(args.show_input) if args.show_input else None
+    for r in clf.predict_files(args.inputs):
+        if isinstance(r, Failure):
+            failed += 1
+            print(f"{PROG}: error: {r.problem}", file=sys.stderr)
+            if args.json:
+                results.append(r.to_dict())
+            continue
+        if saver:
+            saver(r)
+        if args.json:
+            results.append(r.to_dict(args.top_k))
+        else:
+            top = ", ".join(f"{n} {p:.1%}" for n, p in r.top(args.top_k)[1:])
+            print(f"{r.source}: {r.label} ({r.confidence:.1%})" + (f"  next: {top}" if top else ""))
+    if args.json:
+        doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
+        print(json.dumps({**doc, "results": results}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise MnistTfliteError(f"--port must be 0..65535, received: {args.port}")
+    serve(args.model, host=args.host, port=args.port, allow_modified=args.allow_modified, log=_log_flush)
+    return 0
+
+
+def cmd_export_micro(args: argparse.Namespace) -> int:
+    from .micro import ExportOptions, export, summary_text
+
+    opts = ExportOptions(
+        model=args.model,
+        out=args.out,
+        name=args.name,
+        verify=args.verify,
+        force=args.force,
+        allow_float=args.allow_float,
+        allow_modified=args.allow_modified,
+        data=args.data,
+    )
+    summary = export(opts, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_text(summary, args.out))
+        print(f"wrote {', '.join(summary['files'])} into {args.out}/")
+    v = summary.get("verification")
+    if v and v["output_dtype"] == "int8" and v["vs_litert_builtin"]["rows_differing"]:
+        print(f"{PROG}: TFLM and LiteRT's builtin kernels disagree on int8 outputs", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _log_flush(message: str) -> None:
+    print(message, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,38 @@ RECIPES: tuple[Recipe, ...] = (
         supported_ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",),
         needs_calibration=True,
     ),
+    # fine-tuned first (optimize.py); QAT's ranges come from training, not calibration
+    Recipe(
+        "qat-int8",
+        "quantization-aware fine-tuning, then full integer with int8 input and output",
+        # no TFLITE_BUILTINS_INT8: it demands a representative dataset, which QAT replaces
+        optimizations=("DEFAULT",),
+        inference_input_type="int8",
+        inference_output_type="int8",
+        training="qat",
+    ),
+    Recipe(
+        "pruned-int8",
+        "50 % magnitude pruning with fine-tuning, then full integer (smaller only when zipped)",
+        optimizations=("DEFAULT",),
+        supported_ops=("TFLITE_BUILTINS_INT8",),
+        inference_input_type="int8",
+        inference_output_type="int8",
+        needs_calibration=True,
+        training="prune",
+        training_options=(("sparsity", 0.5),),
+    ),
+    Recipe(
+        "pruned80-int8",
+        "80 % magnitude pruning with fine-tuning, then full integer (smaller only when zipped)",
+        optimizations=("DEFAULT",),
+        supported_ops=("TFLITE_BUILTINS_INT8",),
+        inference_input_type="int8",
+        inference_output_type="int8",
+        needs_calibration=True,
+        training="prune",
+        training_options=(("sparsity", 0.8),),
+    ),
 )
 DEFAULT_RECIPES = tuple(r.name for r in RECIPES if r.training is None)
 CALIBRATION_SIZE = 500
@@ -248,23 +280,38 @@ def convert_file(
     data_spec: str = "auto",
     calibration_size: int = CALIBRATION_SIZE,
     seed: int = 0,
+    sparsity: float | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """``mnist-tflite convert``: one model file, one recipe, one ``.tflite`` plus sidecar."""
-    recipe = get_recipe(recipe_name)
+    from . import optimize
+
+    recipe = optimize.with_sparsity(get_recipe(recipe_name), sparsity)
     source = load_model_source(model_path)
+    if recipe.training:  # not one of our architectures: fail before loading data
+        arch = optimize.identify_architecture(source)
     rep, calibration, data_source, classes = (
         None,
         None,
         "not used (no calibration)",
         data_mod.MNIST_CLASSES,
     )
-    if recipe.needs_calibration:
+    if recipe.needs_calibration or recipe.training:
         ds = data_mod.load(data_spec, log=log)
+        data_source, classes = ds.source, ds.class_names
+    if recipe.needs_calibration:
         rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, calibration_size, seed))
         calibration = {"images": len(rep), "seed": seed, "from": "training split"}
-        data_source, classes = ds.source, ds.class_names
-    flatbuffer = convert(source, recipe, rep)
+    extra: dict[str, Any] = {"converted_from": str(model_path)}
+    if recipe.training:
+        from .train import TrainConfig
+
+        # fine-tune on the data and with the seed that `mnist-tflite train` would have used
+        base = TrainConfig.for_arch(arch.name, seed=seed)
+        tuned = optimize.fine_tune(source, recipe, ds, base, rep, log=log)
+        flatbuffer, extra = tuned.flatbuffer, {**extra, **tuned.extra()}
+    else:
+        flatbuffer = convert(source, recipe, rep)
     return write_tflite(
         out,
         flatbuffer,
@@ -272,5 +319,5 @@ def convert_file(
         class_names=classes,
         data_source=data_source,
         calibration=calibration,
-        extra={"converted_from": str(model_path)},
+        extra=extra,
     )

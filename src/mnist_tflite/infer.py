@@ -1,12 +1,26 @@
 """Run a ``.tflite`` model with LiteRT, the way the device does: NumPy in, NumPy out.
 
 Never imports TensorFlow. Quantized inputs are quantized and outputs dequantized with the
-tensor's own scale and zero point; batches go through one resized interpreter.
+tensor's own scale and zero point.
+
+Speed (measured by ``benchmarks/bench_inference.py``): a model holds ``num_threads``
+single-threaded interpreters. ``invoke()`` releases the GIL, so a large call is cut into
+small chunks that the interpreters take in turn from parallel threads; on this small model
+that beats one interpreter with several threads (which synchronise at every op) and big
+batches (whose activations spill out of the L2 cache).
+
+Thread safety: a ``TfliteModel`` may be shared by threads (e.g. a web server's request
+handlers). Each call borrows free interpreters from the model's pool and returns them; a
+call that finds none free waits for one. Results never depend on the batch size, the
+number of interpreters or what runs beside them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +33,11 @@ from .data import MNIST_CLASSES
 from .errors import fail
 
 TFLITE_IDENTIFIER = b"TFL3"
-DEFAULT_BATCH = 256
+# images per invoke() when batch_size is not given (fastest on the seed model, 1 MiB L2 per
+# core): float activations (~140 KB per image) outgrow the cache past ~16 images, 8-bit ones later
+AUTO_BATCH = {"float": 8, "quantized": 32}
 KERNELS = ("default", "builtin", "reference")
+_RESOLVERS = dict(zip(KERNELS, ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF"), strict=True))
 
 
 @dataclass(frozen=True)
@@ -69,17 +86,30 @@ def read_model_bytes(
     return data, meta, verified
 
 
+class _Worker:
+    """One interpreter of a model's pool, the batch it is allocated for and its input buffer."""
+
+    __slots__ = ("batch", "buf", "interp", "rows")
+
+    def __init__(self, interp: Any, batch: int = 1) -> None:
+        self.interp, self.batch = interp, batch
+        self.buf: np.ndarray | None = None
+        self.rows: np.ndarray = np.empty((0, 28, 28))
+
+
 class TfliteModel:
     """A ``.tflite`` classifier of 28x28 grayscale images, run by LiteRT.
 
     Args:
         path: the model file. A sidecar ``<name>.json`` (written by mnist-tflite) is read
             for class names and checked against the file's SHA-256.
-        num_threads: interpreter threads (default: all cores).
+        num_threads: CPU threads to use (default: all cores): that many single-threaded
+            interpreters share large calls and serve concurrent callers.
         kernels: ``default`` (XNNPACK), ``builtin`` (TFLite's optimized builtin kernels, no
             delegate: the numerics TFLM shares) or ``reference``.
         allow_modified: use the file even if its SHA-256 differs from the sidecar.
-        batch_size: images per ``invoke()`` for batched inference.
+        batch_size: images per ``invoke()`` (default: the fastest for the model's input type,
+            see ``AUTO_BATCH``). Results are the same for any value.
 
     Example:
         >>> model = TfliteModel("runs/demo/int8.tflite")
@@ -93,9 +123,9 @@ class TfliteModel:
         num_threads: int | None = None,
         kernels: str = "default",
         allow_modified: bool = False,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
     ) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert.interpreter import OpResolverType
 
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, received: {kernels!r}")
@@ -105,24 +135,15 @@ class TfliteModel:
             problem = probe(data)
             if problem:
                 raise fail(self.path, problem)
-        resolver = {
-            "default": OpResolverType.AUTO,
-            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            "reference": OpResolverType.BUILTIN_REF,
-        }[kernels]
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self._data, self._resolver = data, getattr(OpResolverType, _RESOLVERS[kernels])
+        self.num_threads = max(1, int(num_threads or os.cpu_count() or 1))
         try:
-            self._interp = Interpreter(
-                model_content=data,
-                num_threads=self.num_threads,
-                experimental_op_resolver_type=resolver,
-            )
-            self._interp.allocate_tensors()
+            first = _Worker(self._new_interpreter())
         except (ValueError, RuntimeError) as exc:
             raise fail(self.path, f"LiteRT cannot load it: {str(exc).strip().splitlines()[0]}") from None
         self.size_bytes = len(data)
         self.kernels = kernels
-        ins, outs = self._interp.get_input_details(), self._interp.get_output_details()
+        ins, outs = first.interp.get_input_details(), first.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise fail(self.path, f"expected 1 input and 1 output tensor, found {len(ins)} and {len(outs)}")
         self.input, self.output = _tensor_info(ins[0]), _tensor_info(outs[0])
@@ -134,9 +155,24 @@ class TfliteModel:
             if names and len(names) == n_out
             else tuple(MNIST_CLASSES if n_out == 10 else (str(i) for i in range(n_out)))
         )
-        self.batch_size = max(1, int(batch_size)) if self._batchable else 1
-        self._allocated_batch = int(ins[0]["shape"][0]) if self._has_batch_dim else 1
+        auto = AUTO_BATCH["quantized" if self.input.quantized else "float"]
+        self.batch_size = max(1, int(batch_size or auto)) if self._batchable else 1
+        first.batch = int(ins[0]["shape"][0]) if self._has_batch_dim else 1
+        # the pool: interpreters are not thread-safe, so each call borrows free ones
+        self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._free.put(first)
+        for _ in range(self.num_threads - 1):
+            self._free.put(_Worker(self._new_interpreter(), first.batch))
         self._outputs_probabilities: bool | None = None
+
+    def _new_interpreter(self) -> Any:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(
+            model_content=self._data, num_threads=1, experimental_op_resolver_type=self._resolver
+        )
+        interp.allocate_tensors()
+        return interp
 
     # -- shapes --------------------------------------------------------------------------
 
@@ -159,19 +195,24 @@ class TfliteModel:
         if self.input.dtype not in (np.float32, np.int8, np.uint8, np.int16):
             raise fail(self.path, f"input type {self.input.dtype}; expected float32, int8, uint8 or int16")
 
-    def _resize(self, batch: int) -> None:
-        if batch == self._allocated_batch or not self._has_batch_dim:
-            return
-        new_shape = [batch, *[abs(d) for d in self.input.shape[1:]]]
-        try:
-            self._interp.resize_tensor_input(self.input.index, new_shape, strict=False)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError):
-            # graphs with a fixed-batch reshape cannot be resized; fall back to batch 1
-            self._interp.resize_tensor_input(self.input.index, [1, *new_shape[1:]], strict=False)
-            self._interp.allocate_tensors()
-            self._batchable, self.batch_size, batch = False, 1, 1
-        self._allocated_batch = batch
+    def _resize(self, worker: _Worker, batch: int) -> None:
+        if not self._has_batch_dim:
+            batch = 1
+        elif batch != worker.batch:
+            new_shape = [batch, *[abs(d) for d in self.input.shape[1:]]]
+            try:
+                worker.interp.resize_tensor_input(self.input.index, new_shape, strict=False)
+                worker.interp.allocate_tensors()
+            except (ValueError, RuntimeError):
+                # graphs with a fixed-batch reshape cannot be resized; fall back to batch 1
+                worker.interp.resize_tensor_input(self.input.index, [1, *new_shape[1:]], strict=False)
+                worker.interp.allocate_tensors()
+                self._batchable, self.batch_size, batch = False, 1, 1
+            worker.batch = batch
+        if worker.buf is None or worker.rows.shape[0] != batch:
+            dims = [abs(d) for d in self.input.shape]
+            worker.buf = np.zeros([batch, *dims[1:]] if self._has_batch_dim else dims, self.input.dtype)
+            worker.rows = worker.buf.reshape(batch, 28, 28)
 
     # -- quantization --------------------------------------------------------------------
 
@@ -193,6 +234,8 @@ class TfliteModel:
 
     def _as_images(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images)
+        if x.shape == (28, 28, 1):  # one image with a channel axis
+            x = x[None]
         if x.ndim == 4 and x.shape[-1] == 1:
             x = x[..., 0]
         if x.ndim == 2:
@@ -204,30 +247,68 @@ class TfliteModel:
         return x
 
     def run_raw(self, images: np.ndarray) -> np.ndarray:
-        """Images in [0, 1] -> the raw output tensor values (quantized for int8 models)."""
+        """Images in [0, 1] -> the raw output tensor values (quantized for int8 models).
+
+        Large calls are cut into ``batch_size`` chunks that every free interpreter of the
+        pool takes in turn, each from its own thread (``invoke()`` releases the GIL).
+        """
         x = self._as_images(images)
         n = len(x)
         out = np.empty((n, self.output.shape[-1]), dtype=self.output.dtype)
         if n == 0:
             return out
-        batch = min(self.batch_size, n)
-        self._resize(batch)
-        batch = self._allocated_batch
-        in_shape = (
-            [batch, *[abs(d) for d in self.input.shape[1:]]]
-            if self._has_batch_dim
-            else [abs(d) for d in self.input.shape]
-        )
-        buf = np.zeros(in_shape, dtype=self.input.dtype)
-        flat = buf.reshape(batch, 28, 28)
-        for start in range(0, n, batch):
-            chunk = x[start : start + batch]
-            flat[: len(chunk)] = self.quantize_input(chunk)
-            self._interp.set_tensor(self.input.index, buf)
-            self._interp.invoke()
-            res = self._interp.get_tensor(self.output.index).reshape(batch, -1)
-            out[start : start + len(chunk)] = res[: len(chunk)]
+        chunk = min(self.batch_size, n)
+        workers = [self._free.get()]  # waits while other callers hold every interpreter
+        try:
+            while len(workers) < min(self.num_threads, -(-n // chunk)):
+                workers.append(self._free.get_nowait())
+        except queue.Empty:
+            pass  # busy with other callers: go with what is free
+        jobs, errors = itertools.count(), []
+        helpers = [
+            threading.Thread(target=self._drain, args=(w, x, out, chunk, jobs, errors), daemon=True)
+            for w in workers[1:]
+        ]
+        try:
+            for t in helpers:
+                t.start()
+            self._drain(workers[0], x, out, chunk, jobs, errors)
+        finally:
+            for t in helpers:
+                t.join()
+            for w in workers:
+                self._free.put(w)
+        if errors:
+            raise errors[0]
         return out
+
+    def _drain(
+        self,
+        worker: _Worker,
+        x: np.ndarray,
+        out: np.ndarray,
+        chunk: int,
+        jobs: itertools.count,
+        errors: list[BaseException],
+    ) -> None:
+        """Run chunks ``next(jobs)`` of ``x`` into ``out`` until none are left (one thread)."""
+        try:
+            self._resize(worker, chunk)
+            interp, rows, inp, outp = worker.interp, worker.rows, self.input.index, self.output.index
+            step = worker.batch  # == chunk unless the graph refused the resize
+            for i in jobs:
+                start = i * chunk
+                if start >= len(x) or errors:
+                    return
+                for s in range(start, min(start + chunk, len(x)), step):
+                    part = x[s : s + step]
+                    # leftover rows of the last chunk are stale inputs; their outputs are dropped
+                    rows[: len(part)] = part if not self.input.quantized else self.quantize_input(part)
+                    interp.set_tensor(inp, worker.buf)
+                    interp.invoke()
+                    out[s : s + len(part)] = interp.get_tensor(outp).reshape(step, -1)[: len(part)]
+        except BaseException as exc:
+            errors.append(exc)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Images (N, 28, 28[, 1]) float in [0, 1] -> class probabilities, float32 (N, C)."""

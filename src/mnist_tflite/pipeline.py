@@ -98,10 +98,11 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     )
     calibration = {"images": len(rep), "seed": config.train.seed, "from": "training split"}
     written: list[tuple[convert_mod.Recipe, Path | None, str | None]] = []
+    build_extras: dict[str, dict[str, Any]] = {}  # fine-tuning figures and zipped size, per recipe
     for recipe in recipes:
         path = out / f"{recipe.name}.tflite"
         try:
-            flatbuffer = _build(recipe, result.model, ds, rep, config)
+            flatbuffer, build_extras[recipe.name] = _build(recipe, result.model, ds, rep, config, log)
         except MnistTfliteError as exc:
             log(f"      {recipe.name:<10} FAILED: {exc}")
             written.append((recipe, None, str(exc)))
@@ -113,7 +114,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
             class_names=ds.class_names,
             data_source=ds.source,
             calibration=calibration if recipe.needs_calibration else None,
-            extra={"architecture": config.train.arch, "seed": config.train.seed},
+            extra={"architecture": config.train.arch, "seed": config.train.seed, **build_extras[recipe.name]},
         )
         log(f"      {recipe.name:<10} {len(flatbuffer):>9,} bytes -> {path}")
         written.append((recipe, path, None))
@@ -142,8 +143,13 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
             f"      {recipe.name:<10} accuracy {100 * row.accuracy:.2f} %  "
             f"agreement {100 * row.agreement:.2f} %"
         )
+        row.extra.update(build_extras.get(recipe.name, {}))
         rows.append(row)
 
+    from .micro import deployer_columns
+
+    log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
+    micro_report = deployer_columns(rows, ds.x_test, ds.y_test, log=log)
     table_rows = report_mod.rows_as_dicts(rows)
     plots = {}
     cm_name = "int8" if "int8" in confusion else next(iter(confusion), None)
@@ -157,6 +163,13 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         plots[f"confusion matrix ({cm_name})"] = f"confusion_{cm_name}.png"
     report_mod.plot_size_accuracy(table_rows, out / "size_vs_accuracy.png")
     plots["size vs accuracy"] = "size_vs_accuracy.png"
+    report_mod.plot_size_accuracy(
+        [r for r in table_rows if r.get("arena_bytes")],  # only what TFLM can run
+        out / "flash_vs_accuracy.png",
+        size_key="flash_bytes",
+        title="Flash vs accuracy (variants that run in TFLM)",
+    )
+    plots["flash vs accuracy"] = "flash_vs_accuracy.png"
 
     report = {
         "format": "mnist-tflite-report/1",
@@ -172,11 +185,12 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "variants": table_rows,
         "confusion": {k: v.tolist() for k, v in confusion.items()},
         "plots": plots,
+        "micro": micro_report,
         "machine": machine_info(),
         "versions": convert_mod.versions(),
         "seconds_total": time.perf_counter() - t_start,
     }
-    md, js = report_mod.write_report(out, report)
+    md, js = report_mod.write_report(out, report, notes=micro_report["notes"])
     log("")
     log(report_mod.markdown_table(table_rows))
     log("")
@@ -186,6 +200,21 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 
 
 def _build(
-    recipe: convert_mod.Recipe, model: Any, ds: data_mod.Dataset, rep: np.ndarray, config: RunConfig
-) -> bytes:
-    return convert_mod.convert(model, recipe, rep if recipe.needs_calibration else None)
+    recipe: convert_mod.Recipe,
+    model: Any,
+    ds: data_mod.Dataset,
+    rep: np.ndarray,
+    config: RunConfig,
+    log: Callable[[str], None] = print,
+) -> tuple[bytes, dict[str, Any]]:
+    """Convert by recipe, fine-tuning first when it says so; returns the bytes and report extras."""
+    from .optimize import fine_tune, zip_bytes
+
+    calibration = rep if recipe.needs_calibration else None
+    extra: dict[str, Any] = {}
+    if recipe.training:
+        tuned = fine_tune(model, recipe, ds, config.train, calibration, log=log)
+        flatbuffer, extra = tuned.flatbuffer, tuned.extra()
+    else:
+        flatbuffer = convert_mod.convert(model, recipe, calibration)
+    return flatbuffer, {**extra, "zip_bytes": zip_bytes(flatbuffer)}

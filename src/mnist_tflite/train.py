@@ -39,6 +39,13 @@ class TrainConfig:
         base = dict(epochs=5, batch_size=32, learning_rate=1e-3, cosine_decay=False, augment=False)
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def for_arch(cls, arch: str = "seed", **overrides: Any) -> TrainConfig:
+        """These defaults, then the architecture's ``train_defaults``, then ``overrides``."""
+        from .model import get_architecture
+
+        return cls(**{**dict(get_architecture(arch).train_defaults), "arch": arch, **overrides})
+
     def validate(self) -> None:
         from .model import get_architecture
 

@@ -1,0 +1,151 @@
+"""The Keras 2 world: QAT and pruning with tensorflow-model-optimization, in a child process.
+
+tensorflow-model-optimization supports only Keras 2 (``tf_keras``, selected by
+``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported), and Keras 2 and Keras 3 cannot
+share one interpreter. ``optimize.py`` therefore runs ``python -m mnist_tflite._legacy_optimize
+WORKDIR`` with everything in files:
+
+- ``job.json``: method (``qat`` / ``prune``), architecture name, options, seed, recipe;
+- ``weights.npz``: the trained Keras 3 weights, in ``model.get_weights()`` order;
+- ``data.npz``: ``x_train`` (uint8) and ``y_train``, the data the base model was trained on.
+
+It writes ``result.json`` (seconds, history, sparsity) and either ``model.tflite`` (QAT: the
+fake-quant graph exists only here, so it is converted here) or ``weights_out.npz`` (pruning:
+plain float weights, converted by the parent with the ordinary int8 path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # must precede the first TensorFlow import
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+import numpy as np
+
+from . import data as data_mod
+from ._tf import import_tf, quiet_stdout
+from .model import get_architecture
+
+
+def _augmenter(tf_keras: Any, seed: int) -> Any:
+    # mirrors train._augmenter (Keras 3) so fine-tuning sees the same jitter as training
+    layers = tf_keras.layers
+    return tf_keras.Sequential(
+        [
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom(0.08, fill_mode="constant", seed=seed + 2),
+        ],
+        name="augment",
+    )
+
+
+def _dataset(tf: Any, tf_keras: Any, job: dict[str, Any], work: Path) -> tuple[Any, int]:
+    """The base model's training split (same seed, same validation hold-out), batched."""
+    arrays = np.load(work / "data.npz")
+    x, y, _, _ = data_mod.split_validation(
+        arrays["x_train"], arrays["y_train"], job["val_fraction"], job["seed"]
+    )
+    x = data_mod.normalize(x)
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    ds = ds.shuffle(len(x), seed=job["seed"], reshuffle_each_iteration=True).batch(job["batch_size"])
+    if job["augment"]:
+        augment = _augmenter(tf_keras, job["seed"])
+        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
+    steps = int(np.ceil(len(x) / job["batch_size"]))
+    if job.get("max_steps"):
+        ds, steps = ds.take(job["max_steps"]), min(steps, job["max_steps"])
+    return ds.prefetch(2), steps
+
+
+def _prunable_zero_fraction(model: Any) -> float:
+    """Fraction of exact zeros over the kernels that pruning acts on (Conv2D and Dense)."""
+    zeros = total = 0
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None:
+            k = kernel.numpy()
+            zeros, total = zeros + int((k == 0).sum()), total + k.size
+    return zeros / max(total, 1)
+
+
+def run(work: Path) -> dict[str, Any]:
+    """Fine-tune as ``work/job.json`` says; returns what ``result.json`` gets."""
+    job = json.loads((work / "job.json").read_text())
+    tf = import_tf()
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(job["seed"])
+    tf.config.experimental.enable_op_determinism()
+
+    model = get_architecture(job["arch"]).build(job["num_classes"], keras=tf_keras)
+    weights = np.load(work / "weights.npz")
+    model.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
+
+    ds, steps_per_epoch = _dataset(tf, tf_keras, job, work)
+    opts = job["options"]
+    steps = steps_per_epoch * opts["epochs"]
+    callbacks: list[Any] = []
+    if job["method"] == "qat":
+        tuned = tfmot.quantization.keras.quantize_model(model)
+    else:
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0,
+            final_sparsity=opts["sparsity"],
+            begin_step=0,
+            # reach the target sparsity with a third of the steps left to recover from it
+            end_step=max(1, int(steps * 2 / 3)),
+            frequency=max(1, steps_per_epoch // 4),
+        )
+        tuned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+        callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+    lr = tf_keras.optimizers.schedules.CosineDecay(opts["learning_rate"], decay_steps=steps, alpha=0.05)
+    tuned.compile(
+        optimizer=tf_keras.optimizers.Adam(lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    hist = tuned.fit(ds, epochs=opts["epochs"], verbose=0, callbacks=callbacks)
+    result: dict[str, Any] = {
+        "train_seconds": time.perf_counter() - start,
+        "steps": steps,
+        "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
+    }
+
+    if job["method"] == "qat":
+        from dataclasses import replace
+
+        from .convert import Recipe, convert
+
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in job["recipe"].items()}
+        recipe = replace(Recipe(**fields), training=None, training_options=())
+        with quiet_stdout():
+            flatbuffer = convert(tuned, recipe, None)
+        (work / "model.tflite").write_bytes(flatbuffer)
+    else:
+        stripped = tfmot.sparsity.keras.strip_pruning(tuned)
+        result["sparsity"] = _prunable_zero_fraction(stripped)
+        np.savez(work / "weights_out.npz", **{f"w{i}": w for i, w in enumerate(stripped.get_weights())})
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m mnist_tflite._legacy_optimize WORKDIR", file=sys.stderr)
+        return 2
+    work = Path(argv[0])
+    result = run(work)
+    (work / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,198 @@
+"""TensorFlow Lite Micro: C array + op resolver + arena size, checked in the TFLM interpreter.
+
+``export`` answers a deployer's three questions before flashing: does the model run in
+TFLM (it is run there), how much flash and RAM (model bytes; the smallest tensor arena
+that works, found by bisection, plus a margin) and does the device answer like the
+desktop (``verify``: every test image through TFLM, compared with LiteRT bit for bit).
+No TensorFlow here; TFLM always runs in forked children (see ``_tflm``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _atomic
+from . import _micro_c as c_text
+from ._flatbuffer import ModelInfo
+from ._micro_check import (
+    deployer_columns,
+    int8_problem,
+    load,
+    measure_arena,
+    tflm_problem,
+    verify,
+)
+from .errors import MnistTfliteError, fail
+
+__all__ = [
+    "ExportOptions",
+    "deployer_columns",
+    "export",
+    "int8_problem",
+    "load",
+    "measure_arena",
+    "summary_text",
+    "tflm_problem",
+    "verify",
+]
+
+FORMAT = "mnist-tflite-micro/1"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options of ``export-micro``."""
+
+    model: Path
+    out: Path
+    name: str = "mnist_model"
+    verify: bool = False
+    force: bool = False
+    allow_float: bool = False
+    allow_modified: bool = False
+    data: str = "auto"
+
+
+def describe(path: object, data: bytes, info: ModelInfo, name: str, arena: dict[str, Any]) -> dict[str, Any]:
+    """The summary of an export (written as micro.json)."""
+    from .metadata import sha256_bytes
+
+    return {
+        "format": FORMAT,
+        "model": str(path),
+        "sha256": sha256_bytes(data),
+        "name": name,
+        "flash_bytes": len(data),
+        "arena": arena,
+        "macs": info.macs,
+        "macs_by_op": info.macs_by_op(),
+        "ops": info.ops,
+        "op_counts": info.op_counts(),
+        "resolver": f"tflite::MicroMutableOpResolver<{len(info.ops)}>",
+        "input": info.input.describe(),
+        "output": info.output.describe(),
+    }
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise fail(out, "exists and is not a directory; expected a new directory for the C sources")
+    if not force:
+        raise fail(out, "already exists (pass --force to replace it)")
+    if any(out.iterdir()) and not (out / "micro.json").exists():
+        raise fail(out, "exists and was not written by export-micro (no micro.json); not replacing it")
+
+
+def _write_dir(out: Path, files: dict[str, str]) -> None:
+    """Write all files into a temp dir next to ``out``, then rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        for fname, text in files.items():
+            (tmp / fname).write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_atomic._umask())  # mkdtemp makes 0700
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the C sources for ``opts.model`` into ``opts.out``; returns the summary (micro.json).
+
+    Example:
+        >>> export(ExportOptions(Path("runs/demo/int8.tflite"), Path("firmware"), verify=True))
+    """
+    import json
+
+    problem = c_text.identifier_problem(opts.name)
+    if problem:
+        raise MnistTfliteError(f"--name {opts.name!r} {problem}")
+    out = Path(opts.out)
+    _check_out(out, opts.force)
+    data, info = load(opts.model, allow_modified=opts.allow_modified)
+    problem = None if opts.allow_float else int8_problem(info)
+    if problem:
+        raise fail(opts.model, problem)
+    arena = measure_arena(data, info, opts.model)
+    summary = describe(opts.model, data, info, opts.name, arena)
+    if opts.verify:
+        from . import data as data_mod
+
+        ds = data_mod.load(opts.data, log=log)
+        log(f"verifying in TFLM on {len(ds.x_test):,} test images ({ds.source})")
+        summary["verification"] = verify(
+            opts.model,
+            ds.x_test,
+            ds.y_test,
+            arena_bytes=arena["recommended_bytes"],
+            allow_modified=opts.allow_modified,
+        )
+    n = opts.name
+    files = {
+        f"{n}_data.cc": c_text.data_cc(n, data),
+        f"{n}_data.h": c_text.data_h(n, len(data), arena["recommended_bytes"], arena["min_bytes"]),
+        f"{n}_ops.h": c_text.ops_h(n, info.ops),
+        "main.cc": c_text.main_cc(
+            n, info.input.dtype.lower(), info.input.scale, info.input.zero_point, info.output.dtype.lower()
+        ),
+    }
+    summary["files"] = [*files, "summary.txt", "micro.json"]
+    files["summary.txt"] = summary_text(summary, out) + "\n"
+    files["micro.json"] = json.dumps(summary, indent=2, default=_atomic._jsonable) + "\n"
+    _write_dir(out, files)
+    return summary
+
+
+def _num(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def summary_text(s: dict[str, Any], out: object = None) -> str:
+    """The human-readable export summary (also written as summary.txt)."""
+    a, search = s["arena"], s["arena"]["search"]
+    macs = ", ".join(f"{op} {m:,}" for op, m in s["macs_by_op"].items())
+    ops = ", ".join(f"{op} x{k}" if k > 1 else op for op, k in s["op_counts"].items())
+
+    def io(t: dict[str, Any]) -> str:
+        q = f", scale {t['scale']:.8g}, zero point {t['zero_point']}" if t["scale"] else ""
+        return f"{t['dtype']} {t['shape']}{q}"
+
+    lines = [
+        f"{s['name']}: {s['model']}" + (f" -> {out}" if out else ""),
+        f"  flash   {s['flash_bytes']:,} bytes (const array {s['name']}[] in {s['name']}_data.cc)",
+        f"  arena   {a['recommended_bytes']:,} bytes to allocate = smallest that works in TFLM "
+        f"{a['min_bytes']:,} bytes {a['margin']}",
+        f"          found by bisection: {search['probes']} probes, {search['last_failing_bytes']:,} bytes "
+        f"fails, {a['min_bytes']:,} works; TFLM's RecordingMicroAllocator tally: "
+        f"{_num(search['recorded_total_bytes'])} bytes ({a['host']})",
+        f"  MACs    {s['macs']:,} per inference ({macs or 'no conv/dense layers'})",
+        f"  ops     {len(s['ops'])}: {ops} -> {s['resolver']} in {s['name']}_ops.h",
+        f"  input   {io(s['input'])}",
+        f"  output  {io(s['output'])}",
+    ]
+    v = s.get("verification")
+    if v:
+        b, x = v["vs_litert_builtin"], v["vs_litert_xnnpack"]
+        lines += [
+            f"  TFLM check on {v['images']:,} test images ({v['tflm_seconds']:.1f} s, {v['workers']} "
+            f"processes, arena {v['arena_bytes']:,} bytes): accuracy {100 * v['accuracy']:.2f} % "
+            f"(LiteRT {100 * v['litert_accuracy']:.2f} %)",
+            f"    vs LiteRT builtin kernels: {b['rows_differing']:,} of {v['images']:,} output rows differ "
+            f"({b['predictions_differing']} predictions, max {b['max_abs_diff']:g} steps)"
+            + (" - bit-exact" if b["rows_differing"] == 0 else ""),
+            f"    vs LiteRT XNNPACK (default): {x['rows_differing']:,} rows differ "
+            f"({x['predictions_differing']} predictions, max {x['max_abs_diff']:g} steps)",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+// mnist-tflite serve: draw a digit, send the canvas as a PNG to /api/predict, show the answer.
+// Plain JS, no build step, no network access beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const pad = $("pad");
+const ctx = pad.getContext("2d");
+const STROKE = 18; // px on the 280 px pad: about MNIST's stroke once scaled to 20 px
+
+const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false };
+
+// ---- drawing (pointer events cover mouse, touch and pen) -------------------------------
+
+function clearPad() {
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  state.hasInk = false;
+}
+
+function padPoint(ev) {
+  const r = pad.getBoundingClientRect();
+  return [((ev.clientX - r.left) * pad.width) / r.width, ((ev.clientY - r.top) * pad.height) / r.height];
+}
+
+pad.addEventListener("pointerdown", (ev) => {
+  ev.preventDefault();
+  pad.setPointerCapture(ev.pointerId);
+  state.drawing = true;
+  const [x, y] = padPoint(ev);
+  ctx.strokeStyle = ctx.fillStyle = "#000";
+  ctx.lineWidth = STROKE;
+  ctx.lineCap = ctx.lineJoin = "round";
+  ctx.beginPath();
+  ctx.arc(x, y, STROKE / 2, 0, 2 * Math.PI);
+  ctx.fill();
+  ctx.beginPath();
+  ctx.moveTo(x, y);
+  state.hasInk = true;
+});
+
+pad.addEventListener("pointermove", (ev) => {
+  if (!state.drawing) return;
+  ev.preventDefault();
+  const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [ev];
+  for (const e of events.length ? events : [ev]) {
+    const [x, y] = padPoint(e);
+    ctx.lineTo(x, y);
+  }
+  ctx.stroke();
+  const [x, y] = padPoint(ev);
+  ctx.beginPath();
+  ctx.moveTo(x, y);
+});
+
+function endStroke(ev) {
+  if (!state.drawing) return;
+  state.drawing = false;
+  if (pad.hasPointerCapture(ev.pointerId)) pad.releasePointerCapture(ev.pointerId);
+  pad.toBlob((blob) => {
+    state.input = blob;
+    state.inputName = "drawing.png";
+    predict();
+  }, "image/png");
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+$("clear").addEventListener("click", () => {
+  clearPad();
+  state.input = null;
+  state.seq++; // drop answers still in flight
+  showIdle();
+});
+
+// ---- photo upload ----------------------------------------------------------------------
+
+$("upload").addEventListener("change", (ev) => {
+  const file = ev.target.files[0];
+  ev.target.value = "";
+  if (!file) return;
+  state.input = file;
+  state.inputName = file.name;
+  const url = URL.createObjectURL(file);
+  const img = new Image();
+  img.onload = () => {
+    clearPad();
+    const s = Math.min(pad.width / img.width, pad.height / img.height);
+    const w = img.width * s, h = img.height * s;
+    ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    URL.revokeObjectURL(url);
+  };
+  img.onerror = () => URL.revokeObjectURL(url); // the server will say what is wrong with it
+  img.src = url;
+  predict();
+});
+
+// ---- talking to the server -------------------------------------------------------------
+
+function currentVariant() {
+  return state.models && state.models.variants.length > 1 ? $("variant").value : null;
+}
+
+async function ask(variant) {
+  const form = new FormData();
+  form.append("image", state.input, state.inputName);
+  const url = "/api/predict" + (variant ? "?model=" + encodeURIComponent(variant) : "");
+  const t0 = performance.now();
+  const resp = await fetch(url, { method: "POST", body: form });
+  const body = await resp.json().catch(() => ({ detail: "the server sent no JSON (HTTP " + resp.status + ")" }));
+  return { ok: resp.ok, body, roundTrip: performance.now() - t0 };
+}
+
+async function predict() {
+  if (!state.input) return;
+  const seq = ++state.seq;
+  document.body.dataset.state = "busy";
+  try {
+    const { ok, body, roundTrip } = await ask(currentVariant());
+    if (seq !== state.seq) return; // a newer drawing or a clear superseded this answer
+    if (ok) showResult(body, roundTrip);
+    else showError(body);
+  } catch (err) {
+    if (seq === state.seq) showError({ detail: "cannot reach the server (" + err.message + ")" });
+  }
+}
+
+// ---- showing results -------------------------------------------------------------------
+
+function buildBars(names) {
+  const ol = $("bars");
+  ol.replaceChildren();
+  for (const name of names) {
+    const li = document.createElement("li");
+    const label = document.createElement("span");
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    track.append(fill);
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    li.append(label, track, pct);
+    ol.append(li);
+  }
+}
+
+function showIdle() {
+  $("label").textContent = "–";
+  $("confidence").textContent = "draw a digit";
+  $("latency").textContent = "";
+  $("error").hidden = true;
+  $("compare-table").hidden = true;
+  for (const li of $("bars").children) {
+    li.className = "";
+    li.querySelector(".fill").style.width = "0";
+    li.querySelector(".pct").textContent = "";
+  }
+  const seen = $("seen").getContext("2d");
+  seen.fillStyle = "#000";
+  seen.fillRect(0, 0, 28, 28);
+  document.body.dataset.state = "idle";
+}
+
+function drawSeen(input) {
+  const seen = $("seen").getContext("2d");
+  const img = seen.createImageData(28, 28);
+  for (let y = 0; y < 28; y++) {
+    for (let x = 0; x < 28; x++) {
+      const v = input[y][x]; // 0..255, white digit on black
+      const i = 4 * (y * 28 + x);
+      img.data[i] = img.data[i + 1] = img.data[i + 2] = v;
+      img.data[i + 3] = 255;
+    }
+  }
+  seen.putImageData(img, 0, 0);
+}
+
+function showResult(r, roundTrip) {
+  $("error").hidden = true;
+  $("label").textContent = r.class_name;
+  $("confidence").textContent = (100 * r.probabilities[r.label]).toFixed(1) + " % sure";
+  if ($("bars").children.length !== r.probabilities.length) buildBars(r.probabilities.map((_, i) => String(i)));
+  [...$("bars").children].forEach((li, i) => {
+    const p = r.probabilities[i];
+    li.className = i === r.label ? "top" : "";
+    li.querySelector(".fill").style.width = (100 * p).toFixed(1) + "%";
+    li.querySelector(".pct").textContent = (100 * p).toFixed(1) + "%";
+  });
+  drawSeen(r.input);
+  $("model-name").textContent = "model " + r.model + " ·";
+  $("latency").textContent =
+    "server " + r.latency_ms.toFixed(1) + " ms (inference " + r.inference_ms.toFixed(2) + " ms) · round trip " +
+    roundTrip.toFixed(0) + " ms";
+  markReportRow(r.model);
+  document.body.dataset.state = "done";
+}
+
+function showError(body) {
+  const blank = body.error === "blank";
+  $("label").textContent = blank ? "?" : "!";
+  $("confidence").textContent = blank ? "no digit found" : "error";
+  $("error").textContent = body.detail || JSON.stringify(body);
+  $("error").hidden = false;
+  document.body.dataset.state = "error";
+}
+
+// ---- variants and the report ------------------------------------------------------------
+
+async function compareAll() {
+  if (!state.input || !state.models) return;
+  const tbody = $("compare-table").querySelector("tbody");
+  tbody.replaceChildren();
+  $("compare-table").hidden = false;
+  for (const v of state.models.variants) {
+    const { ok, body } = await ask(v.name);
+    const tr = document.createElement("tr");
+    const cells = ok
+      ? [v.name, body.class_name, (100 * body.probabilities[body.label]).toFixed(1) + " %", body.latency_ms.toFixed(1)]
+      : [v.name, body.error || "error", "", ""];
+    for (const c of cells) {
+      const td = document.createElement("td");
+      td.textContent = c;
+      tr.append(td);
+    }
+    tbody.append(tr);
+  }
+}
+
+function markReportRow(name) {
+  for (const tr of $("report").querySelectorAll("tbody tr")) {
+    tr.classList.toggle("current", tr.firstChild.textContent === name);
+  }
+}
+
+function showReport(report) {
+  if (!report) return;
+  const box = $("report");
+  $("report-source").textContent = "(" + report.source + ")";
+  if (report.headers) {
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const h of report.headers) head.append(Object.assign(document.createElement("th"), { textContent: h }));
+    const body = table.createTBody();
+    for (const row of report.rows) {
+      const tr = body.insertRow();
+      for (const cell of row) tr.insertCell().textContent = cell;
+    }
+    box.replaceChildren(table);
+  } else {
+    box.replaceChildren(Object.assign(document.createElement("pre"), { textContent: report.markdown }));
+  }
+  $("report-panel").hidden = false;
+}
+
+async function loadModels() {
+  const resp = await fetch("/api/models");
+  const models = await resp.json();
+  state.models = models;
+  buildBars(models.variants[0].class_names);
+  const select = $("variant");
+  for (const v of models.variants) {
+    const label = v.name + (v.accuracy != null ? " (" + (100 * v.accuracy).toFixed(2) + " %)" : "");
+    select.append(new Option(label, v.name, v.name === models.default, v.name === models.default));
+  }
+  const several = models.variants.length > 1;
+  $("variant-box").hidden = !several;
+  $("compare").hidden = !several;
+  $("model-name").textContent = "model " + models.default;
+  showReport(models.report);
+  markReportRow(models.default);
+  document.body.dataset.ready = "1";
+}
+
+$("variant").addEventListener("change", () => {
+  $("compare-table").hidden = true;
+  predict();
+});
+$("compare").addEventListener("click", compareAll);
+
+clearPad();
+showIdle();
+loadModels().catch((err) => showError({ detail: "cannot load the model list (" + err.message + ")" }));
