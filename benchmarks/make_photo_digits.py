@@ -93,7 +93,8 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
     img = paper * (1.0 - a) + pen * a
 
     # uneven lighting: a linear gradient in a random direction, times a soft vignette
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.ogrid[0:h, 0:w]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
     theta = rng.uniform(0, 2 * np.pi)
     g = (np.cos(theta) * (xx / w - 0.5) + np.sin(theta) * (yy / h - 0.5)) + 0.5
     lighting = float(rng.choice([0.0, 0.15, 0.3, 0.45]))
@@ -115,15 +116,16 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
     elif fmt == "jpeg-gray":
         pil.convert("L").save(buf, "JPEG", quality=quality)
     elif fmt == "png-gray":
-        pil.convert("L").save(buf, "PNG")
+        pil.convert("L").save(buf, "PNG", compress_level=1)
     elif fmt == "png-rgba":
         # a drawing app: pen colour on a transparent canvas
         rgba = np.zeros((h, w, 4), np.uint8)
         rgba[..., :3] = pen.astype(np.uint8)
         rgba[..., 3] = (a[..., 0] * 255).astype(np.uint8)
-        Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+        Image.fromarray(rgba, "RGBA").save(buf, "PNG", compress_level=1)
     else:
-        pil.save(buf, {"png": "PNG", "bmp": "BMP", "webp": "WEBP", "tiff": "TIFF"}[fmt])
+        kwargs = {"compress_level": 1} if fmt == "png" else {}
+        pil.save(buf, {"png": "PNG", "bmp": "BMP", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kwargs)
     suffix = {"jpeg": ".jpg", "jpeg-gray": ".jpg", "png-gray": ".png", "png-rgba": ".png"}.get(fmt, f".{fmt}")
     polarity = "light-on-dark" if dark_board else "dark-on-light"
     info = Render(

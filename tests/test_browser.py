@@ -48,35 +48,43 @@ DIGITS = {
 def server(tmp_path_factory):
     """``mnist-tflite serve`` on a run folder, port chosen by the OS; yields its base URL."""
     run = make_run_dir(tmp_path_factory.mktemp("run"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mnist_tflite.cli", "serve", str(run), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    log = run / "server.log"  # a file, not a pipe nobody reads: the server must never block on it
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnist_tflite.cli", "serve", str(run), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
     line = proc.stdout.readline()  # "serving ... at http://127.0.0.1:PORT/"
     if "http://127.0.0.1:" not in line:
         proc.kill()
-        pytest.fail(f"server did not start: {line!r} {proc.stderr.read()}")
+        pytest.fail(f"server did not start: {line!r} {log.read_text()}")
     yield line.split(" at ")[1].strip()
     proc.terminate()
     proc.wait(10)
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.on("request", lambda r: SEEN["requests"].append(r.url))
-        page.on("pageerror", lambda e: SEEN["errors"].append(str(e)))
-        page.goto(server)
-        page.wait_for_selector("body[data-ready]", state="attached", timeout=15_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.on("request", lambda r: SEEN["requests"].append(r.url))
+    page.on("pageerror", lambda e: SEEN["errors"].append(str(e)))
+    page.goto(server)
+    page.wait_for_selector("body[data-ready]", state="attached", timeout=15_000)
+    yield page
+    page.close()
 
 
 def draw(page, strokes) -> None:
@@ -160,3 +168,25 @@ def test_screenshot_for_people(page, tmp_path):
     page.wait_for_selector(DONE, state="attached", timeout=10_000)
     page.screenshot(path=str(out / "serve_page.png"), full_page=True)
     assert (out / "serve_page.png").stat().st_size > 10_000
+
+
+def test_finger_drawing_on_a_phone(browser, server):
+    """Touch events (not mouse) on a phone-sized page: a finger draws a 1."""
+    context = browser.new_context(viewport={"width": 390, "height": 800}, has_touch=True, is_mobile=True)
+    phone = context.new_page()
+    try:
+        phone.goto(server)
+        phone.wait_for_selector("body[data-ready]", state="attached", timeout=15_000)
+        box = phone.locator("#pad").bounding_box()
+        x = box["x"] + box["width"] / 2
+        ys = [box["y"] + box["height"] * (0.15 + 0.07 * i) for i in range(11)]
+        cdp = context.new_cdp_session(phone)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": ys[0]}]})
+        for y in ys[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        phone.wait_for_selector(DONE, state="attached", timeout=10_000)
+        assert phone.inner_text("#label") == "1"
+        assert phone.evaluate("() => window.scrollY") == 0  # the stroke drew; it did not scroll the page
+    finally:
+        context.close()

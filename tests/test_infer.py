@@ -126,9 +126,9 @@ def odd_models(tmp_path_factory, mnist):
     import keras
 
     keras.utils.set_random_seed(0)
+    layers = keras.layers
     logits = keras.Sequential(
-        [keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2), keras.layers.Flatten()]
-        + [keras.layers.Dense(10)]
+        [keras.Input((28, 28, 1)), layers.Conv2D(4, 3, strides=2), layers.Flatten(), layers.Dense(10)]
     )
     soft = keras.Sequential([logits, keras.layers.Softmax()])
     rep = data.normalize(mnist.x_train[:64])
@@ -211,3 +211,25 @@ def test_runner_does_not_import_tensorflow():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_int8_note_says_what_int8_buys_on_this_cpu():
+    from mnist_tflite.report import int8_note
+
+    rows = [
+        {
+            "name": "float32",
+            "status": "ok",
+            "throughput_ips": 20_000.0,
+            "size_bytes": 140_000,
+            "accuracy": 0.987,
+        },
+        {"name": "int8", "status": "ok", "throughput_ips": 50_000.0, "size_bytes": 42_000, "accuracy": 0.986},
+    ]
+    vnni = int8_note(rows, {"cpu_flags": ["avx2", "fma", "avx512f", "avx512_vnni"]})
+    assert vnni.startswith("int8 on this CPU (AVX-512, VNNI: avx512_vnni) buys speed: 2.50x")
+    assert "3.3x smaller" in vnni and "-0.10 accuracy points" in vnni
+    rows[1]["throughput_ips"] = 15_000.0
+    slow = int8_note(rows, {"cpu_flags": ["avx2", "fma"]})
+    assert "(AVX2, no VNNI) costs speed: 0.75x" in slow
+    assert int8_note(rows[:1], {"cpu_flags": []}) is None

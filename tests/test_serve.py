@@ -174,6 +174,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 JSON_TYPE = {"content-type": "application/json"}
 PNG_TYPE = {"content-type": "image/png"}
+NO_BOUNDARY = {"content-type": "multipart/form-data"}
 WHITE = png_bytes(np.full((280, 280), 255, np.uint8))
 BOMB = _png_header_only(100_000, 100_000)
 BAD_REQUESTS = [
@@ -184,6 +185,7 @@ BAD_REQUESTS = [
     ("not an image", {"files": {"image": ("a.png", b"definitely not a png", "image/png")}}, 400, "bad_image"),
     ("empty file", {"files": {"image": ("a.png", b"", "image/png")}}, 400, "bad_image"),
     ("no image field", {"files": {"other": (None, b"x")}}, 422, "no_image"),
+    ("multipart, no boundary", {"content": b"x", "headers": NO_BOUNDARY}, 400, "bad_multipart"),
     ("broken json", {"content": b'{"pixels": [[1, 2', "headers": JSON_TYPE}, 400, "bad_json"),
     ("json without pixels", {"json": {"image": [[0]]}}, 422, "no_pixels"),
     ("json array at top", {"json": [[0] * 28] * 28}, 422, "no_pixels"),
@@ -205,6 +207,20 @@ def test_bad_requests_get_a_json_error(client, what, kwargs, status, code):
     r = client.post("/api/predict", **kwargs)
     assert r.status_code == status, r.text
     assert r.json()["error"] == code and r.json()["detail"]
+
+
+def test_a_server_bug_is_a_json_500_not_a_crash(caplog):
+    app = create_app(MODELS / "int8.tflite")
+
+    def broken(images):
+        raise RuntimeError("simulated bug")
+
+    app.state.served.variants["int8"].model.predict_proba = broken
+    c = TestClient(app, raise_server_exceptions=False)
+    r = c.post("/api/predict", json={"pixels": [[0] * 10 + [255] * 8 + [0] * 10] * 28})
+    assert r.status_code == 500 and r.json() == {"error": "internal", "detail": "server bug: RuntimeError"}
+    assert "simulated bug" in caplog.text
+    assert c.get("/healthz").status_code == 200  # and the server goes on
 
 
 def test_truncated_png_is_a_400(client, test_images):

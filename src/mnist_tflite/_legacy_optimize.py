@@ -96,13 +96,16 @@ def run(work: Path) -> dict[str, Any]:
     if job["method"] == "qat":
         tuned = tfmot.quantization.keras.quantize_model(model)
     else:
+        # reach the target sparsity with a third of the steps left to recover from it; the mask
+        # only changes every `frequency` steps, so end on one of those or stop short of the target
+        frequency = max(1, steps_per_epoch // 4)
+        end_step = frequency * max(1, min(round(steps * 2 / 3 / frequency), (steps - 1) // frequency))
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0,
             final_sparsity=opts["sparsity"],
             begin_step=0,
-            # reach the target sparsity with a third of the steps left to recover from it
-            end_step=max(1, int(steps * 2 / 3)),
-            frequency=max(1, steps_per_epoch // 4),
+            end_step=end_step,
+            frequency=frequency,
         )
         tuned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())

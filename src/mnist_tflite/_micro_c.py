@@ -163,18 +163,29 @@ inline TfLiteStatus {name}_register_ops({name}_op_resolver& resolver) {{
 """
 
 
+# tensor dtype -> (TfLitePtrUnion field, C type, min, max)
+_C_TYPES = {
+    "int8": ("int8", "int8_t", -128, 127),
+    "uint8": ("uint8", "uint8_t", 0, 255),
+    "int16": ("i16", "int16_t", -32768, 32767),
+    "float32": ("f", "float", None, None),
+}
+
+
 def main_cc(name: str, input_dtype: str, scale: float, zero_point: int, output_dtype: str) -> str:
-    if input_dtype == "int8":
+    """An example ``main.cc`` wiring the array, the resolver and the arena (needs the TFLM library)."""
+    field, ctype, lo, hi = _C_TYPES.get(input_dtype, _C_TYPES["float32"])
+    if lo is not None:
         fill = f"""  // Quantize like the desktop runner: q = round(pixel / 255 / scale) + zero_point.
   constexpr float kInputScale = {scale!r}f;
   constexpr int kInputZeroPoint = {zero_point};
   for (int i = 0; i < kPixels; ++i) {{
     int q = static_cast<int>(lroundf(image[i] / 255.0f / kInputScale)) + kInputZeroPoint;
-    input->data.int8[i] = static_cast<int8_t>(q < -128 ? -128 : (q > 127 ? 127 : q));
+    input->data.{field}[i] = static_cast<{ctype}>(q < {lo} ? {lo} : (q > {hi} ? {hi} : q));
   }}"""
     else:
         fill = """  for (int i = 0; i < kPixels; ++i) input->data.f[i] = image[i] / 255.0f;"""
-    score = "output->data.int8[c]" if output_dtype == "int8" else "output->data.f[c]"
+    score = f"output->data.{_C_TYPES.get(output_dtype, _C_TYPES['float32'])[0]}[c]"
     return f"""// Example: run the exported model once with TensorFlow Lite Micro.
 // Needs the TFLM library (https://github.com/tensorflow/tflite-micro); build it with your
 // board's TFLM port, e.g. add this file, {name}_data.cc and the TFLM sources to the project.

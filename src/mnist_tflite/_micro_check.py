@@ -172,11 +172,12 @@ def verify(
 def verification_line(name: str, v: dict[str, Any]) -> str:
     """One line for a report: TFLM accuracy and agreement with both LiteRT paths."""
     b, x, n = v["vs_litert_builtin"], v["vs_litert_xnnpack"], v["images"]
+    unit = " steps" if v["output_dtype"].startswith(("int", "uint")) else ""
     same = "bit-exact" if b["rows_differing"] == 0 else f"{b['rows_differing']:,} rows DIFFER"
     return (
         f"{name} in TFLM: {100 * v['accuracy']:.2f} % on {n:,} test images ({v['tflm_seconds']:.1f} s); "
         f"vs LiteRT builtin kernels: {n - b['rows_differing']:,}/{n:,} output rows identical ({same}); "
-        f"vs LiteRT XNNPACK: {x['rows_differing']:,} rows differ (max {x['max_abs_diff']:g} steps), "
+        f"vs LiteRT XNNPACK: {x['rows_differing']:,} rows differ (max {x['max_abs_diff']:g}{unit}), "
         f"{x['predictions_differing']} prediction(s) differ"
     )
 

@@ -131,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _parser(
         sub,
+        "pareto",
+        "merge runs (one per architecture) into one accuracy-vs-flash chart and flash-budget table",
+        "mnist-tflite run --arch tiny --recipes all --out runs/tiny\n"
+        "  mnist-tflite pareto runs/seed runs/tiny --out runs/pareto",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="directories written by `mnist-tflite run`")
+    p.add_argument("--out", required=True, type=Path, help="where to write pareto.md/.json/.png")
+    p.add_argument("--force", action="store_true", help="overwrite an existing pareto.md")
+    p.add_argument("--json", action="store_true", help="print the merged table as JSON")
+    p.set_defaults(func=cmd_pareto)
+
+    p = _parser(
+        sub,
         "predict",
         "classify photos, scans or MNIST arrays of digits with a .tflite model (no TensorFlow)",
         "mnist-tflite predict runs/demo/int8.tflite photo.jpg scans/ --top-k 3\n"
@@ -261,6 +274,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     else:
         for r in RECIPES:
             print(f"{r.name:<12} {r.description}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from .pareto import write_pareto
+
+    doc = write_pareto(args.runs, args.out, force=args.force)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print((args.out / "pareto.md").read_text(encoding="utf-8"))
     return 0
 
 

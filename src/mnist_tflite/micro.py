@@ -93,8 +93,11 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _write_dir(out: Path, files: dict[str, str]) -> None:
     """Write all files into a temp dir next to ``out``, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise fail(out, f"cannot create it ({exc.strerror})") from None
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
         for fname, text in files.items():
@@ -102,7 +105,14 @@ def _write_dir(out: Path, files: dict[str, str]) -> None:
         os.chmod(tmp, 0o777 & ~_atomic._umask())  # mkdtemp makes 0700
         if out.exists():
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)  # put the previous export back
+            raise
+    except OSError as exc:
+        raise fail(out, f"cannot write it ({exc.strerror})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -110,6 +120,15 @@ def _write_dir(out: Path, files: dict[str, str]) -> None:
 
 def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the C sources for ``opts.model`` into ``opts.out``; returns the summary (micro.json).
+
+    Args:
+        opts: model, output directory, C name and flags (see ``ExportOptions``).
+        log: progress lines (data loading, verification).
+
+    Returns:
+        The summary: flash, arena (with its bisection), MACs, ops, I/O quantization, files and,
+        with ``verify``, the TFLM-vs-LiteRT comparison. Raises MnistTfliteError (nothing written)
+        for a bad name, an existing ``--out``, a non-int8 model, a corrupt model or one TFLM can't run.
 
     Example:
         >>> export(ExportOptions(Path("runs/demo/int8.tflite"), Path("firmware"), verify=True))
@@ -185,14 +204,15 @@ def summary_text(s: dict[str, Any], out: object = None) -> str:
     v = s.get("verification")
     if v:
         b, x = v["vs_litert_builtin"], v["vs_litert_xnnpack"]
+        unit = " steps" if v["output_dtype"].startswith(("int", "uint")) else ""
         lines += [
             f"  TFLM check on {v['images']:,} test images ({v['tflm_seconds']:.1f} s, {v['workers']} "
             f"processes, arena {v['arena_bytes']:,} bytes): accuracy {100 * v['accuracy']:.2f} % "
             f"(LiteRT {100 * v['litert_accuracy']:.2f} %)",
             f"    vs LiteRT builtin kernels: {b['rows_differing']:,} of {v['images']:,} output rows differ "
-            f"({b['predictions_differing']} predictions, max {b['max_abs_diff']:g} steps)"
+            f"({b['predictions_differing']} predictions, max {b['max_abs_diff']:g}{unit})"
             + (" - bit-exact" if b["rows_differing"] == 0 else ""),
             f"    vs LiteRT XNNPACK (default): {x['rows_differing']:,} rows differ "
-            f"({x['predictions_differing']} predictions, max {x['max_abs_diff']:g} steps)",
+            f"({x['predictions_differing']} predictions, max {x['max_abs_diff']:g}{unit})",
         ]
     return "\n".join(lines)

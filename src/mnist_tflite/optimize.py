@@ -36,6 +36,7 @@ __all__ = [
     "FineTuneResult",
     "fine_tune",
     "identify_architecture",
+    "report_notes",
     "resolve_options",
     "with_sparsity",
     "zip_bytes",
@@ -86,6 +87,28 @@ def zip_bytes(flatbuffer: bytes) -> int:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         zf.writestr("model.tflite", flatbuffer)
     return len(buf.getvalue())
+
+
+def report_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What pruning buys, from a run's rows: only the zipped size shrinks (checked, not assumed).
+
+    Returns:
+        One note per pruned row that has a post-training ``int8`` row to compare with.
+    """
+    base = next((r for r in rows if r.get("name") == "int8" and r.get("status") == "ok"), None)
+    notes = []
+    for r in rows:
+        if r.get("training") != "prune" or r.get("status") != "ok" or base is None:
+            continue
+        notes.append(
+            f"{r['name']} ({100 * r.get('sparsity', 0):.0f} % zeros) is {r['size_bytes']:,} bytes vs int8's "
+            f"{base['size_bytes']:,}, zipped {r.get('zip_bytes', 0):,} vs {base.get('zip_bytes', 0):,}: "
+            "pruning pays off only compressed (downloads, OTA updates, compressed storage) or with "
+            "sparse kernels, which neither LiteRT's CPU path nor TFLM has for int8 CONV_2D (the "
+            "converter's EXPERIMENTAL_SPARSITY encodes only FULLY_CONNECTED weights, and XNNPACK "
+            "refuses to delegate that sparse int8 layer); flash, arena and latency stay those of int8."
+        )
+    return notes
 
 
 def resolve_options(method: str | None, options: Any = ()) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from . import data as data_mod
 from . import report as report_mod
 from .errors import MnistTfliteError, fail
 from .evaluate import VariantResult, confusion_matrix, evaluate_model
+from .optimize import report_notes
 from .train import TrainConfig, save_model, train
 
 
@@ -190,7 +191,10 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "versions": convert_mod.versions(),
         "seconds_total": time.perf_counter() - t_start,
     }
-    md, js = report_mod.write_report(out, report, notes=micro_report["notes"])
+    notes = [*micro_report["notes"], *report_notes(table_rows)]
+    int8 = report_mod.int8_note(table_rows, report["machine"])
+    notes += [int8] if int8 else []
+    md, js = report_mod.write_report(out, report, notes=notes)
     log("")
     log(report_mod.markdown_table(table_rows))
     log("")

@@ -10,6 +10,7 @@ or light chalk on a dark board). Pure Pillow + NumPy; no TensorFlow, no SciPy.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -39,8 +40,9 @@ BOX = 20  # MNIST: the digit's longest side
 FIELD = 28  # ... placed in a 28x28 field
 COM_TARGET = 14.0  # measured on the official test set: mean centre of mass at index 14.0
 WORK_SIZE = 320  # photos are reduced to this longest side before anything else
-GRID = 8  # background blocks across the longest side
+CLOSING = 0.2  # background window, as a fraction of the longest side (wider than any stroke)
 MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)
+NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
 MIN_INK_PIXELS = 6  # at working resolution; fewer is a speck of dust, not a digit
 LOW_CUT, HIGH_CUT = 0.30, 0.75  # ink below LOW_CUT * peak is background, above HIGH_CUT * peak is solid
 TARGET_STROKE = 1.8  # median MNIST stroke width in px (2 * area / perimeter at threshold 0.5)
@@ -160,18 +162,18 @@ def _scale(a: np.ndarray) -> np.ndarray:
 
 def _image_to_array(image) -> np.ndarray:
     """A PIL image -> float32 (H, W, C) with C in {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA)."""
-    mode = image.mode
-    if mode == "P" or mode == "PA":
-        image = image.convert("RGBA")
-    elif mode == "1":
-        image = image.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGB")
-    elif mode == "La":
-        image = image.convert("LA")
-    elif mode == "RGBa":
-        image = image.convert("RGBA")
-    a = _scale(np.asarray(image))
+    sixteen_bit = image.mode.startswith("I;16")
+    convert = {"P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "1": "L", "La": "LA", "CMYK": "RGB"}
+    convert.update({"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "I;16": "I", "I;16B": "I", "I;16L": "I"})
+    if image.mode in convert:
+        image = image.convert(convert[image.mode])
+    factor = max(image.size) // (2 * WORK_SIZE)
+    if factor > 1:
+        # shrink big photos in Pillow first: a 50-megapixel RGB photo as float32 is 600 MB
+        with contextlib.suppress(ValueError, NotImplementedError):  # else NumPy does it later
+            image = image.reduce(factor)
+    raw = np.asarray(image)
+    a = raw.astype(np.float32) / np.float32(65535.0) if sixteen_bit else _scale(raw)
     return a[..., None] if a.ndim == 2 else a
 
 
@@ -219,11 +221,8 @@ def _luminance(a: np.ndarray) -> np.ndarray:
 
 
 def _light_background(lum: np.ndarray) -> bool:
-    """Polarity from the background: the border is mostly paper (or board)."""
-    h, w = lum.shape
-    m = max(1, min(h, w) // 16)
-    border = np.concatenate([lum[:m].ravel(), lum[-m:].ravel(), lum[:, :m].ravel(), lum[:, -m:].ravel()])
-    level = float(_quantile(border, 0.5))
+    """Polarity from the background: most of the picture is paper (or board), not ink."""
+    level = float(_quantile(lum, 0.5))
     if level >= 0.65:
         return True
     if level <= 0.35:
@@ -244,22 +243,38 @@ def _resize_float(a: np.ndarray, size: tuple[int, int], resample: str = "BILINEA
     return np.asarray(out, dtype=np.float32)
 
 
+def _running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """Centred running max/min of width ``k`` along ``axis`` (van Herk/Gil-Werman: cost independent of k)."""
+    a = np.moveaxis(a, axis, -1)
+    n, lo = a.shape[-1], k // 2
+    total = -(-(n + k - 1) // k) * k
+    p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(lo, total - n - lo)], mode="edge")
+    blocks = p.reshape(*p.shape[:-1], total // k, k)
+    prefix = op.accumulate(blocks, axis=-1).reshape(p.shape)
+    suffix = op.accumulate(blocks[..., ::-1], axis=-1)[..., ::-1].reshape(p.shape)
+    return np.moveaxis(op(suffix[..., :n], prefix[..., k - 1 : k - 1 + n]), -1, axis)
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3x3 mean (edges repeated)."""
+    p = np.pad(a, 1, mode="edge")
+    h, w = a.shape
+    return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) / np.float32(9.0)
+
+
 def _background(channel: np.ndarray, light: bool) -> np.ndarray:
-    """Smooth background estimate of one channel: per-block paper level, interpolated."""
-    h, w = channel.shape
-    block = max(2, -(-max(h, w) // GRID))
-    gh, gw = -(-h // block), -(-w // block)
-    padded = np.pad(channel, ((0, gh * block - h), (0, gw * block - w)), mode="edge")
-    blocks = padded.reshape(gh, block, gw, block).transpose(0, 2, 1, 3).reshape(gh, gw, -1)
-    # the paper is the bright end of each block (dark end for a board); ink covers the rest
-    level = _quantile(blocks, 0.9 if light else 0.1, axis=2).astype(np.float32)
-    # a block that is nearly all ink borrows its neighbours' level
-    p = np.pad(level, 1, mode="edge")
-    stack = np.stack([p[i : i + gh, j : j + gw] for i in range(3) for j in range(3)])
-    level = _quantile(stack, 0.5, axis=0)
-    if gh == 1 and gw == 1:
-        return np.full_like(channel, level[0, 0])
-    return _resize_float(level, (h, w))
+    """The paper (or board) without the ink: a morphological closing (opening on a board).
+
+    Any mark thinner than the window is a stroke and is removed; larger areas (a shadow,
+    a lighting gradient, the table around a sheet) are background and kept, edges and all.
+    """
+    k = max(3, int(max(channel.shape) * CLOSING) | 1)
+    first, second = (np.maximum, np.minimum) if light else (np.minimum, np.maximum)
+    # the picture goes on beyond its frame: a dark table edge along the border stays background
+    bg = np.pad(channel, k, mode="edge")
+    for op in (first, second):
+        bg = _running(_running(bg, k, 0, op), k, 1, op)
+    return bg[k:-k, k:-k]
 
 
 def _ink_map(a: np.ndarray) -> np.ndarray:
@@ -274,16 +289,19 @@ def _ink_map(a: np.ndarray) -> np.ndarray:
         diffs.append((bg - ch) / np.maximum(bg, 0.2) if light else ch - bg)
     # any pen colour: ink is how far the most-changed channel moved away from the paper
     ink = np.max(np.stack(diffs), axis=0) if len(diffs) > 1 else diffs[0]
-    ink = np.clip(ink, 0.0, 1.0)
-    # a 3x3 mean hides single-pixel sensor and JPEG noise when judging the peak
-    p = np.pad(ink, 1, mode="edge")
-    smooth = sum(p[i : i + ink.shape[0], j : j + ink.shape[1]] for i in range(3) for j in range(3)) / 9.0
+    # the background envelope sits a little above sensor/JPEG noise: take that level off,
+    # and ask the ink to stand out from the noise as well as from the paper
+    base = float(_quantile(ink, 0.5))
+    noise = float(_quantile(np.abs(ink - base), 0.5))
+    ink = np.clip(ink - base, 0.0, 1.0)
+    smooth = _box3(ink)  # hides single-pixel noise when judging the peak
     peak = float(_quantile(smooth, 0.999)) if smooth.size > 1000 else float(smooth.max())
     peak = max(peak, float(smooth.max()) * 0.8)
-    if peak < MIN_CONTRAST:
+    needed = max(MIN_CONTRAST, NOISE_MARGIN * noise)
+    if peak < needed:
         raise BlankImageError(
             f"no ink found: the strongest mark differs from the background by {peak:.0%} of full "
-            f"scale, expected at least {MIN_CONTRAST:.0%} (blank page?)"
+            f"scale, expected at least {needed:.0%} (blank page?)"
         )
     low, high = LOW_CUT * peak, HIGH_CUT * peak
     ink = np.clip((ink - low) / (high - low), 0.0, 1.0)

@@ -22,6 +22,9 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("max Δprob", "max_prob_diff", lambda v: f"{v:.4f}"),
     ("latency b1 (µs)", "latency_us", lambda v: f"{v:,.0f}"),
     ("batched (img/s)", "throughput_ips", lambda v: f"{v:,.0f}"),
+    ("zipped (bytes)", "zip_bytes", lambda v: f"{v:,}"),
+    ("sparsity", "sparsity", lambda v: f"{100 * v:.0f} %"),
+    ("fine-tune (s)", "finetune_seconds", lambda v: f"{v:.0f}"),
     ("flash (bytes)", "flash_bytes", lambda v: f"{v:,}"),
     ("TFLM arena (bytes)", "arena_bytes", lambda v: f"{v:,}"),
     ("MACs", "macs", lambda v: f"{v:,}"),
@@ -117,6 +120,37 @@ def plot_size_accuracy(
     _save(fig, path)
 
 
+BUDGETS_KB = (8, 10, 16, 32, 48, 64, 128, 256)
+
+
+def budget_table(rows: Sequence[dict[str, Any]], budgets_kb: Sequence[int] = BUDGETS_KB) -> str:
+    """A markdown table: for each flash budget, the most accurate variant that fits (ties: smaller).
+
+    Flash is ``flash_bytes`` when the rows have it, else ``size_bytes``; when rows carry a TFLM
+    ``arena_bytes``, only those (the variants that run on a microcontroller) are candidates.
+
+    Returns:
+        The table, or ``""`` when no row has a size and an accuracy.
+    """
+    key = "flash_bytes" if any(r.get("flash_bytes") for r in rows) else "size_bytes"
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy") is not None]
+    if any(r.get("arena_bytes") for r in ok):  # a TFLM report: only what runs on the MCU counts
+        ok = [r for r in ok if r.get("arena_bytes")]
+    if not ok:
+        return ""
+    lines = ["| flash budget | choose | accuracy | flash (bytes) |", "|---|---|---|---|"]
+    for kb in budgets_kb:
+        fits = [r for r in ok if r[key] <= kb * 1024]
+        if not fits:
+            lines.append(f"| ≤ {kb} KB | nothing fits | | |")
+            continue
+        best = max(fits, key=lambda r: (r["accuracy"], -r[key]))
+        lines.append(f"| ≤ {kb} KB | {best['name']} | {100 * best['accuracy']:.2f} % | {best[key]:,} |")
+        if len(fits) == len(ok):
+            break  # larger budgets choose the same
+    return "\n".join(lines)
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not beaten by another that is at most as large and at least as accurate."""
     front = []
@@ -154,6 +188,9 @@ def write_report(
             f"after {t['config']['epochs']} epochs ({t['seconds']:.0f} s)."
         )
     lines += ["", markdown_table(rows), ""]
+    budgets = budget_table(rows)
+    if budgets:
+        lines += ["Which variant to choose for a flash budget (most accurate that fits):", "", budgets, ""]
     lines += [f"- {n}" for n in notes]
     plots = report.get("plots", {})
     if plots:
@@ -163,3 +200,35 @@ def write_report(
     _atomic.write_text(md, "\n".join(lines).rstrip() + "\n")
     _atomic.write_json(js, report)
     return md, js
+
+
+def int8_note(rows: Sequence[dict[str, Any]], machine: dict[str, Any]) -> str | None:
+    """One line: what int8 costs or buys against float32 on the CPU the run measured.
+
+    Example:
+        >>> int8_note(table_rows, {"cpu_flags": ["avx2", "fma"]})
+        'int8 on this CPU (AVX2, no VNNI): 0.85x float32's batched throughput ...'
+    """
+    by = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    f32, i8 = by.get("float32"), by.get("int8")
+    if not f32 or not i8 or not f32.get("throughput_ips") or not i8.get("throughput_ips"):
+        return None
+    flags = set(machine.get("cpu_flags") or ())
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else machine.get("machine", "?")
+    cpu = f"{isa}, {'VNNI: ' + '/'.join(vnni) if vnni else 'no VNNI'}"
+    speed = i8["throughput_ips"] / f32["throughput_ips"]
+    size = f32["size_bytes"] / i8["size_bytes"] if f32.get("size_bytes") and i8.get("size_bytes") else None
+    acc = (
+        100 * (i8["accuracy"] - f32["accuracy"])
+        if None not in (i8.get("accuracy"), f32.get("accuracy"))
+        else None
+    )
+    verdict = "buys speed" if speed >= 1.1 else "costs speed" if speed <= 0.9 else "is about as fast"
+    ips = f"{i8['throughput_ips']:,.0f} vs {f32['throughput_ips']:,.0f} img/s"
+    parts = [f"{speed:.2f}x float32's batched throughput ({ips})"]
+    if size:
+        parts.append(f"{size:.1f}x smaller")
+    if acc is not None:
+        parts.append(f"{acc:+.2f} accuracy points")
+    return f"int8 on this CPU ({cpu}) {verdict}: " + ", ".join(parts) + "."

@@ -4,7 +4,7 @@
 #include <cstdint>
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 struct TfLiteIntArray { int size; int data[4]; };
-union TfLitePtrUnion { int8_t* int8; float* f; };
+union TfLitePtrUnion { int8_t* int8; uint8_t* uint8; int16_t* i16; float* f; };
 struct TfLiteTensor { TfLitePtrUnion data; TfLiteIntArray* dims; };
 #define TFLITE_SCHEMA_VERSION 3
 inline void MicroPrintf(const char*, ...) {}

@@ -1,0 +1,114 @@
+"""``mnist-tflite pareto``: several runs (one per architecture) on one accuracy-vs-flash chart.
+
+Each ``mnist-tflite run`` trains one architecture; this merges their ``report.json`` files
+so every (architecture, recipe) pair is one point, marks the Pareto front and says which
+variant to choose for a flash budget. Reads JSON only: no TensorFlow, no re-evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _atomic
+from . import report as report_mod
+from .errors import fail
+
+__all__ = ["load_run", "merge_runs", "write_pareto"]
+
+# the columns that matter when choosing between architectures; the full ones stay in each run
+_COLUMNS = ("name", "size_bytes", "flash_bytes", "arena_bytes", "zip_bytes", "accuracy", "latency_us", "io")
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's ``report.json``, checked to be one.
+
+    Raises:
+        MnistTfliteError: no report, unreadable JSON, or not a ``mnist-tflite run`` report.
+    """
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise fail(run_dir, "no report.json; expected a directory written by `mnist-tflite run`")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(path, f"not readable JSON ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
+        raise fail(path, "has no 'variants' list; expected a report written by `mnist-tflite run`")
+    return report
+
+
+def merge_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """One row per (architecture, recipe), named ``arch/recipe``; runs of the same architecture
+    are told apart by their directory name.
+
+    Example:
+        >>> rows = merge_runs(["runs/seed", "runs/tiny"])
+    """
+    rows: list[dict[str, Any]] = []
+    labels: set[str] = set()
+    for run_dir in run_dirs:
+        report = load_run(run_dir)
+        arch = str(report.get("train", {}).get("config", {}).get("arch", "?"))
+        label = arch if arch not in labels else f"{arch}@{Path(run_dir).name}"
+        labels.add(label)
+        for variant in report["variants"]:
+            row = {k: variant.get(k) for k in (*_COLUMNS, "status", "error") if k in variant}
+            row.update(name=f"{label}/{variant.get('name')}", architecture=arch, run=str(run_dir))
+            rows.append(row)
+    return rows
+
+
+def write_pareto(
+    run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False
+) -> dict[str, Any]:
+    """Write ``pareto.md``, ``pareto.json`` and ``pareto.png`` into ``out``; returns the JSON.
+
+    Example:
+        >>> write_pareto(["runs/seed", "runs/tiny"], "runs/pareto")
+    """
+    rows = merge_runs(run_dirs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise fail(out, "exists and is not a directory")
+    if (out / "pareto.md").exists() and not force:
+        raise fail(out / "pareto.md", "already exists (pass --force to overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    key = "flash_bytes" if any(r.get("flash_bytes") for r in rows) else "size_bytes"
+    plotted = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy")]
+    report_mod.plot_size_accuracy(
+        plotted, out / "pareto.png", size_key=key, title="Accuracy vs flash, every architecture and recipe"
+    )
+    front_pts = set(report_mod.pareto_front([(r[key], 100 * r["accuracy"]) for r in plotted]))
+    front = sorted((r for r in plotted if (r[key], 100 * r["accuracy"]) in front_pts), key=lambda r: r[key])
+    table_rows = sorted(rows, key=lambda r: (r.get(key) or 0, r["name"]))
+    lines = [
+        "# mnist-tflite: accuracy vs flash across architectures",
+        "",
+        f"Runs: {', '.join(str(d) for d in run_dirs)}. Flash = {key.replace('_', ' ')}.",
+        "",
+        report_mod.markdown_table(table_rows),
+        "",
+        "Pareto front (nothing else is both smaller and at least as accurate): "
+        + ", ".join(r["name"] for r in front),
+        "",
+        "Which variant to choose for a flash budget (most accurate that fits):",
+        "",
+        report_mod.budget_table(plotted),
+        "",
+        "![accuracy vs flash](pareto.png)",
+    ]
+    doc = {
+        "format": "mnist-tflite-pareto/1",
+        "runs": [str(d) for d in run_dirs],
+        "size_key": key,
+        "variants": table_rows,
+        "pareto_front": [r["name"] for r in front],
+    }
+    _atomic.write_text(out / "pareto.md", "\n".join(lines) + "\n")
+    _atomic.write_json(out / "pareto.json", doc)
+    return doc
