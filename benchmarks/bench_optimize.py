@@ -74,6 +74,7 @@ def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
                 "fit_s": res.train_seconds,
                 "child_s": res.child_seconds,
                 "sparsity": res.sparsity,
+                "child_phases_s": res.phase_seconds,
                 "options": res.options,
             }
         )

@@ -149,6 +149,29 @@ def test_blank_page_is_refused(page, tmp_path):
         preprocess_file(path)
 
 
+def test_blank_photos_from_the_generator_are_refused():
+    """Every condition the photo generator makes (noise, JPEG, shadows, boards), minus the digit."""
+    from benchmarks.make_photo_digits import render
+
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        blob, _, _ = render(np.zeros((28, 28), np.uint8), 0, i, rng)
+        with pytest.raises(BlankImageError):
+            to_mnist(load_image(blob))
+
+
+def test_sheet_on_a_dark_table(digits):
+    """The table around the sheet is background, not ink, though it is darker than the paper.
+
+    (Paper must still be most of the picture: that is how the polarity is decided.)
+    """
+    x, _ = digits
+    for digit in x[:5]:
+        sheet = np.asarray(_paper(digit, scale=6), np.uint8)
+        photo = np.pad(sheet, ((20, 10), (20, 15), (0, 0)), constant_values=50)
+        assert _similar(to_mnist(photo), to_mnist(sheet)) > 0.95
+
+
 # --- bad files ----------------------------------------------------------------------------
 
 

@@ -78,9 +78,12 @@ def _prunable_zero_fraction(model: Any) -> float:
 def run(work: Path) -> dict[str, Any]:
     """Fine-tune as ``work/job.json`` says; returns what ``result.json`` gets."""
     job = json.loads((work / "job.json").read_text())
+    t0 = time.perf_counter()
     tf = import_tf()
     import tensorflow_model_optimization as tfmot
     import tf_keras
+
+    phases = {"import": time.perf_counter() - t0}
 
     tf_keras.utils.set_random_seed(job["seed"])
     tf.config.experimental.enable_op_determinism()
@@ -116,9 +119,12 @@ def run(work: Path) -> dict[str, Any]:
         metrics=["accuracy"],
     )
     start = time.perf_counter()
+    phases["setup"] = start - t0 - phases["import"]
     hist = tuned.fit(ds, epochs=opts["epochs"], verbose=0, callbacks=callbacks)
+    phases["fit"] = time.perf_counter() - start
     result: dict[str, Any] = {
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": phases["fit"],
+        "phase_seconds": phases,
         "steps": steps,
         "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
     }
@@ -137,6 +143,7 @@ def run(work: Path) -> dict[str, Any]:
         stripped = tfmot.sparsity.keras.strip_pruning(tuned)
         result["sparsity"] = _prunable_zero_fraction(stripped)
         np.savez(work / "weights_out.npz", **{f"w{i}": w for i, w in enumerate(stripped.get_weights())})
+    phases["finish"] = time.perf_counter() - start - phases["fit"]  # QAT: the conversion
     return result
 
 

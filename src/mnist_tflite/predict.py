@@ -9,6 +9,7 @@ files needs memory for one batch only.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -161,18 +162,35 @@ class Classifier:
             out.append(Prediction(src, self.class_names[i], i, float(p[i]), p, self.class_names, img))
         return out
 
+    def _load(self, path: Path) -> list[tuple[str, np.ndarray | str]]:
+        """(source, image) for each image in ``path``, or [(source, problem)] if it fails."""
+        try:
+            if preprocess.is_array_file(path):
+                batch = preprocess.read_array_file(path)
+                return [(f"{path}[{i}]", batch[i]) for i in range(len(batch))]
+            return [(str(path), self.preprocess(path))]
+        except MnistTfliteError as exc:
+            return [(str(path), str(exc))]
+
     def _items(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, np.ndarray | str]]:
-        """(source, image) for each image, or (source, problem) for each failure, in order."""
-        for path in expand_inputs(paths):
-            try:
-                if preprocess.is_array_file(path):
-                    batch = preprocess.read_array_file(path)
-                    for i in range(len(batch)):
-                        yield f"{path}[{i}]", batch[i]
-                else:
-                    yield str(path), self.preprocess(path)
-            except MnistTfliteError as exc:
-                yield str(path), str(exc)
+        """(source, image) for each image, or (source, problem) for each failure, in order.
+
+        Files are read ``batch_size`` at a time by a few threads (decoding and NumPy release
+        the GIL); only one such chunk is in memory at once.
+        """
+        files = expand_inputs(paths)
+        pool = None
+        try:
+            while chunk := list(itertools.islice(files, self.batch_size)):
+                if len(chunk) > 1 and pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+                for items in pool.map(self._load, chunk) if pool else map(self._load, chunk):
+                    yield from items
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
     def predict_files(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[Prediction | Failure]:
         """Classify files and directories in batches; yields results in input order.

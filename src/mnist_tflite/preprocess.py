@@ -2,144 +2,40 @@
 
 The steps follow how MNIST itself was made (LeCun et al.): the digit is cropped to its ink,
 scaled so its longest side is 20 px (anti-aliased, aspect kept), and placed in a 28x28
-field so that its centre of mass is at the centre. Before that, a photo or scan is turned
-into an "ink map": the background (paper tint, uneven lighting) is estimated block by
-block and subtracted, in the direction the background decides (dark ink on light paper,
-or light chalk on a dark board). Pure Pillow + NumPy; no TensorFlow, no SciPy.
+field so that its centre of mass is at the centre. Before that, a photo or scan becomes an
+ink map (:mod:`mnist_tflite._ink`): background level, shadows and tint removed, polarity
+decided by the background. Pure Pillow + NumPy; no TensorFlow, no SciPy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistTfliteError, fail
+from ._ink import BlankImageError, ink_map, running
+from ._loading import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+from .errors import fail
 
 __all__ = [
-    "ARRAY_SUFFIXES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "BlankImageError",
+    "is_array_file",
     "load_image",
     "preprocess_file",
     "read_array_file",
     "to_mnist",
 ]
 
-# A 50-megapixel photo is fine; a 100,000 x 100,000 PNG of a few KB is a decompression bomb.
-DEFAULT_MAX_PIXELS = 50_000_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-ARRAY_SUFFIXES = (".npy", ".idx", ".ubyte", ".idx3-ubyte", ".gz")
-
 BOX = 20  # MNIST: the digit's longest side
 FIELD = 28  # ... placed in a 28x28 field
 COM_TARGET = 14.0  # measured on the official test set: mean centre of mass at index 14.0
 WORK_SIZE = 320  # photos are reduced to this longest side before anything else
-CLOSING = 0.2  # background window, as a fraction of the longest side (wider than any stroke)
-MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)
-NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
-MIN_INK_PIXELS = 6  # at working resolution; fewer is a speck of dust, not a digit
-LOW_CUT, HIGH_CUT = 0.30, 0.75  # ink below LOW_CUT * peak is background, above HIGH_CUT * peak is solid
 TARGET_STROKE = 1.8  # median MNIST stroke width in px (2 * area / perimeter at threshold 0.5)
 MIN_STROKE = 1.2  # thinner strokes (fine pen, big photo) are thickened towards TARGET_STROKE
-_SIGNATURES = {
-    b"\x89PNG": "PNG",
-    b"\xff\xd8": "JPEG",
-    b"GIF8": "GIF",
-    b"BM": "BMP",
-    b"II*\0": "TIFF",
-    b"MM\0*": "TIFF",
-    b"RIFF": "WebP",
-}
-
-
-class BlankImageError(MnistTfliteError):
-    """The image has no ink: nothing differs from the background enough to be a digit."""
-
-
-# --- loading ----------------------------------------------------------------------------
-
-
-def load_image(
-    source: str | os.PathLike[str] | bytes,
-    *,
-    name: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-):
-    """Open and fully decode an image file, honouring its EXIF orientation.
-
-    Args:
-        source: a path, or the file's bytes (e.g. an upload).
-        name: what to call the file in error messages (default: the path, or "image").
-        max_pixels: refuse images with more pixels than this (decompression bombs).
-
-    Returns:
-        A decoded ``PIL.Image.Image`` (first frame of an animation), upright.
-
-    Raises:
-        MnistTfliteError: naming the file, for a missing, empty, truncated or unrecognised
-            file or one over the pixel limit.
-
-    Example:
-        >>> image = load_image("photo.jpg")
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    label = name or (str(source) if not isinstance(source, bytes | bytearray) else "image")
-    if isinstance(source, bytes | bytearray):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise fail(label, "no such file") from None
-        except IsADirectoryError:
-            raise fail(label, "is a directory; expected an image file") from None
-        except OSError as exc:
-            raise fail(label, f"cannot read ({exc.strerror})") from None
-    if not data:
-        raise fail(label, "empty file (0 bytes); expected an image (PNG, JPEG, BMP, GIF, WebP, TIFF)")
-    with warnings.catch_warnings():
-        # we enforce our own limit below, before any pixel is decoded
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            kind = next((k for sig, k in _SIGNATURES.items() if data.startswith(sig)), None)
-            if kind:
-                raise fail(label, f"corrupt {kind}: its header cannot be read") from None
-            raise fail(
-                label, f"not an image: starts with {data[:8]!r}; expected PNG, JPEG, BMP, GIF, WebP or TIFF"
-            ) from None
-        except Image.DecompressionBombError as exc:
-            raise fail(label, f"over the pixel limit, possible decompression bomb ({exc})") from None
-        except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault
-            raise fail(label, f"corrupt image header ({type(exc).__name__}: {exc})") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise fail(
-                label,
-                f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
-                "(possible decompression bomb); expected a photo or scan of one digit",
-            )
-        if width == 0 or height == 0:
-            raise fail(label, f"image has no pixels ({width}x{height})")
-        kind = image.format or "image"
-        try:
-            if image.format == "JPEG":
-                # decode big photos at reduced size: we only need about WORK_SIZE pixels
-                image.draft(image.mode, (WORK_SIZE * 2, WORK_SIZE * 2))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-        except Exception as exc:  # truncated data, bad CRC, broken EXIF...
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise fail(label, f"corrupt or truncated {kind} ({detail})") from None
-    return image
 
 
 # --- image -> channels in [0, 1] --------------------------------------------------------
@@ -202,36 +98,6 @@ def _reduce(a: np.ndarray, longest: int) -> np.ndarray:
     return a.reshape(h // factor, factor, w // factor, factor, a.shape[2]).mean(axis=(1, 3))
 
 
-# --- ink map ----------------------------------------------------------------------------
-
-
-def _quantile(a: np.ndarray, q: float, axis: int | None = None) -> np.ndarray:
-    """Nearest-rank quantile (``np.percentile``/``np.median`` import numpy.ma: 25 ms of start-up)."""
-    if axis is None:
-        a, axis = a.ravel(), 0
-    n = a.shape[axis]
-    k = min(n - 1, max(0, int(round(q * (n - 1)))))
-    return np.take(np.partition(a, k, axis=axis), k, axis=axis)
-
-
-def _luminance(a: np.ndarray) -> np.ndarray:
-    if a.shape[-1] == 1:
-        return a[..., 0]
-    return a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-
-
-def _light_background(lum: np.ndarray) -> bool:
-    """Polarity from the background: most of the picture is paper (or board), not ink."""
-    level = float(_quantile(lum, 0.5))
-    if level >= 0.65:
-        return True
-    if level <= 0.35:
-        return False
-    # a mid-grey background: the ink is whichever tail reaches further from it
-    low, high = float(_quantile(lum, 0.005)), float(_quantile(lum, 0.995))
-    return (level - low) >= (high - level)
-
-
 def _resize_float(a: np.ndarray, size: tuple[int, int], resample: str = "BILINEAR") -> np.ndarray:
     """Resize a float (H, W) array to (height, width) with Pillow's anti-aliased filters."""
     from PIL import Image
@@ -241,73 +107,6 @@ def _resize_float(a: np.ndarray, size: tuple[int, int], resample: str = "BILINEA
         (size[1], size[0]), filt
     )
     return np.asarray(out, dtype=np.float32)
-
-
-def _running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
-    """Centred running max/min of width ``k`` along ``axis`` (van Herk/Gil-Werman: cost independent of k)."""
-    a = np.moveaxis(a, axis, -1)
-    n, lo = a.shape[-1], k // 2
-    total = -(-(n + k - 1) // k) * k
-    p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(lo, total - n - lo)], mode="edge")
-    blocks = p.reshape(*p.shape[:-1], total // k, k)
-    prefix = op.accumulate(blocks, axis=-1).reshape(p.shape)
-    suffix = op.accumulate(blocks[..., ::-1], axis=-1)[..., ::-1].reshape(p.shape)
-    return np.moveaxis(op(suffix[..., :n], prefix[..., k - 1 : k - 1 + n]), -1, axis)
-
-
-def _box3(a: np.ndarray) -> np.ndarray:
-    """3x3 mean (edges repeated)."""
-    p = np.pad(a, 1, mode="edge")
-    h, w = a.shape
-    return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) / np.float32(9.0)
-
-
-def _background(channel: np.ndarray, light: bool) -> np.ndarray:
-    """The paper (or board) without the ink: a morphological closing (opening on a board).
-
-    Any mark thinner than the window is a stroke and is removed; larger areas (a shadow,
-    a lighting gradient, the table around a sheet) are background and kept, edges and all.
-    """
-    k = max(3, int(max(channel.shape) * CLOSING) | 1)
-    first, second = (np.maximum, np.minimum) if light else (np.minimum, np.maximum)
-    # the picture goes on beyond its frame: a dark table edge along the border stays background
-    bg = np.pad(channel, k, mode="edge")
-    for op in (first, second):
-        bg = _running(_running(bg, k, 0, op), k, 1, op)
-    return bg[k:-k, k:-k]
-
-
-def _ink_map(a: np.ndarray) -> np.ndarray:
-    """(H, W, C) colour image in [0, 1] -> ink strength (H, W) in [0, 1], 0 = background."""
-    light = _light_background(_luminance(a))
-    channels = [a[..., c] for c in range(min(a.shape[-1], 3))]
-    diffs = []
-    for ch in channels:
-        bg = _background(ch, light)
-        # on paper, light falls on ink and paper alike: dividing by the paper level (a flat
-        # field) evens out shadows; a dark board has no such level to divide by
-        diffs.append((bg - ch) / np.maximum(bg, 0.2) if light else ch - bg)
-    # any pen colour: ink is how far the most-changed channel moved away from the paper
-    ink = np.max(np.stack(diffs), axis=0) if len(diffs) > 1 else diffs[0]
-    # the background envelope sits a little above sensor/JPEG noise: take that level off,
-    # and ask the ink to stand out from the noise as well as from the paper
-    base = float(_quantile(ink, 0.5))
-    noise = float(_quantile(np.abs(ink - base), 0.5))
-    ink = np.clip(ink - base, 0.0, 1.0)
-    smooth = _box3(ink)  # hides single-pixel noise when judging the peak
-    peak = float(_quantile(smooth, 0.999)) if smooth.size > 1000 else float(smooth.max())
-    peak = max(peak, float(smooth.max()) * 0.8)
-    needed = max(MIN_CONTRAST, NOISE_MARGIN * noise)
-    if peak < needed:
-        raise BlankImageError(
-            f"no ink found: the strongest mark differs from the background by {peak:.0%} of full "
-            f"scale, expected at least {needed:.0%} (blank page?)"
-        )
-    low, high = LOW_CUT * peak, HIGH_CUT * peak
-    ink = np.clip((ink - low) / (high - low), 0.0, 1.0)
-    if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
-        raise BlankImageError("no digit found: only a few specks differ from the background (blank page?)")
-    return ink
 
 
 # --- ink map -> 28x28 -------------------------------------------------------------------
@@ -336,14 +135,10 @@ def _crop_box(ink: np.ndarray) -> tuple[slice, slice]:
 
 
 def _dilate(a: np.ndarray, k: int) -> np.ndarray:
-    """Grey-level dilation with a k x k square (separable sliding maximum)."""
+    """Grey-level dilation with a k x k square."""
     if k <= 1:
         return a
-    lo, hi = k // 2, k - 1 - k // 2
-    p = np.pad(a, ((lo, hi), (0, 0)))
-    rows = np.max(np.stack([p[i : i + a.shape[0]] for i in range(k)]), axis=0)
-    p = np.pad(rows, ((0, 0), (lo, hi)))
-    return np.max(np.stack([p[:, i : i + a.shape[1]] for i in range(k)]), axis=0)
+    return running(running(np.pad(a, k), k, 0, np.maximum), k, 1, np.maximum)[k:-k, k:-k]
 
 
 def _stroke_width(ink: np.ndarray) -> float:
@@ -412,7 +207,7 @@ def to_mnist(image) -> np.ndarray:
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"Expected a non-empty image, received: shape={a.shape}")
     a = _reduce(_composite(a), WORK_SIZE)
-    ink = _ink_map(a)
+    ink = ink_map(a)
     ink = ink[_crop_box(ink)]
     ink = _normalize_strokes(ink)
     ink = ink[_crop_box(ink)]

@@ -138,15 +138,27 @@ def budget_table(rows: Sequence[dict[str, Any]], budgets_kb: Sequence[int] = BUD
         ok = [r for r in ok if r.get("arena_bytes")]
     if not ok:
         return ""
-    lines = ["| flash budget | choose | accuracy | flash (bytes) |", "|---|---|---|---|"]
+
+    def best(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(candidates, key=lambda r: (r["accuracy"], -r[key]))
+
+    overall = best(ok)
+    arena = any(r.get("arena_bytes") for r in ok)
+    lines = [
+        "| flash budget | choose | accuracy | flash (bytes) |" + (" TFLM arena (bytes) |" if arena else ""),
+        "|---|---|---|---|" + ("---|" if arena else ""),
+    ]
     for kb in budgets_kb:
         fits = [r for r in ok if r[key] <= kb * 1024]
         if not fits:
-            lines.append(f"| ≤ {kb} KB | nothing fits | | |")
+            lines.append(f"| ≤ {kb} KB | nothing fits | | |" + (" |" if arena else ""))
             continue
-        best = max(fits, key=lambda r: (r["accuracy"], -r[key]))
-        lines.append(f"| ≤ {kb} KB | {best['name']} | {100 * best['accuracy']:.2f} % | {best[key]:,} |")
-        if len(fits) == len(ok):
+        choice = best(fits)
+        cells = [f"≤ {kb} KB", choice["name"], f"{100 * choice['accuracy']:.2f} %", f"{choice[key]:,}"]
+        if arena:
+            cells.append(f"{choice['arena_bytes']:,}")
+        lines.append("| " + " | ".join(cells) + " |")
+        if choice is overall:
             break  # larger budgets choose the same
     return "\n".join(lines)
 

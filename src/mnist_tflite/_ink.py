@@ -1,0 +1,124 @@
+"""The ink map: how far each pixel of a photo or scan is from its paper (or board).
+
+The background is whatever remains after a morphological closing (an opening on a dark
+board) with a window wider than any stroke: paper tint, shadows, lighting gradients and a
+table around the sheet. Ink is measured against it in the direction the background
+decides (dark ink on light paper, light chalk on a dark board), in whichever colour
+channel moved most, so any pen colour works. Pure NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MnistTfliteError
+
+CLOSING = 0.2  # background window, as a fraction of the longest side (wider than any stroke)
+MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)
+NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
+MIN_INK_PIXELS = 6  # fewer is a speck of dust, not a digit
+LOW_CUT, HIGH_CUT = 0.30, 0.75  # ink below LOW_CUT * peak is background, above HIGH_CUT * peak is solid
+
+
+class BlankImageError(MnistTfliteError):
+    """The image has no ink: nothing differs from the background enough to be a digit."""
+
+
+def quantile(a: np.ndarray, q: float, axis: int | None = None) -> np.ndarray:
+    """Nearest-rank quantile (``np.percentile``/``np.median`` import numpy.ma: 25 ms of start-up)."""
+    if axis is None:
+        a, axis = a.ravel(), 0
+    n = a.shape[axis]
+    k = min(n - 1, max(0, int(round(q * (n - 1)))))
+    return np.take(np.partition(a, k, axis=axis), k, axis=axis)
+
+
+def _luminance(a: np.ndarray) -> np.ndarray:
+    if a.shape[-1] == 1:
+        return a[..., 0]
+    return a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+
+
+def _light_background(lum: np.ndarray) -> bool:
+    """Polarity from the background: most of the picture is paper (or board), not ink."""
+    level = float(quantile(lum.ravel()[::3], 0.5))  # a third of the pixels is plenty
+    if level >= 0.65:
+        return True
+    if level <= 0.35:
+        return False
+    # a mid-grey background: the ink is whichever tail reaches further from it
+    low, high = float(quantile(lum, 0.005)), float(quantile(lum, 0.995))
+    return (level - low) >= (high - level)
+
+
+def running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """Centred running max/min of width ``k`` along ``axis`` of a 2-D array.
+
+    van Herk/Gil-Werman: prefix and suffix extremes within blocks of ``k``, so the cost does
+    not grow with ``k``; the scan runs along axis 0 so each step is one vectorized row.
+    """
+    if axis == 1:
+        return running(a.T, k, 0, op).T
+    n, lo = a.shape[0], k // 2
+    total = -(-(n + k - 1) // k) * k
+    p = np.pad(a, ((lo, total - n - lo), (0, 0)), mode="edge")
+    blocks = p.reshape(total // k, k, -1)
+    prefix = op.accumulate(blocks, axis=1).reshape(p.shape)
+    suffix = op.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].reshape(p.shape)
+    return op(suffix[:n], prefix[k - 1 : k - 1 + n])
+
+
+def box3(a: np.ndarray) -> np.ndarray:
+    """3x3 mean (edges repeated)."""
+    p = np.pad(a, 1, mode="edge")
+    h, w = a.shape
+    return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) / np.float32(9.0)
+
+
+def _background(channel: np.ndarray, light: bool) -> np.ndarray:
+    """The paper (or board) without the ink: a morphological closing (opening on a board).
+
+    Any mark thinner than the window is a stroke and is removed; larger areas (a shadow,
+    a lighting gradient, the table around a sheet) are background and kept, edges and all.
+    """
+    k = max(3, int(max(channel.shape) * CLOSING) | 1)
+    first, second = (np.maximum, np.minimum) if light else (np.minimum, np.maximum)
+    # the picture goes on beyond its frame: a dark table edge along the border stays background
+    bg = np.pad(channel, k, mode="edge")
+    for op in (first, second):
+        bg = running(running(bg, k, 0, op), k, 1, op)
+    return bg[k:-k, k:-k]
+
+
+def ink_map(a: np.ndarray) -> np.ndarray:
+    """(H, W, C) colour image in [0, 1] -> ink strength (H, W) in [0, 1], 0 = background."""
+    light = _light_background(_luminance(a))
+    channels = [a[..., c] for c in range(min(a.shape[-1], 3))]
+    diffs = []
+    for ch in channels:
+        bg = _background(ch, light)
+        # on paper, light falls on ink and paper alike: dividing by the paper level (a flat
+        # field) evens out shadows; a dark board has no such level to divide by
+        diffs.append((bg - ch) / np.maximum(bg, 0.2) if light else ch - bg)
+    # any pen colour: ink is how far the most-changed channel moved away from the paper
+    ink = np.max(np.stack(diffs), axis=0) if len(diffs) > 1 else diffs[0]
+    # the background envelope sits a little above sensor/JPEG noise: take that level off,
+    # and ask the ink to stand out from the noise as well as from the paper
+    sample = ink.ravel()[::3]
+    base = float(quantile(sample, 0.5))
+    noise = float(quantile(np.abs(sample - base), 0.5))
+    ink = np.clip(ink - base, 0.0, 1.0)
+    smooth = box3(ink)  # hides single-pixel noise when judging the peak
+    peak = float(quantile(smooth, 0.999)) if smooth.size > 1000 else float(smooth.max())
+    peak = max(peak, float(smooth.max()) * 0.8)
+    needed = max(MIN_CONTRAST, NOISE_MARGIN * noise)
+    if peak < needed:
+        raise BlankImageError(
+            f"no ink found: the strongest mark differs from the background by {peak:.0%} of full "
+            f"scale, expected at least {needed:.0%} (blank page?)"
+        )
+    low, high = LOW_CUT * peak, HIGH_CUT * peak
+    ink = np.clip((ink - low) / (high - low), 0.0, 1.0)
+    if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
+        raise BlankImageError("no digit found: only a few specks differ from the background (blank page?)")
+    return ink
