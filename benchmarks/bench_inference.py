@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_inference_child.py")
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 RESULTS = Path(__file__).with_name("results") / "inference.json"
+sys.path.insert(0, str(Path(__file__).parent))
+from _inference_tables import compact_table, derive, table  # noqa: E402
+
 SEED_JOB = """
 import gzip, sys
 import numpy as np
@@ -268,89 +271,6 @@ def summarize(label: str, variant: str, runs: list[dict[str, Any]]) -> dict[str,
     return row
 
 
-def derive(rows: list[dict[str, Any]], macs: int) -> dict[str, Any]:
-    """Ratios to the seed's way, % of the ceiling, and the issue's targets, from the medians."""
-    by = {(r["label"], r["variant"]): r for r in rows if "error" not in r}
-    gemm = next((r for r in rows if "gmacs" in r), None)
-    ceiling = gemm["gmacs"] * 1e9 / macs if gemm else None
-    for r in rows:
-        if "ips" not in r or r.get("error"):
-            continue
-        seed = by.get(
-            (
-                "whole job: seed script"
-                if r["label"].startswith("whole job")
-                else "seed: tf.lite batch-1 loop",
-                r["variant"],
-            )
-        )
-        if seed:
-            r["x_seed"] = r["ips"] / seed["ips"]
-        if ceiling:
-            r["pct_ceiling"] = 100 * r["ips"] / ceiling
-    ours = {v: r for (lbl, v), r in by.items() if lbl == "mnist-tflite runner"}
-    ort = [r for r in rows if r.get("group") == "onnxruntime" and "ips" in r]
-    ort_best = max(ort, key=lambda r: r["ips"]) if ort else None
-    keras = by.get(("keras predict(batch_size=256)", "float32"))
-    best = max(ours.values(), key=lambda r: r["ips"]) if ours else None
-    f32 = ours.get("float32")
-    t: dict[str, Any] = {
-        "macs_per_image": macs,
-        "ceiling_ips": ceiling,
-        "best_path": best and f"runner {best['variant']}",
-        "best_ips": best and best["ips"],
-        "onnxruntime_best": ort_best and ort_best["label"],
-    }
-
-    def ratio(a: dict | None, b: dict | None) -> float | None:
-        return a["ips"] / b["ips"] if a and b else None
-
-    t["best_vs_onnxruntime"] = ratio(best, ort_best)
-    t["float32_vs_onnxruntime"] = ratio(f32, ort_best)
-    t["best_pct_ceiling"] = best and ceiling and 100 * best["ips"] / ceiling
-    t["float32_pct_ceiling"] = f32 and ceiling and 100 * f32["ips"] / ceiling
-    t["best_vs_keras"] = ratio(best, keras)
-    t["float32_vs_keras"] = ratio(f32, keras)
-    t["vs_seed_loop"] = {v: r.get("x_seed") for v, r in ours.items()}
-    t["whole_job_vs_seed"] = {
-        v: by[("whole job: seed script", v)]["seconds"] / r["seconds"]
-        for (lbl, v), r in by.items()
-        if lbl == "whole job: mnist-tflite evaluate" and ("whole job: seed script", v) in by
-    }
-    return t
-
-
-def table(rows: list[dict[str, Any]], show_sweep: bool = True) -> str:
-    head = (
-        "| measurement | variant | images/s (median) | spread (min–max) | µs/image | CPU µs/image "
-        "| × seed | % ceiling | peak RSS (MB) |"
-    )
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        if r.get("group") == "sweep" and not show_sweep:
-            continue
-        if r.get("error"):
-            lines.append(f"| {r['label']} | {r['variant']} | failed: {r['error'][:80]} ||||||| ")
-            continue
-        if "gmacs" in r:
-            lines.append(
-                f"| {r['label']} ({r['gmacs']:.1f} GMAC/s) | - | {r['ceiling_ips']:,.0f} | "
-                f"{r['gmacs_min']:.1f}–{r['gmacs_max']:.1f} GMAC/s | {1e6 / r['ceiling_ips']:.1f} | | | "
-                f"100 | {r['peak_rss_mb']:.0f} |"
-            )
-            continue
-        lines.append(
-            f"| {r['label']} | {r['variant']} | {r['ips']:,.0f} | {r['ips_min']:,.0f}–{r['ips_max']:,.0f} "
-            f"| {r['us_per_image']:.1f} | {_fmt(r, 'cpu_us_per_image', '.1f')} | {_fmt(r, 'x_seed', '.2f')} "
-            f"| {_fmt(r, 'pct_ceiling', '.0f')} | {r['peak_rss_mb']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
-    return format(row[key], fmt) if row.get(key) is not None else ""
-
-
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -370,8 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 repetitions, fewer ONNX Runtime settings")
     p.add_argument("--sweep", action="store_true", help="also measure runner and LiteRT settings")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--nice", type=int, default=0, help="scheduling priority of every measurement (negative: root only)"
+    )
     args = p.parse_args(argv)
     reps = args.reps or (2 if args.quick else 5)
+    if args.nice:  # on a shared machine: other jobs' threads would otherwise take half the cores
+        os.nice(args.nice)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
@@ -431,11 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         "models": str(models),
         "repetitions": reps,
         "quick": args.quick,
+        "nice": args.nice,
         "machine": {**machine_info(), "loadavg_end": os.getloadavg()},
         "versions": versions(),
         "targets": targets,
         "rows": rows,
         "table": table(rows, show_sweep=False),
+        "readme_table": compact_table(rows),
     }
     from mnist_tflite._atomic import write_json
 

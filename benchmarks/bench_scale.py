@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="one repetition, sizes 10k and 60k")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--nice", type=int, default=0, help="scheduling priority (negative: root only)")
     p.add_argument("--child", nargs=4, metavar=("MODEL", "DATA", "N", "SLICE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(measure(model, data_dir, int(n), int(sl))), flush=True)
         return 0
     reps = args.reps or (1 if args.quick else 3)
+    if args.nice:
+        os.nice(args.nice)
     sizes = (10_000, 60_000) if args.quick else SIZES
     jobs = [(v, n) for v in args.variants.split(",") for n in sizes]
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {j: [] for j in jobs}
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "slice": args.slice,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "repetitions": reps,
+            "nice": args.nice,
             "machine": machine_info(),
             "summary": summary,
             "rows": rows,

@@ -155,9 +155,10 @@ async def _load(port: int, payloads, expected, n: int, concurrency: int, client_
         finally:
             await client.aclose()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - t0, latencies, errors, mismatches, next_i
+    client_cpu = time.process_time() - cpu0
+    return time.perf_counter() - t0, latencies, errors, mismatches, next_i, client_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_load(port, payloads, expected, args.warmup, args.concurrency, args.client, 60))
         rss_before, cpu_before = _rss_kb(proc.pid), _cpu_s(proc.pid)
         load_before = os.getloadavg()[0]
-        wall, lat, errors, mismatches, sent = asyncio.run(
+        wall, lat, errors, mismatches, sent, client_cpu = asyncio.run(
             _load(port, payloads, expected, args.requests, args.concurrency, args.client, args.time_limit)
         )
         rss_after, cpu_after = _rss_kb(proc.pid), _cpu_s(proc.pid)
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean": float(done.mean()),
         },
         "server_cpu_ms_per_request": (cpu_after - cpu_before) * 1000 / max(len(done), 1),
+        "client_cpu_ms_per_request": client_cpu * 1000 / max(len(done), 1),
         "load_average_1min_before": load_before,
         "server_rss_kb": {"before": rss_before, "after": rss_after, "growth": rss_after - rss_before},
         "machine": {
@@ -234,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         ("requests/s", f"{result['requests_per_s']:,.0f}"),
         ("latency p50 / p90 / p99 (ms)", "{p50:.2f} / {p90:.2f} / {p99:.2f}".format(**result["latency_ms"])),
         ("latency max (ms)", f"{result['latency_ms']['max']:.2f}"),
-        ("server CPU per request (ms)", f"{result['server_cpu_ms_per_request']:.2f}"),
+        (
+            "CPU per request, server / client (ms)",
+            f"{result['server_cpu_ms_per_request']:.2f} / {result['client_cpu_ms_per_request']:.2f}",
+        ),
         ("1-min load average before", f"{load_before:.2f}"),
         ("server RSS before -> after (MB)", f"{rss_before / 1024:.1f} -> {rss_after / 1024:.1f}"),
         ("server RSS growth (MB)", f"{(rss_after - rss_before) / 1024:+.2f}"),

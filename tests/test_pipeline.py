@@ -10,7 +10,7 @@ import pytest
 from mnist_tflite.cli import main
 from tests.conftest import run_cli
 
-FAST = ["--epochs", "1", "--data", "embedded"]
+FAST = ["--epochs", "1", "--data", "embedded", "--micro-images", "500"]
 
 
 def one_line_error(r, code: int = 2) -> str:

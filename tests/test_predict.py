@@ -118,6 +118,22 @@ def test_model_normalization_is_applied(models_dir, tmp_path, test_images):
     np.testing.assert_allclose(seen[0], 1 - x[:2] / np.float32(255))
 
 
+def test_array_inputs_npy_and_idx_are_used_as_is(tmp_path, test_images, models_dir):
+    from mnist_tflite import Classifier as PublicClassifier
+
+    x, y = test_images
+    np.save(tmp_path / "digits.npy", x[:6])
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (6, 28, 28))
+    (tmp_path / "digits-idx3-ubyte").write_bytes(header + x[6:12].tobytes())
+    clf = PublicClassifier(models_dir / "int8.tflite")
+    results = list(clf.predict_files([tmp_path / "digits.npy", tmp_path / "digits-idx3-ubyte"]))
+    assert [r.source.split("/")[-1] for r in results[:2]] == ["digits.npy[0]", "digits.npy[1]"]
+    np.testing.assert_array_equal(np.stack([r.image for r in results]), x[:12] / np.float32(255))
+    expected = clf.model.predict(x[:12] / np.float32(255))
+    assert [r.index for r in results] == list(expected)
+    assert (expected == y[:12]).mean() >= 0.9
+
+
 # --- models that must be refused ----------------------------------------------------------
 
 
@@ -194,6 +210,7 @@ def test_cli_model_errors_exit_2_with_one_line(models_dir, tmp_path, photo_dir):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"mnist-tflite: error: {tmp_path / 'fake.tflite'}")
     assert "Traceback" not in r.stderr and r.stdout == ""
+    assert main(["predict", str(models_dir / "int8.tflite"), str(d / "digit01.jpg"), "--top-k", "0"]) == 2
     help_text = run_cli("predict", "--help").stdout
     assert "exit status" in help_text and "--show-input" in help_text and "--allow-modified" in help_text
 

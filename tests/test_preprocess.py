@@ -81,6 +81,20 @@ def test_uneven_lighting_is_removed(digits):
         assert _similar(to_mnist(shaded), to_mnist(_paper(digit))) > 0.93
 
 
+def test_hairline_strokes_are_thickened_to_mnist_width(digits):
+    from PIL import ImageFilter
+
+    from mnist_tflite.preprocess import _stroke_width
+
+    x, _ = digits
+    for digit in x[:5]:
+        big = Image.fromarray(digit).resize((560, 560), Image.Resampling.BICUBIC)
+        fine_pen = big.point(lambda v: 255 if v > 100 else 0).filter(ImageFilter.MinFilter(21))
+        out = to_mnist(Image.fromarray(255 - np.asarray(fine_pen)))
+        assert 1.2 <= _stroke_width(out) <= 3.0  # MNIST: median 1.8
+        assert _similar(out, digit / 255.0) > 0.75
+
+
 def test_arrays_already_28x28_are_used_as_is(digits):
     x, _ = digits
     np.testing.assert_array_equal(to_mnist(x[0]), x[0].astype(np.float32) / 255.0)

@@ -10,7 +10,7 @@ from typing import Any
 from .errors import MnistTfliteError
 
 __version__ = "0.1.0"
-__all__ = ["RECIPES", "MnistTfliteError", "TfliteModel", "__version__"]
+__all__ = ["RECIPES", "Classifier", "MnistTfliteError", "TfliteModel", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from .infer import TfliteModel
 
         return TfliteModel
+    if name == "Classifier":
+        from .predict import Classifier
+
+        return Classifier
     if name == "RECIPES":
         from .convert import RECIPES
 

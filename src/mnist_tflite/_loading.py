@@ -24,6 +24,11 @@ _SIGNATURES = {
 }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(exc).__name__
+
+
 def load_image(
     source: str | os.PathLike[str] | bytes,
     *,
@@ -38,7 +43,8 @@ def load_image(
         max_pixels: refuse images with more pixels than this (decompression bombs).
 
     Returns:
-        A decoded ``PIL.Image.Image`` (first frame of an animation), upright.
+        A decoded ``PIL.Image.Image`` (first frame of an animation), upright. Big JPEGs
+        are decoded at a reduced scale (longest side still >= 640 px).
 
     Raises:
         MnistTfliteError: naming the file, for a missing, empty, truncated or unrecognised
@@ -78,7 +84,7 @@ def load_image(
         except Image.DecompressionBombError as exc:
             raise fail(label, f"over the pixel limit, possible decompression bomb ({exc})") from None
         except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault
-            raise fail(label, f"corrupt image header ({type(exc).__name__}: {exc})") from None
+            raise fail(label, f"corrupt image header ({_first_line(exc)})") from None
         width, height = image.size
         if width * height > max_pixels:
             raise fail(
@@ -96,6 +102,5 @@ def load_image(
             image.load()
             image = ImageOps.exif_transpose(image)
         except Exception as exc:  # truncated data, bad CRC, broken EXIF...
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise fail(label, f"corrupt or truncated {kind} ({detail})") from None
+            raise fail(label, f"corrupt or truncated {kind} ({_first_line(exc)})") from None
     return image

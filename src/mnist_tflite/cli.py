@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-size", type=int, default=None, help="int8 calibration images (default: 500)"
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument(
+        "--micro-images", type=int, default=None, help="test images to check in TFLM (default: all)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
     p.set_defaults(func=cmd_run)
 
@@ -214,6 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         train=_train_config(args),
         calibration_size=args.calibration_size or CALIBRATION_SIZE,
         force=args.force,
+        micro_images=args.micro_images,
     )
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     report = run(config, log=log)
@@ -273,7 +277,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in RECIPES], indent=2))
     else:
         for r in RECIPES:
-            print(f"{r.name:<12} {r.description}")
+            print(f"{r.name:<{max(len(x.name) for x in RECIPES)}}  {r.description}")
     return 0
 
 

@@ -2,10 +2,11 @@
 
 Why a child process: tensorflow-model-optimization (tfmot) is the only maintained QAT and
 pruning toolkit whose output the TFLite converter understands, and it supports only Keras 2
-(``tf_keras``; tfmot issue #1119). Keras 3.15's own quantization (``model.quantize``) is
-post-training, weight-only or with dynamic activation ranges, and exports nothing the
-converter turns into a static int8 graph; it ships a fake-quant primitive but no QAT
-workflow (range tracking, layer wrapping, conversion). Keras 2 and Keras 3 cannot share an
+(``tf_keras``; tfmot issue #1119). Keras 3.15's own ``model.quantize("int8")`` freezes int8
+weights and quantizes activations dynamically per call (its only trainable mode, float8, is
+for float8 matmuls), so nothing learns the static activation ranges a TFLite int8 graph
+needs; Keras ships a fake-quant op but no QAT workflow (range tracking, layer wrapping,
+folding, conversion) to build on without re-implementing tfmot. Keras 2 and 3 cannot share an
 interpreter, so ``_legacy_optimize`` runs in ``python -m`` with weights, data and options in
 files: it rebuilds the same architecture from ``model.ARCHITECTURES`` in ``tf_keras``, copies
 the Keras 3 weights over, fine-tunes on the base model's training split with the same seed.
@@ -166,7 +167,8 @@ def with_sparsity(recipe: Any, sparsity: float | None) -> Any:
         raise MnistTfliteError(f"--sparsity applies to pruning recipes ({pruning}), not {recipe.name!r}")
     options = {**dict(recipe.training_options), "sparsity": sparsity}
     resolve_options(recipe.training, options)
-    return replace(recipe, training_options=tuple(options.items()))
+    description = f"{recipe.description}; target sparsity overridden to {sparsity:g}"
+    return replace(recipe, description=description, training_options=tuple(options.items()))
 
 
 def _recipes() -> tuple[Any, ...]:
@@ -253,6 +255,10 @@ def fine_tune(
         np.savez(work / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train)
         log(f"      {recipe.name}: {recipe.training} fine-tuning {arch.name} for {opts['epochs']} epochs")
         result, child_seconds = _run_child(work, recipe.name)
+        log(
+            f"      {recipe.name}: fine-tuned in {result['train_seconds']:.0f} s "
+            f"({child_seconds:.0f} s with the tf_keras child's start-up)"
+        )
         if recipe.training == "qat":
             flatbuffer = (work / "model.tflite").read_bytes()
         else:

@@ -31,6 +31,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     calibration_size: int = convert_mod.CALIBRATION_SIZE
     latency_samples: int = 200
+    micro_images: int | None = None  # test images checked in TFLM (None: all)
     force: bool = False
 
 
@@ -150,7 +151,8 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     from .micro import deployer_columns
 
     log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
-    micro_report = deployer_columns(rows, ds.x_test, ds.y_test, log=log)
+    n_micro = len(ds.x_test) if config.micro_images is None else config.micro_images
+    micro_report = deployer_columns(rows, ds.x_test[:n_micro], ds.y_test[:n_micro], log=log)
     table_rows = report_mod.rows_as_dicts(rows)
     plots = {}
     cm_name = "int8" if "int8" in confusion else next(iter(confusion), None)

@@ -9,7 +9,6 @@ files needs memory for one batch only.
 from __future__ import annotations
 
 import io
-import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import preprocess
-from .errors import MnistTfliteError
+from .errors import MnistTfliteError, fail
 
 __all__ = ["Classifier", "Failure", "Prediction", "expand_inputs"]
 
@@ -162,35 +161,20 @@ class Classifier:
             out.append(Prediction(src, self.class_names[i], i, float(p[i]), p, self.class_names, img))
         return out
 
-    def _load(self, path: Path) -> list[tuple[str, np.ndarray | str]]:
-        """(source, image) for each image in ``path``, or [(source, problem)] if it fails."""
-        try:
-            if preprocess.is_array_file(path):
-                batch = preprocess.read_array_file(path)
-                return [(f"{path}[{i}]", batch[i]) for i in range(len(batch))]
-            return [(str(path), self.preprocess(path))]
-        except MnistTfliteError as exc:
-            return [(str(path), str(exc))]
-
     def _items(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, np.ndarray | str]]:
-        """(source, image) for each image, or (source, problem) for each failure, in order.
-
-        Files are read ``batch_size`` at a time by a few threads (decoding and NumPy release
-        the GIL); only one such chunk is in memory at once.
-        """
-        files = expand_inputs(paths)
-        pool = None
-        try:
-            while chunk := list(itertools.islice(files, self.batch_size)):
-                if len(chunk) > 1 and pool is None:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-                for items in pool.map(self._load, chunk) if pool else map(self._load, chunk):
-                    yield from items
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        """(source, image) for each image, or (source, problem) for each failure, in order."""
+        for path in expand_inputs(paths):
+            try:
+                if preprocess.is_array_file(path):
+                    raw = preprocess.open_array_file(path)  # memory-mapped: read as we go
+                    for i in range(len(raw)):
+                        yield f"{path}[{i}]", preprocess.to_mnist(np.asarray(raw[i]))
+                    continue
+                image = self.preprocess(path)
+            except MnistTfliteError as exc:
+                yield str(path), str(exc)
+                continue
+            yield str(path), image
 
     def predict_files(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[Prediction | Failure]:
         """Classify files and directories in batches; yields results in input order.
@@ -229,7 +213,10 @@ def save_inputs(directory: str | os.PathLike[str]):
     from ._atomic import write_bytes
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(out, f"cannot create the --show-input directory ({exc.strerror})") from None
     used: set[str] = set()
 
     def save(result: Prediction) -> Path:
@@ -247,7 +234,10 @@ def save_inputs(directory: str | os.PathLike[str]):
         buf = io.BytesIO()
         Image.fromarray(np.rint(result.image * 255).astype(np.uint8), "L").save(buf, "PNG")
         path = out / name
-        write_bytes(path, buf.getvalue())
+        try:
+            write_bytes(path, buf.getvalue())
+        except OSError as exc:
+            raise fail(path, f"cannot write ({exc.strerror})") from None
         return path
 
     return save

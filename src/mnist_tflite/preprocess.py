@@ -25,6 +25,7 @@ __all__ = [
     "BlankImageError",
     "is_array_file",
     "load_image",
+    "open_array_file",
     "preprocess_file",
     "read_array_file",
     "to_mnist",
@@ -134,13 +135,6 @@ def _crop_box(ink: np.ndarray) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
-def _dilate(a: np.ndarray, k: int) -> np.ndarray:
-    """Grey-level dilation with a k x k square."""
-    if k <= 1:
-        return a
-    return running(running(np.pad(a, k), k, 0, np.maximum), k, 1, np.maximum)[k:-k, k:-k]
-
-
 def _stroke_width(ink: np.ndarray) -> float:
     """Mean stroke width in pixels: 2 * area / perimeter of the thresholded ink."""
     b = ink > 0.5
@@ -155,8 +149,10 @@ def _normalize_strokes(ink: np.ndarray) -> np.ndarray:
     width = _stroke_width(ink) * scale
     if width >= MIN_STROKE:
         return ink
-    k = int(round((TARGET_STROKE - width) / scale)) + 1
-    return _dilate(ink, max(1, k))
+    k = max(1, int(round((TARGET_STROKE - width) / scale)) + 1)
+    # grey-level dilation with a k x k square; the margin lets the outer edges grow too
+    grown = np.pad(ink, k)
+    return running(running(grown, k, 0, np.maximum), k, 1, np.maximum)
 
 
 def _place(patch: np.ndarray) -> np.ndarray:
@@ -223,16 +219,15 @@ def to_mnist(image) -> np.ndarray:
 # --- files ------------------------------------------------------------------------------
 
 
-def read_array_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A ``.npy`` or IDX file of MNIST-shaped images -> float32 (N, 28, 28) in [0, 1].
+def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A ``.npy`` or IDX file of MNIST-shaped images -> its raw (N, 28, 28) array, checked.
 
-    Example:
-        >>> batch = read_array_file("digits.npy")
+    A ``.npy`` is memory-mapped, so a huge batch is read only as it is used.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
         try:
-            raw = np.load(path, allow_pickle=False)
+            raw = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise fail(path, "no such file") from None
         except (OSError, ValueError, EOFError) as exc:
@@ -241,7 +236,7 @@ def read_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         from .data import read_idx
 
         raw = read_idx(path)
-    a = np.asarray(raw)
+    a = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 2:
@@ -250,7 +245,16 @@ def read_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         raise fail(path, f"array of shape {a.shape}; expected (N, 28, 28) or (28, 28) MNIST-format images")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise fail(path, f"array of type {a.dtype}; expected numbers (uint8 0..255 or float 0..1)")
-    return _scale(a)
+    return a
+
+
+def read_array_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A ``.npy`` or IDX file of MNIST-shaped images -> float32 (N, 28, 28) in [0, 1].
+
+    Example:
+        >>> batch = read_array_file("digits.npy")
+    """
+    return _scale(np.asarray(open_array_file(path)))
 
 
 def is_array_file(path: str | os.PathLike[str]) -> bool:
