@@ -283,6 +283,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _scheduling() -> str:
+    """This process's nice value and autogroup (on a shared machine, say how it was measured)."""
+    try:
+        with open("/proc/self/autogroup") as f:
+            group = f.read().strip()
+    except OSError:
+        group = "no autogroup"
+    return f"nice {os.nice(0)}, {group}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=Path, default=ROOT / "tests" / "models", help="dir with <variant>.tflite")
@@ -357,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "repetitions": reps,
         "quick": args.quick,
         "nice": args.nice,
+        "scheduling": _scheduling(),
         "machine": {**machine_info(), "loadavg_end": os.getloadavg()},
         "versions": versions(),
         "targets": targets,

@@ -67,6 +67,16 @@ def measure(model_path: str, data_dir: str, n: int, slice_size: int) -> dict[str
     }
 
 
+def _scheduling() -> str:
+    """This process's nice value and autogroup (on a shared machine, say how it was measured)."""
+    try:
+        with open("/proc/self/autogroup") as f:
+            group = f.read().strip()
+    except OSError:
+        group = "no autogroup"
+    return f"nice {os.nice(0)}, {group}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="IDX directory with train-*")
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "repetitions": reps,
             "nice": args.nice,
+            "scheduling": _scheduling(),
             "machine": machine_info(),
             "summary": summary,
             "rows": rows,

@@ -72,6 +72,15 @@ def test_both_polarities_give_the_same_input(digits):
         assert _similar(paper, board) > 0.95
 
 
+@pytest.mark.parametrize("pen", [(25, 40, 150), (170, 20, 30), (20, 110, 40), (240, 220, 40)])
+def test_any_pen_colour(digits, pen):
+    x, _ = digits
+    for digit in x[:3]:
+        black = to_mnist(_paper(digit, ink=(0, 0, 0), paper=(250, 250, 250)))
+        coloured = to_mnist(_paper(digit, ink=pen, paper=(250, 250, 250)))
+        assert _similar(coloured, black) > 0.9
+
+
 def test_uneven_lighting_is_removed(digits):
     x, _ = digits
     for digit in x[:5]:
@@ -93,6 +102,18 @@ def test_hairline_strokes_are_thickened_to_mnist_width(digits):
         out = to_mnist(Image.fromarray(255 - np.asarray(fine_pen)))
         assert 1.2 <= _stroke_width(out) <= 3.0  # MNIST: median 1.8
         assert _similar(out, digit / 255.0) > 0.75
+
+
+def test_ruled_paper_lines_are_not_ink(digits):
+    x, _ = digits
+    for digit in x[:5]:
+        plain = np.asarray(_paper(digit, ink=(20, 20, 20)), np.uint8)
+        grid = plain.copy()
+        lines = (grid.sum(axis=2) > 600)[..., None]  # only on the paper, under the ink
+        ruled = np.zeros_like(lines)
+        ruled[::19], ruled[:, ::19] = True, True
+        grid[:] = np.where(lines & ruled, np.array((150, 170, 220), np.uint8), grid)
+        assert _similar(to_mnist(grid), to_mnist(plain)) > 0.95
 
 
 def test_arrays_already_28x28_are_used_as_is(digits):

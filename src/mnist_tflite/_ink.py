@@ -16,8 +16,9 @@ from .errors import MnistTfliteError
 CLOSING = 0.2  # background window, as a fraction of the longest side (wider than any stroke)
 MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)
 NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
+CHROMA = 0.6  # weight of a change in a single colour channel, against one in brightness
 MIN_INK_PIXELS = 6  # fewer is a speck of dust, not a digit
-LOW_CUT, HIGH_CUT = 0.30, 0.75  # ink below LOW_CUT * peak is background, above HIGH_CUT * peak is solid
+LOW_CUT, HIGH_CUT = 0.30, 0.75  # below LOW_CUT * peak: background (ruled lines too); above HIGH_CUT: solid
 
 
 class BlankImageError(MnistTfliteError):
@@ -100,8 +101,13 @@ def ink_map(a: np.ndarray) -> np.ndarray:
         # on paper, light falls on ink and paper alike: dividing by the paper level (a flat
         # field) evens out shadows; a dark board has no such level to divide by
         diffs.append((bg - ch) / np.maximum(bg, 0.2) if light else ch - bg)
-    # any pen colour: ink is how far the most-changed channel moved away from the paper
-    ink = np.max(np.stack(diffs), axis=0) if len(diffs) > 1 else diffs[0]
+    if len(diffs) == 1:
+        ink = diffs[0]
+    else:
+        # ink is mostly a change of brightness; a light-coloured pen (yellow on white) shows
+        # only in one channel, so that counts too, but less: faint ruled lines stay faint
+        r, g, b = diffs
+        ink = np.maximum(r * 0.299 + g * 0.587 + b * 0.114, CHROMA * np.maximum(np.maximum(r, g), b))
     # the background envelope sits a little above sensor/JPEG noise: take that level off,
     # and ask the ink to stand out from the noise as well as from the paper
     sample = ink.ravel()[::3]
