@@ -7,7 +7,12 @@ between repetitions, and each figure is the median of the repetitions with its s
 Usage:
     python benchmarks/bench_inference.py [--models DIR] [--reps 5] [--quick] [--sweep]
 
-Writes ``benchmarks/results/inference.json`` and prints the table.
+Writes ``benchmarks/results/inference.json`` and prints the table. On a shared machine other
+jobs take cores away (the kernel shares CPU between sessions, so ``nice`` alone does little);
+the published figures ran in their own scheduling group:
+    setsid bash -c 'echo -10 > /proc/$$/autogroup; exec python benchmarks/bench_inference.py'
+``inference_sweep.json`` holds a ``--sweep`` run made next to other jobs (about one core free):
+compare its CPU µs/image, which contention hardly changes, not its images/s.
 """
 
 from __future__ import annotations

@@ -47,6 +47,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _busy_s() -> float:
+    """CPU seconds all processes on this machine have spent busy (from /proc/stat)."""
+    v = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _start_server(model: Path) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "mnist_tflite.cli", "serve", str(model), "--host", HOST, "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -189,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_load(port, payloads, expected, args.warmup, args.concurrency, args.client, 60))
         rss_before, cpu_before = _rss_kb(proc.pid), _cpu_s(proc.pid)
-        load_before = os.getloadavg()[0]
+        load_before, busy_before = os.getloadavg()[0], _busy_s()
         wall, lat, errors, mismatches, sent, client_cpu = asyncio.run(
             _load(port, payloads, expected, args.requests, args.concurrency, args.client, args.time_limit)
         )
-        rss_after, cpu_after = _rss_kb(proc.pid), _cpu_s(proc.pid)
+        rss_after, cpu_after, busy_after = _rss_kb(proc.pid), _cpu_s(proc.pid), _busy_s()
     finally:
         proc.terminate()
         proc.wait(10)
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu_ms_per_request": (cpu_after - cpu_before) * 1000 / max(len(done), 1),
         "client_cpu_ms_per_request": client_cpu * 1000 / max(len(done), 1),
         "load_average_1min_before": load_before,
+        # the machine is shared: cores' worth of CPU that other processes used during the run
+        "other_processes_cores": (busy_after - busy_before - (cpu_after - cpu_before) - client_cpu) / wall,
         "server_rss_kb": {"before": rss_before, "after": rss_after, "growth": rss_after - rss_before},
         "machine": {
             "cores": os.cpu_count(),
@@ -241,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['server_cpu_ms_per_request']:.2f} / {result['client_cpu_ms_per_request']:.2f}",
         ),
         ("1-min load average before", f"{load_before:.2f}"),
+        ("other processes' CPU during the run (cores)", f"{result['other_processes_cores']:.2f}"),
         ("server RSS before -> after (MB)", f"{rss_before / 1024:.1f} -> {rss_after / 1024:.1f}"),
         ("server RSS growth (MB)", f"{(rss_after - rss_before) / 1024:+.2f}"),
     ]

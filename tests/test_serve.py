@@ -307,6 +307,20 @@ def test_serving_never_imports_tensorflow():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_listening_socket_sends_small_responses_without_delay():
+    from mnist_tflite.serve import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        # asyncio sets TCP_NODELAY on accepted sockets only when proto is TCP; without it
+        # every response waits ~40 ms for a delayed ACK (measured: 22 requests/s at concurrency 1)
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.getsockname()[0] == "127.0.0.1" and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
+
+
 def test_cli_serve_errors_are_one_line(tmp_path):
     assert run_cli("serve", "--help").returncode == 0
     missing = run_cli("serve", str(tmp_path / "nope.tflite"))

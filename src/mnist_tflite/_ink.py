@@ -18,7 +18,7 @@ MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fractio
 NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
 CHROMA = 0.6  # weight of a change in a single colour channel, against one in brightness
 MIN_INK_PIXELS = 6  # fewer is a speck of dust, not a digit
-LOW_CUT, HIGH_CUT = 0.30, 0.75  # below LOW_CUT * peak: background (ruled lines too); above HIGH_CUT: solid
+LOW_CUT, HIGH_CUT = 0.30, 0.75  # below LOW_CUT * peak is background, above HIGH_CUT * peak solid
 
 
 class BlankImageError(MnistTfliteError):

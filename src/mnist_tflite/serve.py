@@ -282,6 +282,25 @@ def create_app(
     return app
 
 
+def _listen(host: str, port: int):
+    """A listening TCP socket on ``host:port`` (port 0: any free one), or a one-line error."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it each response (headers, then body) waits ~40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MnistTfliteError(f"{host}:{port}: cannot listen ({exc.strerror}); try another --port") from None
+    sock.listen(128)
+    return sock
+
+
 def serve(
     model_or_run_dir: str | os.PathLike[str],
     *,
@@ -295,24 +314,15 @@ def serve(
     Example:
         >>> serve("runs/demo/int8.tflite", port=9000)
     """
-    import socket
-
     import uvicorn
 
     app = create_app(model_or_run_dir, allow_modified=allow_modified)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise MnistTfliteError(f"{host}:{port}: cannot listen ({exc.strerror}); try another --port") from None
-    sock.listen(128)
-    bound = sock.getsockname()[1]
+    sock = _listen(host, port)
     served = app.state.served
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    log(f"serving {', '.join(served.variants)} (default {served.default}) at http://{shown}:{bound}/")
+    shown = f"[{host}]" if ":" in host else host
+    log(
+        f"serving {', '.join(served.variants)} (default {served.default}) at http://{shown}:{sock.getsockname()[1]}/"
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: --host {host} makes the page reachable from other machines")
     config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=256)

@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d");
 const STROKE = 18; // px on the 280 px pad: about MNIST's stroke once scaled to 20 px
+const SEND = 140; // px: the drawing as uploaded
 
 const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false };
 
@@ -56,7 +57,13 @@ function endStroke(ev) {
   if (!state.drawing) return;
   state.drawing = false;
   if (pad.hasPointerCapture(ev.pointerId)) pad.releasePointerCapture(ev.pointerId);
-  pad.toBlob((blob) => {
+  // sent at half size: to_mnist scales it to 20 px anyway, and 4x fewer pixels is ~4x faster
+  const small = document.createElement("canvas");
+  small.width = small.height = SEND;
+  const g = small.getContext("2d");
+  g.imageSmoothingQuality = "high";
+  g.drawImage(pad, 0, 0, SEND, SEND);
+  small.toBlob((blob) => {
     state.input = blob;
     state.inputName = "drawing.png";
     predict();
