@@ -232,3 +232,10 @@ def test_predict_never_imports_tensorflow(models_dir, photo_dir):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "HEAVY: []" in r.stdout, r.stdout
+
+
+def test_directory_without_images_is_an_error(models_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("no digits here")
+    r = run_cli("predict", str(models_dir / "int8.tflite"), str(tmp_path))
+    assert r.returncode == 2 and "no input found" in r.stderr and str(tmp_path) in r.stderr
+    assert "Traceback" not in r.stderr

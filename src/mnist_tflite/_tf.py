@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
+
+from ._quiet import stderr_silenced
 
 
 def import_tf() -> Any:
@@ -23,25 +25,8 @@ def import_tf() -> Any:
 
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
-    import sys
-
     if "tensorflow" in sys.modules:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@contextlib.contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """The converter prints the exported signature to stdout; keep our output readable."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with stderr_silenced():
         yield

@@ -335,7 +335,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = Classifier(args.model, allow_modified=args.allow_modified, batch_size=args.batch_size)
     results, failed = [], 0
     saver = save_inputs(args.show_input) if args.show_input else None
+    seen = 0
     for r in clf.predict_files(args.inputs):
+        seen += 1
         if isinstance(r, Failure):
             failed += 1
             print(f"{PROG}: error: {r.problem}", file=sys.stderr)
@@ -349,6 +351,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             top = ", ".join(f"{n} {p:.1%}" for n, p in r.top(args.top_k)[1:])
             print(f"{r.source}: {r.label} ({r.confidence:.1%})" + (f"  next: {top}" if top else ""))
+    if not seen:
+        names = ", ".join(str(p) for p in args.inputs)
+        raise MnistTfliteError(
+            f"{names}: no input found; expected image files (PNG, JPEG, BMP, GIF, WebP, TIFF), "
+            ".npy or IDX files, or directories holding them"
+        )
     if args.json:
         doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
         print(json.dumps({**doc, "results": results}, indent=2))

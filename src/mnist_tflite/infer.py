@@ -17,6 +17,7 @@ number of interpreters or what runs beside them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -29,6 +30,7 @@ import numpy as np
 
 from . import metadata
 from ._probe import probe
+from ._quiet import stderr_silenced
 from .data import MNIST_CLASSES
 from .errors import fail
 
@@ -37,6 +39,7 @@ TFLITE_IDENTIFIER = b"TFL3"
 # core): float activations (~140 KB per image) outgrow the cache past ~16 images, 8-bit ones later
 AUTO_BATCH = {"float": 8, "quantized": 32}
 KERNELS = ("default", "builtin", "reference")
+_banner_silenced = False
 _RESOLVERS = dict(zip(KERNELS, ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF"), strict=True))
 
 
@@ -168,10 +171,15 @@ class TfliteModel:
     def _new_interpreter(self) -> Any:
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(
-            model_content=self._data, num_threads=1, experimental_op_resolver_type=self._resolver
-        )
-        interp.allocate_tensors()
+        global _banner_silenced
+        # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" once per process
+        quiet = stderr_silenced() if not _banner_silenced else contextlib.nullcontext()
+        with quiet:
+            interp = Interpreter(
+                model_content=self._data, num_threads=1, experimental_op_resolver_type=self._resolver
+            )
+            interp.allocate_tensors()
+        _banner_silenced = True
         return interp
 
     # -- shapes --------------------------------------------------------------------------
