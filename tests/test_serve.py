@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import socket
 import struct
@@ -284,7 +285,12 @@ def test_page_docs_and_static_files_work_offline(client):
         assert r.status_code == 200 and len(r.text) > 500
         assert "http://" not in r.text and "https://" not in r.text  # no CDN: works offline
     assert "http" not in page.text.replace('href="/docs"', "")
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    # the Swagger UI assets come from this server, not a CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert all(client.get(a).status_code == 200 for a in assets if a.endswith((".js", ".css")))
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)

@@ -199,17 +199,19 @@ def create_app(
     Example:
         >>> app = create_app("runs/demo")  # then: uvicorn.run(app, host="127.0.0.1")
     """
-    from fastapi import FastAPI, Request
+    from fastapi import Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
 
     from ._serve_http import PREDICT_OPENAPI, PredictResult
 
     variants, unavailable, report = _load_variants(Path(model_or_run_dir), allow_modified)
     default = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else next(iter(variants))
     served = _Served(variants, default, unavailable, report, int(max_upload_bytes), int(max_pixels))
-    app = FastAPI(
+    # FastAPIOffline serves the /docs page's Swagger UI assets from the package: no CDN, works offline
+    app = FastAPIOffline(
         title="mnist-tflite",
         summary="Draw a digit; the deployed .tflite model answers.",
         version=__import__("mnist_tflite").__version__,
