@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -29,4 +30,11 @@ def _stderr_silenced() -> Iterator[None]:
         yield
         return
     with stderr_silenced():
+        yield
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """The converter prints the exported signature to stdout; keep our output readable."""
+    with contextlib.redirect_stdout(io.StringIO()):
         yield
