@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,5 +37,7 @@ def _stderr_silenced() -> Iterator[None]:
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """The converter prints the exported signature to stdout; keep our output readable."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    # the calibrator also logs its settings to fd 2 and warns about input statistics we don't need
+    with contextlib.redirect_stdout(io.StringIO()), stderr_silenced(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         yield
