@@ -1,0 +1,221 @@
+"""The ``mnist-tflite`` commands: each turns parsed arguments into calls to a pipeline stage.
+
+Heavy imports (TensorFlow, LiteRT, matplotlib) happen inside the functions so that
+``predict`` starts fast and never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli import PROG
+from .errors import MnistTfliteError
+
+
+def _train_config(args: argparse.Namespace):  # -> TrainConfig
+    from .train import TrainConfig
+
+    overrides = {"arch": args.arch, "seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig.for_arch(**overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .convert import CALIBRATION_SIZE
+    from .pipeline import RunConfig, run
+
+    config = RunConfig(
+        out=args.out,
+        data=args.data,
+        recipes=args.recipes,
+        train=_train_config(args),
+        calibration_size=args.calibration_size or CALIBRATION_SIZE,
+        force=args.force,
+        micro_images=args.micro_images,
+    )
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = run(config, log=log)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import data
+    from .train import save_model, train
+
+    if args.out.exists() and not args.force:
+        raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
+    config = _train_config(args)
+    config.validate()
+    ds = data.load(args.data)
+    result = train(ds, config)
+    save_model(result.model, args.out)
+    print(f"saved {args.out} ({result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import CALIBRATION_SIZE, convert_file, get_recipe
+
+    get_recipe(args.recipe)  # unknown recipe: fail before loading anything
+    if args.out.exists() and not args.force:
+        raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    meta = convert_file(
+        args.model,
+        args.recipe,
+        args.out,
+        data_spec=args.data,
+        calibration_size=args.calibration_size or CALIBRATION_SIZE,
+        seed=args.seed,
+        sparsity=args.sparsity,
+        log=log,
+    )
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        print(
+            f"wrote {args.out} ({meta['size_bytes']:,} bytes, recipe {args.recipe}) and its metadata "
+            f"{args.out.with_suffix('.json')}"
+        )
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .convert import RECIPES
+
+    if args.json:
+        print(json.dumps([asdict(r) for r in RECIPES], indent=2))
+    else:
+        for r in RECIPES:
+            print(f"{r.name:<{max(len(x.name) for x in RECIPES)}}  {r.description}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from .pareto import write_pareto
+
+    doc = write_pareto(args.runs, args.out, force=args.force)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print((args.out / "pareto.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import data
+    from . import report as report_mod
+    from .evaluate import evaluate_model
+
+    ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
+    reference = None
+    rows = []
+    if args.reference is not None:
+        _, reference = evaluate_model(
+            args.reference, ds.x_test, ds.y_test, latency_samples=0, allow_modified=args.allow_modified
+        )
+    for path in args.models:
+        row, probs = evaluate_model(
+            path,
+            ds.x_test,
+            ds.y_test,
+            reference_probs=reference,
+            latency_samples=args.latency_samples,
+            allow_modified=args.allow_modified,
+        )
+        if reference is None:
+            reference = probs
+            row.agreement, row.max_prob_diff = 1.0, 0.0
+        rows.append(row)
+    table = report_mod.rows_as_dicts(rows)
+    if args.json:
+        print(json.dumps({"data": ds.summary(), "variants": table}, indent=2))
+    else:
+        print(report_mod.markdown_table(table).replace("agrees w/ Keras", "agrees w/ reference"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Classifier, Failure, save_inputs
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise MnistTfliteError(
+            f"--top-k and --batch-size must be >= 1, received: {args.top_k} and {args.batch_size}"
+        )
+    clf = Classifier(args.model, allow_modified=args.allow_modified, batch_size=args.batch_size)
+    results, failed = [], 0
+    saver = save_inputs(args.show_input) if args.show_input else None
+    seen = 0
+    for r in clf.predict_files(args.inputs):
+        seen += 1
+        if isinstance(r, Failure):
+            failed += 1
+            print(f"{PROG}: error: {r.problem}", file=sys.stderr)
+            if args.json:
+                results.append(r.to_dict())
+            continue
+        if saver:
+            saver(r)
+        if args.json:
+            results.append(r.to_dict(args.top_k))
+        else:
+            top = ", ".join(f"{n} {p:.1%}" for n, p in r.top(args.top_k)[1:])
+            print(f"{r.source}: {r.label} ({r.confidence:.1%})" + (f"  next: {top}" if top else ""))
+    if not seen:
+        names = ", ".join(str(p) for p in args.inputs)
+        raise MnistTfliteError(
+            f"{names}: no input found; expected image files (PNG, JPEG, BMP, GIF, WebP, TIFF), "
+            ".npy or IDX files, or directories holding them"
+        )
+    if args.json:
+        doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
+        print(json.dumps({**doc, "results": results}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise MnistTfliteError(f"--port must be 0..65535, received: {args.port}")
+    serve(args.model, host=args.host, port=args.port, allow_modified=args.allow_modified, log=_log_flush)
+    return 0
+
+
+def cmd_export_micro(args: argparse.Namespace) -> int:
+    from .micro import ExportOptions, export, summary_text
+
+    opts = ExportOptions(
+        model=args.model,
+        out=args.out,
+        name=args.name,
+        verify=args.verify,
+        force=args.force,
+        allow_float=args.allow_float,
+        allow_modified=args.allow_modified,
+        data=args.data,
+    )
+    summary = export(opts, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_text(summary, args.out))
+        print(f"wrote {', '.join(summary['files'])} into {args.out}/")
+    v = summary.get("verification")
+    if v and v["output_dtype"] == "int8" and v["vs_litert_builtin"]["rows_differing"]:
+        print(f"{PROG}: TFLM and LiteRT's builtin kernels disagree on int8 outputs", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _log_flush(message: str) -> None:
+    print(message, flush=True)
