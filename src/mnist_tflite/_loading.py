@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 
-from .errors import fail
+from .errors import fail, read_user_file
 
 # A 50-megapixel photo is fine; a 100,000 x 100,000 PNG of a few KB is a decompression bomb.
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DRAFT_SIZE = 640  # big JPEGs are decoded at about this size: preprocessing works at 320 px
+_EXPECTED_IMAGE = "an image (PNG, JPEG, BMP, GIF, WebP, TIFF)"
 _SIGNATURES = {
     b"\x89PNG": "PNG",
     b"\xff\xd8": "JPEG",
@@ -59,16 +59,9 @@ def load_image(
     if isinstance(source, bytes | bytearray):
         data = bytes(source)
     else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise fail(label, "no such file") from None
-        except IsADirectoryError:
-            raise fail(label, "is a directory; expected an image file") from None
-        except OSError as exc:
-            raise fail(label, f"cannot read ({exc.strerror})") from None
+        data = read_user_file(source, _EXPECTED_IMAGE, label=label)
     if not data:
-        raise fail(label, "empty file (0 bytes); expected an image (PNG, JPEG, BMP, GIF, WebP, TIFF)")
+        raise fail(label, f"empty file (0 bytes); expected {_EXPECTED_IMAGE}")
     with warnings.catch_warnings():
         # we enforce our own limit below, before any pixel is decoded
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistTfliteError, fail
+from .errors import MnistTfliteError, fail, read_user_file
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
@@ -90,12 +90,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         >>> labels = read_idx("t10k-labels-idx1-ubyte.gz")
     """
     path = Path(path)
+    raw = read_user_file(path, "an IDX file (e.g. t10k-images-idx3-ubyte[.gz])")
     try:
-        raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise fail(path, "no such file") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise fail(path, f"cannot read gzip data ({exc})") from None
     if len(raw) < 4:

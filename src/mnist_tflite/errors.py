@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class MnistTfliteError(Exception):
     """A problem with the user's input: a file, an option or a model.
@@ -16,3 +19,25 @@ class MnistTfliteError(Exception):
 def fail(path: object, problem: str) -> MnistTfliteError:
     """Build an error whose message starts with the offending path."""
     return MnistTfliteError(f"{path}: {problem}")
+
+
+def read_user_file(path: str | os.PathLike[str], expected: str, *, label: object = None) -> bytes:
+    """Read a file the user named; missing, unreadable or empty is a one-line error.
+
+    Args:
+        path: the file.
+        expected: what the file should be, for the message (e.g. "a TFLite flatbuffer").
+        label: what to call the file in messages (default: the path).
+    """
+    label = path if label is None else label
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise fail(label, "no such file") from None
+    except IsADirectoryError:
+        raise fail(label, f"is a directory; expected {expected}") from None
+    except OSError as exc:
+        raise fail(label, f"cannot read ({exc.strerror})") from None
+    if not data:
+        raise fail(label, f"empty file (0 bytes); expected {expected}")
+    return data

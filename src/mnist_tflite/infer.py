@@ -32,7 +32,7 @@ from . import metadata
 from ._probe import probe
 from ._quiet import stderr_silenced
 from .data import MNIST_CLASSES
-from .errors import fail
+from .errors import fail, read_user_file
 
 TFLITE_IDENTIFIER = b"TFL3"
 # images per invoke() when batch_size is not given (fastest on the seed model, 1 MiB L2 per
@@ -70,16 +70,7 @@ def read_model_bytes(
 ) -> tuple[bytes, dict[str, Any] | None, bool]:
     """Read and vet a model file; returns (bytes, sidecar metadata or None, hash-verified)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise fail(path, "no such file") from None
-    except IsADirectoryError:
-        raise fail(path, "is a directory; expected a .tflite file") from None
-    except OSError as exc:
-        raise fail(path, f"cannot read ({exc.strerror})") from None
-    if len(data) == 0:
-        raise fail(path, "empty file (0 bytes); expected a TFLite flatbuffer")
+    data = read_user_file(path, "a TFLite flatbuffer (.tflite file)")
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         found = data[4:8] if len(data) >= 8 else data[:8]
         raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
