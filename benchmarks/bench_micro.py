@@ -12,12 +12,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "micro.json"
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print(f"wrote {RESULTS}")
     return 0 if all(r["under_target"] for r in rows) else 1
 

@@ -11,7 +11,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "predict_directory.json"
@@ -89,10 +90,7 @@ def main() -> None:
         f"{total:>7} {args.batch_size:>6} {invokes[0]:>8} {seconds:>8.1f} {total / seconds:>8.1f} "
         f"{result['accuracy_pct']:>6.2f} {rss_after:>12.1f}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    write_json(RESULTS, result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

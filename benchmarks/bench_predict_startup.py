@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "predict_startup.json"
@@ -132,10 +133,7 @@ def main() -> None:
             f"seed / ours: {result['seed_over_ours']['wall']}x wall time, "
             f"{result['seed_over_ours']['peak_rss']}x peak RSS"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = RESULTS.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_json, RESULTS)
+    write_json(RESULTS, result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

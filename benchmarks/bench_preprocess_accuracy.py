@@ -13,8 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -123,10 +123,7 @@ def main() -> None:
             asdict(r) for r, c, p, t in zip(m["renders"], clean, photo, y, strict=True) if c == t and p != t
         ][:50],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    write_json(RESULTS, result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

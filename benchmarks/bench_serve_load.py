@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only, by construction
 POOL = 200  # distinct digits cycled through
@@ -256,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| serve load: {args.model.name} on {HOST} | |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 1 if result["errors"] else 0
 
