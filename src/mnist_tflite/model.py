@@ -5,7 +5,6 @@ Adding an architecture is adding an entry to ``ARCHITECTURES``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +83,3 @@ def get_architecture(name: str) -> Architecture:
 def build(name: str = "seed", num_classes: int = 10) -> Any:
     """Build an untrained Keras model by architecture name."""
     return get_architecture(name).build(num_classes)
-
-
-BuildFn = Callable[[int], Any]

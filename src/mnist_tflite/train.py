@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,3 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
         model.save(keras_tmp)
         os.replace(keras_tmp, tmp)
     return path
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
