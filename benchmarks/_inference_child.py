@@ -88,7 +88,7 @@ def litert(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
 
 
 def ours(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
-    from mnist_tflite.infer import TfliteModel
+    from mnist_tflite.edge.infer import TfliteModel
 
     model = TfliteModel(spec["model"], **spec.get("options", {}))
     model.predict_proba(x[:64])  # warm-up: every interpreter allocates at its chunk size
@@ -98,7 +98,7 @@ def ours(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
 
 
 def keras_predict(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
-    from mnist_tflite._tf import import_tf
+    from mnist_tflite.training.tfimport import import_tf
 
     import_tf()
     import keras
@@ -112,7 +112,7 @@ def keras_predict(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
 
 def onnx_export(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
     """Keras 3 -> ONNX via a tf.function (tf2onnx's from_keras fails on Keras 3 models)."""
-    from mnist_tflite._tf import import_tf
+    from mnist_tflite.training.tfimport import import_tf
 
     tf = import_tf()
     import keras

@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
 
-    from mnist_tflite import _flatbuffer, data
+    from mnist_tflite import data
+    from mnist_tflite.edge import flatbuffer as _flatbuffer
     from mnist_tflite.pipeline import machine_info
 
     models = args.models.resolve()
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": table(rows, show_sweep=False),
         "readme_table": compact_table(rows),
     }
-    from mnist_tflite._atomic import write_json
+    from mnist_tflite.atomic import write_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)

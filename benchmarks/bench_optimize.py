@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _accuracy(flatbuffer: bytes, ds: Any, tmp: Path, name: str) -> float:
-    from mnist_tflite.convert import get_recipe, write_tflite
-    from mnist_tflite.infer import TfliteModel
+    from mnist_tflite.edge.infer import TfliteModel
+    from mnist_tflite.training.convert import get_recipe, write_tflite
 
     path = tmp / f"{name}.tflite"
     write_tflite(path, flatbuffer, get_recipe("int8"))
@@ -45,9 +45,10 @@ def _accuracy(flatbuffer: bytes, ds: Any, tmp: Path, name: str) -> float:
 def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
     import keras
 
-    from mnist_tflite import data, optimize
-    from mnist_tflite.convert import convert, get_recipe
-    from mnist_tflite.train import TrainConfig
+    from mnist_tflite import data
+    from mnist_tflite.training import optimize
+    from mnist_tflite.training.convert import convert, get_recipe
+    from mnist_tflite.training.train import TrainConfig
 
     model = keras.models.load_model(ROOT / "tests" / "models" / "model.keras", compile=False)
     probs = model.predict(data.normalize(ds.x_test), batch_size=1000, verbose=0)
@@ -82,9 +83,10 @@ def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
 
 
 def tiny_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
-    from mnist_tflite import data, micro
-    from mnist_tflite.convert import convert, get_recipe, write_tflite
-    from mnist_tflite.train import TrainConfig, train
+    from mnist_tflite import data
+    from mnist_tflite.micro import export as micro
+    from mnist_tflite.training.convert import convert, get_recipe, write_tflite
+    from mnist_tflite.training.train import TrainConfig, train
 
     config = TrainConfig.for_arch("tiny")
     result = train(ds, config, log=lambda m: None)

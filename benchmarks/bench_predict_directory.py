@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "predict_directory.json"
@@ -49,7 +49,7 @@ def main() -> None:
 
     from ai_edge_litert.interpreter import Interpreter
 
-    from mnist_tflite.predict import Classifier, Failure
+    from mnist_tflite.edge.predict import Classifier, Failure
 
     invokes = [0]
     real_invoke = Interpreter.invoke

@@ -38,7 +38,7 @@ def measure(model_path: str, data_dir: str, n: int, slice_size: int) -> dict[str
     import numpy as np
 
     from mnist_tflite import data
-    from mnist_tflite.infer import TfliteModel
+    from mnist_tflite.edge.infer import TfliteModel
 
     x = data.load(data_dir).x_train
     if n > len(x):
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(json.dumps(summary, indent=1))
     sys.path.insert(0, str(ROOT / "src"))
-    from mnist_tflite._atomic import write_json
+    from mnist_tflite.atomic import write_json
     from mnist_tflite.pipeline import machine_info
 
     write_json(

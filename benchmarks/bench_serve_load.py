@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_tflite._atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only, by construction
@@ -183,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
         ap.error("--requests must be 1..100000 and --concurrency 1..256")
 
-    from mnist_tflite.infer import TfliteModel
+    from mnist_tflite.edge.infer import TfliteModel
 
     payloads, x = _payloads(args.payload)
     direct = TfliteModel(args.model, num_threads=1)
     if args.payload == "json":
         expected = direct.predict(x.astype(np.float32) / 255.0)
     else:
-        from mnist_tflite.preprocess import load_image, to_mnist
+        from mnist_tflite.edge.preprocess import load_image, to_mnist
 
         expected = direct.predict(np.stack([to_mnist(load_image(b)) for _, b in payloads]))
     proc, port = _start_server(args.model)

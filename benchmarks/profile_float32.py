@@ -41,13 +41,13 @@ def cpu_us(run: Any, x: np.ndarray, batch: int, reps: int) -> float:
 
 def convert_prefixes(model_path: Path, out: Path) -> list[dict[str, Any]]:
     """Each prefix of the Keras model -> ``<k>.tflite`` and ``<k>.onnx`` in ``out``."""
-    from mnist_tflite._tf import import_tf
+    from mnist_tflite.training.tfimport import import_tf
 
     tf = import_tf()
     import keras
     import tf2onnx
 
-    from mnist_tflite.convert import Recipe, convert
+    from mnist_tflite.training.convert import Recipe, convert
 
     model = keras.models.load_model(model_path, compile=False)
     sig = [tf.TensorSpec([None, 28, 28, 1], tf.float32, name="image")]
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # child: time converted prefixes
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from mnist_tflite._atomic import write_json
+    from mnist_tflite.atomic import write_json
 
     if args.time:  # a process without TensorFlow: TF's own TFLite runtime must not be loaded beside LiteRT
         layers = json.loads((args.time / "layers.json").read_text())

@@ -44,7 +44,7 @@ def test_images(mnist) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def trained_model(mnist, tmp_path_factory):
     """A seed-architecture Keras model trained briefly (seeded) on the 5k sample."""
-    from mnist_tflite.train import TrainConfig, save_model, train
+    from mnist_tflite.training.train import TrainConfig, save_model, train
 
     result = train(mnist, TrainConfig(epochs=2, augment=False, seed=0), log=lambda m: None)
     path = tmp_path_factory.mktemp("trained") / "model.keras"

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from mnist_tflite import convert, data, metadata
+from mnist_tflite import data, metadata
+from mnist_tflite.edge.infer import TfliteModel
 from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.infer import TfliteModel
+from mnist_tflite.training import convert
 from tests.conftest import run_cli
 
 EXPECTED_IO = {

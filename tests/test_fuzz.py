@@ -28,7 +28,7 @@ CHILD = """
 import json, sys
 import numpy as np
 from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.predict import Classifier
+from mnist_tflite.edge.predict import Classifier
 
 kind, model, digits = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
 clf = Classifier(model) if kind == "image" else None

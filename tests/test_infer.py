@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from mnist_tflite import data
-from mnist_tflite.convert import Recipe, convert
-from mnist_tflite.infer import TfliteModel
+from mnist_tflite.edge.infer import TfliteModel
+from mnist_tflite.training.convert import Recipe, convert
 from tests.conftest import MODELS
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -120,7 +120,7 @@ def test_describe():
 @pytest.fixture(scope="module")
 def odd_models(tmp_path_factory, mnist):
     """Tiny seeded models: uint8 I/O, logits output, no batch dimension, int16x8."""
-    from mnist_tflite._tf import import_tf
+    from mnist_tflite.training.tfimport import import_tf
 
     tf = import_tf()
     import keras
@@ -202,7 +202,7 @@ def test_int16x8_reference_kernels_shard_exactly(odd_models, x):
 def test_runner_does_not_import_tensorflow():
     code = (
         "import sys, numpy as np\n"
-        "from mnist_tflite.infer import TfliteModel\n"
+        "from mnist_tflite.edge.infer import TfliteModel\n"
         "TfliteModel(sys.argv[1]).predict_proba(np.zeros((20, 28, 28), np.float32))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
     )
@@ -214,7 +214,7 @@ def test_runner_does_not_import_tensorflow():
 
 
 def test_int8_note_says_what_int8_buys_on_this_cpu():
-    from mnist_tflite.report import int8_note
+    from mnist_tflite.report.tables import int8_note
 
     rows = [
         {

@@ -14,11 +14,12 @@ import flatbuffers
 import numpy as np
 import pytest
 
-from mnist_tflite import cli, micro
-from mnist_tflite._flatbuffer import parse
-from mnist_tflite._micro_c import identifier_problem, resolver_method
-from mnist_tflite._tflm import _runs, map_in_children
-from mnist_tflite.evaluate import VariantResult
+from mnist_tflite import cli
+from mnist_tflite.edge.evaluate import VariantResult
+from mnist_tflite.edge.flatbuffer import parse
+from mnist_tflite.micro import export as micro
+from mnist_tflite.micro.c_source import identifier_problem, resolver_method
+from mnist_tflite.micro.tflm import _runs, map_in_children
 from tests.conftest import run_cli
 
 STUB = Path(__file__).parent / "micro_stub" / "tflm_stub.h"

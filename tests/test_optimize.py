@@ -13,9 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mnist_tflite import convert, optimize
 from mnist_tflite.cli import main
 from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.training import convert, optimize
 from tests.conftest import run_cli
 
 
@@ -40,7 +40,7 @@ def _few_steps(recipe: convert.Recipe, steps: int = 8, **options) -> convert.Rec
 
 
 def _accuracy(path, mnist, n: int = 1000) -> float:
-    from mnist_tflite.infer import TfliteModel
+    from mnist_tflite.edge.infer import TfliteModel
 
     probs = TfliteModel(path, allow_modified=True).predict_proba(mnist.x_test[:n].astype(np.float32) / 255)
     return float((probs.argmax(1) == mnist.y_test[:n]).mean())
@@ -115,9 +115,9 @@ def test_identify_architecture_accepts_ours_and_refuses_others(seed_model):
 
 def test_tiny_architecture_fits_the_smallest_parts(mnist, representative, tmp_path):
     """File and arena do not depend on the weights' values, so an untrained model measures them."""
-    from mnist_tflite import micro
-    from mnist_tflite.model import build
-    from mnist_tflite.train import TrainConfig
+    from mnist_tflite.micro import export as micro
+    from mnist_tflite.training.model import build
+    from mnist_tflite.training.train import TrainConfig
 
     model = build("tiny")
     assert model.count_params() < 5_000
@@ -170,7 +170,7 @@ def test_pruning_reaches_target_sparsity_and_only_zip_shrinks(seed_model, mnist,
 
 
 def _train_config():
-    from mnist_tflite.train import TrainConfig
+    from mnist_tflite.training.train import TrainConfig
 
     return TrainConfig()
 

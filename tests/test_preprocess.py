@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 from benchmarks.make_photo_digits import make
-from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.preprocess import (
+from mnist_tflite.edge.preprocess import (
     BlankImageError,
     load_image,
     preprocess_file,
     read_array_file,
     to_mnist,
 )
+from mnist_tflite.errors import MnistTfliteError
 
 
 def _paper(digit: np.ndarray, scale: int = 8, ink=(20, 30, 140), paper=(245, 238, 220)) -> Image.Image:
@@ -95,7 +95,7 @@ def test_uneven_lighting_is_removed(digits):
 def test_hairline_strokes_are_thickened_to_mnist_width(digits):
     from PIL import ImageFilter
 
-    from mnist_tflite.preprocess import _stroke_width
+    from mnist_tflite.edge.preprocess import _stroke_width
 
     x, _ = digits
     for digit in x[:5]:
@@ -279,7 +279,7 @@ def test_array_files(tmp_path, digits):
 
 def test_accuracy_on_realistic_photos_is_within_two_points_of_clean(mnist, models_dir, tmp_path):
     """200 official test digits as photo/scan files vs the same digits as clean arrays."""
-    from mnist_tflite.predict import Classifier, Failure
+    from mnist_tflite.edge.predict import Classifier, Failure
 
     n = 200
     x, y = mnist.x_test[:n], mnist.y_test[:n].astype(int)

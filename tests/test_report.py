@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from mnist_tflite import _atomic, convert, pipeline
-from mnist_tflite import report as report_mod
-from mnist_tflite.evaluate import VariantResult, confusion_matrix
-from mnist_tflite.train import TrainConfig
+from mnist_tflite import atomic as _atomic
+from mnist_tflite import pipeline
+from mnist_tflite.edge.evaluate import VariantResult, confusion_matrix
+from mnist_tflite.report import tables as report_mod
+from mnist_tflite.training import convert
+from mnist_tflite.training.train import TrainConfig
 
 
 def test_confusion_matrix_matches_counting():

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_tflite.infer import TfliteModel
-from mnist_tflite.preprocess import load_image, to_mnist
-from mnist_tflite.serve import MAX_UPLOAD_BYTES, create_app
+from mnist_tflite.edge.infer import TfliteModel
+from mnist_tflite.edge.preprocess import load_image, to_mnist
+from mnist_tflite.serve.app import MAX_UPLOAD_BYTES, create_app
 from tests.conftest import MODELS, run_cli
 
 
@@ -301,7 +301,7 @@ def test_serving_never_imports_tensorflow():
     code = (
         "import sys, json\n"
         "from fastapi.testclient import TestClient\n"
-        "from mnist_tflite.serve import create_app\n"
+        "from mnist_tflite.serve.app import create_app\n"
         f"c = TestClient(create_app({str(MODELS)!r}))\n"
         "r = c.post('/api/predict', json={'pixels': [[0] * 10 + [255] * 8 + [0] * 10] * 28})\n"
         "assert r.status_code == 200, r.text\n"
@@ -314,7 +314,7 @@ def test_serving_never_imports_tensorflow():
 
 
 def test_listening_socket_sends_small_responses_without_delay():
-    from mnist_tflite.serve import _listen
+    from mnist_tflite.serve.app import _listen
 
     sock = _listen("127.0.0.1", 0)
     try:

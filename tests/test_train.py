@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_tflite import data, model
+from mnist_tflite import data
 from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.train import TrainConfig, train
+from mnist_tflite.training import model
+from mnist_tflite.training.train import TrainConfig, train
 
 
 def test_seed_architecture_matches_the_write_up():

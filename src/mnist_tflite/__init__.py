@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import MnistTfliteError
+from mnist_tflite.errors import MnistTfliteError
 
 __version__ = "0.1.0"
 __all__ = ["RECIPES", "Classifier", "MnistTfliteError", "TfliteModel", "__version__"]
@@ -16,15 +16,15 @@ __all__ = ["RECIPES", "Classifier", "MnistTfliteError", "TfliteModel", "__versio
 def __getattr__(name: str) -> Any:
     # lazy: `import mnist_tflite` must stay cheap for the inference path
     if name == "TfliteModel":
-        from .infer import TfliteModel
+        from mnist_tflite.edge.infer import TfliteModel
 
         return TfliteModel
     if name == "Classifier":
-        from .predict import Classifier
+        from mnist_tflite.edge.predict import Classifier
 
         return Classifier
     if name == "RECIPES":
-        from .convert import RECIPES
+        from mnist_tflite.training.convert import RECIPES
 
         return RECIPES
     raise AttributeError(f"module 'mnist_tflite' has no attribute {name!r}")

@@ -11,9 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import MnistTfliteError
-
-PROG = "mnist-tflite"
+from mnist_tflite import commands
+from mnist_tflite.errors import PROG, MnistTfliteError
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -27,7 +26,7 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from mnist_tflite.training.train import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--data", default="auto", help="auto | embedded | IDX directory | .npz (default: auto)")
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--micro-images", type=int, default=None, help="test images to check in TFLM (default: all)"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
-    p.set_defaults(func="run")
+    p.set_defaults(func=commands.cmd_run)
 
     p = _parser(
         sub,
@@ -79,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--out", required=True, type=Path, help="where to save the .keras model")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.set_defaults(func="train")
+    p.set_defaults(func=commands.cmd_train)
 
     p = _parser(
         sub,
@@ -96,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, help="target sparsity in (0, 1) for pruned-int8 / pruned80-int8")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
-    p.set_defaults(func="convert")
+    p.set_defaults(func=commands.cmd_convert)
 
     p = _parser(sub, "recipes", "list the conversion recipes", "mnist-tflite recipes --json")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func="recipes")
+    p.set_defaults(func=commands.cmd_recipes)
 
     p = _parser(
         sub,
@@ -118,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-samples", type=int, default=200, help="batch-1 latency samples (0: skip)")
     p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func="evaluate")
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = _parser(
         sub,
@@ -131,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="where to write pareto.md/.json/.png")
     p.add_argument("--force", action="store_true", help="overwrite an existing pareto.md")
     p.add_argument("--json", action="store_true", help="print the merged table as JSON")
-    p.set_defaults(func="pareto")
+    p.set_defaults(func=commands.cmd_pareto)
 
     p = _parser(
         sub,
@@ -151,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
     p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
     p.add_argument("--batch-size", type=int, default=256, help="images per interpreter call (default: 256)")
-    p.set_defaults(func="predict")
+    p.set_defaults(func=commands.cmd_predict)
 
     p = _parser(
         sub,
@@ -166,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
-    p.set_defaults(func="serve")
+    p.set_defaults(func=commands.cmd_serve)
 
     p = _parser(
         sub,
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
     p.add_argument("--json", action="store_true", help="print the summary (micro.json) as JSON")
-    p.set_defaults(func="export_micro")
+    p.set_defaults(func=commands.cmd_export_micro)
 
     return parser
 
@@ -202,9 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        from . import _commands
-
-        return int(getattr(_commands, f"cmd_{args.func}")(args) or 0)
+        return int(args.func(args) or 0)
     except MnistTfliteError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistTfliteError, fail, read_user_file
+from mnist_tflite.errors import MnistTfliteError, fail, read_user_file
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
@@ -231,7 +231,7 @@ def embedded_dir() -> Path:
 def _try_keras_download(timeout_s: float) -> Path | None:
     """Let Keras download mnist.npz into its cache; give up quickly when offline."""
     try:
-        from ._tf import import_tf
+        from mnist_tflite.training.tfimport import import_tf
 
         import_tf()  # the training extra; absent on an inference-only install
         import keras

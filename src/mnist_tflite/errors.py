@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+PROG = "mnist-tflite"  # the command name, in every one-line error
+
 
 class MnistTfliteError(Exception):
     """A problem with the user's input: a file, an option or a model.
@@ -41,3 +43,7 @@ def read_user_file(path: str | os.PathLike[str], expected: str, *, label: object
     if not data:
         raise fail(label, f"empty file (0 bytes); expected {expected}")
     return data
+
+
+class ConversionError(MnistTfliteError):
+    """The TFLite converter refused a recipe; ``run`` records it as a failed row."""

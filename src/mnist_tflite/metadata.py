@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
-from .errors import fail
+from mnist_tflite import atomic
+from mnist_tflite.errors import fail
 
 FORMAT = "mnist-tflite-metadata/1"
 
@@ -46,7 +46,7 @@ def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write(model_path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     path = sidecar_path(model_path)
-    _atomic.write_json(path, {"format": FORMAT, **meta})
+    atomic.write_json(path, {"format": FORMAT, **meta})
     return path
 
 

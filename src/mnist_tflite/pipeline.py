@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from . import convert as convert_mod
-from . import data as data_mod
-from . import report as report_mod
-from .errors import MnistTfliteError, fail
-from .evaluate import VariantResult, confusion_matrix, evaluate_model
-from .optimize import report_notes
-from .train import TrainConfig, save_model, train
+from mnist_tflite import data as data_mod
+from mnist_tflite.edge.evaluate import VariantResult, confusion_matrix, evaluate_model
+from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.report import tables as report_mod
+from mnist_tflite.training import convert as convert_mod
+from mnist_tflite.training.optimize import report_notes
+from mnist_tflite.training.train import TrainConfig, save_model, train
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         row.extra.update(build_extras.get(recipe.name, {}))
         rows.append(row)
 
-    from .micro import deployer_columns
+    from mnist_tflite.micro.export import deployer_columns
 
     log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
     n_micro = len(ds.x_test) if config.micro_images is None else config.micro_images
@@ -214,7 +214,7 @@ def _build(
     log: Callable[[str], None] = print,
 ) -> tuple[bytes, dict[str, Any]]:
     """Convert by recipe, fine-tuning first when it says so; returns the bytes and report extras."""
-    from .optimize import fine_tune, zip_bytes
+    from mnist_tflite.training.optimize import fine_tune, zip_bytes
 
     calibration = rep if recipe.needs_calibration else None
     extra: dict[str, Any] = {}

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from . import metadata
-from ._probe import probe
-from ._quiet import stderr_silenced
-from .data import MNIST_CLASSES
-from .errors import fail, read_user_file
+from mnist_tflite import metadata
+from mnist_tflite.data import MNIST_CLASSES
+from mnist_tflite.edge.probe import probe
+from mnist_tflite.edge.quiet import stderr_silenced
+from mnist_tflite.errors import fail, read_user_file
 
 TFLITE_IDENTIFIER = b"TFL3"
 # images per invoke() when batch_size is not given (fastest on the seed model, 1 MiB L2 per

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ._quiet import stderr_silenced
+from mnist_tflite.edge.quiet import stderr_silenced
 
 
 def import_tf() -> Any:

@@ -3,7 +3,7 @@
 The steps follow how MNIST itself was made (LeCun et al.): the digit is cropped to its ink,
 scaled so its longest side is 20 px (anti-aliased, aspect kept), and placed in a 28x28
 field so that its centre of mass is at the centre. Before that, a photo or scan becomes an
-ink map (:mod:`mnist_tflite._ink`): background level, shadows and tint removed, polarity
+ink map (:mod:`mnist_tflite.edge.ink`): background level, shadows and tint removed, polarity
 decided by the background. Pure Pillow + NumPy; no TensorFlow, no SciPy.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._ink import BlankImageError, ink_map, running
-from ._loading import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
-from .errors import fail
+from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+from mnist_tflite.edge.ink import BlankImageError, ink_map, running
+from mnist_tflite.errors import fail
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -233,7 +233,7 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         except (OSError, ValueError, EOFError) as exc:
             raise fail(path, f"not a readable .npy array ({exc})") from None
     else:
-        from .data import read_idx
+        from mnist_tflite.data import read_idx
 
         raw = read_idx(path)
     a = raw if isinstance(raw, np.ndarray) else np.asarray(raw)

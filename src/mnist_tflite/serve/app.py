@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from . import preprocess
-from ._serve_http import ApiError, image_to_mnist, pixels_to_uint8, read_body, split_request
-from .errors import MnistTfliteError, fail
-from .infer import TfliteModel
+from mnist_tflite.edge import preprocess
+from mnist_tflite.edge.infer import TfliteModel
+from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.serve.parsing import ApiError, image_to_mnist, pixels_to_uint8, read_body, split_request
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app", "serve"]
 
@@ -82,7 +82,7 @@ def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, An
             raise fail(
                 json_path, f"unreadable report ({exc}); expected report.json written by mnist-tflite"
             ) from None
-        from .report import COLUMNS
+        from mnist_tflite.report.tables import COLUMNS
 
         cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
         table = [
@@ -205,7 +205,7 @@ def create_app(
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
 
-    from ._serve_http import PREDICT_OPENAPI, PredictResult
+    from mnist_tflite.serve.parsing import PREDICT_OPENAPI, PredictResult
 
     variants, unavailable, report = _load_variants(Path(model_or_run_dir), allow_modified)
     default = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else next(iter(variants))
@@ -225,7 +225,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # our bug, not the user's: the traceback goes to the server log, the page gets JSON
-        logging.getLogger("mnist_tflite.serve").error(
+        logging.getLogger("mnist_tflite.serve.app").error(
             "%s %s failed", request.method, request.url.path, exc_info=exc
         )
         return JSONResponse(

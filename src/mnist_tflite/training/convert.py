@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _atomic, metadata
-from . import data as data_mod
-from ._tf import import_tf, quiet_stdout
-from .errors import MnistTfliteError, fail
+from mnist_tflite import atomic, metadata
+from mnist_tflite import data as data_mod
+from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def write_tflite(
         "versions": versions(),
         **(extra or {}),
     }
-    _atomic.write_bytes(path, flatbuffer)
+    atomic.write_bytes(path, flatbuffer)
     metadata.write(path, meta)
     return meta
 
@@ -284,7 +284,7 @@ def convert_file(
     log: Any = print,
 ) -> dict[str, Any]:
     """``mnist-tflite convert``: one model file, one recipe, one ``.tflite`` plus sidecar."""
-    from . import optimize
+    from mnist_tflite.training import optimize
 
     recipe = optimize.with_sparsity(get_recipe(recipe_name), sparsity)
     source = load_model_source(model_path)
@@ -304,7 +304,7 @@ def convert_file(
         calibration = {"images": len(rep), "seed": seed, "from": "training split"}
     extra: dict[str, Any] = {"converted_from": str(model_path)}
     if recipe.training:
-        from .train import TrainConfig
+        from mnist_tflite.training.train import TrainConfig
 
         # fine-tune on the data and with the seed that `mnist-tflite train` would have used
         base = TrainConfig.for_arch(arch.name, seed=seed)

@@ -2,7 +2,7 @@
 
 tensorflow-model-optimization supports only Keras 2 (``tf_keras``, selected by
 ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported), and Keras 2 and Keras 3 cannot
-share one interpreter. ``optimize.py`` therefore runs ``python -m mnist_tflite._legacy_optimize
+share one interpreter. ``optimize.py`` therefore runs ``python -m mnist_tflite.training.optimize_child
 WORKDIR`` with everything in files:
 
 - ``job.json``: method (``qat`` / ``prune``), architecture name, options, seed, recipe;
@@ -28,9 +28,9 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
 import numpy as np
 
-from . import data as data_mod
-from ._tf import import_tf, quiet_stdout
-from .model import get_architecture
+from mnist_tflite import data as data_mod
+from mnist_tflite.training.model import get_architecture
+from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 
 
 def _augmenter(tf_keras: Any, seed: int) -> Any:
@@ -132,7 +132,7 @@ def run(work: Path) -> dict[str, Any]:
     if job["method"] == "qat":
         from dataclasses import replace
 
-        from .convert import Recipe, convert
+        from mnist_tflite.training.convert import Recipe, convert
 
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in job["recipe"].items()}
         recipe = replace(Recipe(**fields), training=None, training_options=())
@@ -149,7 +149,7 @@ def run(work: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m mnist_tflite._legacy_optimize WORKDIR", file=sys.stderr)
+        print("usage: python -m mnist_tflite.training.optimize_child WORKDIR", file=sys.stderr)
         return 2
     work = Path(argv[0])
     result = run(work)

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from . import data as data_mod
-from ._tf import import_tf
-from .errors import MnistTfliteError
+from mnist_tflite import data as data_mod
+from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.training.tfimport import import_tf
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,12 @@ class TrainConfig:
     @classmethod
     def for_arch(cls, arch: str = "seed", **overrides: Any) -> TrainConfig:
         """These defaults, then the architecture's ``train_defaults``, then ``overrides``."""
-        from .model import get_architecture
+        from mnist_tflite.training.model import get_architecture
 
         return cls(**{**dict(get_architecture(arch).train_defaults), "arch": arch, **overrides})
 
     def validate(self) -> None:
-        from .model import get_architecture
+        from mnist_tflite.training.model import get_architecture
 
         get_architecture(self.arch)
         if self.epochs < 1:
@@ -106,7 +106,7 @@ def train(
     import keras
     import tensorflow as tf
 
-    from .model import get_architecture
+    from mnist_tflite.training.model import get_architecture
 
     arch = get_architecture(config.arch)
     x_tr, y_tr, x_val, y_val = data_mod.split_validation(
@@ -170,7 +170,7 @@ class _EpochLog:
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """Save in the Keras 3 format, atomically."""
-    from ._atomic import atomic_path
+    from mnist_tflite.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

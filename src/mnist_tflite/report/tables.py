@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _atomic
-from .evaluate import VariantResult
+from mnist_tflite import atomic
+from mnist_tflite.edge.evaluate import VariantResult
 
 # (header, row key, formatter); a column whose key no row has is left out
 COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -188,7 +188,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     import matplotlib.pyplot as plt
 
-    with _atomic.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -222,8 +222,8 @@ def write_report(
         lines.append("")
         lines += [f"![{k}]({v})" for k, v in plots.items()]
     md, js = out / "report.md", out / "report.json"
-    _atomic.write_text(md, "\n".join(lines).rstrip() + "\n")
-    _atomic.write_json(js, report)
+    atomic.write_text(md, "\n".join(lines).rstrip() + "\n")
+    atomic.write_json(js, report)
     return md, js
 
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
-from . import report as report_mod
-from .errors import fail
+from mnist_tflite import atomic
+from mnist_tflite.errors import fail
+from mnist_tflite.report import tables as report_mod
 
 __all__ = ["load_run", "merge_runs", "write_pareto"]
 
@@ -111,8 +111,8 @@ def write_pareto(
         "variants": table_rows,
         "pareto_front": [r["name"] for r in front],
     }
-    _atomic.write_text(out / "pareto.md", "\n".join(lines) + "\n")
-    _atomic.write_json(out / "pareto.json", doc)
+    atomic.write_text(out / "pareto.md", "\n".join(lines) + "\n")
+    atomic.write_json(out / "pareto.json", doc)
     return doc
 
 
@@ -140,6 +140,6 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], key: str, pat
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with _atomic.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

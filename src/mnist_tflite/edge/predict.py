@@ -1,6 +1,6 @@
 """Classify real images of digits with a deployed ``.tflite`` model: no TensorFlow.
 
-Images are preprocessed the MNIST way (:mod:`mnist_tflite.preprocess`), scaled with the
+Images are preprocessed the MNIST way (:mod:`mnist_tflite.edge.preprocess`), scaled with the
 model's own normalization (from its sidecar), and classified in batches: one interpreter
 call per batch, however many files. Inputs stream through, so a directory of a million
 files needs memory for one batch only.
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import preprocess
-from .errors import MnistTfliteError, fail
+from mnist_tflite.edge import preprocess
+from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = ["Classifier", "Failure", "Prediction", "expand_inputs"]
 
@@ -105,7 +105,7 @@ class Classifier:
         num_threads: int | None = None,
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
     ) -> None:
-        from .infer import TfliteModel
+        from mnist_tflite.edge.infer import TfliteModel
 
         self.model = TfliteModel(
             model_path, allow_modified=allow_modified, batch_size=batch_size, num_threads=num_threads
@@ -210,7 +210,7 @@ def save_inputs(directory: str | os.PathLike[str]):
     """A callback that saves each prediction's 28x28 input as ``DIR/<file stem>.png``."""
     from PIL import Image
 
-    from ._atomic import write_bytes
+    from mnist_tflite.atomic import write_bytes
 
     out = Path(directory)
     try:

@@ -10,12 +10,11 @@ import argparse
 import json
 import sys
 
-from .cli import PROG
-from .errors import MnistTfliteError
+from mnist_tflite.errors import PROG, MnistTfliteError
 
 
 def _train_config(args: argparse.Namespace):  # -> TrainConfig
-    from .train import TrainConfig
+    from mnist_tflite.training.train import TrainConfig
 
     overrides = {"arch": args.arch, "seed": args.seed}
     if args.epochs is not None:
@@ -26,8 +25,8 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .convert import CALIBRATION_SIZE
-    from .pipeline import RunConfig, run
+    from mnist_tflite.pipeline import RunConfig, run
+    from mnist_tflite.training.convert import CALIBRATION_SIZE
 
     config = RunConfig(
         out=args.out,
@@ -46,8 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import data
-    from .train import save_model, train
+    from mnist_tflite import data
+    from mnist_tflite.training.train import save_model, train
 
     if args.out.exists() and not args.force:
         raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
@@ -61,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import CALIBRATION_SIZE, convert_file, get_recipe
+    from mnist_tflite.training.convert import CALIBRATION_SIZE, convert_file, get_recipe
 
     get_recipe(args.recipe)  # unknown recipe: fail before loading anything
     if args.out.exists() and not args.force:
@@ -90,7 +89,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .convert import RECIPES
+    from mnist_tflite.training.convert import RECIPES
 
     if args.json:
         print(json.dumps([asdict(r) for r in RECIPES], indent=2))
@@ -101,7 +100,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from .pareto import write_pareto
+    from mnist_tflite.report.pareto import write_pareto
 
     doc = write_pareto(args.runs, args.out, force=args.force)
     if args.json:
@@ -112,9 +111,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import data
-    from . import report as report_mod
-    from .evaluate import evaluate_model
+    from mnist_tflite import data
+    from mnist_tflite.edge.evaluate import evaluate_model
+    from mnist_tflite.report import tables as report_mod
 
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
     reference = None
@@ -145,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Classifier, Failure, save_inputs
+    from mnist_tflite.edge.predict import Classifier, Failure, save_inputs
 
     if args.top_k < 1 or args.batch_size < 1:
         raise MnistTfliteError(
@@ -183,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from mnist_tflite.serve.app import serve
 
     if not 0 <= args.port <= 65535:
         raise MnistTfliteError(f"--port must be 0..65535, received: {args.port}")
@@ -192,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
-    from .micro import ExportOptions, export, summary_text
+    from mnist_tflite.micro.export import ExportOptions, export, summary_text
 
     opts = ExportOptions(
         model=args.model,

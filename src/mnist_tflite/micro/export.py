@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _atomic
-from . import _micro_c as c_text
-from ._flatbuffer import ModelInfo
-from ._micro_check import (
+from mnist_tflite import atomic
+from mnist_tflite.edge.flatbuffer import ModelInfo
+from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.micro import c_source as c_text
+from mnist_tflite.micro.check import (
     deployer_columns,
     int8_problem,
     load,
@@ -28,7 +29,6 @@ from ._micro_check import (
     tflm_problem,
     verify,
 )
-from .errors import MnistTfliteError, fail
 
 __all__ = [
     "ExportOptions",
@@ -61,7 +61,7 @@ class ExportOptions:
 
 def describe(path: object, data: bytes, info: ModelInfo, name: str, arena: dict[str, Any]) -> dict[str, Any]:
     """The summary of an export (written as micro.json)."""
-    from .metadata import sha256_bytes
+    from mnist_tflite.metadata import sha256_bytes
 
     return {
         "format": FORMAT,
@@ -102,7 +102,7 @@ def _write_dir(out: Path, files: dict[str, str]) -> None:
     try:
         for fname, text in files.items():
             (tmp / fname).write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_atomic._umask())  # mkdtemp makes 0700
+        os.chmod(tmp, 0o777 & ~atomic._umask())  # mkdtemp makes 0700
         if out.exists():
             os.replace(out, old)
         try:
@@ -147,7 +147,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
     arena = measure_arena(data, info, opts.model)
     summary = describe(opts.model, data, info, opts.name, arena)
     if opts.verify:
-        from . import data as data_mod
+        from mnist_tflite import data as data_mod
 
         ds = data_mod.load(opts.data, log=log)
         log(f"verifying in TFLM on {len(ds.x_test):,} test images ({ds.source})")
@@ -169,7 +169,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
     }
     summary["files"] = [*files, "summary.txt", "micro.json"]
     files["summary.txt"] = summary_text(summary, out) + "\n"
-    files["micro.json"] = json.dumps(summary, indent=2, default=_atomic._jsonable) + "\n"
+    files["micro.json"] = json.dumps(summary, indent=2, default=atomic._jsonable) + "\n"
     _write_dir(out, files)
     return summary
 

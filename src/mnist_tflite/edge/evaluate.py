@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import normalize
-from .infer import TfliteModel
+from mnist_tflite.data import normalize
+from mnist_tflite.edge.infer import TfliteModel
 
 LATENCY_SAMPLES = 200
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ._flatbuffer import ModelInfo, parse
-from ._tflm import ChildResult, map_in_children, recorded_total, run_batch, search_arena
-from .errors import MnistTfliteError, fail
+from mnist_tflite.edge.flatbuffer import ModelInfo, parse
+from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.micro.tflm import ChildResult, map_in_children, recorded_total, run_batch, search_arena
 
 ARENA_MARGIN = 0.10  # CMSIS-NN and other optimized kernels ask for scratch the reference ones do not
 ARENA_ROUND = 1024
@@ -25,7 +25,7 @@ MARGIN_TEXT = f"+{ARENA_MARGIN:.0%} for optimized kernels' scratch buffers, roun
 
 def load(path: str | os.PathLike[str], *, allow_modified: bool = False) -> tuple[bytes, ModelInfo]:
     """Read, hash-check (against the sidecar) and parse a ``.tflite`` file."""
-    from .infer import read_model_bytes
+    from mnist_tflite.edge.infer import read_model_bytes
 
     data, _, _ = read_model_bytes(path, allow_modified=allow_modified)
     return data, parse(data, path)
@@ -70,7 +70,7 @@ def tflm_problem(res: ChildResult, info: ModelInfo, data: bytes | None = None) -
             )
         return f"TFLM cannot {stage} {op} (node {index}, inputs {'/'.join(types).lower()}): {why}"
     if res.signal:
-        from ._probe import probe
+        from mnist_tflite.edge.probe import probe
 
         litert = probe(data) if data else None
         extra = f"; LiteRT rejects it too: {litert}" if litert else ""
@@ -138,8 +138,8 @@ def verify(
     Example:
         >>> verify("int8.tflite", ds.x_test, ds.y_test, arena_bytes=33792)["vs_litert_builtin"]
     """
-    from .data import normalize
-    from .infer import TfliteModel
+    from mnist_tflite.data import normalize
+    from mnist_tflite.edge.infer import TfliteModel
 
     x = normalize(images)
     builtin = TfliteModel(path, kernels="builtin", allow_modified=allow_modified)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MnistTfliteError
+from mnist_tflite.errors import MnistTfliteError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Architecture:
         layers, in the same order, in the Keras 2 world of tensorflow-model-optimization.
         """
         if keras is None:
-            from ._tf import import_tf
+            from mnist_tflite.training.tfimport import import_tf
 
             import_tf()
             import keras

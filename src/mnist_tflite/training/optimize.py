@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import data as data_mod
-from .errors import MnistTfliteError
-from .model import ARCHITECTURES, Architecture
+from mnist_tflite import data as data_mod
+from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.training.model import ARCHITECTURES, Architecture
 
 __all__ = [
     "METHODS",
@@ -172,7 +172,7 @@ def with_sparsity(recipe: Any, sparsity: float | None) -> Any:
 
 
 def _recipes() -> tuple[Any, ...]:
-    from .convert import RECIPES
+    from mnist_tflite.training.convert import RECIPES
 
     return RECIPES
 
@@ -231,7 +231,7 @@ def fine_tune(
     Example:
         >>> fine_tune(model, get_recipe("qat-int8"), data.load("embedded"), TrainConfig())
     """
-    from .convert import ConversionError, convert
+    from mnist_tflite.training.convert import ConversionError, convert
 
     opts = resolve_options(recipe.training, recipe.training_options)
     arch = identify_architecture(model)
@@ -283,13 +283,13 @@ def fine_tune(
 
 
 def _run_child(work: Path, recipe_name: str) -> tuple[dict[str, Any], float]:
-    from .convert import ConversionError
+    from mnist_tflite.training.convert import ConversionError
 
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "mnist_tflite._legacy_optimize", str(work)],
+            [sys.executable, "-m", "mnist_tflite.training.optimize_child", str(work)],
             capture_output=True,
             text=True,
             env=env,
