@@ -34,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _accuracy(flatbuffer: bytes, ds: Any, tmp: Path, name: str) -> float:
     from mnist_tflite.edge.infer import TfliteModel
-    from mnist_tflite.training.convert import get_recipe, write_tflite
+    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.training.convert import write_tflite
 
     path = tmp / f"{name}.tflite"
     write_tflite(path, flatbuffer, get_recipe("int8"))
@@ -46,8 +47,9 @@ def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
     import keras
 
     from mnist_tflite import data
+    from mnist_tflite.recipes import get_recipe
     from mnist_tflite.training import optimize
-    from mnist_tflite.training.convert import convert, get_recipe
+    from mnist_tflite.training.convert import convert
     from mnist_tflite.training.train import TrainConfig
 
     model = keras.models.load_model(ROOT / "tests" / "models" / "model.keras", compile=False)
@@ -85,7 +87,8 @@ def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
 def tiny_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
     from mnist_tflite import data
     from mnist_tflite.micro import export as micro
-    from mnist_tflite.training.convert import convert, get_recipe, write_tflite
+    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.training.convert import convert, write_tflite
     from mnist_tflite.training.train import TrainConfig, train
 
     config = TrainConfig.for_arch("tiny")

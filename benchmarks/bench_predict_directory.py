@@ -59,7 +59,7 @@ def main() -> None:
         return real_invoke(self)
 
     Interpreter.invoke = counting_invoke
-    clf = Classifier(args.model, batch_size=args.batch_size)
+    clf = Classifier(args.model, buffer_size=args.batch_size)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     right = failed = total = 0

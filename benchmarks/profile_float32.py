@@ -47,7 +47,8 @@ def convert_prefixes(model_path: Path, out: Path) -> list[dict[str, Any]]:
     import keras
     import tf2onnx
 
-    from mnist_tflite.training.convert import Recipe, convert
+    from mnist_tflite.recipes import Recipe
+    from mnist_tflite.training.convert import convert
 
     model = keras.models.load_model(model_path, compile=False)
     sig = [tf.TensorSpec([None, 28, 28, 1], tf.float32, name="image")]

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from mnist_tflite import data, metadata
+from mnist_tflite import data, metadata, recipes
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.errors import ConversionError, MnistTfliteError
 from mnist_tflite.training import convert
+from mnist_tflite.training.variants import convert_file
 from tests.conftest import run_cli
 
 EXPECTED_IO = {
@@ -23,18 +24,18 @@ EXPECTED_IO = {
 
 
 def test_recipes_are_data():
-    names = [r.name for r in convert.RECIPES]
+    names = [r.name for r in recipes.RECIPES]
     assert len(names) == len(set(names))
     assert set(EXPECTED_IO) <= set(names)
     with pytest.raises(MnistTfliteError, match="unknown recipe 'int4'; expected one of: float32"):
-        convert.get_recipe("int4")
-    assert [r.name for r in convert.resolve_recipes("float32, int8")] == ["float32", "int8"]
+        recipes.get_recipe("int4")
+    assert [r.name for r in recipes.resolve_recipes("float32, int8")] == ["float32", "int8"]
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_IO))
 def test_each_recipe_converts_with_right_dtypes(name, trained_model, mnist, tmp_path):
     model, _ = trained_model
-    recipe = convert.get_recipe(name)
+    recipe = recipes.get_recipe(name)
     rep = data.normalize(data.representative_sample(mnist.x_train, 64, seed=0))
     flatbuffer = convert.convert(model, recipe, rep if recipe.needs_calibration else None)
     path = tmp_path / f"{name}.tflite"
@@ -56,8 +57,8 @@ def test_each_recipe_converts_with_right_dtypes(name, trained_model, mnist, tmp_
 
 def test_int8_needs_calibration(trained_model):
     model, _ = trained_model
-    with pytest.raises(convert.ConversionError, match="needs representative images"):
-        convert.convert(model, convert.get_recipe("int8"), None)
+    with pytest.raises(ConversionError, match="needs representative images"):
+        convert.convert(model, recipes.get_recipe("int8"), None)
 
 
 def test_legacy_h5_and_savedmodel(trained_model, tmp_path, mnist):
@@ -66,13 +67,13 @@ def test_legacy_h5_and_savedmodel(trained_model, tmp_path, mnist):
     h5 = tmp_path / "mnist_model.h5"
     model.save(h5)
     out = tmp_path / "from_h5.tflite"
-    meta = convert.convert_file(h5, "dynamic", out, data_spec="embedded")
+    meta = convert_file(h5, "dynamic", out, data_spec="embedded")
     assert meta["recipe"]["name"] == "dynamic" and out.exists()
 
     saved = tmp_path / "saved"
     model.export(saved)
     out2 = tmp_path / "from_saved.tflite"
-    meta2 = convert.convert_file(saved, "int8", out2, data_spec="embedded", calibration_size=50)
+    meta2 = convert_file(saved, "int8", out2, data_spec="embedded", calibration_size=50)
     assert meta2["input"]["dtype"] == "int8" and meta2["calibration"]["images"] == 50
     x = data.normalize(mnist.x_test[:200])
     assert (TfliteModel(out2).predict(x) == TfliteModel(out).predict(x)).mean() >= 0.97

@@ -17,7 +17,8 @@ import pytest
 
 from mnist_tflite import data
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.training.convert import Recipe, convert
+from mnist_tflite.recipes import Recipe
+from mnist_tflite.training.convert import convert
 from tests.conftest import MODELS
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -214,7 +215,7 @@ def test_runner_does_not_import_tensorflow():
 
 
 def test_int8_note_says_what_int8_buys_on_this_cpu():
-    from mnist_tflite.report.tables import int8_note
+    from mnist_tflite.report.notes import int8_note
 
     rows = [
         {

@@ -13,8 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mnist_tflite import recipes
 from mnist_tflite.cli import main
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.errors import ConversionError, MnistTfliteError
 from mnist_tflite.training import convert, optimize
 from tests.conftest import run_cli
 
@@ -34,7 +35,7 @@ def representative(mnist):
     return data.normalize(data.representative_sample(mnist.x_train, 100, 0))
 
 
-def _few_steps(recipe: convert.Recipe, steps: int = 8, **options) -> convert.Recipe:
+def _few_steps(recipe: recipes.Recipe, steps: int = 8, **options) -> recipes.Recipe:
     opts = {**dict(recipe.training_options), "epochs": 1, "max_steps": steps, **options}
     return replace(recipe, training_options=tuple(opts.items()))
 
@@ -62,34 +63,34 @@ def _int8_weights(path) -> list[np.ndarray]:
 
 
 def test_training_recipes_are_data_and_not_in_the_default_set():
-    names = {r.name: r for r in convert.RECIPES}
+    names = {r.name: r for r in recipes.RECIPES}
     assert names["qat-int8"].training == "qat"
     assert names["pruned-int8"].training == "prune"
     assert dict(names["pruned-int8"].training_options)["sparsity"] == 0.5
     assert dict(names["pruned80-int8"].training_options)["sparsity"] == 0.8
-    assert not {"qat-int8", "pruned-int8"} & set(convert.DEFAULT_RECIPES)
-    assert {"qat-int8", "pruned-int8"} <= {r.name for r in convert.resolve_recipes("all")}
-    with pytest.raises(convert.ConversionError, match="fine-tunes"):
+    assert not {"qat-int8", "pruned-int8"} & set(recipes.DEFAULT_RECIPES)
+    assert {"qat-int8", "pruned-int8"} <= {r.name for r in recipes.resolve_recipes("all")}
+    with pytest.raises(ConversionError, match="fine-tunes"):
         convert.convert(None, names["qat-int8"])
 
 
 @pytest.mark.parametrize("sparsity", [0, 0.0, 1, 1.0, -0.2, 1.5, "half", None])
 def test_sparsity_outside_open_unit_interval_is_refused(sparsity):
     with pytest.raises(MnistTfliteError, match=r"sparsity must be in \(0, 1\)"):
-        optimize.resolve_options("prune", (("sparsity", sparsity),))
+        recipes.resolve_options("prune", (("sparsity", sparsity),))
 
 
 def test_options_merge_defaults_and_reject_unknown_keys():
-    opts = optimize.resolve_options("prune", (("sparsity", 0.9), ("epochs", 2)))
-    assert opts == {**optimize.METHODS["prune"], "sparsity": 0.9, "epochs": 2}
+    opts = recipes.resolve_options("prune", (("sparsity", 0.9), ("epochs", 2)))
+    assert opts == {**recipes.METHODS["prune"], "sparsity": 0.9, "epochs": 2}
     with pytest.raises(MnistTfliteError, match="unknown qat option 'sparsity'"):
-        optimize.resolve_options("qat", (("sparsity", 0.5),))
+        recipes.resolve_options("qat", (("sparsity", 0.5),))
     with pytest.raises(MnistTfliteError, match="unknown training method"):
-        optimize.resolve_options("distill", ())
-    pruned = optimize.with_sparsity(convert.get_recipe("pruned-int8"), 0.3)
+        recipes.resolve_options("distill", ())
+    pruned = recipes.with_sparsity(recipes.get_recipe("pruned-int8"), 0.3)
     assert dict(pruned.training_options)["sparsity"] == 0.3
     with pytest.raises(MnistTfliteError, match="applies to pruning recipes"):
-        optimize.with_sparsity(convert.get_recipe("int8"), 0.3)
+        recipes.with_sparsity(recipes.get_recipe("int8"), 0.3)
 
 
 def test_zip_bytes_rewards_zeros():
@@ -121,9 +122,9 @@ def test_tiny_architecture_fits_the_smallest_parts(mnist, representative, tmp_pa
 
     model = build("tiny")
     assert model.count_params() < 5_000
-    flatbuffer = convert.convert(model, convert.get_recipe("int8"), representative)
+    flatbuffer = convert.convert(model, recipes.get_recipe("int8"), representative)
     path = tmp_path / "tiny.tflite"
-    convert.write_tflite(path, flatbuffer, convert.get_recipe("int8"))
+    convert.write_tflite(path, flatbuffer, recipes.get_recipe("int8"))
     assert len(flatbuffer) <= 10 * 1024
     data, info = micro.load(path)
     arena = micro.measure_arena(data, info, path)
@@ -137,7 +138,7 @@ def test_tiny_architecture_fits_the_smallest_parts(mnist, representative, tmp_pa
 @pytest.mark.slow
 def test_qat_fine_tune_in_child_gives_full_int8_model(seed_model, mnist, tmp_path):
     before = [w.copy() for w in seed_model.get_weights()]
-    recipe = _few_steps(convert.get_recipe("qat-int8"))
+    recipe = _few_steps(recipes.get_recipe("qat-int8"))
     result = optimize.fine_tune(seed_model, recipe, mnist, _train_config(), log=lambda m: None)
     path = tmp_path / "qat.tflite"
     meta = convert.write_tflite(path, result.flatbuffer, recipe, extra=result.extra())
@@ -153,7 +154,7 @@ def test_qat_fine_tune_in_child_gives_full_int8_model(seed_model, mnist, tmp_pat
 
 @pytest.mark.slow
 def test_pruning_reaches_target_sparsity_and_only_zip_shrinks(seed_model, mnist, representative, tmp_path):
-    recipe = _few_steps(convert.get_recipe("pruned-int8"), sparsity=0.6)
+    recipe = _few_steps(recipes.get_recipe("pruned-int8"), sparsity=0.6)
     result = optimize.fine_tune(
         seed_model, recipe, mnist, _train_config(), representative, log=lambda m: None
     )
@@ -164,7 +165,7 @@ def test_pruning_reaches_target_sparsity_and_only_zip_shrinks(seed_model, mnist,
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
     assert zeros >= 0.59  # the zeros survive int8 conversion (symmetric weights: 0.0 -> 0)
     assert _accuracy(path, mnist) >= 0.95
-    dense = convert.convert(seed_model, convert.get_recipe("int8"), representative)
+    dense = convert.convert(seed_model, recipes.get_recipe("int8"), representative)
     assert abs(len(result.flatbuffer) - len(dense)) < 512  # stored densely: same size...
     assert optimize.zip_bytes(result.flatbuffer) < 0.85 * optimize.zip_bytes(dense)  # ...smaller zipped
 

@@ -29,7 +29,7 @@ def _photo(digit: np.ndarray, path, *, dark_board: bool = False) -> None:
 
 @pytest.fixture(scope="module")
 def clf(models_dir):
-    return Classifier(models_dir / "int8.tflite", batch_size=4)
+    return Classifier(models_dir / "int8.tflite", buffer_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_files_are_classified_in_batches_and_streamed(models_dir, photo_dir, mon
     from ai_edge_litert.interpreter import Interpreter
 
     d, _ = photo_dir
-    clf = Classifier(models_dir / "int8.tflite", batch_size=4)
+    clf = Classifier(models_dir / "int8.tflite", buffer_size=4)
     calls = []
     real = clf.model.predict_proba
     clf.model.predict_proba = lambda x: calls.append(len(x)) or real(x)
@@ -176,7 +176,7 @@ def test_cli_predict_text_json_topk_and_show_input(models_dir, photo_dir, tmp_pa
     assert len(lines) == 2 and lines[0].startswith(f"{d / 'digit01.jpg'}: {y[1]} (")
     assert "next:" in lines[0]
     shown = tmp_path / "seen"
-    assert main(["predict", model, str(d), "--json", "--show-input", str(shown), "--batch-size", "3"]) == 0
+    assert main(["predict", model, str(d), "--json", "--show-input", str(shown), "--buffer-size", "3"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["classified"] == 10 and doc["failed"] == 0
     assert [int(r["label"]) for r in doc["results"]] == list(y)

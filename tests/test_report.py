@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mnist_tflite import atomic as _atomic
-from mnist_tflite import pipeline
+from mnist_tflite import pipeline, recipes
 from mnist_tflite.edge.evaluate import VariantResult, confusion_matrix
+from mnist_tflite.errors import ConversionError
 from mnist_tflite.report import tables as report_mod
 from mnist_tflite.training import convert
 from mnist_tflite.training.train import TrainConfig
@@ -57,7 +58,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 
 
-BROKEN = convert.Recipe(
+BROKEN = recipes.Recipe(
     "int8-uncalibrated",
     "integer-only ops without calibration data: the converter must refuse",
     optimizations=("DEFAULT",),
@@ -69,13 +70,13 @@ BROKEN = convert.Recipe(
 
 def test_converter_refusal_is_a_conversion_error(trained_model):
     model, _ = trained_model
-    with pytest.raises(convert.ConversionError, match="recipe 'int8-uncalibrated' failed"):
+    with pytest.raises(ConversionError, match="recipe 'int8-uncalibrated' failed"):
         convert.convert(model, BROKEN, None)
 
 
 @pytest.mark.slow
 def test_failed_recipe_is_a_row_not_an_abort(monkeypatch, tmp_path):
-    monkeypatch.setattr(convert, "RECIPES", (*convert.RECIPES, BROKEN))
+    monkeypatch.setattr(recipes, "RECIPES", (*recipes.RECIPES, BROKEN))
     config = pipeline.RunConfig(
         out=tmp_path / "run", data="embedded", recipes="float32,int8-uncalibrated",
         train=TrainConfig(epochs=1, augment=False), latency_samples=5,

@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return Classifier
     if name == "RECIPES":
-        from mnist_tflite.training.convert import RECIPES
+        from mnist_tflite.recipes import RECIPES
 
         return RECIPES
     raise AttributeError(f"module 'mnist_tflite' has no attribute {name!r}")

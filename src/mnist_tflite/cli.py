@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_tflite import commands
+from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
 from mnist_tflite.errors import PROG, MnistTfliteError
+from mnist_tflite.recipes import CALIBRATION_SIZE
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -41,6 +43,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    p.add_argument(name, action="store_true", help=help)
+
+
+def _out(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--out", required=True, type=Path, help=help)
+
+
+def _allow_modified(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")
+
+
+def _calibration_size(p: argparse.ArgumentParser) -> None:
+    help = f"int8/int16x8 calibration images from the training split (default: {CALIBRATION_SIZE})"
+    p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -57,16 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "mnist-tflite run --out runs/demo --epochs 30",
     )
     _add_train_args(p)
-    p.add_argument("--out", required=True, type=Path, help="output directory (must be empty)")
+    _out(p, "output directory (must be empty)")
     p.add_argument("--recipes", default="default", help="default | all | comma-separated recipe names")
-    p.add_argument(
-        "--calibration-size", type=int, default=None, help="int8 calibration images (default: 500)"
-    )
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    _calibration_size(p)
+    _flag(p, "--force", "write into a non-empty --out")
     p.add_argument(
         "--micro-images", type=int, default=None, help="test images to check in TFLM (default: all)"
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    _flag(p, "--json", "print the report as JSON at the end")
     p.set_defaults(func=commands.cmd_run)
 
     p = _parser(
@@ -76,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mnist-tflite train --out model.keras --epochs 30",
     )
     _add_train_args(p)
-    p.add_argument("--out", required=True, type=Path, help="where to save the .keras model")
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _out(p, "where to save the .keras model")
+    _flag(p, "--force", "overwrite an existing file")
     p.set_defaults(func=commands.cmd_train)
 
     p = _parser(
@@ -88,17 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help=".keras, .h5 or SavedModel directory")
     p.add_argument("--recipe", default="int8", help="recipe name (see `mnist-tflite recipes`)")
-    p.add_argument("--out", required=True, type=Path, help="the .tflite to write (+ .json sidecar)")
+    _out(p, "the .tflite to write (+ .json sidecar)")
     p.add_argument("--data", default="auto", help="calibration data (default: auto)")
-    p.add_argument("--calibration-size", type=int, default=None, help="calibration images (default: 500)")
+    _calibration_size(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     p.add_argument("--sparsity", type=float, help="target sparsity in (0, 1) for pruned-int8 / pruned80-int8")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
+    _flag(p, "--force", "overwrite an existing --out")
+    _flag(p, "--json", "print the written metadata as JSON")
     p.set_defaults(func=commands.cmd_convert)
 
     p = _parser(sub, "recipes", "list the conversion recipes", "mnist-tflite recipes --json")
-    p.add_argument("--json", action="store_true")
+    _flag(p, "--json", "print the result as JSON")
     p.set_defaults(func=commands.cmd_recipes)
 
     p = _parser(
@@ -114,9 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a .tflite whose answers to compare with (default: the first model)",
     )
-    p.add_argument("--latency-samples", type=int, default=200, help="batch-1 latency samples (0: skip)")
-    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--latency-samples",
+        type=int,
+        default=LATENCY_SAMPLES,
+        help=f"batch-1 latency samples (default: {LATENCY_SAMPLES}; 0: skip)",
+    )
+    _allow_modified(p)
+    _flag(p, "--json", "print the result as JSON")
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = _parser(
@@ -127,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  mnist-tflite pareto runs/seed runs/tiny --out runs/pareto",
     )
     p.add_argument("runs", nargs="+", type=Path, help="directories written by `mnist-tflite run`")
-    p.add_argument("--out", required=True, type=Path, help="where to write pareto.md/.json/.png")
-    p.add_argument("--force", action="store_true", help="overwrite an existing pareto.md")
-    p.add_argument("--json", action="store_true", help="print the merged table as JSON")
+    _out(p, "where to write pareto.md/.json/.png")
+    _flag(p, "--force", "overwrite an existing pareto.md")
+    _flag(p, "--json", "print the merged table as JSON")
     p.set_defaults(func=commands.cmd_pareto)
 
     p = _parser(
@@ -146,10 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy/IDX, dirs"
     )
     p.add_argument("--top-k", type=int, default=1, help="show the k most probable classes (default: 1)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    _flag(p, "--json", "print the results as one JSON document")
     p.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
-    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
-    p.add_argument("--batch-size", type=int, default=256, help="images per interpreter call (default: 256)")
+    _allow_modified(p)
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=256,
+        help="images read before each classification call (default: 256; bounds memory)",
+    )
     p.set_defaults(func=commands.cmd_predict)
 
     p = _parser(
@@ -164,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
+    _allow_modified(p)
     p.set_defaults(func=commands.cmd_serve)
 
     p = _parser(
@@ -174,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mnist-tflite export-micro runs/demo/int8.tflite --out firmware/ --name mnist_model --verify",
     )
     p.add_argument("model", type=Path, help="a fully int8 .tflite (recipe int8); others need --allow-float")
-    p.add_argument("--out", required=True, type=Path, help="directory to create for the C sources")
+    _out(p, "directory to create for the C sources")
     p.add_argument("--name", default="mnist_model", help="C name of the model array (default: mnist_model)")
     p.add_argument(
         "--verify",
@@ -182,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the official test set in the TFLM interpreter and compare with LiteRT",
     )
     p.add_argument("--data", default="auto", help="test data for --verify (default: auto)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out written by export-micro")
+    _flag(p, "--force", "replace an existing --out written by export-micro")
     p.add_argument(
         "--allow-float", action="store_true", help="export a model that is not fully int8 (e.g. float32)"
     )
-    p.add_argument("--allow-modified", action="store_true", help="ignore a SHA-256 mismatch with the sidecar")
-    p.add_argument("--json", action="store_true", help="print the summary (micro.json) as JSON")
+    _allow_modified(p)
+    _flag(p, "--json", "print the summary (micro.json) as JSON")
     p.set_defaults(func=commands.cmd_export_micro)
 
     return parser

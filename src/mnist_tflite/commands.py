@@ -26,14 +26,13 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mnist_tflite.pipeline import RunConfig, run
-    from mnist_tflite.training.convert import CALIBRATION_SIZE
 
     config = RunConfig(
         out=args.out,
         data=args.data,
         recipes=args.recipes,
         train=_train_config(args),
-        calibration_size=args.calibration_size or CALIBRATION_SIZE,
+        calibration_size=args.calibration_size,
         force=args.force,
         micro_images=args.micro_images,
     )
@@ -46,13 +45,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mnist_tflite import data
+    from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.train import save_model, train
 
     if args.out.exists() and not args.force:
         raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
     config = _train_config(args)
     config.validate()
-    ds = data.load(args.data)
+    ds = data.load(args.data, downloader=keras_mnist)
     result = train(ds, config)
     save_model(result.model, args.out)
     print(f"saved {args.out} ({result.seconds:.0f} s)")
@@ -60,7 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mnist_tflite.training.convert import CALIBRATION_SIZE, convert_file, get_recipe
+    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.training.download import keras_mnist
+    from mnist_tflite.training.variants import convert_file
 
     get_recipe(args.recipe)  # unknown recipe: fail before loading anything
     if args.out.exists() and not args.force:
@@ -71,9 +73,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.recipe,
         args.out,
         data_spec=args.data,
-        calibration_size=args.calibration_size or CALIBRATION_SIZE,
+        calibration_size=args.calibration_size,
         seed=args.seed,
         sparsity=args.sparsity,
+        downloader=keras_mnist,
         log=log,
     )
     if args.json:
@@ -89,7 +92,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from mnist_tflite.training.convert import RECIPES
+    from mnist_tflite.recipes import RECIPES
 
     if args.json:
         print(json.dumps([asdict(r) for r in RECIPES], indent=2))
@@ -115,6 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnist_tflite.edge.evaluate import evaluate_model
     from mnist_tflite.report import tables as report_mod
 
+    if args.latency_samples < 0:
+        raise MnistTfliteError(f"--latency-samples must be >= 0, received: {args.latency_samples}")
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
     reference = None
     rows = []
@@ -146,11 +151,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mnist_tflite.edge.predict import Classifier, Failure, save_inputs
 
-    if args.top_k < 1 or args.batch_size < 1:
+    if args.top_k < 1 or args.buffer_size < 1:
         raise MnistTfliteError(
-            f"--top-k and --batch-size must be >= 1, received: {args.top_k} and {args.batch_size}"
+            f"--top-k and --buffer-size must be >= 1, received: {args.top_k} and {args.buffer_size}"
         )
-    clf = Classifier(args.model, allow_modified=args.allow_modified, batch_size=args.batch_size)
+    clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
     results, failed = [], 0
     saver = save_inputs(args.show_input) if args.show_input else None
     seen = 0

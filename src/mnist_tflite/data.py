@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,7 +36,6 @@ FASHION_CLASSES = (
 # Input normalization shared by training, conversion metadata and every inference path.
 PIXEL_SCALE = 1.0 / 255.0
 IMAGE_SHAPE = (28, 28)
-DOWNLOAD_TIMEOUT_S = 8.0
 FULL_SET_HINT = (
     "for the full 60,000-image training set run once with internet "
     "(Keras caches it in ~/.keras/datasets/mnist.npz) or pass --data DIR|FILE.npz"
@@ -228,27 +227,6 @@ def embedded_dir() -> Path:
     return Path(str(resources.files("mnist_tflite") / "_data" / "mnist"))
 
 
-def _try_keras_download(timeout_s: float) -> Path | None:
-    """Let Keras download mnist.npz into its cache; give up quickly when offline."""
-    try:
-        from mnist_tflite.training.tfimport import import_tf
-
-        import_tf()  # the training extra; absent on an inference-only install
-        import keras
-    except ImportError:
-        return None
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        keras.datasets.mnist.load_data()
-    except Exception:  # offline, DNS failure, timeout, bad hash: all mean "not available"
-        return None
-    finally:
-        socket.setdefaulttimeout(old)
-    path = keras_cache_path()
-    return path if path.exists() else None
-
-
 def load_embedded() -> Dataset:
     d = load_idx_dir(embedded_dir())
     return Dataset(
@@ -261,13 +239,20 @@ def load_embedded() -> Dataset:
     )
 
 
-def load(spec: str = "auto", *, download: bool = True, log=print) -> Dataset:
+def load(
+    spec: str = "auto",
+    *,
+    downloader: Callable[[], object] | None = None,
+    log: Callable[[str], None] = print,
+) -> Dataset:
     """Load a data set from ``auto``, ``embedded``, a directory of IDX files or an ``.npz``.
 
     Args:
         spec: ``auto`` (Keras cache, then a short Keras download, then the embedded sample),
             ``embedded``, ``keras``, a directory or a ``.npz`` path.
-        download: allow the Keras download attempt in ``auto``.
+        downloader: called in ``auto`` when there is no Keras cache, to fetch it (the
+            training side passes ``training.download.keras_mnist``; commands that need only
+            the test set pass nothing: the embedded copy is the full official test set).
         log: where the one-line notice about the embedded sample goes.
 
     Returns:
@@ -278,8 +263,8 @@ def load(spec: str = "auto", *, download: bool = True, log=print) -> Dataset:
     """
     if spec in ("auto", "keras"):
         cache = keras_cache_path()
-        if not cache.exists() and download:
-            _try_keras_download(DOWNLOAD_TIMEOUT_S)
+        if not cache.exists() and downloader is not None:
+            downloader()
         if cache.exists():
             ds = load_npz(cache)
             return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")

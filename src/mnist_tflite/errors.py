@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 PROG = "mnist-tflite"  # the command name, in every one-line error
 
@@ -47,3 +49,20 @@ def read_user_file(path: str | os.PathLike[str], expected: str, *, label: object
 
 class ConversionError(MnistTfliteError):
     """The TFLite converter refused a recipe; ``run`` records it as a failed row."""
+
+
+class _Named(Protocol):
+    name: str
+
+
+_T = TypeVar("_T", bound=_Named)
+
+
+def find_named(table: Iterable[_T], name: str, what: str) -> _T:
+    """The entry of a table (recipes, architectures) called ``name``; else list the known names."""
+    entries = list(table)
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries)
+    raise MnistTfliteError(f"unknown {what} {name!r}; expected one of: {known}")

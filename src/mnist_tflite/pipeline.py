@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
-from mnist_tflite.edge.evaluate import VariantResult, confusion_matrix, evaluate_model
+from mnist_tflite.edge.evaluate import LATENCY_SAMPLES, VariantResult, confusion_matrix, evaluate_model
 from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
+from mnist_tflite.report import notes as notes_mod
 from mnist_tflite.report import tables as report_mod
-from mnist_tflite.training import convert as convert_mod
-from mnist_tflite.training.optimize import report_notes
-from mnist_tflite.training.train import TrainConfig, save_model, train
+from mnist_tflite.training.convert import versions, write_tflite
+from mnist_tflite.training.download import keras_mnist
+from mnist_tflite.training.train import TrainConfig, TrainResult, save_model, train
+from mnist_tflite.training.variants import Variant, build_variant
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,21 @@ class RunConfig:
     data: str = "auto"
     recipes: str = "default"
     train: TrainConfig = field(default_factory=TrainConfig)
-    calibration_size: int = convert_mod.CALIBRATION_SIZE
-    latency_samples: int = 200
+    calibration_size: int = CALIBRATION_SIZE
+    latency_samples: int = LATENCY_SAMPLES
     micro_images: int | None = None  # test images checked in TFLM (None: all)
     force: bool = False
+
+    def validate(self) -> list[Recipe]:
+        """Check every option before any work starts; returns the recipes to build."""
+        if self.calibration_size < 1:
+            raise MnistTfliteError(f"--calibration-size must be >= 1, received: {self.calibration_size}")
+        if self.latency_samples < 0:
+            raise MnistTfliteError(f"--latency-samples must be >= 0, received: {self.latency_samples}")
+        if self.micro_images is not None and self.micro_images < 1:
+            raise MnistTfliteError(f"--micro-images must be >= 1, received: {self.micro_images}")
+        self.train.validate()
+        return resolve_recipes(self.recipes)
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -75,60 +89,110 @@ def machine_info() -> dict[str, Any]:
 
 def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole job; returns the report dict (also written to ``report.json``)."""
-    recipes = convert_mod.resolve_recipes(config.recipes)
-    if config.calibration_size < 1:
-        raise MnistTfliteError(f"--calibration-size must be >= 1, received: {config.calibration_size}")
-    config.train.validate()
+    recipes = config.validate()
     out = Path(config.out)
     prepare_out_dir(out, config.force)
     t_start = time.perf_counter()
-
-    ds = data_mod.load(config.data, log=log)
+    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
     log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
-
-    log(f"[2/4] training {config.train.arch} for {config.train.epochs} epochs (seed {config.train.seed})")
-    result = train(ds, config.train, log=log)
-    model_path = save_model(result.model, out / "model.keras")
-    x_test = data_mod.normalize(ds.x_test)
-    keras_probs = np.asarray(result.model.predict(x_test, batch_size=1000, verbose=0), dtype=np.float32)
-    keras_acc = float((keras_probs.argmax(1) == ds.y_test).mean())
-    log(f"      Keras test accuracy {100 * keras_acc:.2f} % ({result.seconds:.0f} s) -> {model_path}")
-
-    log(f"[3/4] converting {len(recipes)} recipes: {', '.join(r.name for r in recipes)}")
+    trained, keras_probs = train_stage(ds, config, out, log)
     rep = data_mod.normalize(
         data_mod.representative_sample(ds.x_train, config.calibration_size, config.train.seed)
     )
     calibration = {"images": len(rep), "seed": config.train.seed, "from": "training split"}
-    written: list[tuple[convert_mod.Recipe, Path | None, str | None]] = []
-    build_extras: dict[str, dict[str, Any]] = {}  # fine-tuning figures and zipped size, per recipe
+    built = convert_stage(recipes, trained, ds, rep, calibration, config, out, log)
+    rows, confusion = evaluate_stage(built, ds, keras_probs, config, log)
+    micro = micro_stage(rows, ds, config, log)
+    table_rows = report_mod.rows_as_dicts(rows)
+    plots = plot_stage(table_rows, confusion, ds.class_names, out)
+    report = {
+        "format": "mnist-tflite-report/1",
+        "seed": config.train.seed,
+        "data": ds.summary(),
+        "train": {
+            "config": asdict(config.train),
+            "seconds": trained.seconds,
+            "keras_accuracy": float((keras_probs.argmax(1) == ds.y_test).mean()),
+            "history": trained.history,
+        },
+        "calibration": calibration,
+        "variants": table_rows,
+        "confusion": {k: v.tolist() for k, v in confusion.items()},
+        "plots": plots,
+        "micro": micro,
+        "machine": machine_info(),
+        "versions": versions(),
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    report_stage(report, out, log)
+    return report
+
+
+def train_stage(
+    ds: data_mod.Dataset, config: RunConfig, out: Path, log: Callable[[str], None]
+) -> tuple[TrainResult, np.ndarray]:
+    """Train the Keras model and keep its test-set answers: every variant is compared with them."""
+    tc = config.train
+    log(f"[2/4] training {tc.arch} for {tc.epochs} epochs (seed {tc.seed})")
+    result = train(ds, tc, log=log)
+    model_path = save_model(result.model, out / "model.keras")
+    x_test = data_mod.normalize(ds.x_test)
+    probs = np.asarray(result.model.predict(x_test, batch_size=1000, verbose=0), dtype=np.float32)
+    accuracy = float((probs.argmax(1) == ds.y_test).mean())
+    log(f"      Keras test accuracy {100 * accuracy:.2f} % ({result.seconds:.0f} s) -> {model_path}")
+    return result, probs
+
+
+def convert_stage(
+    recipes: list[Recipe],
+    trained: TrainResult,
+    ds: data_mod.Dataset,
+    rep: np.ndarray,
+    calibration: dict[str, Any],
+    config: RunConfig,
+    out: Path,
+    log: Callable[[str], None],
+) -> list[tuple[Recipe, Path | None, Variant | str]]:
+    """Build and write every recipe; a recipe the converter refuses becomes a failed row, not an abort."""
+    log(f"[3/4] converting {len(recipes)} recipes: {', '.join(r.name for r in recipes)}")
+    built: list[tuple[Recipe, Path | None, Variant | str]] = []
     for recipe in recipes:
-        path = out / f"{recipe.name}.tflite"
         try:
-            flatbuffer, build_extras[recipe.name] = _build(recipe, result.model, ds, rep, config, log)
+            variant = build_variant(trained.model, recipe, ds, config.train, rep, log=log)
         except MnistTfliteError as exc:
             log(f"      {recipe.name:<10} FAILED: {exc}")
-            written.append((recipe, None, str(exc)))
+            built.append((recipe, None, str(exc)))
             continue
-        convert_mod.write_tflite(
+        path = out / f"{recipe.name}.tflite"
+        write_tflite(
             path,
-            flatbuffer,
+            variant.flatbuffer,
             recipe,
             class_names=ds.class_names,
             data_source=ds.source,
             calibration=calibration if recipe.needs_calibration else None,
-            extra={"architecture": config.train.arch, "seed": config.train.seed, **build_extras[recipe.name]},
+            extra={"architecture": config.train.arch, "seed": config.train.seed, **variant.extra},
         )
-        log(f"      {recipe.name:<10} {len(flatbuffer):>9,} bytes -> {path}")
-        written.append((recipe, path, None))
+        log(f"      {recipe.name:<10} {len(variant.flatbuffer):>9,} bytes -> {path}")
+        built.append((recipe, path, variant))
+    return built
 
+
+def evaluate_stage(
+    built: list[tuple[Recipe, Path | None, Variant | str]],
+    ds: data_mod.Dataset,
+    keras_probs: np.ndarray,
+    config: RunConfig,
+    log: Callable[[str], None],
+) -> tuple[list[VariantResult], dict[str, np.ndarray]]:
+    """Run every written variant through LiteRT, as the device would, against Keras's answers."""
     log(f"[4/4] evaluating on {len(ds.x_test):,} test images with LiteRT")
     rows: list[VariantResult] = []
-    confusion = {}
-    for recipe, path, error in written:
-        if path is None:
-            rows.append(VariantResult(name=recipe.name, recipe=recipe.name, status="failed", error=error))
-            continue
+    confusion: dict[str, np.ndarray] = {}
+    for recipe, path, variant in built:
         try:
+            if path is None or isinstance(variant, str):
+                raise MnistTfliteError(str(variant))
             row, probs = evaluate_model(
                 path,
                 ds.x_test,
@@ -141,29 +205,34 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
             rows.append(VariantResult(name=recipe.name, recipe=recipe.name, status="failed", error=str(exc)))
             continue
         confusion[recipe.name] = confusion_matrix(ds.y_test, probs.argmax(1), len(ds.class_names))
-        log(
-            f"      {recipe.name:<10} accuracy {100 * row.accuracy:.2f} %  "
-            f"agreement {100 * row.agreement:.2f} %"
-        )
-        row.extra.update(build_extras.get(recipe.name, {}))
+        acc, agree = 100 * (row.accuracy or 0), 100 * (row.agreement or 0)
+        log(f"      {recipe.name:<10} accuracy {acc:.2f} %  agreement {agree:.2f} %")
+        row.extra.update(variant.extra)
         rows.append(row)
+    return rows, confusion
 
+
+def micro_stage(
+    rows: list[VariantResult], ds: data_mod.Dataset, config: RunConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """What a microcontroller needs (flash, TFLM arena, MACs, ops), and the int8 model run in TFLM."""
     from mnist_tflite.micro.export import deployer_columns
 
     log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
-    n_micro = len(ds.x_test) if config.micro_images is None else config.micro_images
-    micro_report = deployer_columns(rows, ds.x_test[:n_micro], ds.y_test[:n_micro], log=log)
-    table_rows = report_mod.rows_as_dicts(rows)
+    n = len(ds.x_test) if config.micro_images is None else min(config.micro_images, len(ds.x_test))
+    return deployer_columns(rows, ds.x_test[:n], ds.y_test[:n], log=log)
+
+
+def plot_stage(
+    table_rows: list[dict[str, Any]], confusion: dict[str, np.ndarray], class_names: Any, out: Path
+) -> dict[str, str]:
+    """The PNGs a reader looks at first: where int8 errs, and what each variant costs in size."""
     plots = {}
     cm_name = "int8" if "int8" in confusion else next(iter(confusion), None)
     if cm_name:
-        report_mod.plot_confusion(
-            confusion[cm_name],
-            ds.class_names,
-            f"Confusion matrix: {cm_name}",
-            out / f"confusion_{cm_name}.png",
-        )
-        plots[f"confusion matrix ({cm_name})"] = f"confusion_{cm_name}.png"
+        path = out / f"confusion_{cm_name}.png"
+        report_mod.plot_confusion(confusion[cm_name], class_names, f"Confusion matrix: {cm_name}", path)
+        plots[f"confusion matrix ({cm_name})"] = path.name
     report_mod.plot_size_accuracy(table_rows, out / "size_vs_accuracy.png")
     plots["size vs accuracy"] = "size_vs_accuracy.png"
     report_mod.plot_size_accuracy(
@@ -173,54 +242,18 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         title="Flash vs accuracy (variants that run in TFLM)",
     )
     plots["flash vs accuracy"] = "flash_vs_accuracy.png"
+    return plots
 
-    report = {
-        "format": "mnist-tflite-report/1",
-        "seed": config.train.seed,
-        "data": ds.summary(),
-        "train": {
-            "config": asdict(config.train),
-            "seconds": result.seconds,
-            "keras_accuracy": keras_acc,
-            "history": result.history,
-        },
-        "calibration": calibration,
-        "variants": table_rows,
-        "confusion": {k: v.tolist() for k, v in confusion.items()},
-        "plots": plots,
-        "micro": micro_report,
-        "machine": machine_info(),
-        "versions": convert_mod.versions(),
-        "seconds_total": time.perf_counter() - t_start,
-    }
-    notes = [*micro_report["notes"], *report_notes(table_rows)]
-    int8 = report_mod.int8_note(table_rows, report["machine"])
+
+def report_stage(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
+    """Write report.md/json with the notes that say what the figures mean, and show the table."""
+    rows = report["variants"]
+    notes = [*report["micro"]["notes"], *notes_mod.finetune_notes(rows)]
+    int8 = notes_mod.int8_note(rows, report["machine"])
     notes += [int8] if int8 else []
     md, js = report_mod.write_report(out, report, notes=notes)
     log("")
-    log(report_mod.markdown_table(table_rows))
+    log(report_mod.markdown_table(rows))
     log("")
-    log(f"report: {md}  {js}\nmodels: {out}/*.tflite (metadata in *.json)  keras: {model_path}")
+    log(f"report: {md}  {js}\nmodels: {out}/*.tflite (metadata in *.json)  keras: {out / 'model.keras'}")
     log(f"total {report['seconds_total']:.0f} s")
-    return report
-
-
-def _build(
-    recipe: convert_mod.Recipe,
-    model: Any,
-    ds: data_mod.Dataset,
-    rep: np.ndarray,
-    config: RunConfig,
-    log: Callable[[str], None] = print,
-) -> tuple[bytes, dict[str, Any]]:
-    """Convert by recipe, fine-tuning first when it says so; returns the bytes and report extras."""
-    from mnist_tflite.training.optimize import fine_tune, zip_bytes
-
-    calibration = rep if recipe.needs_calibration else None
-    extra: dict[str, Any] = {}
-    if recipe.training:
-        tuned = fine_tune(model, recipe, ds, config.train, calibration, log=log)
-        flatbuffer, extra = tuned.flatbuffer, tuned.extra()
-    else:
-        flatbuffer = convert_mod.convert(model, recipe, calibration)
-    return flatbuffer, {**extra, "zip_bytes": zip_bytes(flatbuffer)}

@@ -14,6 +14,16 @@ from mnist_tflite.errors import fail
 FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 
 
+def tensor_summary(dtype: str, shape: Any, scale: float, zero_point: int) -> dict[str, Any]:
+    """The one description of a tensor that sidecars, reports and ``--json`` share."""
+    return {
+        "dtype": str(dtype).lower(),
+        "shape": [int(s) for s in shape],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
 @dataclass(frozen=True)
 class Tensor:
     name: str
@@ -24,12 +34,7 @@ class Tensor:
     zero_point: int
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "dtype": self.dtype.lower(),
-            "shape": list(self.shape),
-            "scale": self.scale,
-            "zero_point": self.zero_point,
-        }
+        return tensor_summary(self.dtype, self.shape, self.scale, self.zero_point)
 
 
 @dataclass(frozen=True)

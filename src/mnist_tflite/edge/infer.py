@@ -30,6 +30,7 @@ import numpy as np
 
 from mnist_tflite import metadata
 from mnist_tflite.data import MNIST_CLASSES
+from mnist_tflite.edge.flatbuffer import tensor_summary
 from mnist_tflite.edge.probe import probe
 from mnist_tflite.edge.quiet import stderr_silenced
 from mnist_tflite.errors import fail, read_user_file
@@ -57,12 +58,27 @@ class TensorInfo:
     def quantized(self) -> bool:
         return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
 
+    def describe(self) -> dict[str, Any]:
+        return tensor_summary(self.dtype.name, self.shape, self.scale, self.zero_point)
+
 
 def _tensor_info(det: dict[str, Any]) -> TensorInfo:
     scale, zero_point = det["quantization"]
     sig = det.get("shape_signature")
     shape = tuple(int(s) for s in (sig if sig is not None and len(sig) else det["shape"]))
     return TensorInfo(int(det["index"]), np.dtype(det["dtype"]), shape, float(scale), int(zero_point))
+
+
+def io_details(flatbuffer: bytes) -> dict[str, dict[str, Any]]:
+    """Input and output dtype, shape signature, scale and zero point, as LiteRT reads them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with stderr_silenced():
+        interp = Interpreter(model_content=flatbuffer)
+    return {
+        "input": _tensor_info(interp.get_input_details()[0]).describe(),
+        "output": _tensor_info(interp.get_output_details()[0]).describe(),
+    }
 
 
 def read_model_bytes(
@@ -330,18 +346,8 @@ class TfliteModel:
         return {
             "path": str(self.path),
             "size_bytes": self.size_bytes,
-            "input": {
-                "dtype": self.input.dtype.name,
-                "shape": list(self.input.shape),
-                "scale": self.input.scale,
-                "zero_point": self.input.zero_point,
-            },
-            "output": {
-                "dtype": self.output.dtype.name,
-                "shape": list(self.output.shape),
-                "scale": self.output.scale,
-                "zero_point": self.output.zero_point,
-            },
+            "input": self.input.describe(),
+            "output": self.output.describe(),
             "recipe": (self.metadata or {}).get("recipe", {}).get("name"),
             "class_names": list(self.class_names),
         }

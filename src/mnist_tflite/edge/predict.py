@@ -85,7 +85,9 @@ class Classifier:
         model_path: the ``.tflite`` file; its sidecar ``.json`` (if any) supplies class
             names and normalization, and its SHA-256 is checked.
         allow_modified: use the model even if its SHA-256 differs from the sidecar.
-        batch_size: images per interpreter call in :meth:`predict_files`.
+        buffer_size: images :meth:`predict_files` reads before each classification call
+            (memory bound for a stream of files); the runner splits each call into the
+            batches it runs fastest with.
         num_threads: interpreter threads (default: all cores).
         max_pixels: refuse larger images (decompression bombs).
 
@@ -101,16 +103,14 @@ class Classifier:
         model_path: str | os.PathLike[str],
         *,
         allow_modified: bool = False,
-        batch_size: int = 256,
+        buffer_size: int = 256,
         num_threads: int | None = None,
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
     ) -> None:
         from mnist_tflite.edge.infer import TfliteModel
 
-        self.model = TfliteModel(
-            model_path, allow_modified=allow_modified, batch_size=batch_size, num_threads=num_threads
-        )
-        self.batch_size = max(1, int(batch_size))
+        self.model = TfliteModel(model_path, allow_modified=allow_modified, num_threads=num_threads)
+        self.buffer_size = max(1, int(buffer_size))
         self.max_pixels = max_pixels
         self.class_names = self.model.class_names
         norm = (self.model.metadata or {}).get("normalization") or {}
@@ -123,14 +123,7 @@ class Classifier:
 
     def preprocess(self, image: Any, *, name: str | None = None) -> np.ndarray:
         """A path, bytes, PIL image or array -> the (28, 28) image in [0, 1] the model sees."""
-        if isinstance(image, str | os.PathLike | bytes | bytearray):
-            label = name or (str(image) if not isinstance(image, bytes | bytearray) else "image")
-            try:
-                image = preprocess.load_image(image, name=label, max_pixels=self.max_pixels)
-                return preprocess.to_mnist(image)
-            except preprocess.BlankImageError as exc:
-                raise preprocess.BlankImageError(f"{label}: {exc}") from None
-        return preprocess.to_mnist(image)
+        return preprocess.image_to_mnist(image, name=name, max_pixels=self.max_pixels)
 
     def predict(self, image: Any, *, name: str | None = None) -> Prediction:
         """Classify one image (path, bytes, ``PIL.Image`` or array).
@@ -165,16 +158,9 @@ class Classifier:
         """(source, image) for each image, or (source, problem) for each failure, in order."""
         for path in expand_inputs(paths):
             try:
-                if preprocess.is_array_file(path):
-                    raw = preprocess.open_array_file(path)  # memory-mapped: read as we go
-                    for i in range(len(raw)):
-                        yield f"{path}[{i}]", preprocess.to_mnist(np.asarray(raw[i]))
-                    continue
-                image = self.preprocess(path)
+                yield from preprocess.iter_file(path, max_pixels=self.max_pixels)
             except MnistTfliteError as exc:
                 yield str(path), str(exc)
-                continue
-            yield str(path), image
 
     def predict_files(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[Prediction | Failure]:
         """Classify files and directories in batches; yields results in input order.
@@ -190,7 +176,7 @@ class Classifier:
         for item in self._items(paths):
             pending.append(item)
             n_images += not isinstance(item[1], str)
-            if n_images >= self.batch_size:
+            if n_images >= self.buffer_size:
                 yield from self._flush(pending)
                 pending, n_images = [], 0
         yield from self._flush(pending)

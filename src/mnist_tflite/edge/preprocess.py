@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +25,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "BlankImageError",
+    "image_to_mnist",
     "is_array_file",
+    "iter_file",
     "load_image",
     "open_array_file",
     "preprocess_file",
@@ -262,6 +266,40 @@ def is_array_file(path: str | os.PathLike[str]) -> bool:
     return name.endswith((".npy", ".idx", "-ubyte", "-ubyte.gz", ".idx.gz"))
 
 
+def image_to_mnist(
+    image: Any, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A path, bytes, PIL image or array -> the (28, 28) image in [0, 1], the MNIST way.
+
+    The one way in for a single image: files and bytes are read (and vetted) by
+    :func:`load_image`; a blank image raises :class:`BlankImageError` naming its source.
+    """
+    if not isinstance(image, str | os.PathLike | bytes | bytearray):
+        return to_mnist(image)
+    label = name or (str(image) if not isinstance(image, bytes | bytearray) else "image")
+    try:
+        return to_mnist(load_image(image, name=label, max_pixels=max_pixels))
+    except BlankImageError as exc:
+        raise BlankImageError(f"{label}: {exc}") from None
+
+
+def iter_file(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(source, (28, 28) image in [0, 1]) for each image a file holds: one for a picture,
+    one per row for a ``.npy``/IDX batch (memory-mapped: read as it is used).
+
+    Example:
+        >>> for source, x in iter_file("digits.npy"): ...
+    """
+    if is_array_file(path):
+        raw = open_array_file(path)
+        for i in range(len(raw)):
+            yield f"{path}[{i}]", to_mnist(np.asarray(raw[i]))
+        return
+    yield str(path), image_to_mnist(path, max_pixels=max_pixels)
+
+
 def preprocess_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A file -> model input: (28, 28) for an image, (N, 28, 28) for a ``.npy``/IDX batch.
 
@@ -270,7 +308,4 @@ def preprocess_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_M
     """
     if is_array_file(path):
         return read_array_file(path)
-    try:
-        return to_mnist(load_image(path, max_pixels=max_pixels))
-    except BlankImageError as exc:
-        raise BlankImageError(f"{path}: {exc}") from None
+    return image_to_mnist(path, max_pixels=max_pixels)

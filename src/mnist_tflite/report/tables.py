@@ -44,16 +44,28 @@ def rows_as_dicts(rows: Sequence[VariantResult]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A GitHub-flavoured table; failed rows show their reason."""
+def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of the comparison table; failed rows show their reason.
+
+    Columns that no row has are left out. ``report.md`` and the web page both show this.
+    """
     cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
-    lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
+    cells = []
     for r in rows:
         if r.get("status") == "failed":
-            cells = [r["name"], f"failed: {r.get('error') or 'unknown'}"] + [""] * (len(cols) - 2)
+            cells.append(
+                [str(r.get("name")), f"failed: {r.get('error') or 'unknown'}"] + [""] * (len(cols) - 2)
+            )
         else:
-            cells = ["" if r.get(key) is None else fmt(r[key]) for _, key, fmt in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells.append(["" if r.get(key) is None else fmt(r[key]) for _, key, fmt in cols])
+    return [h for h, _, _ in cols], cells
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured table; failed rows show their reason."""
+    headers, cells = table_cells(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
 
 
@@ -225,35 +237,3 @@ def write_report(
     atomic.write_text(md, "\n".join(lines).rstrip() + "\n")
     atomic.write_json(js, report)
     return md, js
-
-
-def int8_note(rows: Sequence[dict[str, Any]], machine: dict[str, Any]) -> str | None:
-    """One line: what int8 costs or buys against float32 on the CPU the run measured.
-
-    Example:
-        >>> int8_note(table_rows, {"cpu_flags": ["avx2", "fma"]})
-        'int8 on this CPU (AVX2, no VNNI): 0.85x float32's batched throughput ...'
-    """
-    by = {r["name"]: r for r in rows if r.get("status") == "ok"}
-    f32, i8 = by.get("float32"), by.get("int8")
-    if not f32 or not i8 or not f32.get("throughput_ips") or not i8.get("throughput_ips"):
-        return None
-    flags = set(machine.get("cpu_flags") or ())
-    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else machine.get("machine", "?")
-    cpu = f"{isa}, {'VNNI: ' + '/'.join(vnni) if vnni else 'no VNNI'}"
-    speed = i8["throughput_ips"] / f32["throughput_ips"]
-    size = f32["size_bytes"] / i8["size_bytes"] if f32.get("size_bytes") and i8.get("size_bytes") else None
-    acc = (
-        100 * (i8["accuracy"] - f32["accuracy"])
-        if None not in (i8.get("accuracy"), f32.get("accuracy"))
-        else None
-    )
-    verdict = "buys speed" if speed >= 1.1 else "costs speed" if speed <= 0.9 else "is about as fast"
-    ips = f"{i8['throughput_ips']:,.0f} vs {f32['throughput_ips']:,.0f} img/s"
-    parts = [f"{speed:.2f}x float32's batched throughput ({ips})"]
-    if size:
-        parts.append(f"{size:.1f}x smaller")
-    if acc is not None:
-        parts.append(f"{acc:+.2f} accuracy points")
-    return f"int8 on this CPU ({cpu}) {verdict}: " + ", ".join(parts) + "."

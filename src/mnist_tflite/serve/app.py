@@ -82,16 +82,10 @@ def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, An
             raise fail(
                 json_path, f"unreadable report ({exc}); expected report.json written by mnist-tflite"
             ) from None
-        from mnist_tflite.report.tables import COLUMNS
+        from mnist_tflite.report.tables import table_cells
 
-        cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]
-        table = [
-            ["" if r.get(key) is None else fmt(r[key]) for _, key, fmt in cols]
-            if r.get("status") != "failed"
-            else [r["name"], f"failed: {r.get('error') or 'unknown'}"] + [""] * (len(cols) - 2)
-            for r in rows
-        ]
-        report = {"source": json_path.name, "headers": [h for h, _, _ in cols], "rows": table}
+        headers, table = table_cells(rows)
+        report = {"source": json_path.name, "headers": headers, "rows": table}
         return {r["name"]: r for r in rows}, report
     if md_path.is_file():
         return {}, {"source": md_path.name, "markdown": md_path.read_text(encoding="utf-8", errors="replace")}

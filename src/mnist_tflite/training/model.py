@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.errors import find_named
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 
 
 def get_architecture(name: str) -> Architecture:
-    for arch in ARCHITECTURES:
-        if arch.name == name:
-            return arch
-    known = ", ".join(a.name for a in ARCHITECTURES)
-    raise MnistTfliteError(f"unknown architecture {name!r}; expected one of: {known}")
+    """The architecture called ``name``; an unknown name lists the known ones."""
+    return find_named(ARCHITECTURES, name, "architecture")
 
 
 def build(name: str = "seed", num_classes: int = 10) -> Any:

@@ -29,26 +29,18 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.errors import ConversionError, MnistTfliteError
+from mnist_tflite.recipes import Recipe, resolve_options
+from mnist_tflite.training.convert import convert
 from mnist_tflite.training.model import ARCHITECTURES, Architecture
 
 __all__ = [
-    "METHODS",
     "FineTuneResult",
     "fine_tune",
     "identify_architecture",
-    "report_notes",
-    "resolve_options",
-    "with_sparsity",
     "zip_bytes",
 ]
 
-# fine-tuning defaults per method; a recipe's ``training_options`` override them.
-# Sized so that each stays well under a minute of training on 2 CPU cores for the seed CNN.
-METHODS: dict[str, dict[str, Any]] = {
-    "qat": {"epochs": 8, "learning_rate": 3e-4},
-    "prune": {"epochs": 8, "learning_rate": 2e-3, "sparsity": 0.5},
-}
 CHILD_TIMEOUT_S = 1800.0
 
 
@@ -92,91 +84,6 @@ def zip_bytes(flatbuffer: bytes) -> int:
     return len(buf.getvalue())
 
 
-def report_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """What fine-tuned rows mean, from a run's rows: pruning shrinks only the zipped size.
-
-    Returns:
-        Notes for the report (none when no row was fine-tuned).
-    """
-    tuned = [r for r in rows if r.get("training") and r.get("status") == "ok"]
-    if not tuned:
-        return []
-    notes = [
-        f"{', '.join(r['name'] for r in tuned)}: fine-tuned from the Keras model (same seed and "
-        "training split; 'fine-tune (s)' is model.fit in the tf_keras child), so 'agrees w/ Keras' "
-        "compares with the model before fine-tuning."
-    ]
-    pruned = [r for r in tuned if r.get("training") == "prune"]
-    base = next((r for r in rows if r.get("name") == "int8" and r.get("status") == "ok"), None)
-    if pruned and base is not None:
-        sizes = "; ".join(_size_phrase(r) for r in [*pruned, base])
-        notes.append(
-            f"pruning: {sizes}. Zeros are still stored and multiplied: pruning pays off only compressed "
-            "(downloads, OTA updates, compressed storage) or with sparse kernels, which neither "
-            "LiteRT's CPU path nor TFLM has for these int8 ops. The converter's EXPERIMENTAL_SPARSITY "
-            "only stores weights sparsely and adds DENSIFY ops that rebuild them dense before the "
-            "dense kernels run (80 %: 42,080 -> 28,568 bytes); XNNPACK refuses that graph and TFLM "
-            "has no DENSIFY. So flash, arena and latency stay those of int8."
-        )
-    return notes
-
-
-def _size_phrase(row: dict[str, Any]) -> str:
-    zeros = f" ({100 * row['sparsity']:.0f} % zeros)" if row.get("sparsity") else ""
-    return f"{row['name']}{zeros} {row['size_bytes']:,} bytes, zipped {row.get('zip_bytes', 0):,}"
-
-
-def resolve_options(method: str | None, options: Any = ()) -> dict[str, Any]:
-    """Method defaults merged with a recipe's ``training_options``, validated.
-
-    Args:
-        method: ``"qat"`` or ``"prune"``.
-        options: (key, value) pairs, e.g. ``(("sparsity", 0.8),)``.
-
-    Returns:
-        The full option dict (``epochs``, ``learning_rate`` and, for pruning, ``sparsity``).
-    """
-    if method not in METHODS:
-        raise MnistTfliteError(f"unknown training method {method!r}; expected one of: {', '.join(METHODS)}")
-    opts = dict(METHODS[method])
-    for key, value in dict(options).items():
-        if key not in opts and key != "max_steps":
-            raise MnistTfliteError(f"unknown {method} option {key!r}; expected one of: {', '.join(opts)}")
-        opts[key] = value
-    if "sparsity" in opts and not (isinstance(opts["sparsity"], (int, float)) and 0 < opts["sparsity"] < 1):
-        raise MnistTfliteError(f"sparsity must be in (0, 1), received: {opts['sparsity']!r}")
-    if not (isinstance(opts["epochs"], int) and opts["epochs"] >= 1):
-        raise MnistTfliteError(f"{method} epochs must be an integer >= 1, received: {opts['epochs']!r}")
-    if not 0 < float(opts["learning_rate"]) < 1:
-        raise MnistTfliteError(
-            f"{method} learning rate must be in (0, 1), received: {opts['learning_rate']!r}"
-        )
-    return opts
-
-
-def with_sparsity(recipe: Any, sparsity: float | None) -> Any:
-    """``recipe`` with its target sparsity replaced (``None``: unchanged), validated.
-
-    Example:
-        >>> with_sparsity(get_recipe("pruned-int8"), 0.9)
-    """
-    if sparsity is None:
-        return recipe
-    if recipe.training != "prune":
-        pruning = ", ".join(r.name for r in _recipes() if r.training == "prune")
-        raise MnistTfliteError(f"--sparsity applies to pruning recipes ({pruning}), not {recipe.name!r}")
-    options = {**dict(recipe.training_options), "sparsity": sparsity}
-    resolve_options(recipe.training, options)
-    description = f"{recipe.description}; target sparsity overridden to {sparsity:g}"
-    return replace(recipe, description=description, training_options=tuple(options.items()))
-
-
-def _recipes() -> tuple[Any, ...]:
-    from mnist_tflite.training.convert import RECIPES
-
-    return RECIPES
-
-
 def identify_architecture(model: Any) -> Architecture:
     """The ``ARCHITECTURES`` entry a Keras model was built from, by name and weight shapes.
 
@@ -209,7 +116,7 @@ def identify_architecture(model: Any) -> Architecture:
 
 def fine_tune(
     model: Any,
-    recipe: Any,
+    recipe: Recipe,
     dataset: data_mod.Dataset,
     train_config: Any,
     representative: np.ndarray | None = None,
@@ -231,8 +138,6 @@ def fine_tune(
     Example:
         >>> fine_tune(model, get_recipe("qat-int8"), data.load("embedded"), TrainConfig())
     """
-    from mnist_tflite.training.convert import ConversionError, convert
-
     opts = resolve_options(recipe.training, recipe.training_options)
     arch = identify_architecture(model)
     num_classes = int(model.get_weights()[-1].shape[0])
@@ -283,8 +188,6 @@ def fine_tune(
 
 
 def _run_child(work: Path, recipe_name: str) -> tuple[dict[str, Any], float]:
-    from mnist_tflite.training.convert import ConversionError
-
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
     try:

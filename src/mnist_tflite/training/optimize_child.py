@@ -31,19 +31,7 @@ import numpy as np
 from mnist_tflite import data as data_mod
 from mnist_tflite.training.model import get_architecture
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
-
-
-def _augmenter(tf_keras: Any, seed: int) -> Any:
-    # mirrors train._augmenter (Keras 3) so fine-tuning sees the same jitter as training
-    layers = tf_keras.layers
-    return tf_keras.Sequential(
-        [
-            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom(0.08, fill_mode="constant", seed=seed + 2),
-        ],
-        name="augment",
-    )
+from mnist_tflite.training.train import batches
 
 
 def _dataset(tf: Any, tf_keras: Any, job: dict[str, Any], work: Path) -> tuple[Any, int]:
@@ -53,11 +41,7 @@ def _dataset(tf: Any, tf_keras: Any, job: dict[str, Any], work: Path) -> tuple[A
         arrays["x_train"], arrays["y_train"], job["val_fraction"], job["seed"]
     )
     x = data_mod.normalize(x)
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-    ds = ds.shuffle(len(x), seed=job["seed"], reshuffle_each_iteration=True).batch(job["batch_size"])
-    if job["augment"]:
-        augment = _augmenter(tf_keras, job["seed"])
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
+    ds = batches(tf, tf_keras, x, y, seed=job["seed"], batch_size=job["batch_size"], augment=job["augment"])
     steps = int(np.ceil(len(x) / job["batch_size"]))
     if job.get("max_steps"):
         ds, steps = ds.take(job["max_steps"]), min(steps, job["max_steps"])
@@ -132,7 +116,8 @@ def run(work: Path) -> dict[str, Any]:
     if job["method"] == "qat":
         from dataclasses import replace
 
-        from mnist_tflite.training.convert import Recipe, convert
+        from mnist_tflite.recipes import Recipe
+        from mnist_tflite.training.convert import convert
 
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in job["recipe"].items()}
         recipe = replace(Recipe(**fields), training=None, training_options=())

@@ -76,18 +76,33 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _augmenter(seed: int) -> Any:
-    import keras
+def augmenter(keras: Any, seed: int) -> Any:
+    """Small geometric jitter: MNIST digits are size-normalized and centred, so keep it mild.
 
-    # small geometric jitter: MNIST digits are size-normalized and centred, so keep it mild
+    ``keras`` is Keras 3 here and ``tf_keras`` in the fine-tuning child, so QAT and pruning
+    see the same jitter as training.
+    """
+    layers = keras.layers
     return keras.Sequential(
         [
-            keras.layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom(0.08, fill_mode="constant", seed=seed + 2),
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom(0.08, fill_mode="constant", seed=seed + 2),
         ],
         name="augment",
     )
+
+
+def batches(
+    tf: Any, keras: Any, x: np.ndarray, y: np.ndarray, *, seed: int, batch_size: int, augment: bool
+) -> Any:
+    """The training split as a seeded, shuffled, batched (and jittered) ``tf.data`` pipeline."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if augment:
+        jitter = augmenter(keras, seed)
+        ds = ds.map(lambda a, b: (jitter(a, training=True), b), num_parallel_calls=1)
+    return ds
 
 
 def train(
@@ -124,13 +139,9 @@ def train(
         metrics=["accuracy"],
     )
 
-    ds = tf.data.Dataset.from_tensor_slices((x_tr, y_tr.astype(np.int32)))
-    ds = ds.shuffle(len(x_tr), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size)
-    if config.augment:
-        augment = _augmenter(config.seed)
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
-    ds = ds.prefetch(2)
+    ds = batches(
+        tf, keras, x_tr, y_tr, seed=config.seed, batch_size=config.batch_size, augment=config.augment
+    ).prefetch(2)
     val = (x_val, y_val.astype(np.int32)) if len(x_val) else None
 
     start = time.perf_counter()
