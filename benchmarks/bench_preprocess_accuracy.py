@@ -27,9 +27,9 @@ from mnist_tflite.atomic import write_json  # temp file + rename: no half-writte
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_photo_digits import Render, make  # noqa: E402
 from mnist_tflite import data  # noqa: E402
 from mnist_tflite.edge.predict import Classifier, Failure  # noqa: E402
+from tests.photos import Render, make  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "preprocess_accuracy.json"
 

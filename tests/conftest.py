@@ -19,6 +19,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 MODELS = Path(__file__).parent / "models"
+# optional module -> the extra that installs it (a base install runs the rest of the suite)
+EXTRA_OF = {
+    "tensorflow": "train",
+    "tflite_micro": "micro",
+    "tf_keras": "qat",
+    "tensorflow_model_optimization": "qat",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "playwright": "dev",
+}
+
+
+def require(*modules: str) -> None:
+    """Skip the calling test (or module) unless the optional modules are installed, naming the extra."""
+    for name in modules:
+        extra = EXTRA_OF[name]
+        pytest.importorskip(name, reason=f"needs {name}: pip install 'mnist-tflite[{extra}]'")
+
+
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
@@ -44,6 +63,7 @@ def test_images(mnist) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def trained_model(mnist, tmp_path_factory):
     """A seed-architecture Keras model trained briefly (seeded) on the 5k sample."""
+    require("tensorflow")
     from mnist_tflite.training.train import TrainConfig, save_model, train
 
     result = train(mnist, TrainConfig(epochs=2, augment=False, seed=0), log=lambda m: None)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tensorflow")  # before the imports that need them
+
 import json
 
 import numpy as np
@@ -91,6 +95,7 @@ def test_not_a_model_file(tmp_path):
         convert.load_model_source(tmp_path)
 
 
+@pytest.mark.slow
 def test_convert_cli(models_dir, tmp_path):
     out = tmp_path / "x.tflite"
     r = run_cli("convert", str(models_dir / "model.keras"), "--recipe", "int8", "--out", str(out),

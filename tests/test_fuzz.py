@@ -109,7 +109,6 @@ def _run_chunks(kind: str, paths: list[Path], model: Path, digits: Path) -> list
     return results
 
 
-@pytest.mark.slow
 def test_corrupt_models_and_images_never_crash(models_dir, test_images, tmp_path):
     rng = np.random.default_rng(1234)
     x, _ = test_images

@@ -19,7 +19,7 @@ from mnist_tflite import data
 from mnist_tflite.edge.infer import TfliteModel
 from mnist_tflite.recipes import Recipe
 from mnist_tflite.training.convert import convert
-from tests.conftest import MODELS
+from tests.conftest import MODELS, require
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 N = 200
@@ -91,7 +91,9 @@ def test_quantize_dequantize_round_trip():
     assert deq.dtype == np.float32
     np.testing.assert_allclose(deq, (raw.astype(np.float32) - model.output.zero_point) * model.output.scale)
     f32 = TfliteModel(MODELS / "float32.tflite")
-    assert f32.quantize_input(x) is not None and f32.quantize_input(x).dtype == np.float32
+    same = f32.quantize_input(x)  # a float model takes the images as they are
+    assert same.dtype == np.float32
+    np.testing.assert_array_equal(same, x)
     np.testing.assert_array_equal(f32.dequantize_output(x), x)
 
 
@@ -109,10 +111,14 @@ def test_image_shapes(x):
         TfliteModel(MODELS / "float32.tflite", kernels="fast")
 
 
-def test_describe():
-    d = TfliteModel(MODELS / "int8.tflite").describe()
-    assert d["input"]["dtype"] == "int8" and d["output"]["shape"][-1] == 10
-    assert d["recipe"] == "int8" and len(d["class_names"]) == 10
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_describe_agrees_with_the_sidecar_written_at_conversion(variant):
+    import json
+
+    d = TfliteModel(MODELS / f"{variant}.tflite").describe()
+    sidecar = json.loads((MODELS / f"{variant}.json").read_text())
+    assert d["input"] == sidecar["input"] and d["output"] == sidecar["output"]
+    assert d["recipe"] == sidecar["recipe"]["name"] and d["class_names"] == sidecar["class_names"]
 
 
 # -- odd models, converted once ------------------------------------------------------------
@@ -121,6 +127,7 @@ def test_describe():
 @pytest.fixture(scope="module")
 def odd_models(tmp_path_factory, mnist):
     """Tiny seeded models: uint8 I/O, logits output, no batch dimension, int16x8."""
+    require("tensorflow")
     from mnist_tflite.training.tfimport import import_tf
 
     tf = import_tf()
@@ -212,25 +219,3 @@ def test_runner_does_not_import_tensorflow():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_int8_note_says_what_int8_buys_on_this_cpu():
-    from mnist_tflite.report.notes import int8_note
-
-    rows = [
-        {
-            "name": "float32",
-            "status": "ok",
-            "throughput_ips": 20_000.0,
-            "size_bytes": 140_000,
-            "accuracy": 0.987,
-        },
-        {"name": "int8", "status": "ok", "throughput_ips": 50_000.0, "size_bytes": 42_000, "accuracy": 0.986},
-    ]
-    vnni = int8_note(rows, {"cpu_flags": ["avx2", "fma", "avx512f", "avx512_vnni"]})
-    assert vnni.startswith("int8 on this CPU (AVX-512, VNNI: avx512_vnni) buys speed: 2.50x")
-    assert "3.3x smaller" in vnni and "-0.10 accuracy points" in vnni
-    rows[1]["throughput_ips"] = 15_000.0
-    slow = int8_note(rows, {"cpu_flags": ["avx2", "fma"]})
-    assert "(AVX2, no VNNI) costs speed: 0.75x" in slow
-    assert int8_note(rows[:1], {"cpu_flags": []}) is None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tflite_micro")  # before the imports that need them
+
 import json
 import re
 import shutil

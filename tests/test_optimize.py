@@ -7,7 +7,10 @@ unchanged in the parent); the accuracy figures come from ``benchmarks/bench_opti
 
 from __future__ import annotations
 
-import json
+from tests.conftest import require
+
+require("tensorflow", "tf_keras", "tensorflow_model_optimization")  # before the imports that need them
+
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +20,6 @@ from mnist_tflite import recipes
 from mnist_tflite.cli import main
 from mnist_tflite.errors import ConversionError, MnistTfliteError
 from mnist_tflite.training import convert, optimize
-from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -208,35 +210,3 @@ def test_cli_bad_input_one_line_exit_2(args, message, models_dir, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "run").exists()
-
-
-def _fake_run(path, arch, variants):
-    path.mkdir()
-    rows = [
-        {"name": n, "status": "ok", "size_bytes": s, "flash_bytes": s, "arena_bytes": 4000, "accuracy": a}
-        for n, s, a in variants
-    ]
-    report = {"train": {"config": {"arch": arch}}, "variants": rows}
-    (path / "report.json").write_text(json.dumps(report))
-
-
-def test_pareto_merges_architectures_and_picks_per_budget(tmp_path):
-    _fake_run(tmp_path / "seed", "seed", [("float32", 143_000, 0.987), ("int8", 42_000, 0.9871)])
-    _fake_run(tmp_path / "tiny", "tiny", [("int8", 9_000, 0.978), ("float32", 19_000, 0.977)])
-    code = main(["pareto", str(tmp_path / "seed"), str(tmp_path / "tiny"), "--out", str(tmp_path / "p")])
-    assert code == 0
-    doc = json.loads((tmp_path / "p" / "pareto.json").read_text())
-    assert doc["pareto_front"] == ["tiny/int8", "seed/int8"]  # tiny/float32 and seed/float32 are beaten
-    md = (tmp_path / "p" / "pareto.md").read_text()
-    assert "| ≤ 8 KB | nothing fits |" in md
-    assert "| ≤ 10 KB | tiny/int8 | 97.80 % | 9,000 | 4,000 |" in md
-    assert "| ≤ 48 KB | seed/int8 | 98.71 % | 42,000 | 4,000 |" in md
-    assert "≤ 64 KB" not in md  # larger budgets would choose the same
-    assert (tmp_path / "p" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["pareto", str(tmp_path / "seed"), "--out", str(tmp_path / "p")]) == 2  # exists, no --force
-
-
-def test_pareto_on_a_directory_without_report_exits_2(tmp_path):
-    res = run_cli("pareto", str(tmp_path), "--out", str(tmp_path / "p"))
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "no report.json" in res.stderr

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tensorflow", "tflite_micro")  # before the imports that need them
+
 import json
 
 import numpy as np

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.make_photo_digits import make
 from mnist_tflite.edge.preprocess import (
     BlankImageError,
     load_image,
@@ -19,6 +18,7 @@ from mnist_tflite.edge.preprocess import (
     to_mnist,
 )
 from mnist_tflite.errors import MnistTfliteError
+from tests.photos import make
 
 
 def _paper(digit: np.ndarray, scale: int = 8, ink=(20, 30, 140), paper=(245, 238, 220)) -> Image.Image:
@@ -188,7 +188,7 @@ def test_blank_page_is_refused(page, tmp_path):
 
 def test_blank_photos_from_the_generator_are_refused():
     """Every condition the photo generator makes (noise, JPEG, shadows, boards), minus the digit."""
-    from benchmarks.make_photo_digits import render
+    from tests.photos import render
 
     rng = np.random.default_rng(5)
     for i in range(40):
@@ -277,6 +277,7 @@ def test_array_files(tmp_path, digits):
 # --- what preprocessing costs in accuracy -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_accuracy_on_realistic_photos_is_within_two_points_of_clean(mnist, models_dir, tmp_path):
     """200 official test digits as photo/scan files vs the same digits as clean arrays."""
     from mnist_tflite.edge.predict import Classifier, Failure

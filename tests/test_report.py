@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tensorflow")  # before the imports that need them
+
 import json
 
 import numpy as np
@@ -22,11 +26,6 @@ def test_confusion_matrix_matches_counting():
     cm = confusion_matrix(y, p)
     assert cm.sum() == 500 and cm.trace() == int((y == p).sum())
     assert cm[3, 5] == int(((y == 3) & (p == 5)).sum())
-
-
-def test_pareto_front():
-    pts = [(10, 90.0), (20, 95.0), (30, 94.0), (5, 80.0), (20, 96.0)]
-    assert sorted(report_mod.pareto_front(pts)) == [(5, 80.0), (10, 90.0), (20, 96.0)]
 
 
 def test_markdown_table_and_failed_rows(tmp_path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("fastapi", "uvicorn")  # before the imports that need them
+
 import io
 import json
 import re

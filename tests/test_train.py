@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tensorflow")  # before the imports that need them
+
 import numpy as np
 import pytest
 
