@@ -60,15 +60,7 @@ def _calibration_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE, help=help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="From MNIST to a verified TensorFlow Lite model on an edge device.",
-        epilog="example:\n  mnist-tflite run --out runs/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "run",
@@ -86,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--json", "print the report as JSON at the end")
     p.set_defaults(func=commands.cmd_run)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "train",
@@ -97,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--force", "overwrite an existing file")
     p.set_defaults(func=commands.cmd_train)
 
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "convert",
@@ -114,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--json", "print the written metadata as JSON")
     p.set_defaults(func=commands.cmd_convert)
 
+
+def _add_recipes(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "recipes", "list the conversion recipes", "mnist-tflite recipes --json")
     _flag(p, "--json", "print the result as JSON")
     p.set_defaults(func=commands.cmd_recipes)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "evaluate",
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--json", "print the result as JSON")
     p.set_defaults(func=commands.cmd_evaluate)
 
+
+def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "pareto",
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--json", "print the merged table as JSON")
     p.set_defaults(func=commands.cmd_pareto)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "predict",
@@ -179,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_predict)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "serve",
@@ -194,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_modified(p)
     p.set_defaults(func=commands.cmd_serve)
 
+
+def _add_export_micro(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "export-micro",
@@ -217,6 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--json", "print the summary (micro.json) as JSON")
     p.set_defaults(func=commands.cmd_export_micro)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="From MNIST to a verified TensorFlow Lite model on an edge device.",
+        epilog="example:\n  mnist-tflite run --out runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for add in (
+        _add_run,
+        _add_train,
+        _add_convert,
+        _add_recipes,
+        _add_evaluate,
+        _add_pareto,
+        _add_predict,
+        _add_serve,
+        _add_export_micro,
+    ):
+        add(sub)
     return parser
 
 

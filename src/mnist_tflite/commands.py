@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from mnist_tflite.errors import PROG, MnistTfliteError
 
@@ -115,31 +116,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnist_tflite import data
-    from mnist_tflite.edge.evaluate import evaluate_model
+    from mnist_tflite.edge.evaluate import compare_models
     from mnist_tflite.report import tables as report_mod
 
-    if args.latency_samples < 0:
-        raise MnistTfliteError(f"--latency-samples must be >= 0, received: {args.latency_samples}")
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
-    reference = None
-    rows = []
-    if args.reference is not None:
-        _, reference = evaluate_model(
-            args.reference, ds.x_test, ds.y_test, latency_samples=0, allow_modified=args.allow_modified
-        )
-    for path in args.models:
-        row, probs = evaluate_model(
-            path,
-            ds.x_test,
-            ds.y_test,
-            reference_probs=reference,
-            latency_samples=args.latency_samples,
-            allow_modified=args.allow_modified,
-        )
-        if reference is None:
-            reference = probs
-            row.agreement, row.max_prob_diff = 1.0, 0.0
-        rows.append(row)
+    options = _pick(args, "reference", "latency_samples", "allow_modified")
+    rows = compare_models(args.models, ds.x_test, ds.y_test, **options)
     table = report_mod.rows_as_dicts(rows)
     if args.json:
         print(json.dumps({"data": ds.summary(), "variants": table}, indent=2))
@@ -223,3 +205,8 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
 
 def _log_flush(message: str) -> None:
     print(message, flush=True)
+
+
+def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The named options, as keyword arguments for a stage function."""
+    return {name: getattr(args, name) for name in names}

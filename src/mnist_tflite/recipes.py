@@ -55,17 +55,24 @@ class Recipe:
     training_options: tuple[tuple[str, Any], ...] = field(default=())
 
 
+_INT8 = Recipe(
+    "int8",
+    "full integer: int8 weights and activations, int8 input and output",
+    optimizations=("DEFAULT",),
+    supported_ops=("TFLITE_BUILTINS_INT8",),
+    inference_input_type="int8",
+    inference_output_type="int8",
+    needs_calibration=True,
+)
+
+
 def _pruned(name: str, sparsity: float) -> Recipe:
-    """Magnitude pruning to ``sparsity`` zeros with fine-tuning, then int8 calibrated as ``int8``."""
-    return Recipe(
-        name,
-        f"{100 * sparsity:.0f} % magnitude pruning with fine-tuning, then full integer "
+    """``int8`` after magnitude pruning to ``sparsity`` zeros with fine-tuning."""
+    return replace(
+        _INT8,
+        name=name,
+        description=f"{100 * sparsity:.0f} % magnitude pruning with fine-tuning, then full integer "
         "(smaller only when zipped)",
-        optimizations=("DEFAULT",),
-        supported_ops=("TFLITE_BUILTINS_INT8",),
-        inference_input_type="int8",
-        inference_output_type="int8",
-        needs_calibration=True,
         training="prune",
         training_options=(("sparsity", sparsity),),
     )
@@ -84,15 +91,7 @@ RECIPES: tuple[Recipe, ...] = (
         "dynamic range: int8 weights, float activations, no calibration",
         optimizations=("DEFAULT",),
     ),
-    Recipe(
-        "int8",
-        "full integer: int8 weights and activations, int8 input and output",
-        optimizations=("DEFAULT",),
-        supported_ops=("TFLITE_BUILTINS_INT8",),
-        inference_input_type="int8",
-        inference_output_type="int8",
-        needs_calibration=True,
-    ),
+    _INT8,
     Recipe(
         "int16x8",
         "16-bit activations, 8-bit weights, float input and output",

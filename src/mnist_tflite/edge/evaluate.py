@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from mnist_tflite.data import normalize
 from mnist_tflite.edge.infer import TfliteModel
+from mnist_tflite.errors import MnistTfliteError
 
 LATENCY_SAMPLES = 200
 
@@ -107,3 +109,46 @@ def evaluate_model(
             model_path, x, latency_samples, allow_modified=allow_modified
         )
     return row, probs
+
+
+def compare_models(
+    paths: Sequence[str | os.PathLike[str]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    latency_samples: int = LATENCY_SAMPLES,
+    allow_modified: bool = False,
+) -> list[VariantResult]:
+    """``mnist-tflite evaluate``: several models, each compared with a reference ``.tflite``.
+
+    Args:
+        paths: the models, evaluated in order.
+        reference: whose answers the agreement columns compare with (default: the first model;
+            without TensorFlow there is no Keras model to compare with).
+
+    Example:
+        >>> rows = compare_models(["float32.tflite", "int8.tflite"], ds.x_test, ds.y_test)
+    """
+    if latency_samples < 0:
+        raise MnistTfliteError(f"--latency-samples must be >= 0, received: {latency_samples}")
+    ref_probs = None
+    if reference is not None:
+        _, ref_probs = evaluate_model(
+            reference, images, labels, latency_samples=0, allow_modified=allow_modified
+        )
+    rows = []
+    for path in paths:
+        row, probs = evaluate_model(
+            path,
+            images,
+            labels,
+            reference_probs=ref_probs,
+            latency_samples=latency_samples,
+            allow_modified=allow_modified,
+        )
+        if ref_probs is None:  # the first model is the reference
+            ref_probs = probs
+            row.agreement, row.max_prob_diff = 1.0, 0.0
+        rows.append(row)
+    return rows

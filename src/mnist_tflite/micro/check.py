@@ -230,19 +230,26 @@ def deployer_columns(
         (row for row, info in runnable if int8_problem(info) is None), None
     )
     if chosen is not None:
-        arena = report["variants"][chosen.name]["arena"]["recommended_bytes"]
-        try:
-            v = verify(chosen.path, images, labels, arena_bytes=arena)
-        except MnistTfliteError as exc:
-            report["notes"].append(f"{chosen.name}: TFLM check failed: {exc}")
-            log(f"      {chosen.name:<10} TFLM check failed: {exc}")
-        else:
-            report["verification"][chosen.name] = v
-            chosen.extra["tflm_accuracy"] = v["accuracy"]
-            report["notes"].append(verification_line(chosen.name, v))
-            log(f"      {verification_line(chosen.name, v)}")
+        _verify_in_tflm(chosen, report, images, labels, log)
     report["notes"].append(
         "flash = model bytes; TFLM arena = the smallest tensor arena in which the TFLM interpreter "
         f"allocates and runs the model (bisection, 64-bit host); export-micro adds {MARGIN_TEXT[1:]}"
     )
     return report
+
+
+def _verify_in_tflm(
+    chosen: Any, report: dict[str, Any], images: np.ndarray, labels: np.ndarray, log: Callable[[str], None]
+) -> None:
+    """Run one variant through TFLM on the test images and record how its rows compare with LiteRT."""
+    arena = report["variants"][chosen.name]["arena"]["recommended_bytes"]
+    try:
+        v = verify(chosen.path, images, labels, arena_bytes=arena)
+    except MnistTfliteError as exc:
+        report["notes"].append(f"{chosen.name}: TFLM check failed: {exc}")
+        log(f"      {chosen.name:<10} TFLM check failed: {exc}")
+        return
+    report["verification"][chosen.name] = v
+    chosen.extra["tflm_accuracy"] = v["accuracy"]
+    report["notes"].append(verification_line(chosen.name, v))
+    log(f"      {verification_line(chosen.name, v)}")

@@ -138,21 +138,10 @@ def fine_tune(
     Example:
         >>> fine_tune(model, get_recipe("qat-int8"), data.load("embedded"), TrainConfig())
     """
-    opts = resolve_options(recipe.training, recipe.training_options)
     arch = identify_architecture(model)
     num_classes = int(model.get_weights()[-1].shape[0])
-    job = {
-        "method": recipe.training,
-        "arch": arch.name,
-        "num_classes": num_classes,
-        "options": opts,
-        "max_steps": opts.pop("max_steps", None),
-        "seed": train_config.seed,
-        "batch_size": train_config.batch_size,
-        "val_fraction": train_config.val_fraction,
-        "augment": train_config.augment,
-        "recipe": asdict(recipe),
-    }
+    job = _job(recipe, arch, num_classes, train_config)
+    opts = job["options"]
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-optimize-") as tmp:
         work = Path(tmp)
         (work / "job.json").write_text(json.dumps(job))
@@ -185,6 +174,23 @@ def fine_tune(
         history=result.get("history", {}),
         phase_seconds={k: round(v, 2) for k, v in result.get("phase_seconds", {}).items()},
     )
+
+
+def _job(recipe: Recipe, arch: Architecture, num_classes: int, train_config: Any) -> dict[str, Any]:
+    """What the tf_keras child needs to rebuild the model and fine-tune it as training did."""
+    opts = resolve_options(recipe.training, recipe.training_options)
+    return {
+        "method": recipe.training,
+        "arch": arch.name,
+        "num_classes": num_classes,
+        "options": opts,
+        "max_steps": opts.pop("max_steps", None),
+        "seed": train_config.seed,
+        "batch_size": train_config.batch_size,
+        "val_fraction": train_config.val_fraction,
+        "augment": train_config.augment,
+        "recipe": asdict(recipe),
+    }
 
 
 def _run_child(work: Path, recipe_name: str) -> tuple[dict[str, Any], float]:

@@ -59,6 +59,27 @@ def _prunable_zero_fraction(model: Any) -> float:
     return zeros / max(total, 1)
 
 
+def _wrap(
+    tfmot: Any, model: Any, method: str, opts: dict[str, Any], steps_per_epoch: int, steps: int
+) -> tuple[Any, list[Any]]:
+    """The model wrapped for QAT (fake-quant) or pruning (masks on a schedule), and its callbacks."""
+    if method == "qat":
+        return tfmot.quantization.keras.quantize_model(model), []
+    # reach the target sparsity with a third of the steps left to recover from it; the mask
+    # only changes every `frequency` steps, so end on one of those or stop short of the target
+    frequency = max(1, steps_per_epoch // 4)
+    end_step = frequency * max(1, min(round(steps * 2 / 3 / frequency), (steps - 1) // frequency))
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=opts["sparsity"],
+        begin_step=0,
+        end_step=end_step,
+        frequency=frequency,
+    )
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    return pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
 def run(work: Path) -> dict[str, Any]:
     """Fine-tune as ``work/job.json`` says; returns what ``result.json`` gets."""
     job = json.loads((work / "job.json").read_text())
@@ -79,23 +100,7 @@ def run(work: Path) -> dict[str, Any]:
     ds, steps_per_epoch = _dataset(tf, tf_keras, job, work)
     opts = job["options"]
     steps = steps_per_epoch * opts["epochs"]
-    callbacks: list[Any] = []
-    if job["method"] == "qat":
-        tuned = tfmot.quantization.keras.quantize_model(model)
-    else:
-        # reach the target sparsity with a third of the steps left to recover from it; the mask
-        # only changes every `frequency` steps, so end on one of those or stop short of the target
-        frequency = max(1, steps_per_epoch // 4)
-        end_step = frequency * max(1, min(round(steps * 2 / 3 / frequency), (steps - 1) // frequency))
-        schedule = tfmot.sparsity.keras.PolynomialDecay(
-            initial_sparsity=0.0,
-            final_sparsity=opts["sparsity"],
-            begin_step=0,
-            end_step=end_step,
-            frequency=frequency,
-        )
-        tuned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-        callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+    tuned, callbacks = _wrap(tfmot, model, job["method"], opts, steps_per_epoch, steps)
     lr = tf_keras.optimizers.schedules.CosineDecay(opts["learning_rate"], decay_steps=steps, alpha=0.05)
     tuned.compile(
         optimizer=tf_keras.optimizers.Adam(lr),
