@@ -190,6 +190,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary (micro.json) as JSON")
     p.set_defaults(func=commands.cmd_export_micro)
 
+    p = _parser(
+        sub,
+        "compile",
+        "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M4 firmware",
+        "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
+        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n\n"
+        "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
+        "firmware.elf (cortex-m4: runs in qemu-system-arm -M mps2-an386) and compile.json",
+    )
+    p.add_argument("model", type=Path, help="a fully int8 .tflite (recipes int8, qat-int8, pruned-int8)")
+    p.add_argument("--out", required=True, type=Path, help="directory to create")
+    p.add_argument(
+        "--target",
+        default="cortex-m4",
+        choices=("cortex-m4", "host"),
+        help="what to build for (default: cortex-m4)",
+    )
+    p.add_argument(
+        "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"
+    )
+    p.add_argument(
+        "--name", default="mnist_model", help="C prefix of the generated API (default: mnist_model)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check a host build on every test image against the TFLM interpreter",
+    )
+    p.add_argument(
+        "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out written by compile")
+    p.add_argument("--json", action="store_true", help="print compile.json")
+    p.set_defaults(func=commands.cmd_compile)
+
     return parser
 
 
