@@ -25,7 +25,7 @@ from mnist_tflite import atomic
 from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.micro import codegen, firmware
 from mnist_tflite.micro.c_source import identifier_problem
-from mnist_tflite.micro.compiler import Program
+from mnist_tflite.micro.compiler import Program, compile_model
 
 FORMAT = "mnist-tflite-compile/1"
 TARGETS = ("cortex-m4", "host")
@@ -300,6 +300,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
             )
             summary["cortex_m4"] = {"not_measured": "--target host"}
             program_label = "firmware_host (this computer)"
+        (tmp / firmware.RUN_OUTPUT).write_text(result.text, encoding="utf-8")
+        files.append(firmware.RUN_OUTPUT)
         log(f"comparing {count} rows with the TFLM interpreter")
         verification = {"reference": "tflite-micro Python interpreter (TFLM reference kernels)"}
         verification["target"] = compare(result.rows, tflm_rows(raw, inputs), labels, program_label)
@@ -317,6 +319,29 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str = "mnist_model") -> tuple:
+    """Compile a model (a path or flatbuffer bytes) into ``directory`` and build it for this computer.
+
+    Returns:
+        ``(program, lib)``: the compiled Program and the ctypes handle of ``lib<name>.so``
+        (call it with ``run_library``). Needs gcc.
+    """
+    from mnist_tflite.micro.compiler import load_program
+
+    if isinstance(model, bytes):
+        raw, label = model, "model"
+        program = compile_model(raw, label)
+    else:
+        raw, program = load_program(model)
+        label = Path(model).name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.h").write_text(codegen.header(program, name), encoding="utf-8")
+    (directory / f"{name}.c").write_text(codegen.source(program, name, label, ""), encoding="utf-8")
+    for fname, text in codegen.kernel_sources().items():
+        (directory / fname).write_text(text, encoding="utf-8")
+    return program, host_library(directory, name, directory)
 
 
 def host_library(directory: Path, name: str, into: Path) -> Any:

@@ -693,13 +693,13 @@ def compile_model(data: bytes, path: object = "model") -> Program:
         code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
         name = op_names.get(code, f"BUILTIN_{code}")
         names.append(f"CUSTOM:{oc.customCode.decode(errors='replace')}" if name == "CUSTOM" else name)
+    problem = int8_problem(info)
+    if problem:
+        raise fail(path, problem)
     supported = ", ".join((*KERNEL_OPS, *FOLDED_OPS))
     for index, name in enumerate(names):
         if name not in KERNEL_OPS and name not in FOLDED_OPS:
             raise fail(path, f"unsupported op {name} (node {index}); compile supports {supported}")
-    problem = int8_problem(info)
-    if problem:
-        raise fail(path, problem)
 
     # fold what depends only on shapes (batch 1)
     values = {t.index: t.data for t in tensors if t.data is not None}

@@ -52,6 +52,7 @@ ARM_LDFLAGS = (
 HOST_CFLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra")
 BOARD_FILES = {"cortex-m4": ("board.h", "startup_m4.c", "mps2_an386.ld"), "host": ("board.h", "board_host.c")}
 IMAGES_BIN = "test_images.bin"
+RUN_OUTPUT = "run.txt"  # what the test program printed, kept beside it
 
 
 def board_sources(target: str) -> dict[str, str]:
@@ -297,6 +298,7 @@ class RunResult:
     ticks_max: int
     stack_bytes: int
     seconds: float
+    text: str = ""  # what the program printed
 
     def instructions(self) -> dict[str, float]:
         n = max(len(self.rows), 1)
@@ -348,6 +350,7 @@ def run_firmware(directory: Path, count: int, outputs: int) -> RunResult:
     # QEMU writes semihosting console output to its stderr
     text = _run(argv, directory, f"running the firmware in {QEMU}", timeout=120 + 0.2 * count, merge=True)
     result = parse_output(text, count, outputs, "firmware in QEMU")
+    result.text = text
     result.seconds = time.perf_counter() - t
     return result
 
@@ -358,6 +361,7 @@ def run_host(directory: Path, count: int, outputs: int) -> RunResult:
     t = time.perf_counter()
     text = _run([str(directory / "firmware_host")], directory, "running the host test program")
     result = parse_output(text, count, outputs, "host test program")
+    result.text = text
     result.seconds = time.perf_counter() - t
     return result
 

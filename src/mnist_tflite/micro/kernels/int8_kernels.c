@@ -264,19 +264,16 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
         c = 2 * pairs;
     }
 #endif
-    /* the rest: one patch, or the last channel of an odd count */
-    static const uint8_t slot[4] = {0, 2, 1, 3};
+    /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
     for (; c < p->out_c; c++) {
         const int in_pair = (c & ~1) + 1 < p->out_c; /* weights interleaved with a neighbour */
         const int8_t *w = p->weights + (c & ~1) * p->k_pad + (in_pair && (c & 1) ? 4 : 0);
         const int stride = in_pair ? 8 : 4;
         int32_t a0 = p->bias[c], a1 = a0;
         for (int g = 0; g < groups; g++, w += stride) {
-            const int16_t *x = patches + g * 8, *y = x + 4;
-            for (int r = 0; r < 4; r++) {
-                a0 += (int32_t)x[slot[r]] * w[r];
-                a1 += (int32_t)y[slot[r]] * w[r];
-            }
+            const int16_t *x = patches + g * 8, *y = x + 4; /* x0, x2, x1, x3 */
+            a0 += x[0] * w[0] + x[2] * w[1] + x[1] * w[2] + x[3] * w[3];
+            a1 += y[0] * w[0] + y[2] * w[1] + y[1] * w[2] + y[3] * w[3];
         }
         if (npx == 2 && sums1) {
             sums1[c] = a1;
