@@ -226,6 +226,43 @@ def _add_export_micro(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_export_micro)
 
 
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "compile",
+        "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M4 firmware",
+        "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
+        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n\n"
+        "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
+        "firmware.elf (cortex-m4: runs in qemu-system-arm -M mps2-an386) and compile.json",
+    )
+    p.add_argument("model", type=Path, help="a fully int8 .tflite (recipes int8, qat-int8, pruned-int8)")
+    _out(p, "directory to create")
+    p.add_argument(
+        "--target",
+        default="cortex-m4",
+        choices=("cortex-m4", "host"),
+        help="what to build for (default: cortex-m4)",
+    )
+    p.add_argument(
+        "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"
+    )
+    p.add_argument(
+        "--name", default="mnist_model", help="C prefix of the generated API (default: mnist_model)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check a host build on every test image against the TFLM interpreter",
+    )
+    p.add_argument(
+        "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
+    )
+    _flag(p, "--force", "replace an existing --out written by compile")
+    _flag(p, "--json", "print compile.json")
+    p.set_defaults(func=commands.cmd_compile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -245,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_serve,
         _add_export_micro,
+        _add_compile,
     ):
         add(sub)
     return parser

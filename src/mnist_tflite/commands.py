@@ -203,6 +203,31 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mnist_tflite.micro.aot import CompileOptions, compile_to_dir, differing_rows, summary_text
+
+    opts = CompileOptions(
+        model=args.model,
+        out=args.out,
+        target=args.target,
+        images=args.images,
+        name=args.name,
+        verify=args.verify,
+        force=args.force,
+        data=args.data,
+    )
+    summary = compile_to_dir(opts, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_text(summary, args.out))
+        print(f"wrote {len(summary['files'])} files into {args.out}/")
+    if differing_rows(summary):
+        print(f"{PROG}: the compiled model and TFLM disagree on some output rows", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _log_flush(message: str) -> None:
     print(message, flush=True)
 

@@ -216,11 +216,20 @@ def micro_stage(
     rows: list[VariantResult], ds: data_mod.Dataset, config: RunConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """What a microcontroller needs (flash, TFLM arena, MACs, ops), and the int8 model run in TFLM."""
+    from mnist_tflite.micro.aot import compiled_columns
     from mnist_tflite.micro.export import deployer_columns
 
     log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
     n = len(ds.x_test) if config.micro_images is None else min(config.micro_images, len(ds.x_test))
-    return deployer_columns(rows, ds.x_test[:n], ds.y_test[:n], log=log)
+    micro = deployer_columns(rows, ds.x_test[:n], ds.y_test[:n], log=log)
+    # our own compiler: what the int8 variants cost as plain C on a Cortex-M4 (QEMU), if installed
+    int8 = {r.name: r.path for r in rows if r.status == "ok" and r.path and r.input_dtype == "int8"}
+    compiled = compiled_columns(int8, ds.x_test, log=log)
+    for row in rows:
+        row.extra.update(compiled["columns"].get(row.name, {}))
+    micro["notes"] += compiled["notes"]
+    micro["compiled"] = compiled["columns"]
+    return micro
 
 
 def plot_stage(

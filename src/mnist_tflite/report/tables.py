@@ -28,6 +28,9 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("flash (bytes)", "flash_bytes", lambda v: f"{v:,}"),
     ("TFLM arena (bytes)", "arena_bytes", lambda v: f"{v:,}"),
     ("MACs", "macs", lambda v: f"{v:,}"),
+    ("compiled code (bytes)", "compiled_code_bytes", lambda v: f"{v:,}"),
+    ("compiled RAM (bytes)", "compiled_static_ram_bytes", lambda v: f"{v:,}"),
+    ("M4 instructions", "compiled_instructions", lambda v: f"{v:,}"),
     ("ops", "ops", lambda v: ", ".join(v) if isinstance(v, list) else str(v)),
     ("in/out", "io", str),
 )

@@ -1,0 +1,494 @@
+/* int8 inference kernels for code written by `mnist-tflite compile`; see int8_kernels.h. */
+#include "int8_kernels.h"
+
+#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C)
+#include <arm_acle.h>
+#define I8K_DSP 1
+/* One group of 4 patch values for two patches and two channels: 16 multiply-accumulates. */
+#define I8K_GROUP                                                                              \
+    "ldrd %[wa], %[wb], [%[w]], #8\n\t"                                                         \
+    "ldrd %[x0], %[x1], [%[p]], #8\n\t"                                                         \
+    "sxtb16 %[w0], %[wa]\n\t"                                                                   \
+    "sxtb16 %[wa], %[wa], ror #8\n\t"                                                           \
+    "sxtb16 %[w1], %[wb]\n\t"                                                                   \
+    "sxtb16 %[wb], %[wb], ror #8\n\t"                                                           \
+    "smlad %[a0], %[w0], %[x0], %[a0]\n\t"                                                      \
+    "smlad %[a0], %[wa], %[x1], %[a0]\n\t"                                                      \
+    "smlad %[a1], %[w1], %[x0], %[a1]\n\t"                                                      \
+    "smlad %[a1], %[wb], %[x1], %[a1]\n\t"                                                      \
+    "ldrd %[x0], %[x1], [%[p]], #8\n\t"                                                         \
+    "smlad %[a2], %[w0], %[x0], %[a2]\n\t"                                                      \
+    "smlad %[a2], %[wa], %[x1], %[a2]\n\t"                                                      \
+    "smlad %[a3], %[w1], %[x0], %[a3]\n\t"                                                      \
+    "smlad %[a3], %[wb], %[x1], %[a3]\n\t"
+/* SXTB16 of the word rotated right by 8: bytes 1 and 3, sign-extended to two halves */
+static inline uint32_t sxtb16_odd(uint32_t x)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+#define I8K_DSP 0
+#endif
+
+/* ---- fixed-point arithmetic (the TFLite int8 rounding rules) ---------------------------- */
+
+/* round(a * b / 2^31), ties toward +infinity: what the reference's "add a nudge of 2^30
+ * (1 - 2^30 below zero), then divide truncating" amounts to. b > 0 (a multiplier). */
+static inline int32_t mul_high(int32_t a, int32_t b)
+{
+    return (int32_t)(((int64_t)a * b + (1 << 30)) >> 31);
+}
+
+/* The saturating rounding doubling high multiply: mul_high, except that
+ * INT32_MIN * INT32_MIN, the one product that does not fit, saturates. */
+static int32_t srdhm(int32_t a, int32_t b)
+{
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    return mul_high(a, b);
+}
+
+/* x / 2^e rounded to nearest, ties away from zero; 0 <= e <= 31. */
+static inline int32_t rdpot(int32_t x, int e)
+{
+    int32_t mask = (int32_t)((1u << e) - 1u);
+    int32_t remainder = x & mask;
+    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (remainder > threshold ? 1 : 0);
+}
+
+/* x * 2^e for 0 < e < 31, saturating. */
+static int32_t sat_lshift(int32_t x, int e)
+{
+    int32_t threshold = (int32_t)((1u << (31 - e)) - 1u);
+    if (x > threshold) {
+        return INT32_MAX;
+    }
+    if (x < -threshold) {
+        return INT32_MIN;
+    }
+    return (int32_t)((uint32_t)x << e);
+}
+
+/* acc * mult * 2^shift / 2^31 with the reference's two roundings; mult in [0, 2^31). */
+static inline int32_t requantize(int32_t acc, int32_t mult, int shift)
+{
+    if (__builtin_expect(shift > 0, 0)) {
+        return mul_high((int32_t)((uint32_t)acc << shift), mult);
+    }
+    const int32_t x = mul_high(acc, mult);
+    const int32_t mask = (int32_t)((1u << -shift) - 1u);
+    return (x >> -shift) + ((x & mask) > (mask >> 1) + (x < 0) ? 1 : 0);
+}
+
+int32_t i8k_requantize(int32_t acc, int32_t mult, int32_t shift)
+{
+    return requantize(acc, mult, shift);
+}
+
+static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
+{
+    return (int8_t)(v < lo ? lo : v > hi ? hi : v);
+}
+
+static uint32_t load32(const int8_t *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4); /* one LDR where unaligned loads are allowed */
+    return v;
+}
+
+/* ---- convolution (+ max pool) ----------------------------------------------------------- */
+
+/* Within each group of 4 patch values x0..x3 the scratch holds x0, x2, x1, x3: the two
+ * words SXTB16 makes of one int8 word, so SMLAD pairs them with the weights expanded the
+ * same way. Two patches interleave: group g of patch s is at int16 offset 8 * g + 4 * s. */
+static void expand4(uint32_t v, int16_t *dst)
+{
+#if I8K_DSP
+    uint32_t *d = (uint32_t *)(void *)dst;
+    d[0] = __sxtb16(v);
+    d[1] = sxtb16_odd(v);
+#else
+    dst[0] = (int8_t)(v & 0xff);
+    dst[1] = (int8_t)((v >> 16) & 0xff);
+    dst[2] = (int8_t)((v >> 8) & 0xff);
+    dst[3] = (int8_t)(v >> 24);
+#endif
+}
+
+/* The patch of convolution output (cy, cx) into patch slot dst (scratch + 4 * slot). */
+static void im2col(const i8k_conv_t *p, const int8_t *in, int cy, int cx, int16_t *dst)
+{
+    const int iy0 = cy * p->sh - p->pad_t, ix0 = cx * p->sw - p->pad_l;
+    const int c = p->in_c;
+    if ((c & 3) == 0) { /* whole words: 4 channels at a time */
+        const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
+        for (int ky = 0; ky < p->kh; ky++) {
+            const int iy = iy0 + ky;
+            for (int kx = 0; kx < p->kw; kx++) {
+                const int ix = ix0 + kx;
+                if (iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+                    const int8_t *src = in + (iy * p->in_w + ix) * c;
+                    for (int i = 0; i < c; i += 4, dst += 8) {
+                        expand4(load32(src + i), dst);
+                    }
+                } else {
+                    for (int i = 0; i < c; i += 4, dst += 8) {
+                        expand4(zp4, dst);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    /* any channel count: gather 4 values at a time, then expand them as a word */
+    uint32_t word = 0;
+    int bits = 0;
+    const int run = p->kw * c; /* bytes of one patch row, contiguous when it is all inside */
+    const int cols_inside = ix0 >= 0 && ix0 + p->kw <= p->in_w;
+    for (int ky = 0; ky < p->kh; ky++) {
+        const int iy = iy0 + ky;
+        const int row_inside = iy >= 0 && iy < p->in_h;
+        const int8_t *src = row_inside ? in + (iy * p->in_w + ix0) * c : in;
+        if (row_inside && cols_inside) {
+            for (int i = 0; i < run; i++) {
+                word |= (uint32_t)(uint8_t)src[i] << bits;
+                if ((bits += 8) == 32) {
+                    expand4(word, dst);
+                    dst += 8;
+                    word = 0;
+                    bits = 0;
+                }
+            }
+            continue;
+        }
+        for (int i = 0; i < run; i++) { /* part of the row is padding */
+            const int ix = ix0 + i / c;
+            const int8_t v = row_inside && ix >= 0 && ix < p->in_w ? src[i] : p->in_zp;
+            word |= (uint32_t)(uint8_t)v << bits;
+            if ((bits += 8) == 32) {
+                expand4(word, dst);
+                dst += 8;
+                word = 0;
+                bits = 0;
+            }
+        }
+    }
+    if (bits) {
+        expand4(word, dst); /* the rest of the last group is 0; so are its weights */
+    }
+}
+
+#if I8K_DSP
+/* a0..a3 (patch 0 and 1, channels 0 and 1 of a pair) += the groups of the pair's weights W
+ * (advanced past them) times the two interleaved patches at P. */
+#define I8K_DOT_2X2(a0, a1, a2, a3, W, P, groups)                                                   \
+    do {                                                                                         \
+        uint32_t wa, wb, w0, w1, x0, x1;                                                         \
+        const uint32_t *pp = (P);                                                                \
+        int n = (groups);                                                                        \
+        __asm__ volatile("tst %[n], #1\n\t"                                                     \
+                         "beq 2f\n\t" I8K_GROUP "2:\n\t"                                        \
+                         "lsrs %[n], %[n], #1\n\t"                                              \
+                         "beq 3f\n\t"                                                           \
+                         "1:\n\t" I8K_GROUP I8K_GROUP "subs %[n], %[n], #1\n\t"                 \
+                         "bne 1b\n\t"                                                           \
+                         "3:\n\t"                                                               \
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),          \
+                           [w] "+r"(W), [p] "+r"(pp), [n] "+r"(n), [wa] "=&r"(wa), [wb] "=&r"(wb), \
+                           [w0] "=&r"(w0), [w1] "=&r"(w1), [x0] "=&r"(x0), [x1] "=&r"(x1)       \
+                         :                                                                      \
+                         : "cc", "memory");                                                     \
+    } while (0)
+
+/* Two positions of a pool window, every channel pair: best = max(best, both sums). */
+static void pool_pairs(const uint32_t *P, const uint32_t *W, const int32_t *bias, int32_t *best, int pairs,
+                       int groups, int first)
+{
+    do {
+        int32_t a0 = bias[0], a1 = bias[1], a2 = a0, a3 = a1;
+        I8K_DOT_2X2(a0, a1, a2, a3, W, P, groups);
+        a0 = a2 > a0 ? a2 : a0;
+        a1 = a3 > a1 ? a3 : a1;
+        if (!first) {
+            a0 = best[0] > a0 ? best[0] : a0;
+            a1 = best[1] > a1 ? best[1] : a1;
+        }
+        best[0] = a0;
+        best[1] = a1;
+        bias += 2;
+        best += 2;
+    } while (--pairs);
+}
+
+/* Two neighbouring outputs (no pool), every channel pair: their sums to sums0 and sums1. */
+static void output_pairs(const uint32_t *P, const uint32_t *W, const int32_t *bias, int32_t *sums0,
+                         int32_t *sums1, int pairs, int groups)
+{
+    do {
+        int32_t a0 = bias[0], a1 = bias[1], a2 = a0, a3 = a1;
+        I8K_DOT_2X2(a0, a1, a2, a3, W, P, groups);
+        sums0[0] = a0;
+        sums0[1] = a1;
+        sums1[0] = a2;
+        sums1[1] = a3;
+        bias += 2;
+        sums0 += 2;
+        sums1 += 2;
+    } while (--pairs);
+}
+#endif
+
+/* Every output channel's sum (bias + patch . weights) for the npx patches in scratch.
+ * With two patches and sums1 == NULL the larger of the two is kept (a pool window);
+ * otherwise patch 1's sums go to sums1. first: set sums0, else keep the larger. */
+static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, int first, int32_t *sums0,
+                          int32_t *sums1)
+{
+    const int groups = p->k_pad >> 2;
+    int c = 0;
+#if I8K_DSP
+    const int pairs = p->out_c >> 1;
+    if (npx == 2 && pairs) { /* the hot path */
+        const uint32_t *P = (const uint32_t *)(const void *)patches;
+        const uint32_t *W = (const uint32_t *)(const void *)p->weights;
+        if (sums1) {
+            output_pairs(P, W, p->bias, sums0, sums1, pairs, groups);
+        } else {
+            pool_pairs(P, W, p->bias, sums0, pairs, groups, first);
+        }
+        c = 2 * pairs;
+    }
+#endif
+    /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
+    for (; c < p->out_c; c++) {
+        const int in_pair = (c & ~1) + 1 < p->out_c; /* weights interleaved with a neighbour */
+        const int8_t *w = p->weights + (c & ~1) * p->k_pad + (in_pair && (c & 1) ? 4 : 0);
+        const int stride = in_pair ? 8 : 4;
+        int32_t a0 = p->bias[c], a1 = a0;
+        for (int g = 0; g < groups; g++, w += stride) {
+            const int16_t *x = patches + g * 8, *y = x + 4; /* x0, x2, x1, x3 */
+            a0 += x[0] * w[0] + x[2] * w[1] + x[1] * w[2] + x[3] * w[3];
+            a1 += y[0] * w[0] + y[2] * w[1] + y[1] * w[2] + y[3] * w[3];
+        }
+        if (npx == 2 && sums1) {
+            sums1[c] = a1;
+        } else if (npx == 2 && a1 > a0) {
+            a0 = a1;
+        }
+        if (first || a0 > sums0[c]) {
+            sums0[c] = a0;
+        }
+    }
+}
+
+static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out)
+{
+    const int32_t *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int n = p->out_c, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    for (int c = 0; c < n; c++) {
+        const int32_t v = requantize(sums[c], mult[c], shift[c]) + zp;
+        out[c] = (int8_t)(v < lo ? lo : v > hi ? hi : v);
+    }
+}
+
+void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
+{
+    int16_t *patches = (int16_t *)scratch;
+    int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->k_pad);
+    const int out_c = p->out_c;
+    const int pooled = p->ph * p->pw > 1;
+    /* Requantization is monotonic (positive multipliers), so the max pool compares the
+     * int32 sums and requantizes only the largest: the same bits as pooling int8 outputs. */
+    for (int oy = 0; oy < p->out_h; oy++) {
+        for (int ox = 0; ox < p->out_w; ox++) {
+            int8_t *o = out + (oy * p->out_w + ox) * out_c;
+            if (!pooled && ox + 1 < p->out_w) { /* no pool: two outputs at a time */
+                const int cy = oy * p->psh - p->ppad_t, cx = ox * p->psw - p->ppad_l;
+                im2col(p, in, cy, cx, patches);
+                im2col(p, in, cy, cx + p->psw, patches + 4);
+                conv_channels(p, patches, 2, 1, sums, sums + out_c);
+                requantize_row(p, sums, o);
+                requantize_row(p, sums + out_c, o + out_c);
+                ox++;
+                continue;
+            }
+            int n = 0, first = 1;
+            for (int wy = 0; wy < p->ph; wy++) {
+                const int cy = oy * p->psh - p->ppad_t + wy;
+                if (cy < 0 || cy >= p->conv_h) {
+                    continue;
+                }
+                for (int wx = 0; wx < p->pw; wx++) {
+                    const int cx = ox * p->psw - p->ppad_l + wx;
+                    if (cx < 0 || cx >= p->conv_w) {
+                        continue;
+                    }
+                    im2col(p, in, cy, cx, patches + 4 * n);
+                    if (++n == 2) {
+                        conv_channels(p, patches, 2, first, sums, 0);
+                        n = first = 0;
+                    }
+                }
+            }
+            if (n == 1) {
+                conv_channels(p, patches, 1, first, sums, 0);
+            }
+            requantize_row(p, sums, o);
+        }
+    }
+}
+
+/* ---- fully connected -------------------------------------------------------------------- */
+
+void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
+{
+    const int words = p->in_n >> 2;
+    for (int o = 0; o < p->out_n; o++) {
+        const int8_t *w = p->weights + o * p->k_pad;
+        int32_t acc = p->bias[o];
+#if I8K_DSP
+        const uint32_t *W = (const uint32_t *)(const void *)w;
+        for (int i = 0; i < words; i++) {
+            const uint32_t x = load32(in + 4 * i), wv = W[i];
+            acc = __smlad(__sxtb16(x), __sxtb16(wv), acc);
+            acc = __smlad(sxtb16_odd(x), sxtb16_odd(wv), acc);
+        }
+#else
+        for (int i = 0; i < 4 * words; i++) {
+            acc += (int32_t)in[i] * w[i];
+        }
+#endif
+        for (int i = 4 * words; i < p->in_n; i++) {
+            acc += (int32_t)in[i] * w[i];
+        }
+        const int q = p->per_channel ? o : 0;
+        out[o] = clamp8(requantize(acc, p->mult[q], p->shift[q]) + p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+/* ---- max pool --------------------------------------------------------------------------- */
+
+void i8k_maxpool(const i8k_pool_t *p, const int8_t *in, int8_t *out)
+{
+    for (int oy = 0; oy < p->out_h; oy++) {
+        for (int ox = 0; ox < p->out_w; ox++) {
+            for (int c = 0; c < p->c; c++) {
+                int32_t m = -128;
+                for (int wy = 0; wy < p->ph; wy++) {
+                    const int iy = oy * p->psh - p->ppad_t + wy;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue;
+                    }
+                    for (int wx = 0; wx < p->pw; wx++) {
+                        const int ix = ox * p->psw - p->ppad_l + wx;
+                        if (ix >= 0 && ix < p->in_w && in[(iy * p->in_w + ix) * p->c + c] > m) {
+                            m = in[(iy * p->in_w + ix) * p->c + c];
+                        }
+                    }
+                }
+                *out++ = clamp8(m, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+/* ---- softmax ---------------------------------------------------------------------------- */
+/* Fixed-point formats below: Qm.n with m integer bits in an int32 (m + n = 31). */
+
+/* exp(a) for a in [-1/4, 0), Q0.31 in and out: a Taylor expansion around -1/8. */
+static int32_t exp_quarter(int32_t a)
+{
+    const int32_t exp_minus_eighth = 1895147668; /* round(exp(-1/8) * 2^31) */
+    const int32_t one_third = 715827883;         /* round(2^31 / 3) */
+    const int32_t x = a + (1 << 28);             /* a + 1/8 */
+    const int32_t x2 = srdhm(x, x), x3 = srdhm(x2, x), x4 = srdhm(x2, x2);
+    /* x^2/2 + x^3/6 + x^4/24 = ((x^4/4 + x^3) / 3 + x^2) / 2 */
+    const int32_t poly = rdpot(srdhm(rdpot(x4, 2) + x3, one_third) + x2, 1);
+    return exp_minus_eighth + srdhm(exp_minus_eighth, x + poly);
+}
+
+/* exp(a) for a <= 0 in Q5.26; result in Q0.31. exp(a) = exp(a mod 1/4 - 1/4) times
+ * exp(-2^k) for each bit k of the rest. */
+static int32_t exp_negative(int32_t a)
+{
+    static const int32_t exp_minus_pow2[7] = {
+        /* round(exp(-2^k) * 2^31), k = -2 .. 4 */
+        1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242,
+    };
+    const int32_t quarter = 1 << 24;
+    const int32_t low = (a & (quarter - 1)) - quarter;
+    int32_t r = exp_quarter(sat_lshift(low, 5));
+    const int32_t rest = low - a;
+    for (int k = 0; k < 7; k++) {
+        if (rest & (1 << (24 + k))) {
+            r = srdhm(r, exp_minus_pow2[k]);
+        }
+    }
+    return a == 0 ? INT32_MAX : r;
+}
+
+/* 1 / (1 + x) for x in [0, 1), Q0.31 in and out, by three Newton-Raphson steps on the
+ * half denominator, in Q2.29, from the initial guess 48/17 - 32/17 * d. */
+static int32_t reciprocal_one_plus(int32_t x)
+{
+    const int64_t sum = (int64_t)x + INT32_MAX;
+    const int32_t half_den = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+    const int32_t c48_17 = 1515870810, c_minus32_17 = -1010580540; /* round(+-c * 2^29) */
+    int32_t r = c48_17 + srdhm(half_den, c_minus32_17);
+    for (int i = 0; i < 3; i++) {
+        const int32_t one_minus = (1 << 29) - srdhm(half_den, r);
+        r = r + sat_lshift(srdhm(r, one_minus), 2);
+    }
+    return sat_lshift(r, 1);
+}
+
+void i8k_softmax(const i8k_softmax_t *p, const int8_t *in, int8_t *out)
+{
+    for (int row = 0; row < p->rows; row++, in += p->depth, out += p->depth) {
+        int32_t max = -128;
+        for (int i = 0; i < p->depth; i++) {
+            max = in[i] > max ? in[i] : max;
+        }
+        int32_t sum = 0; /* Q12.19 */
+        for (int i = 0; i < p->depth; i++) {
+            const int32_t diff = in[i] - max;
+            if (diff >= p->diff_min) {
+                const int32_t scaled = srdhm((int32_t)((uint32_t)diff << p->in_left_shift), p->in_mult);
+                sum += rdpot(exp_negative(scaled), 12);
+            }
+        }
+        const int headroom = __builtin_clz((uint32_t)sum); /* sum >= exp(0) > 0 */
+        const int bits_over_unit = 12 - headroom;
+        const int32_t scale = reciprocal_one_plus((int32_t)(((uint32_t)sum << headroom) - (1u << 31)));
+        for (int i = 0; i < p->depth; i++) {
+            const int32_t diff = in[i] - max;
+            if (diff >= p->diff_min) {
+                const int32_t scaled = srdhm((int32_t)((uint32_t)diff << p->in_left_shift), p->in_mult);
+                const int32_t e = exp_negative(scaled);
+                const int32_t v = rdpot(srdhm(scale, e), bits_over_unit + 31 - 8) - 128;
+                out[i] = clamp8(v, -128, 127);
+            } else {
+                out[i] = -128;
+            }
+        }
+    }
+}
+
+void i8k_copy(const int8_t *in, int8_t *out, uint32_t n)
+{
+    if (out < in) {
+        for (uint32_t i = 0; i < n; i++) {
+            out[i] = in[i];
+        }
+    } else if (out > in) {
+        while (n--) {
+            out[n] = in[n];
+        }
+    }
+}
