@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnist_tflite import commands
+from mnist_tflite import commands, guard
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
-from mnist_tflite.errors import PROG, MnistTfliteError
+from mnist_tflite.errors import PROG, MnistTfliteError, os_error
 from mnist_tflite.recipes import CALIBRATION_SIZE
 
 
@@ -258,10 +258,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to report
+        return code
+    except BrokenPipeError:
+        return guard.broken_pipe()
     except MnistTfliteError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return guard.report(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        hint = guard.missing_extra(exc)
+        if hint is None:
+            raise
+        return guard.report(hint, 2)
+    except OSError as exc:  # the system refused (disk full, read-only, I/O error): not our bug
+        return guard.report(str(os_error(exc, doing="failed")), 1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

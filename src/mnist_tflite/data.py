@@ -8,6 +8,7 @@ the model's input normalization.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import sys
 import zlib
@@ -35,6 +36,7 @@ FASHION_CLASSES = (
 )
 # Input normalization shared by training, conversion metadata and every inference path.
 PIXEL_SCALE = 1.0 / 255.0
+MAX_IDX_BYTES = 1 << 30  # decompressed; the full MNIST training images are 47 MB
 IMAGE_SHAPE = (28, 28)
 FULL_SET_HINT = (
     "for the full 60,000-image training set run once with internet "
@@ -92,9 +94,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     raw = read_user_file(path, "an IDX file (e.g. t10k-images-idx3-ubyte[.gz])")
     try:
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+                raw = gz.read(MAX_IDX_BYTES + 1)  # bounded: a gzip bomb stops here
     except (OSError, EOFError, zlib.error) as exc:
         raise fail(path, f"cannot read gzip data ({exc})") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise fail(path, f"IDX data over {MAX_IDX_BYTES:,} bytes; expected MNIST-sized arrays")
     if len(raw) < 4:
         raise fail(path, f"not an IDX file: {len(raw)} bytes, expected a 4-byte magic number")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:

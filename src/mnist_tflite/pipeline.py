@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite.checks import check_data_spec
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES, VariantResult, confusion_matrix, evaluate_model
 from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
@@ -46,6 +47,7 @@ class RunConfig:
         if self.micro_images is not None and self.micro_images < 1:
             raise MnistTfliteError(f"--micro-images must be >= 1, received: {self.micro_images}")
         self.train.validate()
+        check_data_spec(self.data)  # before prepare_out_dir: a typo must not leave an empty folder
         return resolve_recipes(self.recipes)
 
 
