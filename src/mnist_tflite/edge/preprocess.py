@@ -19,7 +19,7 @@ import numpy as np
 
 from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from mnist_tflite.edge.ink import BlankImageError, ink_map, running
-from mnist_tflite.errors import fail
+from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -192,6 +192,8 @@ def to_mnist(image) -> np.ndarray:
         >>> x = to_mnist(load_image("photo.jpg"))  # then model.predict_proba(x[None])
     """
     if isinstance(image, np.ndarray):
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise MnistTfliteError("image array holds NaN or infinity; expected finite pixel values")
         if _is_field(image):
             return _scale(image).reshape(FIELD, FIELD)
         if image.ndim == 2:
@@ -247,8 +249,14 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         a = a[None]
     if a.ndim != 3 or a.shape[1:] != (FIELD, FIELD):
         raise fail(path, f"array of shape {a.shape}; expected (N, 28, 28) or (28, 28) MNIST-format images")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
         raise fail(path, f"array of type {a.dtype}; expected numbers (uint8 0..255 or float 0..1)")
+    if np.issubdtype(a.dtype, np.floating):
+        for start in range(0, len(a), 4096):  # in chunks: a memory-mapped batch stays unread
+            bad = ~np.isfinite(a[start : start + 4096]).reshape(-1, FIELD * FIELD).all(axis=1)
+            if bad.any():
+                row = start + int(np.argmax(bad))
+                raise fail(path, f"image [{row}] holds NaN or infinity; expected finite pixel values")
     return a
 
 
