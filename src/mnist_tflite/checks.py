@@ -77,6 +77,22 @@ def check_out_file(
         existing = existing.parent
     if not existing.is_dir():
         raise fail(existing, f"is not a directory; cannot create {path}")
+    check_writable(existing)  # read-only: say so before working out the size
+    check_writable(existing, probe_bytes() if callable(probe_bytes) else probe_bytes)
+
+
+def check_out_dir(path: Path, *, probe_bytes: int | Callable[[], int] = 0) -> None:
+    """Check that the output folder ``path`` (existing or not) can take ``probe_bytes``.
+
+    Probes the nearest existing ancestor, creating nothing, so a read-only or full disk is
+    reported before the work starts and no empty folder is left behind.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise fail(existing, f"is not a directory; cannot create {path}")
+    check_writable(existing)  # read-only: say so before working out the size
     check_writable(existing, probe_bytes() if callable(probe_bytes) else probe_bytes)
 
 

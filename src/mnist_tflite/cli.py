@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for user errors, with a one-line message)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    nul = next((a for a in argv if "\0" in a), None)
+    if nul is not None:  # only a caller of main() can pass one; the OS would refuse the path
+        return guard.report(f"argument {nul!r} contains a NUL byte; expected a plain value or path", 2)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)

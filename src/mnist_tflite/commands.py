@@ -11,10 +11,12 @@ import json
 import sys
 from typing import Any
 
-from mnist_tflite.checks import check_data_spec, check_int_range, check_out_file, check_seed
+from mnist_tflite import guard
+from mnist_tflite.checks import check_data_spec, check_int_range, check_out_dir, check_out_file, check_seed
 from mnist_tflite.errors import PROG, MnistTfliteError, fail
 
 MAX_BUFFER = 65_536  # predict --buffer-size: images held in memory at once
+PARETO_BYTES = 256 << 10  # pareto.png (~60 KB), .md and .json, with room to spare
 
 
 def _train_config(args: argparse.Namespace):  # -> TrainConfig
@@ -29,7 +31,9 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    guard.require("tensorflow", "tflite_micro")
     from mnist_tflite.pipeline import RunConfig, run
+    from mnist_tflite.training.train import keras_file_bytes
 
     config = RunConfig(
         out=args.out,
@@ -40,6 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         micro_images=args.micro_images,
     )
+    config.validate()
+    # the run writes the Keras model, a .tflite per recipe and plots: a full disk fails now
+    check_out_dir(args.out, probe_bytes=lambda: 2 * keras_file_bytes(config.train.arch))
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     report = run(config, log=log)
     if args.json:
@@ -48,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    guard.require("tensorflow")
     from mnist_tflite import data
     from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.train import keras_file_bytes, save_model, train
@@ -65,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    guard.require("tensorflow")
     from mnist_tflite.recipes import get_recipe
     from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.variants import convert_file
@@ -116,6 +125,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from mnist_tflite.report.pareto import write_pareto
 
+    check_out_dir(args.out, probe_bytes=PARETO_BYTES)  # read-only or full: before the folder is made
     doc = write_pareto(args.runs, args.out, force=args.force)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -182,6 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    guard.require("fastapi", "uvicorn", "pydantic")
     from mnist_tflite.serve.app import serve
 
     if not 0 <= args.port <= 65535:
@@ -191,6 +202,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
+    if args.verify:
+        guard.require("tflite_micro")
     from mnist_tflite.micro.export import ExportOptions, export, summary_text
 
     opts = ExportOptions(

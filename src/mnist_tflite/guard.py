@@ -7,10 +7,11 @@ user error, a missing optional dependency, a closed pipe (``mnist-tflite ... | h
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 
-from mnist_tflite.errors import PROG
+from mnist_tflite.errors import PROG, MnistTfliteError
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
 
@@ -55,6 +56,26 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
             "reinstall with: pip install mnist-tflite"
         )
     return None
+
+
+def require(*modules: str) -> None:
+    """Fail with the pip command now, before any output, if an optional module is missing.
+
+    Commands call this first, so that a missing TensorFlow is reported before an output
+    folder is created, not when the training stage first imports it.
+    """
+    for name in modules:
+        present = sys.modules[name] is not None if name in sys.modules else _findable(name)
+        if not present:
+            exc = ModuleNotFoundError(f"No module named {name!r}", name=name)
+            raise MnistTfliteError(missing_extra(exc) or str(exc))
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def broken_pipe() -> int:

@@ -203,5 +203,8 @@ def keras_file_bytes(arch: str) -> int:
     """An upper bound of the ``.keras`` file's size: weights, two Adam moments, the zip's overhead."""
     from mnist_tflite.training.model import get_architecture
 
-    params = get_architecture(arch).build().count_params()
+    a = get_architecture(arch)
+    params = a.param_count()
+    if params is None:  # a layer the table arithmetic does not know: ask Keras
+        params = a.build().count_params()
     return 3 * 4 * params + (128 << 10)
