@@ -17,6 +17,7 @@ from mnist_tflite.errors import MnistTfliteError, fail
 
 SEED_MAX = 2**32 - 1  # NumPy's and TF's seeding both take 32-bit values
 DATA_NAMES = ("auto", "embedded", "keras")
+MAX_IMAGES = 1_000_000  # --calibration-size, --micro-images: above any MNIST-like split
 
 
 def check_seed(seed: int, option: str = "--seed") -> int:
@@ -34,11 +35,18 @@ def check_int_range(value: int, option: str, low: int, high: int) -> int:
 
 
 def check_data_spec(spec: str, option: str = "--data") -> None:
-    """``auto``/``embedded``/``keras`` or an existing path, checked before an output is created."""
+    """``auto``/``embedded``/``keras``, an IDX directory or an ``.npz`` file, checked before
+    an output is created (the files themselves are read and checked by ``data.load``)."""
     if spec in DATA_NAMES:
         return
+    expected = "expected auto, embedded, an IDX directory or .npz"
     if not spec:
-        raise MnistTfliteError(f"{option} is empty; expected auto, embedded, an IDX directory or .npz")
+        raise MnistTfliteError(f"{option} is empty; {expected}")
+    if os.path.exists(spec) and not os.path.isdir(spec):
+        if not os.path.isfile(spec):
+            raise fail(spec, f"not a regular file or directory ({option}); {expected}")
+        if os.path.getsize(spec) == 0:
+            raise fail(spec, f"empty file ({option}); {expected}")
     if not os.path.exists(spec):
         raise fail(
             spec, f"no such file or directory ({option}); expected auto, embedded, an IDX directory or .npz"

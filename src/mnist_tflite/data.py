@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_tflite.checks import check_data_spec
 from mnist_tflite.errors import MnistTfliteError, fail, read_user_file
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -279,6 +280,7 @@ def load(
         return load_embedded()
     if spec == "embedded":
         return load_embedded()
+    check_data_spec(spec)  # a device or FIFO would block np.load
     path = Path(spec)
     if path.is_dir():
         return load_idx_dir(path)
