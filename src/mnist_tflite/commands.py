@@ -159,6 +159,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--top-k and --buffer-size must be >= 1, received: {args.top_k} and {args.buffer_size}"
         )
     check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
+    if args.show_input:  # a full or read-only disk fails before any image is read
+        check_out_dir(args.show_input, probe_bytes=64 << 10)
     clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
     check_int_range(args.top_k, "--top-k", 1, len(clf.class_names))
     results, failed = [], 0

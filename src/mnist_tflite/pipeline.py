@@ -92,9 +92,9 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     """Run the whole job; returns the report dict (also written to ``report.json``)."""
     recipes = config.validate()
     out = Path(config.out)
-    prepare_out_dir(out, config.force)
     t_start = time.perf_counter()
-    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
+    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)  # bad data: no folder made
+    prepare_out_dir(out, config.force)
     log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
     trained, keras_probs = train_stage(ds, config, out, log)
     rep = data_mod.normalize(

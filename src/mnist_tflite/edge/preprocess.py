@@ -232,6 +232,8 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+            raise fail(path, "not a regular file; expected a .npy array of MNIST-format images")
         try:
             raw = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
