@@ -218,11 +218,17 @@ def test_missing_extra_prints_the_pip_command(i, extra_results, ws):
 # -- stdout closed early (`| head`) -------------------------------------------------------
 
 
-def test_json_into_head_exits_quietly(ws, mnist):
-    """A real shell pipe: 10,000 predictions as JSON, of which `head` reads 10 bytes."""
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_json_into_head_exits_quietly(command, ws, mnist):
+    """A real shell pipe into `head -c 10`: 10,000 predictions (far more than a pipe holds),
+    or an evaluation (small: the pipe may or may not still be open when it is written)."""
     batch = ws / "many.npy"
     np.save(batch, mnist.x_test)
-    cmd = f'"{sys.executable}" -m mnist_tflite predict "{MODELS}/int8.tflite" "{batch}" --json | head -c 10'
+    args = {
+        "predict": f'predict "{MODELS}/int8.tflite" "{batch}" --json',
+        "evaluate": f'evaluate "{MODELS}/int8.tflite" --data embedded --latency-samples 0 --json',
+    }[command]
+    cmd = f'"{sys.executable}" -m mnist_tflite {args} | head -c 10'
     proc = subprocess.run(
         ["bash", "-c", cmd + '; echo "status=${PIPESTATUS[0]}" >&2'],
         capture_output=True,

@@ -29,8 +29,10 @@ def check_seed(seed: int, option: str = "--seed") -> int:
 
 def check_int_range(value: int, option: str, low: int, high: int) -> int:
     """``low <= value <= high`` for an integer option, else a one-line error."""
-    if not low <= value <= high:
-        raise MnistTfliteError(f"{option} must be in {low}..{high:,}, received: {value}")
+    if value < low:
+        raise MnistTfliteError(f"{option} must be >= {low}, received: {value}")
+    if value > high:
+        raise MnistTfliteError(f"{option} must be <= {high:,}, received: {value}")
     return value
 
 
