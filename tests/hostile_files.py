@@ -211,6 +211,10 @@ def _files_of(files: Files) -> Callable[[np.ndarray], Files]:
     return lambda digits: files
 
 
+def _made_dir(rel: str, make: Callable[[np.ndarray], dict[str, bytes]]) -> Callable[[np.ndarray], Files]:
+    return lambda digits: {f"{rel}/{k}": v for k, v in make(digits).items()}
+
+
 def _made(rel: str, make: Callable[[np.ndarray], bytes]) -> Callable[[np.ndarray], Files]:
     return lambda digits: {rel: make(digits)}
 
@@ -353,4 +357,82 @@ def report_cases() -> list[FileCase]:
         name = run if tag in ("is-a-dir", "dev-zero") else f"{run}/report.json"
         case = Case(f"report-{tag}", ("pareto", run, "--out", out), frozenset({2}), name, out)
         cases.append((case, _files_of({f"reports/{tag}/report.json": content})))
+    return cases
+
+
+# -- data sets (--data) --------------------------------------------------------------------
+
+
+def _npz(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    return buf.getvalue()
+
+
+def data_cases() -> list[FileCase]:
+    """Bad ``--data`` files for every command that loads data before its real work."""
+
+    def mnist(d, **override):
+        x, y = d[:20], np.arange(20, dtype=np.uint8) % 10
+        return _npz(**{"x_train": x, "y_train": y, "x_test": x, "y_test": y, **override})
+
+    def idx_dir(d, images=None, labels=None):
+        x, y = d[:6], np.arange(6, dtype=np.uint8)
+        return {
+            "train-images-idx3-ubyte": _idx(x),
+            "train-labels-idx1-ubyte": _idx(y),
+            "t10k-images-idx3-ubyte": images if images is not None else _idx(x),
+            "t10k-labels-idx1-ubyte": labels if labels is not None else _idx(y),
+        }
+
+    npz_specs: dict[str, Callable[[np.ndarray], bytes]] = {
+        "one-array.npz": lambda d: _npy(d[:3]),
+        "text.npz": lambda d: b"hello",
+        "cut.npz": lambda d: mnist(d)[: len(mnist(d)) // 2],
+        "empty-zip.npz": lambda d: _zip({}),
+        "garbage-members.npz": lambda d: _zip(
+            {f"{k}.npy": b"\x93NUMPY junk" for k in ("x_train", "y_train")}
+        ),
+        "no-y_test.npz": lambda d: _npz(x_train=d[:5], y_train=np.zeros(5, np.uint8), x_test=d[:5]),
+        "float-images.npz": lambda d: mnist(d, x_train=d[:20].astype(np.float32)),
+        "27x27.npz": lambda d: mnist(d, x_test=d[:20, :27, :27]),
+        "labels-12.npz": lambda d: mnist(d, y_test=np.full(20, 12, np.uint8)),
+        "labels-count.npz": lambda d: mnist(d, y_train=np.zeros(3, np.uint8)),
+        "labels-float.npz": lambda d: mnist(d, y_test=np.zeros(20, np.float32)),
+        "pickle.npz": lambda d: b"\x80\x04\x95" + b"\0" * 30,
+    }
+    dir_specs: dict[str, Callable[[np.ndarray], dict[str, bytes]]] = {
+        "idx-cut": lambda d: idx_dir(d, images=_idx(d[:6])[:-10]),
+        "idx-count-mismatch": lambda d: idx_dir(d, labels=_idx(np.arange(4, dtype=np.uint8))),
+        "idx-label-99": lambda d: idx_dir(d, labels=_idx(np.full(6, 99, np.uint8))),
+        "idx-no-test": lambda d: {k: v for k, v in idx_dir(d).items() if k.startswith("train")},
+    }
+    files: dict[str, Callable[[np.ndarray], Files]] = {}
+    for name, make in npz_specs.items():
+        files[f"{{W}}/data/{name}"] = _made(f"data/{name}", make)
+    for name, make in dir_specs.items():
+        files[f"{{W}}/data/{name}"] = _made_dir(f"data/{name}", make)
+    cases: list[FileCase] = []
+    for path, make in files.items():
+        tag = path.rsplit("/", 1)[1]
+        for command in ("evaluate", "train", "run", "export-micro"):
+            out = {"train": f"{{W}}/out/dt-{tag}.keras", "run": f"{{W}}/out/dr-{tag}"}.get(command)
+            out = f"{{W}}/out/dm-{tag}" if command == "export-micro" else out
+            argv = {
+                "evaluate": ("evaluate", "{M}/int8.tflite", "--data", path),
+                "train": ("train", "--epochs", "1", "--data", path, "--out", out),
+                "run": ("run", "--epochs", "1", "--data", path, "--out", out),
+                "export-micro": ("export-micro", "{M}/int8.tflite", "--verify", "--data", path, "--out", out),
+            }[command]
+            cases.append((Case(f"data-{command}-{tag}", argv, frozenset({2}), path, out), make))
     return cases

@@ -17,13 +17,21 @@ from pathlib import Path
 import pytest
 
 from tests.hostile_cases import build_workspace, check_outcome, leftovers
-from tests.hostile_files import input_cases, model_cases, report_cases, sidecar_cases, write_files
+from tests.hostile_files import (
+    data_cases,
+    input_cases,
+    model_cases,
+    report_cases,
+    sidecar_cases,
+    write_files,
+)
 
 GROUPS = {
     "models": model_cases(),
     "sidecars": sidecar_cases(),
     "inputs": input_cases(),
     "reports": report_cases(),
+    "data": data_cases(),
 }
 
 CHILD = """

@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import sys
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,11 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
     """Load an ``.npz`` with ``x_train, y_train, x_test, y_test`` (the Keras mnist.npz layout)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a .npy holds one array, not the four
+            expected = "expected x_train, y_train, x_test, y_test"
+            raise fail(path, f"one array (.npy), not an .npz archive; {expected}")
+        with loaded as npz:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
             if missing:
                 raise fail(
@@ -193,7 +198,7 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
         raise
     except FileNotFoundError:
         raise fail(path, "no such file") from None
-    except (OSError, ValueError, EOFError, zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise fail(path, f"not a readable .npz archive ({exc})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
