@@ -276,6 +276,7 @@ def input_cases() -> list[FileCase]:
         "header-only.npy": (lambda d: _npy(d[:4])[:128], {1}),
         "bad-magic.npy": (lambda d: b"\x93NUMPX" + _npy(d[:2])[6:], {1}),
         "huge-shape.npy": (lambda d: _npy(d[:1]).replace(b"(1, 28, 28)", b"(99999999999, 28, 28)"), {1}),
+        "blank-rows.npy": (lambda d: _npy(np.stack([np.zeros_like(d[0]), d[1], np.zeros_like(d[0])])), {1}),
         "fortran.npy": (lambda d: _npy(np.asfortranarray(d[:3])), {0}),
         "bool.npy": (lambda d: _npy(d[:3] > 128), {0}),
         "uint16.npy": (lambda d: _npy(d[:3].astype(np.uint16) * 257), {0}),

@@ -195,7 +195,10 @@ def to_mnist(image) -> np.ndarray:
         if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
             raise MnistTfliteError("image array holds NaN or infinity; expected finite pixel values")
         if _is_field(image):
-            return _scale(image).reshape(FIELD, FIELD)
+            x = _scale(image).reshape(FIELD, FIELD)
+            if not x.any():  # the rule everywhere (predict, Classifier, serve): no ink, no guess
+                raise BlankImageError("all 28x28 pixels are 0: no digit to classify")
+            return x
         if image.ndim == 2:
             a = _scale(image)[..., None]
         elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
@@ -295,9 +298,10 @@ def image_to_mnist(
 
 def iter_file(
     path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Iterator[tuple[str, np.ndarray]]:
+) -> Iterator[tuple[str, np.ndarray | str]]:
     """(source, (28, 28) image in [0, 1]) for each image a file holds: one for a picture,
-    one per row for a ``.npy``/IDX batch (memory-mapped: read as it is used).
+    one per row for a ``.npy``/IDX batch (memory-mapped: read as it is used). A blank row
+    gives (source, problem) instead, and the rows after it are still read.
 
     Example:
         >>> for source, x in iter_file("digits.npy"): ...
@@ -305,7 +309,11 @@ def iter_file(
     if is_array_file(path):
         raw = open_array_file(path)
         for i in range(len(raw)):
-            yield f"{path}[{i}]", to_mnist(np.asarray(raw[i]))
+            source = f"{path}[{i}]"
+            try:
+                yield source, to_mnist(np.asarray(raw[i]))
+            except BlankImageError as exc:
+                yield source, f"{source}: {exc}"
         return
     yield str(path), image_to_mnist(path, max_pixels=max_pixels)
 
