@@ -50,9 +50,7 @@ def check_data_spec(spec: str, option: str = "--data") -> None:
         if os.path.getsize(spec) == 0:
             raise fail(spec, f"empty file ({option}); {expected}")
     if not os.path.exists(spec):
-        raise fail(
-            spec, f"no such file or directory ({option}); expected auto, embedded, an IDX directory or .npz"
-        )
+        raise fail(spec, f"no such file or directory ({option}); {expected}")
 
 
 def check_out_file(
@@ -81,14 +79,7 @@ def check_out_file(
         raise fail(path, "already exists (pass --force to overwrite)")
     if path.exists() and not path.is_file():
         raise fail(path, "--out exists and is not a regular file; expected a file path")
-    parent = path.parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise fail(existing, f"is not a directory; cannot create {path}")
-    check_writable(existing)  # read-only: say so before working out the size
-    check_writable(existing, probe_bytes() if callable(probe_bytes) else probe_bytes)
+    check_out_dir(path.parent, probe_bytes=probe_bytes)
 
 
 def check_out_dir(path: Path, *, probe_bytes: int | Callable[[], int] = 0) -> None:
@@ -103,7 +94,8 @@ def check_out_dir(path: Path, *, probe_bytes: int | Callable[[], int] = 0) -> No
     if not existing.is_dir():
         raise fail(existing, f"is not a directory; cannot create {path}")
     check_writable(existing)  # read-only: say so before working out the size
-    check_writable(existing, probe_bytes() if callable(probe_bytes) else probe_bytes)
+    if probe_bytes:
+        check_writable(existing, probe_bytes() if callable(probe_bytes) else probe_bytes)
 
 
 def check_writable(directory: Path, probe_bytes: int = 0) -> None:
@@ -118,13 +110,9 @@ def check_writable(directory: Path, probe_bytes: int = 0) -> None:
         if probe_bytes:
             os.fsync(fd)
     except OSError as exc:
-        raise fail(
-            directory,
-            f"cannot write here ({exc.strerror}); expected a writable location "
-            f"with {probe_bytes:,} bytes free"
-            if probe_bytes
-            else f"cannot write here ({exc.strerror}); expected a writable location",
-        ) from None
+        room = f" with {probe_bytes:,} bytes free" if probe_bytes else ""
+        problem = f"cannot write here ({exc.strerror}); expected a writable location{room}"
+        raise fail(directory, problem) from None
     finally:
         if fd >= 0:
             os.close(fd)
