@@ -266,3 +266,17 @@ def test_stdout_closed_before_the_output(argv):
         os.close(write_end)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     assert proc.returncode in (141, 2), proc.stderr
+
+
+@pytest.mark.slow
+def test_keras_save_on_a_full_disk(full_and_ro):
+    """`train`'s last step, if the disk fills during training: one error, no temp files."""
+    from mnist_tflite.errors import SystemRefused
+    from mnist_tflite.training.model import build
+    from mnist_tflite.training.train import save_model
+
+    target = full_and_ro["full"] / "model.keras"
+    with pytest.raises(SystemRefused, match="No space left on device") as info:
+        save_model(build("tiny"), target)
+    assert str(target) in str(info.value)
+    assert [p.name for p in full_and_ro["full"].iterdir()] == ["filler"]
