@@ -19,6 +19,8 @@ from mnist_tflite.report import tables as report_mod
 
 __all__ = ["load_run", "merge_runs", "write_pareto"]
 
+MAX_REPORT_BYTES = 64 << 20  # a run's report.json is tens of KB
+
 # the columns that matter when choosing between architectures; the full ones stay in each run
 _COLUMNS = ("name", "size_bytes", "flash_bytes", "arena_bytes", "zip_bytes", "accuracy", "latency_us", "io")
 
@@ -32,6 +34,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise fail(run_dir, "no report.json; expected a directory written by `mnist-tflite run`")
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        expected = "expected a report written by `mnist-tflite run`"
+        raise fail(path, f"larger than {MAX_REPORT_BYTES:,} bytes; {expected}")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except RecursionError:
