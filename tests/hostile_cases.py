@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 MODELS = Path(__file__).parent / "models"
-ERROR_LINE = re.compile(r"^mnist-tflite(?: [\w-]+)?: error: ")
+ERROR_LINE = re.compile(r"^mnist-tflite: error: ")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from mnist_tflite import commands, guard
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
@@ -226,8 +227,17 @@ def _add_export_micro(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_export_micro)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the one-line form of every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog[len(PROG) :].strip()  # "mnist-tflite train" -> "train"
+        self.exit(2, f"{PROG}: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="From MNIST to a verified TensorFlow Lite model on an edge device.",
         epilog="example:\n  mnist-tflite run --out runs/demo",
