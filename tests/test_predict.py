@@ -239,3 +239,19 @@ def test_directory_without_images_is_an_error(models_dir, tmp_path):
     r = run_cli("predict", str(models_dir / "int8.tflite"), str(tmp_path))
     assert r.returncode == 2 and "no input found" in r.stderr and str(tmp_path) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_blank_image_is_refused_the_same_way_everywhere(models_dir, tmp_path, mnist, capsys):
+    """One rule (as `serve`'s 422): a 28x28 with no ink is an error, not '1 (14 %)'."""
+    from mnist_tflite.edge.preprocess import BlankImageError
+
+    clf = Classifier(models_dir / "int8.tflite")
+    for blank in (np.zeros((28, 28), np.uint8), np.zeros((28, 28, 1), np.float32)):
+        with pytest.raises(BlankImageError, match="no digit"):
+            clf.predict(blank)
+    batch = tmp_path / "rows.npy"
+    np.save(batch, np.stack([mnist.x_test[0], np.zeros((28, 28), np.uint8), mnist.x_test[1]]))
+    assert main(["predict", str(models_dir / "int8.tflite"), str(batch)]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.strip().splitlines()] == [f"{batch}[0]", f"{batch}[2]"]
+    assert err.strip() == f"mnist-tflite: error: {batch}[1]: all 28x28 pixels are 0: no digit to classify"

@@ -55,3 +55,10 @@ def test_seed_recipe_is_the_write_ups():
 def test_bad_config(cfg, message):
     with pytest.raises(MnistTfliteError, match=message):
         cfg.validate()
+
+
+@pytest.mark.parametrize("arch", [a.name for a in model.ARCHITECTURES])
+def test_param_count_from_the_table_matches_keras(arch):
+    """`train` sizes its disk-space check from the table, before TensorFlow is imported."""
+    a = model.get_architecture(arch)
+    assert a.param_count() == a.build().count_params()

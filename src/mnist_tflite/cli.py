@@ -10,10 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from mnist_tflite import commands
+from mnist_tflite import commands, guard
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
-from mnist_tflite.errors import PROG, MnistTfliteError
+from mnist_tflite.errors import PROG, MnistTfliteError, os_error
 from mnist_tflite.recipes import CALIBRATION_SIZE
 
 
@@ -263,8 +264,17 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_compile)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the one-line form of every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog[len(PROG) :].strip()  # "mnist-tflite train" -> "train"
+        self.exit(2, f"{PROG}: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="From MNIST to a verified TensorFlow Lite model on an edge device.",
         epilog="example:\n  mnist-tflite run --out runs/demo",
@@ -291,15 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for user errors, with a one-line message)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    nul = next((a for a in argv if "\0" in a), None)
+    if nul is not None:  # only a caller of main() can pass one; the OS would refuse the path
+        return guard.report(f"argument {nul!r} contains a NUL byte; expected a plain value or path", 2)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to report
+        return code
+    except BrokenPipeError:
+        return guard.broken_pipe()
     except MnistTfliteError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return guard.report(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        hint = guard.missing_extra(exc)
+        if hint is None:
+            raise
+        return guard.report(hint, 2)
+    except OSError as exc:  # the system refused (disk full, read-only, I/O error): not our bug
+        return guard.report(str(os_error(exc, doing="failed")), 1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,12 @@ import json
 import sys
 from typing import Any
 
-from mnist_tflite.errors import PROG, MnistTfliteError
+from mnist_tflite import guard
+from mnist_tflite.checks import check_data_spec, check_int_range, check_out_dir, check_out_file, check_seed
+from mnist_tflite.errors import PROG, MnistTfliteError, fail
+
+MAX_BUFFER = 65_536  # predict --buffer-size: images held in memory at once
+PARETO_BYTES = 256 << 10  # pareto.png (~60 KB), .md and .json, with room to spare
 
 
 def _train_config(args: argparse.Namespace):  # -> TrainConfig
@@ -26,7 +31,9 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    guard.require("tensorflow", "tflite_micro")
     from mnist_tflite.pipeline import RunConfig, run
+    from mnist_tflite.training.train import keras_file_bytes
 
     config = RunConfig(
         out=args.out,
@@ -37,6 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         micro_images=args.micro_images,
     )
+    config.validate()
+    # the run writes the Keras model, a .tflite per recipe and plots: a full disk fails now
+    check_out_dir(args.out, probe_bytes=lambda: 2 * keras_file_bytes(config.train.arch))
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     report = run(config, log=log)
     if args.json:
@@ -45,14 +55,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    guard.require("tensorflow")
     from mnist_tflite import data
     from mnist_tflite.training.download import keras_mnist
-    from mnist_tflite.training.train import save_model, train
+    from mnist_tflite.training.train import keras_file_bytes, save_model, train
 
-    if args.out.exists() and not args.force:
-        raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
     config = _train_config(args)
     config.validate()
+    check_data_spec(args.data)
+    # a full disk or read-only folder fails now, not after the training
+    check_out_file(args.out, force=args.force, probe_bytes=lambda: keras_file_bytes(config.arch))
     ds = data.load(args.data, downloader=keras_mnist)
     result = train(ds, config)
     save_model(result.model, args.out)
@@ -61,13 +73,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    guard.require("tensorflow")
     from mnist_tflite.recipes import get_recipe
     from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.variants import convert_file
 
     get_recipe(args.recipe)  # unknown recipe: fail before loading anything
-    if args.out.exists() and not args.force:
-        raise MnistTfliteError(f"{args.out}: already exists (pass --force to overwrite)")
+    check_seed(args.seed)
+    if args.calibration_size < 1:
+        raise MnistTfliteError(f"--calibration-size must be >= 1, received: {args.calibration_size}")
+    check_data_spec(args.data)
+    check_out_file(args.out, force=args.force, suffixes=(".tflite",))
+    sidecar = args.out.with_suffix(".json")
+    if sidecar.exists() and not sidecar.is_file():
+        raise fail(sidecar, "exists and is not a regular file; the metadata sidecar is written here")
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     meta = convert_file(
         args.model,
@@ -106,6 +125,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from mnist_tflite.report.pareto import write_pareto
 
+    check_out_dir(args.out, probe_bytes=PARETO_BYTES)  # read-only or full: before the folder is made
     doc = write_pareto(args.runs, args.out, force=args.force)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -120,6 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnist_tflite.report import tables as report_mod
 
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
+    check_int_range(args.latency_samples, "--latency-samples", 0, len(ds.x_test))
     options = _pick(args, "reference", "latency_samples", "allow_modified")
     rows = compare_models(args.models, ds.x_test, ds.y_test, **options)
     table = report_mod.rows_as_dicts(rows)
@@ -137,7 +158,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MnistTfliteError(
             f"--top-k and --buffer-size must be >= 1, received: {args.top_k} and {args.buffer_size}"
         )
+    check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
+    if args.show_input:  # a full or read-only disk fails before any image is read
+        check_out_dir(args.show_input, probe_bytes=64 << 10)
     clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
+    check_int_range(args.top_k, "--top-k", 1, len(clf.class_names))
     results, failed = [], 0
     saver = save_inputs(args.show_input) if args.show_input else None
     seen = 0
@@ -169,6 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    guard.require("fastapi", "uvicorn", "pydantic")
     from mnist_tflite.serve.app import serve
 
     if not 0 <= args.port <= 65535:
@@ -178,6 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
+    if args.verify:
+        guard.require("tflite_micro")
     from mnist_tflite.micro.export import ExportOptions, export, summary_text
 
     opts = ExportOptions(

@@ -8,8 +8,10 @@ the model's input normalization.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import sys
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_tflite.checks import check_data_spec
 from mnist_tflite.errors import MnistTfliteError, fail, read_user_file
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -35,6 +38,7 @@ FASHION_CLASSES = (
 )
 # Input normalization shared by training, conversion metadata and every inference path.
 PIXEL_SCALE = 1.0 / 255.0
+MAX_IDX_BYTES = 1 << 30  # decompressed; the full MNIST training images are 47 MB
 IMAGE_SHAPE = (28, 28)
 FULL_SET_HINT = (
     "for the full 60,000-image training set run once with internet "
@@ -92,9 +96,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     raw = read_user_file(path, "an IDX file (e.g. t10k-images-idx3-ubyte[.gz])")
     try:
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+                raw = gz.read(MAX_IDX_BYTES + 1)  # bounded: a gzip bomb stops here
     except (OSError, EOFError, zlib.error) as exc:
         raise fail(path, f"cannot read gzip data ({exc})") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise fail(path, f"IDX data over {MAX_IDX_BYTES:,} bytes; expected MNIST-sized arrays")
     if len(raw) < 4:
         raise fail(path, f"not an IDX file: {len(raw)} bytes, expected a 4-byte magic number")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
@@ -174,7 +181,11 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
     """Load an ``.npz`` with ``x_train, y_train, x_test, y_test`` (the Keras mnist.npz layout)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a .npy holds one array, not the four
+            expected = "expected x_train, y_train, x_test, y_test"
+            raise fail(path, f"one array (.npy), not an .npz archive; {expected}")
+        with loaded as npz:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
             if missing:
                 raise fail(
@@ -187,7 +198,7 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
         raise
     except FileNotFoundError:
         raise fail(path, "no such file") from None
-    except (OSError, ValueError, EOFError, zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise fail(path, f"not a readable .npz archive ({exc})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -274,6 +285,7 @@ def load(
         return load_embedded()
     if spec == "embedded":
         return load_embedded()
+    check_data_spec(spec)  # a device or FIFO would block np.load
     path = Path(spec)
     if path.is_dir():
         return load_idx_dir(path)

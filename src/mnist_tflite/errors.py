@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 PROG = "mnist-tflite"  # the command name, in every one-line error
@@ -25,26 +25,64 @@ def fail(path: object, problem: str) -> MnistTfliteError:
     return MnistTfliteError(f"{path}: {problem}")
 
 
-def read_user_file(path: str | os.PathLike[str], expected: str, *, label: object = None) -> bytes:
-    """Read a file the user named; missing, unreadable or empty is a one-line error.
+MAX_USER_FILE = 1 << 30  # models, images, IDX files: far above any real one, below exhausting memory
+
+
+def read_user_file(
+    path: str | os.PathLike[str], expected: str, *, label: object = None, max_bytes: int = MAX_USER_FILE
+) -> bytes:
+    """Read a file the user named; missing, unreadable, empty or not a file is a one-line error.
 
     Args:
         path: the file.
         expected: what the file should be, for the message (e.g. "a TFLite flatbuffer").
         label: what to call the file in messages (default: the path).
+        max_bytes: refuse larger files (a device such as /dev/zero never ends).
     """
     label = path if label is None else label
     try:
-        data = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise fail(label, f"is a directory; expected {expected}")
+        if not stat.S_ISREG(mode):  # a FIFO would block, /dev/zero would never end
+            raise fail(label, f"is a {_file_kind(mode)}, not a regular file; expected {expected}")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise fail(label, "no such file") from None
-    except IsADirectoryError:
-        raise fail(label, f"is a directory; expected {expected}") from None
     except OSError as exc:
         raise fail(label, f"cannot read ({exc.strerror})") from None
     if not data:
         raise fail(label, f"empty file (0 bytes); expected {expected}")
+    if len(data) > max_bytes:
+        raise fail(label, f"larger than {max_bytes:,} bytes; expected {expected}")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+        stat.S_ISFIFO: "named pipe",
+        stat.S_ISSOCK: "socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
+class SystemRefused(MnistTfliteError):
+    """The system refused a read or write (disk full, read-only folder, I/O error): exit 1.
+
+    Not a usage mistake (exit 2), and not our bug (a traceback): one line naming the file.
+    """
+
+    exit_code = 1
+
+
+def os_error(exc: OSError, path: object = None, doing: str = "cannot write") -> SystemRefused:
+    """One line for an ``OSError``: the file, the action and the system's reason."""
+    name = path if path is not None else (exc.filename or "?")
+    reason = exc.strerror or type(exc).__name__
+    return SystemRefused(f"{name}: {doing} ({reason})")
 
 
 class ConversionError(MnistTfliteError):

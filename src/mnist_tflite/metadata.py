@@ -16,8 +16,12 @@ from typing import Any
 
 from mnist_tflite import atomic
 from mnist_tflite.errors import fail
+from mnist_tflite.sidecar_schema import SCHEMA, found, is_sha256, validate
 
 FORMAT = "mnist-tflite-metadata/1"
+MAX_SIDECAR_BYTES = 4 << 20  # ours are ~2 KB; a bound keeps /dev/zero or a huge file from hanging us
+
+__all__ = ["FORMAT", "SCHEMA", "check_hash", "read", "sha256_bytes", "sidecar_path", "validate", "write"]
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
@@ -30,17 +34,34 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The sidecar of ``model_path``, or None when there is none (a model from elsewhere)."""
+    """The sidecar of ``model_path``, validated against ``SCHEMA``; None when there is none.
+
+    A model without a sidecar is any MNIST-shaped ``.tflite`` from elsewhere; a sidecar
+    that exists but is not what mnist-tflite writes is an error naming the file and key.
+    """
     path = sidecar_path(model_path)
     if not path.exists():
         return None
+    expected = "JSON written by mnist-tflite"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problem = f"unreadable metadata sidecar ({exc}); expected JSON written by mnist-tflite"
-        raise fail(path, problem) from None
+        if not path.is_file():
+            raise fail(path, f"not a regular file; expected {expected}")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SIDECAR_BYTES + 1)
+    except OSError as exc:
+        raise fail(path, f"unreadable metadata sidecar ({exc.strerror}); expected {expected}") from None
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise fail(path, f"metadata sidecar larger than {MAX_SIDECAR_BYTES:,} bytes; expected {expected}")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise fail(path, f"metadata sidecar nested too deeply to read; expected {expected}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError; ints over 4,300 digits
+        problem = str(exc).splitlines()[0][:200]
+        raise fail(path, f"unreadable metadata sidecar ({problem}); expected {expected}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise fail(path, f'not an mnist-tflite metadata sidecar; expected "format": "{FORMAT}"')
+    validate(meta, path)
     return meta
 
 
@@ -51,18 +72,29 @@ def write(model_path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
 
 
 def check_hash(model_path: str | os.PathLike[str], data: bytes, meta: dict[str, Any] | None) -> bool:
-    """True if ``meta`` vouches for exactly these bytes; raise if it vouches for others.
+    """True if ``meta`` vouches for exactly these bytes; raise if it does not.
 
-    Returns False when there is no recorded hash (nothing to check against).
+    Returns False when there is no sidecar (a model from elsewhere: nothing to check). A
+    sidecar without a valid ``sha256`` is an error: deleting the hash must not be a way
+    round the check (``--allow-modified`` skips this function).
     """
-    if not meta or "sha256" not in meta:
+    if meta is None:
         return False
+    side = sidecar_path(model_path)
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, str) or not is_sha256(recorded):
+        what = "no sha256" if "sha256" not in meta else f"sha256 {found(recorded)}"
+        raise fail(
+            side,
+            f"{what}; expected 64 hex digits, the SHA-256 of {Path(model_path).name} "
+            "(pass --allow-modified to use the model unchecked)",
+        )
     actual = sha256_bytes(data)
-    if actual != meta["sha256"]:
+    if actual != recorded.lower():
         raise fail(
             model_path,
-            f"SHA-256 {actual[:16]}... does not match {meta['sha256'][:16]}... recorded in "
-            f"{sidecar_path(model_path).name}: the model was modified or corrupted "
+            f"SHA-256 {actual[:16]}... does not match {recorded[:16]}... recorded in "
+            f"{side.name}: the model was modified or corrupted "
             "(pass --allow-modified to use it anyway)",
         )
     return True

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite.checks import MAX_IMAGES, check_data_spec, check_int_range
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES, VariantResult, confusion_matrix, evaluate_model
 from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
@@ -39,13 +40,13 @@ class RunConfig:
 
     def validate(self) -> list[Recipe]:
         """Check every option before any work starts; returns the recipes to build."""
-        if self.calibration_size < 1:
-            raise MnistTfliteError(f"--calibration-size must be >= 1, received: {self.calibration_size}")
+        check_int_range(self.calibration_size, "--calibration-size", 1, MAX_IMAGES)
         if self.latency_samples < 0:
             raise MnistTfliteError(f"--latency-samples must be >= 0, received: {self.latency_samples}")
-        if self.micro_images is not None and self.micro_images < 1:
-            raise MnistTfliteError(f"--micro-images must be >= 1, received: {self.micro_images}")
+        if self.micro_images is not None:
+            check_int_range(self.micro_images, "--micro-images", 1, MAX_IMAGES)
         self.train.validate()
+        check_data_spec(self.data)  # before prepare_out_dir: a typo must not leave an empty folder
         return resolve_recipes(self.recipes)
 
 
@@ -91,9 +92,9 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     """Run the whole job; returns the report dict (also written to ``report.json``)."""
     recipes = config.validate()
     out = Path(config.out)
-    prepare_out_dir(out, config.force)
     t_start = time.perf_counter()
-    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
+    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)  # bad data: no folder made
+    prepare_out_dir(out, config.force)
     log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
     trained, keras_probs = train_stage(ds, config, out, log)
     rep = data_mod.normalize(

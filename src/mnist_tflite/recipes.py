@@ -179,6 +179,8 @@ def with_sparsity(recipe: Recipe, sparsity: float | None) -> Recipe:
     """
     if sparsity is None:
         return recipe
+    if not 0 < sparsity < 1:  # also NaN
+        raise MnistTfliteError(f"--sparsity must be in (0, 1), received: {sparsity}")
     if recipe.training != "prune":
         pruning = ", ".join(r.name for r in RECIPES if r.training == "prune")
         raise MnistTfliteError(f"--sparsity applies to pruning recipes ({pruning}), not {recipe.name!r}")

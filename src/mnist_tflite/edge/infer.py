@@ -91,7 +91,6 @@ def read_model_bytes(
         found = data[4:8] if len(data) >= 8 else data[:8]
         raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
     meta = metadata.read(path)
-    verified = False
     verified = False if allow_modified else metadata.check_hash(path, data, meta)
     return data, meta, verified
 
@@ -160,6 +159,11 @@ class TfliteModel:
         self._check_shapes()
         names = (self.metadata or {}).get("class_names")
         n_out = self.output.shape[-1]
+        if names and len(names) != n_out:
+            raise fail(
+                metadata.sidecar_path(self.path),
+                f"class_names has {len(names)} entries; expected {n_out}, the model's outputs",
+            )
         self.class_names = (
             tuple(names)
             if names and len(names) == n_out

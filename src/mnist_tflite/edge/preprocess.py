@@ -19,7 +19,7 @@ import numpy as np
 
 from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from mnist_tflite.edge.ink import BlankImageError, ink_map, running
-from mnist_tflite.errors import fail
+from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -192,8 +192,13 @@ def to_mnist(image) -> np.ndarray:
         >>> x = to_mnist(load_image("photo.jpg"))  # then model.predict_proba(x[None])
     """
     if isinstance(image, np.ndarray):
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise MnistTfliteError("image array holds NaN or infinity; expected finite pixel values")
         if _is_field(image):
-            return _scale(image).reshape(FIELD, FIELD)
+            x = _scale(image).reshape(FIELD, FIELD)
+            if not x.any():  # the rule everywhere (predict, Classifier, serve): no ink, no guess
+                raise BlankImageError("all 28x28 pixels are 0: no digit to classify")
+            return x
         if image.ndim == 2:
             a = _scale(image)[..., None]
         elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
@@ -230,6 +235,8 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+            raise fail(path, "not a regular file; expected a .npy array of MNIST-format images")
         try:
             raw = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -247,8 +254,14 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         a = a[None]
     if a.ndim != 3 or a.shape[1:] != (FIELD, FIELD):
         raise fail(path, f"array of shape {a.shape}; expected (N, 28, 28) or (28, 28) MNIST-format images")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
         raise fail(path, f"array of type {a.dtype}; expected numbers (uint8 0..255 or float 0..1)")
+    if np.issubdtype(a.dtype, np.floating):
+        for start in range(0, len(a), 4096):  # in chunks: a memory-mapped batch stays unread
+            bad = ~np.isfinite(a[start : start + 4096]).reshape(-1, FIELD * FIELD).all(axis=1)
+            if bad.any():
+                row = start + int(np.argmax(bad))
+                raise fail(path, f"image [{row}] holds NaN or infinity; expected finite pixel values")
     return a
 
 
@@ -285,9 +298,10 @@ def image_to_mnist(
 
 def iter_file(
     path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Iterator[tuple[str, np.ndarray]]:
+) -> Iterator[tuple[str, np.ndarray | str]]:
     """(source, (28, 28) image in [0, 1]) for each image a file holds: one for a picture,
-    one per row for a ``.npy``/IDX batch (memory-mapped: read as it is used).
+    one per row for a ``.npy``/IDX batch (memory-mapped: read as it is used). A blank row
+    gives (source, problem) instead, and the rows after it are still read.
 
     Example:
         >>> for source, x in iter_file("digits.npy"): ...
@@ -295,7 +309,11 @@ def iter_file(
     if is_array_file(path):
         raw = open_array_file(path)
         for i in range(len(raw)):
-            yield f"{path}[{i}]", to_mnist(np.asarray(raw[i]))
+            source = f"{path}[{i}]"
+            try:
+                yield source, to_mnist(np.asarray(raw[i]))
+            except BlankImageError as exc:
+                yield source, f"{source}: {exc}"
         return
     yield str(path), image_to_mnist(path, max_pixels=max_pixels)
 

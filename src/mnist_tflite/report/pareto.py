@@ -19,6 +19,8 @@ from mnist_tflite.report import tables as report_mod
 
 __all__ = ["load_run", "merge_runs", "write_pareto"]
 
+MAX_REPORT_BYTES = 64 << 20  # a run's report.json is tens of KB
+
 # the columns that matter when choosing between architectures; the full ones stay in each run
 _COLUMNS = ("name", "size_bytes", "flash_bytes", "arena_bytes", "zip_bytes", "accuracy", "latency_us", "io")
 
@@ -32,12 +34,30 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise fail(run_dir, "no report.json; expected a directory written by `mnist-tflite run`")
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        expected = "expected a report written by `mnist-tflite run`"
+        raise fail(path, f"larger than {MAX_REPORT_BYTES:,} bytes; {expected}")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(path, f"not readable JSON ({exc})") from None
+    except RecursionError:
+        raise fail(path, "JSON nested too deeply; expected a report written by `mnist-tflite run`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: also ints over 4,300 digits
+        raise fail(path, f"not readable JSON ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
         raise fail(path, "has no 'variants' list; expected a report written by `mnist-tflite run`")
+    bad = next((v for v in report["variants"] if not isinstance(v, dict)), None)
+    if bad is not None or not isinstance(report.get("train", {}), dict):
+        found = f"a variant {str(bad)[:40]!r}" if bad is not None else f"'train': {report['train']!r:.40}"
+        raise fail(path, f"has {found}; expected objects as written by `mnist-tflite run`")
+    config = report.get("train", {}).get("config", {})
+    if not isinstance(config, dict):
+        raise fail(path, f"has 'train.config': {config!r:.40}; expected an object")
+    for v in report["variants"]:
+        for key in ("size_bytes", "flash_bytes", "arena_bytes", "zip_bytes", "accuracy", "latency_us"):
+            x = v.get(key)
+            if x is not None and not (isinstance(x, int | float) and not isinstance(x, bool) and x == x):
+                name = str(v.get("name"))[:40]
+                raise fail(path, f"variant {name!r} has {key} {x!r:.40}; expected a number or null")
     return report
 
 

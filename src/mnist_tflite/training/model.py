@@ -40,6 +40,38 @@ class Architecture:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
         return keras.Model(inputs, outputs, name=f"mnist_{self.name}")
 
+    def param_count(self, num_classes: int = 10) -> int | None:
+        """Trainable parameters, from the table alone (no TensorFlow); None for unknown layers."""
+        h, w, c, flat, total = 28, 28, 1, 0, 0
+        for kind, kw in self.layers:
+            if kind == "Conv2D":
+                k, s = _pair(kw.get("kernel_size", 1)), _pair(kw.get("strides", 1))
+                same = kw.get("padding", "valid") == "same"
+                h, w = _out_len(h, k[0], s[0], same), _out_len(w, k[1], s[1], same)
+                total += k[0] * k[1] * c * kw["filters"] + kw["filters"]
+                c = kw["filters"]
+            elif kind == "MaxPooling2D":
+                k = _pair(kw.get("pool_size", 2))
+                s = _pair(kw.get("strides") or k)
+                same = kw.get("padding", "valid") == "same"
+                h, w = _out_len(h, k[0], s[0], same), _out_len(w, k[1], s[1], same)
+            elif kind == "Flatten":
+                flat = h * w * c
+            elif kind == "Dense":
+                total += (flat or c) * kw["units"] + kw["units"]
+                flat, c = 0, kw["units"]
+            elif kind not in ("Dropout", "ReLU"):
+                return None
+        return total + (flat or c) * num_classes + num_classes
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _out_len(n: int, k: int, s: int, same: bool) -> int:
+    return -(-n // s) if same else (n - k) // s + 1
+
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(

@@ -12,8 +12,12 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite.checks import check_int_range, check_seed
 from mnist_tflite.errors import MnistTfliteError
 from mnist_tflite.training.tfimport import import_tf
+
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536  # larger batches than the data set are pointless; TF overflows far beyond
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,9 @@ class TrainConfig:
         from mnist_tflite.training.model import get_architecture
 
         get_architecture(self.arch)
-        if self.epochs < 1:
-            raise MnistTfliteError(f"--epochs must be >= 1, received: {self.epochs}")
-        if self.batch_size < 1:
-            raise MnistTfliteError(f"--batch-size must be >= 1, received: {self.batch_size}")
+        check_int_range(self.epochs, "--epochs", 1, MAX_EPOCHS)
+        check_int_range(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        check_seed(self.seed)
         if not 0.0 <= self.val_fraction < 1.0:
             raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {self.val_fraction}")
 
@@ -186,6 +189,22 @@ def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         keras_tmp = tmp.with_suffix(".keras")  # Keras insists on the extension
-        model.save(keras_tmp)
-        os.replace(keras_tmp, tmp)
+        try:
+            model.save(keras_tmp)
+            os.replace(keras_tmp, tmp)
+        except OSError as exc:  # full disk: name our file, not Keras's temporary one
+            raise OSError(exc.errno, exc.strerror) from None
+        finally:
+            keras_tmp.unlink(missing_ok=True)
     return path
+
+
+def keras_file_bytes(arch: str) -> int:
+    """An upper bound of the ``.keras`` file's size: weights, two Adam moments, the zip's overhead."""
+    from mnist_tflite.training.model import get_architecture
+
+    a = get_architecture(arch)
+    params = a.param_count()
+    if params is None:  # a layer the table arithmetic does not know: ask Keras
+        params = a.build().count_params()
+    return 3 * 4 * params + (128 << 10)

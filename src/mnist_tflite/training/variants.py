@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite.checks import check_seed
 from mnist_tflite.errors import MnistTfliteError
 from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, get_recipe, with_sparsity
 from mnist_tflite.training import optimize
@@ -86,6 +87,7 @@ def convert_file(
     recipe = with_sparsity(get_recipe(recipe_name), sparsity)
     if calibration_size < 1:
         raise MnistTfliteError(f"--calibration-size must be >= 1, received: {calibration_size}")
+    check_seed(seed)
     source = load_model_source(model_path)
     base = TrainConfig(seed=seed)
     if recipe.training:  # not one of our architectures: fail before loading data
