@@ -1,0 +1,249 @@
+"""The report's PNGs: accuracy against size with 95 % intervals, and the confusion matrix.
+
+Sizes are in KB of 1,024 bytes on a log axis; accuracies carry Wilson 95 % intervals, so a
+difference of three test images in 10,000 does not look like a cliff.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mnist_tflite import atomic
+
+__all__ = ["pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
+
+KB = 1024
+MIN_SPAN_POINTS = 1.0  # the y axis spans at least this many accuracy points
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95 % interval of a proportion ``accuracy`` measured on ``n`` images.
+
+    Example:
+        >>> wilson_interval(0.987, 10_000)  # about +-0.22 points
+        (0.9846..., 0.9890...)
+    """
+    if n <= 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / denom
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another that is at most as large and at least as accurate."""
+    front = []
+    for x, y in points:
+        if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
+            front.append((x, y))
+    return front
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _kb_label(value: float, _pos: object = None) -> str:
+    kb = value / KB
+    return f"{kb:,.0f} KB" if kb >= 1 else f"{value:,.0f} B"
+
+
+def _kb_axis(ax: Any, sizes: Sequence[float]) -> None:
+    """Log x axis with ticks at powers of two KB that cover ``sizes``, labelled in KB."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    lo, hi = min(sizes) / 1.6, max(sizes) * 1.6
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(lo, hi)
+    ticks = [KB * 2.0**k for k in range(-4, 24) if lo <= KB * 2.0**k <= hi]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(_kb_label))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _y_range(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:
+    """Cover every interval, span at least ``MIN_SPAN_POINTS``, never above 100 %."""
+    lo, hi = min(lows), max(highs)
+    span = max(hi - lo, MIN_SPAN_POINTS)
+    mid = (lo + hi) / 2
+    lo, hi = mid - 0.62 * span, mid + 0.62 * span
+    if hi > 100:
+        lo, hi = lo - (hi - 100), 100.0
+    return lo, hi
+
+
+def _overlaps(box: Any, others: Sequence[Any]) -> bool:
+    return any(box.overlaps(o) for o in others)
+
+
+def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]], avoid: Sequence[Any] = ()) -> None:
+    """Label every point inside the axes, off other labels, markers and ``avoid`` lines.
+
+    Tries offsets around each point (nearest first) and keeps the first whose text box fits.
+    """
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    from matplotlib.transforms import Bbox
+
+    taken = [Bbox.from_bounds(*(ax.transData.transform((x, y)) - 5), 10, 10) for x, y, _ in points]
+    lines = []
+    for line in avoid:  # sample each line densely: a label box must not cover any of it
+        xy = ax.transData.transform(np.column_stack(line.get_data()))
+        for (x0, y0), (x1, y1) in itertools.pairwise(xy):
+            for t in np.linspace(0, 1, 24):
+                px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                lines.append(Bbox.from_bounds(px - 1, py - 1, 2, 2))
+    offsets = [
+        (dx, dy)
+        for r in (7, 16, 28, 42)
+        for dx, dy in ((-r, r), (r, r), (-r, -r), (r, -r), (0, r + 4), (0, -r - 4))
+    ]
+    for x, y, name in points:
+        text = None
+        for dx, dy in offsets:
+            if text is not None:
+                text.remove()
+            text = ax.annotate(
+                name,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha="right" if dx < 0 else "left" if dx > 0 else "center",
+                va="bottom" if dy > 0 else "top",
+                fontsize=8,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if abs(dy) > 10 else None,
+                zorder=5,
+            )
+            box = text.get_window_extent(renderer)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not _overlaps(box, taken) and not _overlaps(box, lines):
+                break
+        if text is not None:
+            taken.append(text.get_window_extent(renderer))
+
+
+def plot_accuracy_vs_size(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    size_key: str = "size_bytes",
+    title: str = "Size vs accuracy",
+    test_images: int = 10_000,
+    group_key: str | None = None,
+    caption: str | None = None,
+) -> list[dict[str, Any]]:
+    """Accuracy (with Wilson 95 % intervals) against size for every variant, Pareto front drawn.
+
+    Args:
+        rows: report rows with ``name``, ``accuracy`` and ``size_key``; failed rows are skipped.
+        test_images: the number of images each accuracy was measured on (rows may carry their
+            own ``test_images``), which sets the interval.
+        group_key: colour the points by this row key (e.g. ``architecture``).
+        caption: a line under the plot (e.g. what was left out).
+
+    Returns:
+        The rows on the Pareto front, smallest first.
+    """
+    plt = _pyplot()
+    pts = [
+        r for r in rows if r.get("status", "ok") == "ok" and r.get(size_key) and r.get("accuracy") is not None
+    ]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    front: list[dict[str, Any]] = []
+    if pts:
+        intervals = [wilson_interval(r["accuracy"], int(r.get("test_images") or test_images)) for r in pts]
+        groups = list(dict.fromkeys(r.get(group_key, "") for r in pts)) if group_key else [""]
+        for g in groups:
+            mine = [
+                (r, ci)
+                for r, ci in zip(pts, intervals, strict=True)
+                if not group_key or r.get(group_key) == g
+            ]
+            xs = [r[size_key] for r, _ in mine]
+            ys = [100 * r["accuracy"] for r, _ in mine]
+            err = [[y - 100 * lo for y, (_, (lo, _hi)) in zip(ys, mine, strict=True)],
+                   [100 * hi - y for y, (_, (_lo, hi)) in zip(ys, mine, strict=True)]]  # fmt: skip
+            ax.errorbar(xs, ys, yerr=err, fmt="o", ms=5, capsize=3, lw=1, zorder=3, label=g or None)
+        front_xy = set(pareto_front([(r[size_key], 100 * r["accuracy"]) for r in pts]))
+        front = sorted(
+            (r for r in pts if (r[size_key], 100 * r["accuracy"]) in front_xy), key=lambda r: r[size_key]
+        )
+        _kb_axis(ax, [r[size_key] for r in pts])
+        ax.set_ylim(*_y_range([100 * lo for lo, _ in intervals], [100 * hi for _, hi in intervals]))
+        (step,) = ax.step(
+            [r[size_key] for r in front] + [ax.get_xlim()[1]],
+            [100 * r["accuracy"] for r in front] + [100 * front[-1]["accuracy"]],
+            where="post",
+            color="tab:red",
+            alpha=0.6,
+            label="Pareto front",
+        )
+        counts = ", ".join(f"{n:,}" for n in sorted({int(r.get("test_images") or test_images) for r in pts}))
+        ax.plot([], [], " ", label=f"bars: 95 % interval (Wilson, {counts} images)")
+        ax.legend(loc="lower right", fontsize=8)
+        _place_labels(ax, [(r[size_key], 100 * r["accuracy"], str(r["name"])) for r in pts], avoid=[step])
+    ax.set_xlabel(f"{size_key.replace('_', ' ')} (KB = 1,024 bytes; log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
+    _save(fig, path)
+    return front
+
+
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], title: str, path: str | os.PathLike[str]
+) -> None:
+    """Counts on a log colour scale (the diagonal dwarfs the errors), a colour bar, accuracy in the title."""
+    from matplotlib.colors import SymLogNorm
+
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    total = int(cm.sum())
+    acc = float(np.trace(cm)) / total if total else 0.0
+    fig, ax = plt.subplots(figsize=(7, 5.8), dpi=110)
+    norm = SymLogNorm(linthresh=1, vmin=0, vmax=max(1, int(cm.max())), base=10)
+    im = ax.imshow(cm, cmap="Blues", norm=norm)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                color = "white" if norm(cm[i, j]) > 0.6 else "black"
+                ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=7, color=color)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("test images (log scale)")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [str(c)[:8] for c in class_names], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [str(c)[:8] for c in class_names], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    errors = total - int(np.trace(cm))
+    ax.set_title(f"{title}\n{100 * acc:.2f} % accurate on {total:,} test images ({errors:,} errors)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
