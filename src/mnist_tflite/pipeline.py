@@ -276,3 +276,26 @@ def report_stage(report: dict[str, Any], out: Path, log: Callable[[str], None]) 
     log("")
     log(f"report: {md}  {js}\nmodels: {out}/*.tflite (metadata in *.json)  keras: {out / 'model.keras'}")
     log(f"total {report['seconds_total']:.0f} s")
+    for line in next_steps(rows, out):
+        log(line)
+
+
+def next_steps(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """The commands a first-time user runs next, with this run's paths."""
+    import shlex
+
+    ok = [r["name"] for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return []
+    best = "int8" if "int8" in ok else ok[0]
+    model = shlex.quote(str(out / f"{best}.tflite"))
+    steps = [
+        "",
+        "next steps:",
+        f"  mnist-tflite predict {model} YOUR_DIGIT.png       # classify photos or scans",
+        f"  mnist-tflite serve {shlex.quote(str(out))}                  # draw digits in a browser",
+    ]
+    if best == "int8":
+        fw = shlex.quote(str(out / "firmware"))
+        steps.append(f"  mnist-tflite export-micro {model} --out {fw} --verify   # C sources for TFLM")
+    return steps

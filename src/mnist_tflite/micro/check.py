@@ -209,9 +209,9 @@ def disagreement(v: dict[str, Any] | None) -> str | None:
 def verification_line(name: str, v: dict[str, Any]) -> str:
     """One line for a report: TFLM accuracy and agreement with both LiteRT paths, as counts."""
     b, x, n = v["vs_litert_builtin"], v["vs_litert_xnnpack"], v["images"]
-    unit = " steps" if v["output_dtype"].startswith(("int", "uint")) else ""
+    unit = " step(s)" if v["output_dtype"].startswith(("int", "uint")) else ""
     differ = (
-        f" ({b['rows_differing']:,} differ by up to {b['max_abs_diff']:g}{unit}, "
+        f" ({b['rows_differing']:,} differ by at most {b['max_abs_diff']:g}{unit}, "
         f"{b['predictions_differing']} prediction(s))"
         if b["rows_differing"]
         else ""

@@ -84,22 +84,30 @@ def _y_range(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, floa
     return lo, hi
 
 
-def _overlaps(box: Any, others: Sequence[Any]) -> bool:
-    return any(box.overlaps(o) for o in others)
+def _place_labels(
+    ax: Any,
+    points: Sequence[tuple[float, float, str]],
+    avoid: Sequence[Any] = (),
+    bars: Sequence[tuple[float, float, float]] = (),
+    boxes: Sequence[Any] = (),
+) -> None:
+    """Label every point inside the axes, off other labels, markers, error ``bars`` and ``avoid`` lines.
 
-
-def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]], avoid: Sequence[Any] = ()) -> None:
-    """Label every point inside the axes, off other labels, markers and ``avoid`` lines.
-
-    Tries offsets around each point (nearest first) and keeps the first whose text box fits.
+    Tries offsets around each point (nearest first) and keeps the first whose text box fits;
+    a thin leader line joins each label to its point.
     """
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     taken = [Bbox.from_bounds(*(ax.transData.transform((x, y)) - 5), 10, 10) for x, y, _ in points]
+    for x, lo, hi in bars:  # (x, low, high) in data units: the whisker and its caps
+        (x0, y0), (_, y1) = ax.transData.transform([(x, lo), (x, hi)])
+        taken.append(Bbox.from_extents(x0 - 5, y0 - 2, x0 + 5, y1 + 2))
+    taken += list(boxes)  # e.g. the legend
     lines = []
     for line in avoid:  # sample each line densely: a label box must not cover any of it
         xy = ax.transData.transform(np.column_stack(line.get_data()))
@@ -107,34 +115,47 @@ def _place_labels(ax: Any, points: Sequence[tuple[float, float, str]], avoid: Se
             for t in np.linspace(0, 1, 24):
                 px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
                 lines.append(Bbox.from_bounds(px - 1, py - 1, 2, 2))
-    offsets = [
-        (dx, dy)
-        for r in (7, 16, 28, 42)
-        for dx, dy in ((-r, r), (r, r), (-r, -r), (r, -r), (0, r + 4), (0, -r - 4))
-    ]
+    steps = (0, 12, 24, 40, 60, 85)
+    offsets = sorted(
+        {
+            (sx * dx, sy * dy)
+            for dx in (10, 28, 50, 80, 115)
+            for dy in steps
+            for sx in (-1, 1)
+            for sy in (-1, 1)
+        }
+        | {(0, sy * dy) for dy in steps[1:] for sy in (-1, 1)},
+        key=lambda o: (math.hypot(*o), o[1] < 0),
+    )
     for x, y, name in points:
-        text = None
+        best: tuple[int, Any] | None = None
         for dx, dy in offsets:
-            if text is not None:
-                text.remove()
             text = ax.annotate(
                 name,
                 (x, y),
                 xytext=(dx, dy),
                 textcoords="offset points",
                 ha="right" if dx < 0 else "left" if dx > 0 else "center",
-                va="bottom" if dy > 0 else "top",
+                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
                 fontsize=8,
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if abs(dy) > 10 else None,
+                arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6, "shrinkA": 0, "shrinkB": 3},
                 zorder=5,
             )
-            box = text.get_window_extent(renderer)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-            if inside and not _overlaps(box, taken) and not _overlaps(box, lines):
+            clashes = (0 if inside else 1000) + sum(box.overlaps(o) for o in [*taken, *lines])
+            if best is None or clashes < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clashes, text)
+            else:
+                text.remove()
+            if clashes == 0:
                 break
-        if text is not None:
-            taken.append(text.get_window_extent(renderer))
+        if best is not None:
+            taken.append(Text.get_window_extent(best[1], renderer))
 
 
 def plot_accuracy_vs_size(
@@ -195,9 +216,9 @@ def plot_accuracy_vs_size(
         )
         counts = ", ".join(f"{n:,}" for n in sorted({int(r.get("test_images") or test_images) for r in pts}))
         ax.plot([], [], " ", label=f"bars: 95 % interval (Wilson, {counts} images)")
-        ax.legend(loc="lower right", fontsize=8)
-        _place_labels(ax, [(r[size_key], 100 * r["accuracy"], str(r["name"])) for r in pts], avoid=[step])
-    ax.set_xlabel(f"{size_key.replace('_', ' ')} (KB = 1,024 bytes; log scale)")
+        legend = ax.legend(loc="lower right", fontsize=8)
+    what = {"size_bytes": "model file size", "flash_bytes": "flash (model bytes)"}.get(size_key, size_key)
+    ax.set_xlabel(f"{what} (KB = 1,024 bytes; log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
@@ -206,6 +227,15 @@ def plot_accuracy_vs_size(
         fig.tight_layout(rect=(0, 0.05, 1, 1))
     else:
         fig.tight_layout()
+    if pts:  # after the layout is final: labels are placed in display coordinates
+        fig.canvas.draw()
+        _place_labels(
+            ax,
+            [(r[size_key], 100 * r["accuracy"], str(r["name"])) for r in pts],
+            avoid=[step],
+            bars=[(r[size_key], 100 * lo, 100 * hi) for r, (lo, hi) in zip(pts, intervals, strict=True)],
+            boxes=[legend.get_window_extent()],
+        )
     _save(fig, path)
     return front
 
@@ -229,6 +259,8 @@ def plot_confusion(
                 color = "white" if norm(cm[i, j]) > 0.6 else "black"
                 ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=7, color=color)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_ticks([t for t in (0, 1, 10, 100, 1000, 10000) if t <= max(1, int(cm.max()))])
+    bar.set_ticklabels([f"{t:,}" for t in bar.get_ticks()])
     bar.set_label("test images (log scale)")
     ticks = range(len(class_names))
     ax.set_xticks(ticks, [str(c)[:8] for c in class_names], rotation=45, ha="right", fontsize=8)
