@@ -66,11 +66,9 @@ def test_evaluate_json_offline_is_only_json_and_never_touches_the_network(tmp_pa
     ],
 )
 def test_other_json_commands_print_only_json(args, tmp_path):
-    from tests.conftest import SHARED_MNIST
+    import mnist_tflite
 
-    idx = SHARED_MNIST / "t10k-images-idx3-ubyte.gz"
-    if "MNIST_IDX" in args:
-        assert idx.exists(), f"{idx}: the shared MNIST copy is missing"
+    idx = Path(mnist_tflite.__file__).parent / "_data" / "mnist" / "t10k-images-idx3-ubyte.gz"
     r = _offline(tmp_path, *(str(idx) if a == "MNIST_IDX" else a for a in args))
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout)

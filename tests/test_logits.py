@@ -49,8 +49,8 @@ def test_committed_int8_model_ends_in_logits_and_says_so(models_dir):
 def test_int8_probabilities_are_not_pinned(probs):
     p8, p32 = probs["int8"], probs["float32"]
     np.testing.assert_allclose(p8.sum(axis=1), 1.0, atol=1e-5)
-    confident = p32.max(axis=1) > 0.9999
-    assert confident.mean() > 0.5
+    confident = p32.max(axis=1) > 0.999
+    assert confident.sum() > 1000
     # a confident answer reads above 99.6 %, as the float model's does...
     assert (p8.max(axis=1)[confident] > PINNED).mean() > 0.9
     # ...and the runners-up keep their (small) probabilities instead of reading 0.0 %
@@ -87,8 +87,6 @@ def test_output_kind_comes_from_the_model_not_the_sidecar(models_dir, tmp_path, 
 
 
 def test_logits_copy_keeps_weights_and_drops_only_the_softmax(trained_model, mnist):
-    import keras
-
     from mnist_tflite.training.model import logits_copy
 
     model, _ = trained_model
@@ -97,7 +95,8 @@ def test_logits_copy_keeps_weights_and_drops_only_the_softmax(trained_model, mni
     assert model.layers[-1].get_config()["activation"] == "softmax"  # the original is untouched
     x = data.normalize(mnist.x_test[:64])
     logits = np.asarray(copy.predict(x, verbose=0))
-    np.testing.assert_allclose(keras.ops.softmax(logits).numpy(), model.predict(x, verbose=0), atol=1e-6)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), model.predict(x, verbose=0), atol=1e-6)
     assert logits_copy(copy) is copy  # nothing left to strip
 
 

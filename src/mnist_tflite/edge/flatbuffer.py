@@ -44,8 +44,20 @@ class Node:
     outputs: tuple[int, ...]
 
 
-# ops that pass the classifier's answer through unchanged in kind
-_PASS_THROUGH = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "CAST")
+# ops that move or retype the classifier's answer without changing its kind (data = input 0)
+_PASS_THROUGH = (
+    "QUANTIZE",
+    "DEQUANTIZE",
+    "CAST",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "STRIDED_SLICE",
+    "SLICE",
+    "GATHER",
+    "TRANSPOSE",
+    "IDENTITY",
+)
 
 
 def output_kind(nodes: Any, output: int) -> str:

@@ -206,17 +206,16 @@ def plot_accuracy_vs_size(
         )
         _kb_axis(ax, [r[size_key] for r in pts])
         ax.set_ylim(*_y_range([100 * lo for lo, _ in intervals], [100 * hi for _, hi in intervals]))
-        (step,) = ax.step(
-            [r[size_key] for r in front] + [ax.get_xlim()[1]],
-            [100 * r["accuracy"] for r in front] + [100 * front[-1]["accuracy"]],
-            where="post",
-            color="tab:red",
-            alpha=0.6,
-            label="Pareto front",
-        )
+        # the front as explicit steps (not drawstyle="steps-post"), so the label placer sees the
+        # segments actually drawn: right along each accuracy, then up to the next
+        fx = [r[size_key] for r in front] + [ax.get_xlim()[1]]
+        fy = [100 * r["accuracy"] for r in front]
+        sx = [v for i in range(len(fy)) for v in (fx[i], fx[i + 1])]
+        sy = [v for y in fy for v in (y, y)]
+        (step,) = ax.plot(sx, sy, color="tab:red", alpha=0.6, label="Pareto front")
         counts = ", ".join(f"{n:,}" for n in sorted({int(r.get("test_images") or test_images) for r in pts}))
         ax.plot([], [], " ", label=f"bars: 95 % interval (Wilson, {counts} images)")
-        legend = ax.legend(loc="lower right", fontsize=8)
+        legend = ax.legend(loc="best", fontsize=8)
     what = {"size_bytes": "model file size", "flash_bytes": "flash (model bytes)"}.get(size_key, size_key)
     ax.set_xlabel(f"{what} (KB = 1,024 bytes; log scale)")
     ax.set_ylabel("test accuracy (%)")
