@@ -81,7 +81,13 @@ def _output_kind(flatbuffer: bytes) -> str:
             model_content=flatbuffer,
             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
-    nodes = [Node(d["op_name"], tuple(d["inputs"]), tuple(d["outputs"])) for d in interp._get_ops_details()]
+    try:
+        details = interp._get_ops_details()
+    except Exception:  # e.g. a corrupt custom-op name that is not UTF-8: read the flatbuffer instead
+        from mnist_tflite.edge.flatbuffer import parse
+
+        return parse(flatbuffer).output_kind
+    nodes = [Node(d["op_name"], tuple(d["inputs"]), tuple(d["outputs"])) for d in details]
     return output_kind(nodes, interp.get_output_details()[0]["index"])
 
 
