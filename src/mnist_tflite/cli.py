@@ -327,30 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except ModuleNotFoundError as exc:
-        extra = _EXTRAS.get((exc.name or "").split(".")[0])
-        if extra is None:
-            raise  # not an optional dependency: our bug, keep the traceback
-        print(
-            f"{PROG}: error: `{PROG} {args.command}` needs {exc.name!r}, which is not installed; "
-            f"install the {extra} extra: pip install 'mnist-tflite[{extra}]' "
-            f"(from a checkout: pip install -e '.[{extra}]')",
-            file=sys.stderr,
-        )
-        return 2
-
-
-# top-level module -> the pyproject extra that installs it
-_EXTRAS = {
-    **dict.fromkeys(("tensorflow", "keras", "tensorboard", "h5py"), "train"),
-    **dict.fromkeys(("tf_keras", "tensorflow_model_optimization"), "qat"),
-    "tflite_micro": "micro",
-    **dict.fromkeys(
-        ("fastapi", "fastapi_offline", "starlette", "pydantic", "pydantic_core", "uvicorn", "multipart"),
-        "serve",
-    ),
-    **dict.fromkeys(("onnxruntime", "tf2onnx", "threadpoolctl"), "bench"),
-}
 
 
 def entry() -> None:
