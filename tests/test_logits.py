@@ -108,3 +108,12 @@ def test_int8_recipe_converts_to_logits(trained_model, mnist, tmp_path):
     flatbuffer = convert(model, get_recipe("int8"), rep)
     assert parse(flatbuffer).output_kind == "logits"
     assert parse(convert(model, get_recipe("float32"))).output_kind == "probabilities"
+
+
+def test_an_int8_softmax_model_is_read_as_probabilities(models_dir, mnist):
+    """The int8 model as the recipe wrote it before (ends in SOFTMAX): no second softmax."""
+    model = TfliteModel(models_dir / "int8_softmax.tflite")
+    assert model.output_kind == "probabilities"
+    x = data.normalize(mnist.x_test[:100])
+    np.testing.assert_array_equal(model.predict_proba(x), model.dequantize_output(model.run_raw(x)))
+    assert model.predict_proba(x).max() <= PINNED  # the pin this change removes
