@@ -44,6 +44,8 @@ def derive(rows: list[dict[str, Any]], macs: int) -> dict[str, Any]:
     def ratio(a: dict | None, b: dict | None) -> float | None:
         return a["ips"] / b["ips"] if a and b else None
 
+    default_job = by.get(("whole job: evaluate default --data", "float32"))
+    t["evaluate_default_whole_job_x_seed_float32"] = default_job and default_job.get("x_seed")  # target >= 8
     t["best_vs_onnxruntime"] = ratio(best, ort_best)
     t["float32_vs_onnxruntime"] = ratio(f32, ort_best)
     t["best_pct_ceiling"] = best and ceiling and 100 * best["ips"] / ceiling

@@ -139,11 +139,20 @@ def plan(models: Path, tmp: Path, args: argparse.Namespace) -> list[dict[str, An
                 ],
             },
             {
+                # what a first-time user types: default --data auto (no Keras cache here:
+                # the embedded test set, no download attempt) and --json
+                "label": "whole job: evaluate default --data",
+                "variant": v,
+                "job": [sys.executable, "-m", "mnist_tflite.cli", "evaluate", m, "--json"],
+            },
+            {
                 "label": "whole job: mnist-tflite predict",
                 "variant": v,
                 "job": [sys.executable, "-m", "mnist_tflite.cli", "predict", m, str(tmp / "x_test.npy")],
             },
         ]
+    if args.jobs_only:
+        return [it for it in items if it["label"].startswith("whole job")]
     items.append(
         {
             "label": "keras predict(batch_size=256)",
@@ -304,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default: 5, --quick: 2)")
     p.add_argument("--quick", action="store_true", help="2 repetitions, fewer ONNX Runtime settings")
     p.add_argument("--sweep", action="store_true", help="also measure runner and LiteRT settings")
+    p.add_argument("--jobs-only", action="store_true", help="only the whole-job rows (process start to exit)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument(
         "--nice", type=int, default=0, help="scheduling priority of every measurement (negative: root only)"
@@ -329,10 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "seed_job.py").write_text(SEED_JOB)
         np.save(tmp / "x_test.npy", data.load("embedded").x_test)
         items = plan(models, tmp, args)
-        keras_path = next(i["spec"]["model"] for i in items if i.get("spec", {}).get("kind") == "keras")
-        exported = child({"kind": "onnx_export", "model": keras_path, "out": str(tmp / "model.onnx"), "n": 1})
-        if "error" in exported:
-            print(f"ONNX export failed: {exported['error']}", file=sys.stderr)
+        keras_path = next(
+            (i["spec"]["model"] for i in items if i.get("spec", {}).get("kind") == "keras"), None
+        )
+        if keras_path:
+            out = str(tmp / "model.onnx")
+            exported = child({"kind": "onnx_export", "model": keras_path, "out": out, "n": 1})
+            if "error" in exported:
+                print(f"ONNX export failed: {exported['error']}", file=sys.stderr)
         # the ceiling: OpenBLAS at its best kernel, whatever this shell pinned (only in that process)
         gemm_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
         runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(items))}

@@ -1,7 +1,10 @@
 """Shared fixtures: real MNIST data and small real models.
 
 ``tests/models/`` holds models made by ``mnist-tflite run --out ...`` (seed 0, defaults,
-embedded data); they let inference tests run without TensorFlow. Tests that need a fresh
+embedded data); they let inference tests run without TensorFlow. ``int8.tflite`` ends in int8
+logits (the int8 recipes drop the SOFTMAX); ``int8_softmax.tflite`` is the same seed model as
+the int8 recipe wrote it before, ending in an int8 SOFTMAX, for the compiler's softmax kernel
+and output-kind tests. Tests that need a fresh
 Keras model use ``trained_model`` (a short, seeded training run once per session).
 """
 

@@ -23,6 +23,7 @@ from mnist_tflite.edge.evaluate import VariantResult
 from mnist_tflite.edge.flatbuffer import parse
 from mnist_tflite.micro import export as micro
 from mnist_tflite.micro.c_source import identifier_problem, resolver_method
+from mnist_tflite.micro.check import disagreement
 from mnist_tflite.micro.tflm import _runs, map_in_children
 from tests.conftest import run_cli
 
@@ -62,7 +63,8 @@ def _one_error_line(err: str) -> str:
 
 def test_parse_finds_ops_io_and_macs_of_the_seed_cnn(models_dir):
     info = parse((models_dir / "int8.tflite").read_bytes())
-    assert info.ops[0] == "CONV_2D" and {"FULLY_CONNECTED", "SOFTMAX", "MAX_POOL_2D"} <= set(info.ops)
+    assert info.ops[0] == "CONV_2D" and {"FULLY_CONNECTED", "MAX_POOL_2D"} <= set(info.ops)
+    assert info.nodes[-1].op == "FULLY_CONNECTED" and "SOFTMAX" not in info.ops  # int8 logits
     assert info.op_counts()["CONV_2D"] == 2
     assert (info.input.dtype, info.output.dtype) == ("INT8", "INT8")
     assert info.input.shape == (1, 28, 28, 1) and info.output.shape[-1] == 10
@@ -101,8 +103,9 @@ def test_export_writes_c_sources_that_compile(models_dir, tmp_path, capsys):
     array = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", cc))
     assert array == data
     ops_h = (out / "digits_ops.h").read_text()
-    assert "tflite::MicroMutableOpResolver<8>" in ops_h
-    assert ops_h.count("resolver.Add") == 8 and "AddConv2D()" in ops_h and "AddFullyConnected()" in ops_h
+    n_ops = len(parse(data).ops)  # 7 for the seed CNN with int8 logits (no SOFTMAX)
+    assert f"tflite::MicroMutableOpResolver<{n_ops}>" in ops_h
+    assert ops_h.count("resolver.Add") == n_ops and "AddConv2D()" in ops_h and "AddFullyConnected()" in ops_h
     summary = json.loads((out / "micro.json").read_text())
     assert summary["flash_bytes"] == len(data) and summary["ops"] == parse(data).ops
     assert (
@@ -148,10 +151,13 @@ def test_main_cc_and_resolver_are_valid_cpp(models_dir, tmp_path, capsys):
         assert res.returncode == 0, res.stderr
 
 
-def test_tflm_is_bit_exact_with_litert_builtin_kernels(models_dir, test_images):
+def test_tflm_agrees_with_litert_builtin_kernels_within_one_step(models_dir, test_images):
+    """int8 logits: a few rows differ by one step (see test_tflm_rounding.py for why)."""
     images, labels = test_images
     v = micro.verify(models_dir / "int8.tflite", images[:600], labels[:600], arena_bytes=33 * 1024)
-    assert v["vs_litert_builtin"] == {"rows_differing": 0, "predictions_differing": 0, "max_abs_diff": 0.0}
+    b = v["vs_litert_builtin"]
+    assert b["max_abs_diff"] <= 1 and b["rows_differing"] <= 0.01 * 600
+    assert disagreement(v) is None
     assert v["accuracy"] > 0.95 and v["images"] == 600 and v["output_dtype"] == "int8"
     assert abs(v["accuracy"] - v["litert_accuracy"]) <= 2 / 600
 
@@ -169,8 +175,11 @@ def test_deployer_columns_for_every_variant(models_dir, test_images):
     assert all(r.extra["macs"] == i8.extra["macs"] > 2_000_000 for r in (f32, f16))
     assert i8.extra["flash_bytes"] == (models_dir / "int8.tflite").stat().st_size
     assert list(rep["verification"]) == ["int8"]
-    assert rep["verification"]["int8"]["vs_litert_builtin"]["rows_differing"] == 0
-    assert any("bit-exact" in n for n in rep["notes"])
+    v = rep["verification"]["int8"]
+    assert v["vs_litert_builtin"]["max_abs_diff"] <= 1 and v["of_images"] == 300
+    same = 300 - v["vs_litert_builtin"]["rows_differing"]
+    assert any(f"{same:,}/300 output rows identical" in n for n in rep["notes"])
+    assert not any("bit-exact" in n for n in rep["notes"])  # a count, never a blanket word
 
 
 def test_a_crash_in_tflm_is_reported_not_suffered():
@@ -209,7 +218,7 @@ def test_models_tflm_cannot_run_get_one_line(model, expected, models_dir, tmp_pa
 
     def topk(m, schema):  # an op LiteRT knows and TFLM lacks
         for oc in m.operatorCodes:
-            if oc.builtinCode == schema.BuiltinOperator.SOFTMAX:
+            if oc.builtinCode == schema.BuiltinOperator.MAX_POOL_2D:
                 oc.builtinCode = oc.deprecatedBuiltinCode = schema.BuiltinOperator.TOPK_V2
 
     def crash(m, schema):  # conv weights with zero-width dimensions: TFLM divides by zero
@@ -292,8 +301,25 @@ def test_cli_verify_in_a_fresh_process_without_tensorflow(models_dir, mnist, tmp
     )
     assert res.returncode == 0, res.stderr
     v = json.loads(res.stdout)["verification"]
-    assert v["images"] == 1000 and v["vs_litert_builtin"]["rows_differing"] == 0
+    assert v["images"] == 1000 and v["vs_litert_builtin"]["max_abs_diff"] <= 1
     assert json.loads((out / "micro.json").read_text())["verification"] == v
-    assert "bit-exact" in (out / "summary.txt").read_text()
+    same = 1000 - v["vs_litert_builtin"]["rows_differing"]
+    summary = (out / "summary.txt").read_text()
+    assert f"{same:,}/1,000 output rows identical" in summary and "bit-exact" not in summary
     help_text = run_cli("export-micro", "--help").stdout
     assert "--allow-float" in help_text and "example:" in help_text
+
+
+def test_one_exit_rule_for_run_and_export_micro():
+    """More than one quantization step between TFLM and LiteRT's builtin kernels fails both."""
+
+    def v(dtype: str, rows: int, steps: float) -> dict:
+        builtin = {"rows_differing": rows, "predictions_differing": 0, "max_abs_diff": steps}
+        return {"output_dtype": dtype, "images": 10_000, "vs_litert_builtin": builtin}
+
+    assert disagreement(v("int8", 0, 0.0)) is None
+    assert disagreement(v("int8", 37, 1.0)) is None
+    problem = disagreement(v("int8", 3, 2.0))
+    assert problem and "3 of 10,000 int8 output rows differ" in problem and "at most 1 step" in problem
+    assert disagreement(v("float32", 500, 1e-6)) is None
+    assert disagreement(None) is None

@@ -146,6 +146,8 @@ def test_qat_fine_tune_in_child_gives_full_int8_model(seed_model, mnist, tmp_pat
     meta = convert.write_tflite(path, result.flatbuffer, recipe, extra=result.extra())
     assert meta["input"]["dtype"] == "int8" and meta["output"]["dtype"] == "int8"
     assert meta["training"] == "qat" and meta["finetune_seconds"] > 0
+    # fine-tuned without the softmax (from_logits loss): int8 logits, softmax on the host
+    assert meta["output_kind"] == "logits" and meta["host_postprocess"] == "softmax"
     from ai_edge_litert.interpreter import Interpreter
 
     dtypes = {np.dtype(d["dtype"]).name for d in Interpreter(model_path=str(path)).get_tensor_details()}
@@ -162,7 +164,7 @@ def test_pruning_reaches_target_sparsity_and_only_zip_shrinks(seed_model, mnist,
     )
     assert result.sparsity == pytest.approx(0.6, abs=0.01)
     path = tmp_path / "pruned.tflite"
-    convert.write_tflite(path, result.flatbuffer, recipe)
+    assert convert.write_tflite(path, result.flatbuffer, recipe)["output_kind"] == "logits"
     kernels = _int8_weights(path)
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
     assert zeros >= 0.59  # the zeros survive int8 conversion (symmetric weights: 0.0 -> 0)

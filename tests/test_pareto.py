@@ -44,3 +44,26 @@ def _fake_run(path, arch, variants):
     ]
     report = {"train": {"config": {"arch": arch}}, "variants": rows}
     (path / "report.json").write_text(json.dumps(report))
+
+
+def test_pareto_lists_what_it_left_out_and_states_its_rules(tmp_path):
+    _fake_run(tmp_path / "tiny", "tiny", [("int16x8", 5_000, 0.9167), ("float32", 16_000, 0.9170)])
+    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    report["variants"].append({"name": "float16", "status": "ok", "flash_bytes": 8_000, "accuracy": 0.9170})
+    report["variants"].append({"name": "int4", "status": "failed", "error": "converter refused"})
+    (tmp_path / "tiny" / "report.json").write_text(json.dumps(report))
+    assert main(["pareto", str(tmp_path / "tiny"), "--out", str(tmp_path / "p")]) == 0
+    md = (tmp_path / "p" / "pareto.md").read_text()
+    assert "tiny/float16 (does not run in TFLM)" in md and "tiny/int4 (converter refused)" in md
+    assert "KB = 1,024 bytes" in md and "within 0.05 points" in md  # why int16x8 beats float32 here
+    assert "| ≤ 8 KB | tiny/int16x8 | 91.67 % |" in md
+    doc = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    assert {e["name"] for e in doc["excluded"]} == {"tiny/float16", "tiny/int4"}
+
+
+def test_wilson_interval_is_about_a_fifth_of_a_point_at_10000_images():
+    from mnist_tflite.report.plots import wilson_interval
+
+    lo, hi = wilson_interval(0.987, 10_000)
+    assert lo < 0.987 < hi and 0.0040 < hi - lo < 0.0048  # ±0.22 points
+    assert wilson_interval(1.0, 100)[1] == 1.0 and wilson_interval(0.0, 100)[0] == 0.0

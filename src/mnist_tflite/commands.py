@@ -32,6 +32,7 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 def cmd_run(args: argparse.Namespace) -> int:
     guard.require("tensorflow", "tflite_micro")
+    from mnist_tflite.micro.check import disagreement
     from mnist_tflite.pipeline import RunConfig, run
     from mnist_tflite.training.train import keras_file_bytes
 
@@ -51,6 +52,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run(config, log=log)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
+    # the same rule as export-micro --verify: every file is written, then TFLM must agree
+    for name, v in report["micro"].get("verification", {}).items():
+        problem = disagreement(v)
+        if problem:
+            print(f"{PROG}: {args.out / (name + '.tflite')}: {problem}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -206,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export_micro(args: argparse.Namespace) -> int:
     if args.verify:
         guard.require("tflite_micro")
+    from mnist_tflite.micro.check import disagreement
     from mnist_tflite.micro.export import ExportOptions, export, summary_text
 
     opts = ExportOptions(
@@ -224,9 +232,9 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
     else:
         print(summary_text(summary, args.out))
         print(f"wrote {', '.join(summary['files'])} into {args.out}/")
-    v = summary.get("verification")
-    if v and v["output_dtype"] == "int8" and v["vs_litert_builtin"]["rows_differing"]:
-        print(f"{PROG}: TFLM and LiteRT's builtin kernels disagree on int8 outputs", file=sys.stderr)
+    problem = disagreement(summary.get("verification"))
+    if problem:  # the same rule as `run` (micro.check.disagreement)
+        print(f"{PROG}: {args.model}: {problem}", file=sys.stderr)
         return 1
     return 0
 

@@ -220,9 +220,11 @@ def micro_stage(
     from mnist_tflite.micro.aot import compiled_columns
     from mnist_tflite.micro.export import deployer_columns
 
-    log("      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on every test image")
-    n = len(ds.x_test) if config.micro_images is None else min(config.micro_images, len(ds.x_test))
-    micro = deployer_columns(rows, ds.x_test[:n], ds.y_test[:n], log=log)
+    total = len(ds.x_test)
+    n = total if config.micro_images is None else min(config.micro_images, total)
+    subset = f"{n:,} of {total:,} test images" if n < total else f"all {total:,} test images"
+    log(f"      TensorFlow Lite Micro: flash, arena, MACs, ops per variant; int8 run on {subset}")
+    micro = deployer_columns(rows, ds.x_test[:n], ds.y_test[:n], log=log, of_images=total)
     # our own compiler: what the int8 variants cost as plain C on a Cortex-M4 (QEMU), if installed
     int8 = {r.name: r.path for r in rows if r.status == "ok" and r.path and r.input_dtype == "int8"}
     compiled = compiled_columns(int8, ds.x_test, log=log)
@@ -243,16 +245,23 @@ def plot_stage(
         path = out / f"confusion_{cm_name}.png"
         report_mod.plot_confusion(confusion[cm_name], class_names, f"Confusion matrix: {cm_name}", path)
         plots[f"confusion matrix ({cm_name})"] = path.name
-    report_mod.plot_size_accuracy(table_rows, out / "size_vs_accuracy.png")
+    n = int(cm_total(confusion)) or 10_000
+    report_mod.plot_size_accuracy(table_rows, out / "size_vs_accuracy.png", test_images=n)
     plots["size vs accuracy"] = "size_vs_accuracy.png"
     report_mod.plot_size_accuracy(
         [r for r in table_rows if r.get("arena_bytes")],  # only what TFLM can run
         out / "flash_vs_accuracy.png",
         size_key="flash_bytes",
         title="Flash vs accuracy (variants that run in TFLM)",
+        test_images=n,
     )
     plots["flash vs accuracy"] = "flash_vs_accuracy.png"
     return plots
+
+
+def cm_total(confusion: dict[str, np.ndarray]) -> int:
+    """The number of test images the confusion matrices count (0 when there are none)."""
+    return int(next(iter(confusion.values())).sum()) if confusion else 0
 
 
 def report_stage(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
@@ -267,3 +276,26 @@ def report_stage(report: dict[str, Any], out: Path, log: Callable[[str], None]) 
     log("")
     log(f"report: {md}  {js}\nmodels: {out}/*.tflite (metadata in *.json)  keras: {out / 'model.keras'}")
     log(f"total {report['seconds_total']:.0f} s")
+    for line in next_steps(rows, out):
+        log(line)
+
+
+def next_steps(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """The commands a first-time user runs next, with this run's paths."""
+    import shlex
+
+    ok = [r["name"] for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return []
+    best = "int8" if "int8" in ok else ok[0]
+    model = shlex.quote(str(out / f"{best}.tflite"))
+    steps = [
+        "",
+        "next steps:",
+        f"  mnist-tflite predict {model} YOUR_DIGIT.png       # classify photos or scans",
+        f"  mnist-tflite serve {shlex.quote(str(out))}                  # draw digits in a browser",
+    ]
+    if best == "int8":
+        fw = shlex.quote(str(out / "firmware"))
+        steps.append(f"  mnist-tflite export-micro {model} --out {fw} --verify   # C sources for TFLM")
+    return steps

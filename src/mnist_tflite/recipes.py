@@ -50,6 +50,9 @@ class Recipe:
     inference_input_type: str | None = None  # tf dtype name, e.g. "int8"
     inference_output_type: str | None = None
     needs_calibration: bool = False
+    # int8 output: convert without the final softmax (8 bits of probability saturate at
+    # 255/256); the host applies softmax (edge/infer.py) and the sidecar says "logits"
+    output_logits: bool = False
     # "qat" / "prune": the float model is fine-tuned first (training/optimize.py)
     training: str | None = None
     training_options: tuple[tuple[str, Any], ...] = field(default=())
@@ -62,6 +65,7 @@ _INT8 = Recipe(
     supported_ops=("TFLITE_BUILTINS_INT8",),
     inference_input_type="int8",
     inference_output_type="int8",
+    output_logits=True,
     needs_calibration=True,
 )
 
@@ -107,6 +111,7 @@ RECIPES: tuple[Recipe, ...] = (
         optimizations=("DEFAULT",),
         inference_input_type="int8",
         inference_output_type="int8",
+        output_logits=True,
         training="qat",
     ),
     *(_pruned(name, sparsity) for name, sparsity in (("pruned-int8", 0.5), ("pruned80-int8", 0.8))),

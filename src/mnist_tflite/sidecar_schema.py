@@ -98,6 +98,7 @@ SCHEMA: dict[str, Rule] = {
     "recipe.inference_output_type": Rule("a dtype name (a string)", _str),
     "recipe.needs_calibration": Rule("true or false", _bool),
     "recipe.training": Rule("a training method name (a string)", _str),
+    "recipe.output_logits": Rule("true or false", _bool),
     "class_names": Rule("a list of 1 to 1,000 class names (strings)", _list_of(_name, 1, 1000)),
     "normalization": Rule("an object with pixel_scale, pixel_offset and polarity", _obj),
     "normalization.pixel_scale": Rule("a finite number > 0", _positive),
@@ -107,6 +108,9 @@ SCHEMA: dict[str, Rule] = {
     "normalization.polarity": Rule("a string such as 'white digit on black background'", _str),
     **{f"input{k}": v for k, v in _TENSOR.items()},
     **{f"output{k}": v for k, v in _TENSOR.items()},
+    # informative: the runner reads the kind from the model itself (edge.infer._output_kind)
+    "output_kind": Rule("'logits' or 'probabilities'", lambda v: v in ("logits", "probabilities")),
+    "host_postprocess": Rule("'softmax' or 'none'", lambda v: v in ("softmax", "none")),
     "data_source": Rule("a string", _str),
     "calibration": Rule("null or an object with images, seed and from", _or_null(_obj)),
     "calibration.images": Rule("an integer >= 0", _count),

@@ -44,6 +44,48 @@ class Node:
     outputs: tuple[int, ...]
 
 
+# ops that move or retype the classifier's answer without changing its kind (data = input 0)
+_PASS_THROUGH = (
+    "QUANTIZE",
+    "DEQUANTIZE",
+    "CAST",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "STRIDED_SLICE",
+    "SLICE",
+    "GATHER",
+    "TRANSPOSE",
+    "IDENTITY",
+)
+
+
+def output_kind(nodes: Any, output: int) -> str:
+    """``"probabilities"`` if the tensor ``output`` comes from a SOFTMAX, else ``"logits"``.
+
+    Walks back from the output through quantize/dequantize/reshape ops. ``nodes`` are
+    :class:`Node` s (or anything with ``op``, ``inputs``, ``outputs``), so LiteRT's own op
+    list serves as well as the parsed flatbuffer. Our int8 recipes end in FULLY_CONNECTED
+    (logits, softmax on the host); float recipes and models from elsewhere may end in SOFTMAX.
+
+    Example:
+        >>> output_kind(parse(data).nodes, parse(data).outputs[0])
+        'logits'
+    """
+    producer = {int(o): n for n in nodes for o in n.outputs}
+    tensor = int(output)
+    for _ in range(len(producer) + 1):
+        node = producer.get(tensor)
+        if node is None:
+            return "logits"
+        if node.op == "SOFTMAX":
+            return "probabilities"
+        if node.op not in _PASS_THROUGH or not len(node.inputs):
+            return "logits"
+        tensor = int(node.inputs[0])
+    return "logits"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a deployer needs from the flatbuffer of the first subgraph."""
@@ -53,6 +95,11 @@ class ModelInfo:
     nodes: tuple[Node, ...]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+
+    @property
+    def output_kind(self) -> str:
+        """``"probabilities"`` (ends in SOFTMAX) or ``"logits"`` (softmax belongs on the host)."""
+        return output_kind(self.nodes, self.outputs[0])
 
     @property
     def ops(self) -> list[str]:

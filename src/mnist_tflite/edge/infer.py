@@ -30,7 +30,7 @@ import numpy as np
 
 from mnist_tflite import metadata
 from mnist_tflite.data import MNIST_CLASSES
-from mnist_tflite.edge.flatbuffer import tensor_summary
+from mnist_tflite.edge.flatbuffer import Node, output_kind, tensor_summary
 from mnist_tflite.edge.probe import probe
 from mnist_tflite.edge.quiet import stderr_silenced
 from mnist_tflite.errors import fail, read_user_file
@@ -69,15 +69,44 @@ def _tensor_info(det: dict[str, Any]) -> TensorInfo:
     return TensorInfo(int(det["index"]), np.dtype(det["dtype"]), shape, float(scale), int(zero_point))
 
 
-def io_details(flatbuffer: bytes) -> dict[str, dict[str, Any]]:
-    """Input and output dtype, shape signature, scale and zero point, as LiteRT reads them."""
+def _output_kind(flatbuffer: bytes) -> str:
+    """``"logits"`` or ``"probabilities"``, from the op that makes the output (see flatbuffer.output_kind).
+
+    Read from an interpreter without delegates: XNNPACK replaces the float graph by one node.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with stderr_silenced():
+        interp = Interpreter(
+            model_content=flatbuffer,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+    try:
+        details = interp._get_ops_details()
+    except Exception:  # e.g. a corrupt custom-op name that is not UTF-8: read the flatbuffer instead
+        from mnist_tflite.edge.flatbuffer import parse
+
+        return parse(flatbuffer).output_kind
+    nodes = [Node(d["op_name"], tuple(d["inputs"]), tuple(d["outputs"])) for d in details]
+    return output_kind(nodes, interp.get_output_details()[0]["index"])
+
+
+def io_details(flatbuffer: bytes) -> dict[str, Any]:
+    """Input and output dtype, shape signature, scale and zero point, as LiteRT reads them.
+
+    Also ``output_kind``: ``"logits"`` (the runner applies softmax on the host, in float32)
+    or ``"probabilities"`` (the model ends in SOFTMAX), and ``host_postprocess`` accordingly.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     with stderr_silenced():
         interp = Interpreter(model_content=flatbuffer)
+    kind = _output_kind(flatbuffer)
     return {
         "input": _tensor_info(interp.get_input_details()[0]).describe(),
         "output": _tensor_info(interp.get_output_details()[0]).describe(),
+        "output_kind": kind,
+        "host_postprocess": "softmax" if kind == "logits" else "none",
     }
 
 
@@ -177,7 +206,9 @@ class TfliteModel:
         self._free.put(first)
         for _ in range(self.num_threads - 1):
             self._free.put(_Worker(self._new_interpreter(), first.batch))
-        self._outputs_probabilities: bool | None = None
+        # decided by the model itself (is the output made by SOFTMAX?), so a model without a
+        # sidecar works too; our int8 recipes end in logits (see recipes.Recipe.output_logits)
+        self.output_kind = _output_kind(data)
 
     def _new_interpreter(self) -> Any:
         from ai_edge_litert.interpreter import Interpreter
@@ -330,15 +361,13 @@ class TfliteModel:
             errors.append(exc)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Images (N, 28, 28[, 1]) float in [0, 1] -> class probabilities, float32 (N, C)."""
+        """Images (N, 28, 28[, 1]) float in [0, 1] -> class probabilities, float32 (N, C).
+
+        A model that outputs logits (``output_kind``) gets its softmax here, on the host.
+        """
         out = self.dequantize_output(self.run_raw(images))
-        if self._outputs_probabilities is None and len(out):
-            # models from elsewhere may end in logits; ours end in softmax
-            sums = out.sum(axis=1)
-            self._outputs_probabilities = bool(out.min() >= -1e-3 and np.allclose(sums, 1.0, atol=0.02))
-        if self._outputs_probabilities is False:
-            z = out - out.max(axis=1, keepdims=True)
-            e = np.exp(z)
+        if self.output_kind == "logits":  # softmax on the host, in float32
+            e = np.exp(out - out.max(axis=1, keepdims=True))
             out = e / e.sum(axis=1, keepdims=True)
         return out
 
@@ -352,6 +381,7 @@ class TfliteModel:
             "size_bytes": self.size_bytes,
             "input": self.input.describe(),
             "output": self.output.describe(),
+            "output_kind": self.output_kind,
             "recipe": (self.metadata or {}).get("recipe", {}).get("name"),
             "class_names": list(self.class_names),
         }

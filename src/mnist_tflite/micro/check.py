@@ -1,6 +1,17 @@
-"""Check a model in TensorFlow Lite Micro: what TFLM lacks, the smallest arena, bit-exactness.
+"""Check a model in TensorFlow Lite Micro: what TFLM lacks, the smallest arena, agreement.
 
-TFLM runs in forked children (``_tflm``); LiteRT runs here for the comparison. No TensorFlow.
+Agreement with LiteRT is stated as a count of identical output rows ("9,963/10,000 rows
+identical"), never as a blanket word. One rule decides the exit code of both ``run`` and
+``export-micro --verify`` (``disagreement``): an integer output that differs from LiteRT's
+builtin kernels by more than one quantization step in any row is a failure (exit 1, after
+every file is written, so the report shows the counts).
+
+Why one step is allowed: TFLM implements TFLite's reference integer arithmetic (double
+rounding: SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT) exactly, while
+LiteRT 2.3's builtin kernels round the last requantization differently on a few rows. An
+int8 softmax output hid that (it saturates); int8 logits show it: about 0.4 % of rows
+differ by one step in one logit, and a NumPy transcription of the reference arithmetic
+agrees with TFLM on every row. A wrong kernel, arena or weight is off by far more.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from mnist_tflite.edge.flatbuffer import ModelInfo, parse
 from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.micro.tflm import ChildResult, map_in_children, recorded_total, run_batch, search_arena
 
+MAX_STEPS = 1  # TFLM vs LiteRT builtin kernels, integer outputs: see the module docstring
 ARENA_MARGIN = 0.10  # CMSIS-NN and other optimized kernels ask for scratch the reference ones do not
 ARENA_ROUND = 1024
 MARGIN_TEXT = f"+{ARENA_MARGIN:.0%} for optimized kernels' scratch buffers, rounded up to {ARENA_ROUND} bytes"
@@ -169,14 +181,44 @@ def verify(
     }
 
 
-def verification_line(name: str, v: dict[str, Any]) -> str:
-    """One line for a report: TFLM accuracy and agreement with both LiteRT paths."""
-    b, x, n = v["vs_litert_builtin"], v["vs_litert_xnnpack"], v["images"]
-    unit = " steps" if v["output_dtype"].startswith(("int", "uint")) else ""
-    same = "bit-exact" if b["rows_differing"] == 0 else f"{b['rows_differing']:,} rows DIFFER"
+def images_phrase(v: dict[str, Any]) -> str:
+    """``"10,000 test images"`` or ``"200 of 10,000 test images"`` when a subset was checked."""
+    n, total = v["images"], v.get("of_images") or v["images"]
+    return f"{n:,} of {total:,} test images" if n < total else f"{n:,} test images"
+
+
+def disagreement(v: dict[str, Any] | None) -> str | None:
+    """The exit rule of ``run`` and ``export-micro``: why TFLM disagrees with LiteRT, or None.
+
+    Integer outputs must match LiteRT's builtin kernels within one quantization step in every
+    row (see the module docstring); float outputs may differ in the last bits (summation
+    order) and never fail.
+    """
+    if not v or not v["output_dtype"].startswith(("int", "uint")):
+        return None
+    b = v["vs_litert_builtin"]
+    if b["max_abs_diff"] <= MAX_STEPS:
+        return None
     return (
-        f"{name} in TFLM: {100 * v['accuracy']:.2f} % on {n:,} test images ({v['tflm_seconds']:.1f} s); "
-        f"vs LiteRT builtin kernels: {n - b['rows_differing']:,}/{n:,} output rows identical ({same}); "
+        f"TFLM and LiteRT's builtin kernels differ by up to {b['max_abs_diff']:g} steps "
+        f"({b['rows_differing']:,} of {v['images']:,} {v['output_dtype']} output rows differ); "
+        f"expected at most {MAX_STEPS} step"
+    )
+
+
+def verification_line(name: str, v: dict[str, Any]) -> str:
+    """One line for a report: TFLM accuracy and agreement with both LiteRT paths, as counts."""
+    b, x, n = v["vs_litert_builtin"], v["vs_litert_xnnpack"], v["images"]
+    unit = " step(s)" if v["output_dtype"].startswith(("int", "uint")) else ""
+    differ = (
+        f" ({b['rows_differing']:,} differ by at most {b['max_abs_diff']:g}{unit}, "
+        f"{b['predictions_differing']} prediction(s))"
+        if b["rows_differing"]
+        else ""
+    )
+    return (
+        f"{name} in TFLM: {100 * v['accuracy']:.2f} % on {images_phrase(v)} ({v['tflm_seconds']:.1f} s); "
+        f"vs LiteRT builtin kernels: {n - b['rows_differing']:,}/{n:,} output rows identical{differ}; "
         f"vs LiteRT XNNPACK: {x['rows_differing']:,} rows differ (max {x['max_abs_diff']:g}{unit}), "
         f"{x['predictions_differing']} prediction(s) differ"
     )
@@ -188,6 +230,7 @@ def deployer_columns(
     labels: np.ndarray,
     log: Callable[[str], None] = print,
     verify_name: str = "int8",
+    of_images: int | None = None,
 ) -> dict[str, Any]:
     """Add flash_bytes, arena_bytes, macs and ops to each evaluated row; TFLM-verify the int8 one.
 
@@ -195,7 +238,8 @@ def deployer_columns(
         rows: ``evaluate.VariantResult`` rows; those with status ok and a path get the columns
             in ``row.extra`` (``arena_bytes`` only where TFLM runs the model).
         images: uint8 test images (N, 28, 28); labels: (N,).
-        verify_name: the variant run through TFLM on every image (else the first fully int8 one).
+        verify_name: the variant run through TFLM on ``images`` (else the first fully int8 one).
+        of_images: the size of the test set ``images`` was cut from (for "200 of 10,000").
 
     Returns:
         ``{"variants": {name: {"arena": ...} or {"problem": ...}}, "verification": {...}, "notes": [...]}``
@@ -230,7 +274,7 @@ def deployer_columns(
         (row for row, info in runnable if int8_problem(info) is None), None
     )
     if chosen is not None:
-        _verify_in_tflm(chosen, report, images, labels, log)
+        _verify_in_tflm(chosen, report, images, labels, log, of_images)
     report["notes"].append(
         "flash = model bytes; TFLM arena = the smallest tensor arena in which the TFLM interpreter "
         f"allocates and runs the model (bisection, 64-bit host); export-micro adds {MARGIN_TEXT[1:]}"
@@ -239,7 +283,12 @@ def deployer_columns(
 
 
 def _verify_in_tflm(
-    chosen: Any, report: dict[str, Any], images: np.ndarray, labels: np.ndarray, log: Callable[[str], None]
+    chosen: Any,
+    report: dict[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    log: Callable[[str], None],
+    of_images: int | None = None,
 ) -> None:
     """Run one variant through TFLM on the test images and record how its rows compare with LiteRT."""
     arena = report["variants"][chosen.name]["arena"]["recommended_bytes"]
@@ -249,7 +298,13 @@ def _verify_in_tflm(
         report["notes"].append(f"{chosen.name}: TFLM check failed: {exc}")
         log(f"      {chosen.name:<10} TFLM check failed: {exc}")
         return
+    v["of_images"] = of_images or v["images"]
     report["verification"][chosen.name] = v
     chosen.extra["tflm_accuracy"] = v["accuracy"]
+    chosen.extra["tflm_images"] = v["images"]
+    chosen.extra["tflm_check"] = (
+        f"{100 * v['accuracy']:.2f} % on {images_phrase(v).removesuffix(' test images')}; "
+        f"{v['images'] - v['vs_litert_builtin']['rows_differing']:,}/{v['images']:,} rows = LiteRT"
+    )
     report["notes"].append(verification_line(chosen.name, v))
     log(f"      {verification_line(chosen.name, v)}")

@@ -16,6 +16,7 @@ from typing import Any
 from mnist_tflite import atomic
 from mnist_tflite.errors import fail
 from mnist_tflite.report import tables as report_mod
+from mnist_tflite.report.plots import plot_accuracy_vs_size
 
 __all__ = ["load_run", "merge_runs", "write_pareto"]
 
@@ -75,9 +76,12 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any
         arch = str(report.get("train", {}).get("config", {}).get("arch", "?"))
         label = arch if arch not in labels else f"{arch}@{Path(run_dir).name}"
         labels.add(label)
+        images = report.get("data", {}).get("test_images")
         for variant in report["variants"]:
             row = {k: variant.get(k) for k in (*_COLUMNS, "status", "error") if k in variant}
             row.update(name=f"{label}/{variant.get('name')}", architecture=arch, run=str(run_dir))
+            if isinstance(images, int) and images > 0:
+                row["test_images"] = images
             rows.append(row)
     return rows
 
@@ -99,26 +103,38 @@ def write_pareto(
     out.mkdir(parents=True, exist_ok=True)
 
     key = "flash_bytes" if any(r.get("flash_bytes") for r in rows) else "size_bytes"
-    plotted = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy")]
-    tflm = any(r.get("arena_bytes") for r in plotted)
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy")]
+    excluded = [(r["name"], r.get("error") or "failed") for r in rows if r not in ok]
+    tflm = any(r.get("arena_bytes") for r in ok)
+    plotted = ok
     if tflm:  # flash is a microcontroller's budget: only what TFLM runs competes
-        plotted = [r for r in plotted if r.get("arena_bytes")]
-    front_pts = set(report_mod.pareto_front([(r[key], 100 * r["accuracy"]) for r in plotted]))
-    front = sorted((r for r in plotted if (r[key], 100 * r["accuracy"]) in front_pts), key=lambda r: r[key])
-    _plot(plotted, front, key, out / "pareto.png")
+        plotted = [r for r in ok if r.get("arena_bytes")]
+        excluded += [(r["name"], "does not run in TFLM") for r in ok if not r.get("arena_bytes")]
+    left_out = "; ".join(f"{name} ({why})" for name, why in excluded)
+    front = plot_accuracy_vs_size(
+        plotted,
+        out / "pareto.png",
+        size_key=key,
+        title="Accuracy vs flash, every architecture and recipe",
+        group_key="architecture",
+        caption=f"Not plotted: {left_out}." if excluded else None,
+    )
     table_rows = sorted(rows, key=lambda r: (r.get(key) or 0, r["name"]))
     lines = [
         "# mnist-tflite: accuracy vs flash across architectures",
         "",
-        f"Runs: {', '.join(str(d) for d in run_dirs)}. Flash = {key.replace('_', ' ')}"
-        + ("; the chart, front and budgets count only variants that run in TFLM." if tflm else "."),
+        f"Runs: {', '.join(str(d) for d in run_dirs)}. Flash = {key.replace('_', ' ')}; "
+        "KB = 1,024 bytes."
+        + (" The chart, front and budgets count only variants that run in TFLM." if tflm else ""),
+        "",
+        f"Left out of the chart, front and budgets: {left_out}." if excluded else "Every variant is plotted.",
         "",
         report_mod.markdown_table(table_rows),
         "",
-        "Pareto front (nothing else is both smaller and at least as accurate): "
-        + ", ".join(r["name"] for r in front),
+        "Pareto front (nothing else is both smaller and at least as accurate; exact accuracies, "
+        "no tie rule): " + ", ".join(r["name"] for r in front),
         "",
-        "Which variant to choose for a flash budget (most accurate that fits):",
+        report_mod.BUDGET_TITLE,
         "",
         report_mod.budget_table(plotted),
         "",
@@ -130,36 +146,10 @@ def write_pareto(
         "size_key": key,
         "variants": table_rows,
         "pareto_front": [r["name"] for r in front],
+        "excluded": [{"name": name, "reason": why} for name, why in excluded],
+        "kb_bytes": 1024,
+        "tie_points": report_mod.TIE_POINTS,
     }
     atomic.write_text(out / "pareto.md", "\n".join(lines) + "\n")
     atomic.write_json(out / "pareto.json", doc)
     return doc
-
-
-def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], key: str, path: Path) -> None:
-    """One colour per architecture; only the Pareto front is labelled (the rest would overlap)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for arch in dict.fromkeys(r["architecture"] for r in rows):
-        pts = [(r[key], 100 * r["accuracy"]) for r in rows if r["architecture"] == arch]
-        ax.scatter(*zip(*pts, strict=True), s=36, zorder=3, label=arch)
-    if front:
-        fx, fy = [r[key] for r in front], [100 * r["accuracy"] for r in front]
-        ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, label="Pareto front")
-        for i, r in enumerate(front):  # neighbours on the front sit close: stagger their labels
-            xy = (r[key], 100 * r["accuracy"])
-            ax.annotate(r["name"], xy, xytext=(6, -14 - 12 * (i % 3)), textcoords="offset points", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{key.replace('_', ' ')} (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs flash, every architecture and recipe")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -7,10 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mnist_tflite import atomic
 from mnist_tflite.edge.evaluate import VariantResult
+from mnist_tflite.report.plots import pareto_front, plot_accuracy_vs_size, plot_confusion
+
+__all__ = [
+    "budget_table",
+    "markdown_table",
+    "pareto_front",
+    "plot_confusion",
+    "plot_size_accuracy",
+    "rows_as_dicts",
+    "table_cells",
+    "write_report",
+]
 
 # (header, row key, formatter); a column whose key no row has is left out
 COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -27,6 +37,7 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     ("fine-tune (s)", "finetune_seconds", lambda v: f"{v:.0f}"),
     ("flash (bytes)", "flash_bytes", lambda v: f"{v:,}"),
     ("TFLM arena (bytes)", "arena_bytes", lambda v: f"{v:,}"),
+    ("TFLM check", "tflm_check", str),
     ("MACs", "macs", lambda v: f"{v:,}"),
     ("compiled code (bytes)", "compiled_code_bytes", lambda v: f"{v:,}"),
     ("compiled RAM (bytes)", "compiled_static_ram_bytes", lambda v: f"{v:,}"),
@@ -72,67 +83,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(
-    cm: np.ndarray, class_names: Sequence[str], title: str, path: str | os.PathLike[str]
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
-    shown = np.log1p(cm)  # the diagonal dwarfs the errors; log keeps them visible
-    ax.imshow(shown, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            if cm[i, j]:
-                color = "white" if shown[i, j] > shown.max() * 0.6 else "black"
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, [str(c)[:8] for c in class_names], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(ticks, [str(c)[:8] for c in class_names], fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
-
-
 def plot_size_accuracy(
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike[str],
     *,
     size_key: str = "size_bytes",
     title: str = "Size vs accuracy",
+    test_images: int = 10_000,
 ) -> None:
-    """Accuracy against model bytes for every variant; the Pareto front is drawn as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [
-        (r[size_key], 100 * r["accuracy"], r["name"])
-        for r in rows
-        if r.get("status") == "ok" and r.get(size_key) and r.get("accuracy") is not None
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    if pts:
-        xs, ys, _names = zip(*pts, strict=False)
-        front = pareto_front([(x, y) for x, y, _ in pts])
-        ax.scatter(xs, ys, s=40, zorder=3)
-        for x, y, n in pts:
-            ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        fx, fy = zip(*sorted(front), strict=False)
-        ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, label="Pareto front")
-        ax.legend(loc="lower right")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{size_key.replace('_', ' ')} (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
+    """Accuracy (95 % intervals) against size in KB for every variant (see ``report.plots``)."""
+    plot_accuracy_vs_size(rows, path, size_key=size_key, title=title, test_images=test_images)
 
 
 BUDGETS_KB = (8, 10, 16, 32, 48, 64, 128, 256)
@@ -140,8 +100,10 @@ BUDGETS_KB = (8, 10, 16, 32, 48, 64, 128, 256)
 
 TIE_POINTS = 0.05  # accuracy points treated as a tie (5 of 10,000 test images)
 BUDGET_TITLE = (
-    "Which variant to choose for a flash budget "
-    "(most accurate that fits; a tie within 0.05 points goes to the least RAM):"
+    "Which variant to choose for a flash budget (KB = 1,024 bytes). Rule: among the variants "
+    "that fit, the most accurate wins, except that accuracies within 0.05 points (5 of 10,000 "
+    "test images, well inside the ±0.2-point 95 % interval) count as a tie, which goes to the "
+    "smallest TFLM arena (RAM), then the smallest flash:"
 )
 
 
@@ -189,23 +151,6 @@ def budget_table(rows: Sequence[dict[str, Any]], budgets_kb: Sequence[int] = BUD
         if choice is overall:
             break  # larger budgets choose the same
     return "\n".join(lines)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by another that is at most as large and at least as accurate."""
-    front = []
-    for x, y in points:
-        if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
-            front.append((x, y))
-    return front
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def write_report(

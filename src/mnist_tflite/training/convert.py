@@ -16,6 +16,7 @@ from mnist_tflite import data as data_mod
 from mnist_tflite.edge.infer import io_details
 from mnist_tflite.errors import ConversionError, fail
 from mnist_tflite.recipes import Recipe
+from mnist_tflite.training.model import logits_copy
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 
 
@@ -62,6 +63,8 @@ def convert(
         source: a Keras model, or a SavedModel directory path.
         recipe: the recipe to apply.
         representative: float32 (N, 28, 28, 1) images for calibration, when the recipe needs it.
+            With ``recipe.output_logits`` a Keras model is converted without its final
+            softmax (``model.logits_copy``).
 
     Raises:
         ConversionError: the converter refused this recipe for this model.
@@ -74,6 +77,8 @@ def convert(
         )
     if recipe.needs_calibration and (representative is None or len(representative) == 0):
         raise ConversionError(f"recipe {recipe.name!r} needs representative images for calibration")
+    if recipe.output_logits and not isinstance(source, (str, os.PathLike)):
+        source = logits_copy(source)  # a SavedModel keeps its own output (the sidecar says which)
     conv = _converter(source)
     conv.optimizations = [getattr(tf.lite.Optimize, o) for o in recipe.optimizations]
     if recipe.supported_types:

@@ -112,3 +112,37 @@ def get_architecture(name: str) -> Architecture:
 def build(name: str = "seed", num_classes: int = 10) -> Any:
     """Build an untrained Keras model by architecture name."""
     return get_architecture(name).build(num_classes)
+
+
+def logits_copy(model: Any, keras: Any = None) -> Any:
+    """``model`` without its final softmax (same layers, same weights), or ``model`` itself.
+
+    An 8-bit softmax output saturates at 255/256 and rounds every runner-up below 1/512 to
+    zero, so the int8 recipes convert this copy: int8 logits, softmax on the host
+    (``edge.infer``), recorded as ``"output_kind": "logits"`` in the sidecar. Handles a
+    Dense with ``activation="softmax"`` and a trailing Softmax / Activation layer; any other
+    model is returned unchanged.
+    """
+    if keras is None:
+        from mnist_tflite.training.tfimport import import_tf
+
+        import_tf()
+        import keras
+    last = model.layers[-1]
+    config = last.get_config()
+    if type(last).__name__ in ("Softmax", "Activation") and (
+        type(last).__name__ == "Softmax" or config.get("activation") == "softmax"
+    ):
+        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+    if not (isinstance(last, keras.layers.Dense) and config.get("activation") == "softmax"):
+        return model
+
+    def clone(layer: Any) -> Any:
+        cfg = layer.get_config()
+        if layer is last:
+            cfg["activation"] = "linear"
+        return type(layer).from_config(cfg)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

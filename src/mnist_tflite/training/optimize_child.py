@@ -29,7 +29,7 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 import numpy as np
 
 from mnist_tflite import data as data_mod
-from mnist_tflite.training.model import get_architecture
+from mnist_tflite.training.model import get_architecture, logits_copy
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 from mnist_tflite.training.train import batches
 
@@ -96,6 +96,11 @@ def run(work: Path) -> dict[str, Any]:
     model = get_architecture(job["arch"]).build(job["num_classes"], keras=tf_keras)
     weights = np.load(work / "weights.npz")
     model.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
+    # QAT learns the output's int8 range during training: fine-tune the model whose output
+    # the device will produce (logits, when the recipe says so), with the matching loss
+    from_logits = job["method"] == "qat" and bool(job["recipe"].get("output_logits"))
+    if from_logits:
+        model = logits_copy(model, keras=tf_keras)
 
     ds, steps_per_epoch = _dataset(tf, tf_keras, job, work)
     opts = job["options"]
@@ -104,7 +109,7 @@ def run(work: Path) -> dict[str, Any]:
     lr = tf_keras.optimizers.schedules.CosineDecay(opts["learning_rate"], decay_steps=steps, alpha=0.05)
     tuned.compile(
         optimizer=tf_keras.optimizers.Adam(lr),
-        loss="sparse_categorical_crossentropy",
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )
     start = time.perf_counter()
@@ -125,7 +130,8 @@ def run(work: Path) -> dict[str, Any]:
         from mnist_tflite.training.convert import convert
 
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in job["recipe"].items()}
-        recipe = replace(Recipe(**fields), training=None, training_options=())
+        # the model is already the logits copy: convert it as it is
+        recipe = replace(Recipe(**fields), training=None, training_options=(), output_logits=False)
         with quiet_stdout():
             flatbuffer = convert(tuned, recipe, None)
         (work / "model.tflite").write_bytes(flatbuffer)
