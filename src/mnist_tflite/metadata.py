@@ -8,9 +8,11 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,40 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def pending_path(model_path: str | os.PathLike[str]) -> Path:
+    """``runs/demo/int8.tflite`` -> ``runs/demo/.int8.tflite.writing``: exists while the pair is written."""
+    model = Path(model_path)
+    return model.with_name(f".{model.name}.writing")
+
+
+@contextlib.contextmanager
+def writing(model_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Mark a model and its sidecar as being written; a kill inside leaves the mark for ``read``.
+
+    The writer replaces the sidecar, then the model, inside this block: any state a kill can
+    leave (old pair, new sidecar with old model, new pair) carries the mark, so a reader says
+    "incomplete write" instead of "modified", and never uses a model unchecked.
+    """
+    marker = pending_path(model_path)
+    atomic.write_text(marker, f"pid {os.getpid()}\n")
+    yield
+    marker.unlink()
+
+
 def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The sidecar of ``model_path``, validated against ``SCHEMA``; None when there is none.
 
     A model without a sidecar is any MNIST-shaped ``.tflite`` from elsewhere; a sidecar
     that exists but is not what mnist-tflite writes is an error naming the file and key.
     """
+    marker = pending_path(model_path)
+    if marker.exists():
+        raise fail(
+            model_path,
+            f"incomplete write: the process writing this model and its sidecar stopped before it "
+            f"finished ({marker.name} is still there); write it again (or delete {marker.name} "
+            "if you know the pair is whole)",
+        )
     path = sidecar_path(model_path)
     if not path.exists():
         return None

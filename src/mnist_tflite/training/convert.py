@@ -120,7 +120,9 @@ def write_tflite(
     calibration: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the model and its metadata sidecar atomically; return the metadata."""
+    """Write the model and its metadata sidecar as a unit (see ``metadata.writing``); return the metadata."""
+    if Path(path).suffix != ".tflite":  # the sidecar is <stem>.json: it would overwrite a .json model path
+        raise fail(path, "expected a file name ending in .tflite")
     meta = {
         "model": Path(path).name,
         "sha256": metadata.sha256_bytes(flatbuffer),
@@ -140,6 +142,7 @@ def write_tflite(
         "versions": versions(),
         **(extra or {}),
     }
-    atomic.write_bytes(path, flatbuffer)
-    metadata.write(path, meta)
+    with metadata.writing(path):
+        metadata.write(path, meta)  # sidecar first: a model never stands without the hash that vouches for it
+        atomic.write_bytes(path, flatbuffer)
     return meta
