@@ -300,7 +300,7 @@ def test_convert_refuses_an_out_that_is_not_tflite(tmp_path, capsys):
     model.write_text("{}")
     assert main(["convert", str(MODELS / "model.keras"), "--out", str(model), "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "expected a file name ending in .tflite" in err[0]
+    assert len(err) == 1 and "--out must end in .tflite" in err[0]
     assert model.read_text() == "{}"
 
 
