@@ -94,8 +94,11 @@ def lock(out: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(
+            OSError
+        ):  # the pid is only for the message; a full disk is not our concern here
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -182,7 +185,10 @@ def transaction(out: Path, log: Callable[[str], None] | None = None) -> Iterator
             raise fail(out, f"output directory is not writable ({exc.strerror})") from None
         try:
             yield staging
-            publish(staging, out)
+            try:
+                publish(staging, out)
+            except OSError as exc:
+                raise fail(out, f"cannot move the new folder into place ({exc.strerror})") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
