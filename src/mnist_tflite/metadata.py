@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite import atomic
-from mnist_tflite.errors import fail
+from mnist_tflite.errors import fail, os_error
 from mnist_tflite.sidecar_schema import SCHEMA, found, is_sha256, validate
 
 FORMAT = "mnist-tflite-metadata/1"
@@ -47,12 +47,36 @@ def writing(model_path: str | os.PathLike[str]) -> Iterator[None]:
 
     The writer replaces the sidecar, then the model, inside this block: any state a kill can
     leave (old pair, new sidecar with old model, new pair) carries the mark, so a reader says
-    "incomplete write" instead of "modified", and never uses a model unchecked.
+    "incomplete write" instead of "modified", and never uses a model unchecked. A write that
+    fails (rather than being killed) removes the mark unless it left a new sidecar beside the
+    old model.
     """
-    marker = pending_path(model_path)
-    atomic.write_text(marker, f"pid {os.getpid()}\n")
-    yield
+    model = Path(model_path)
+    marker = pending_path(model)
+    try:
+        marker.touch()  # empty: needs no free block, so a full disk fails on the files themselves
+    except OSError as exc:
+        raise os_error(exc, model) from None
+    try:
+        yield
+    except BaseException:
+        _settle_failed_write(model, marker)
+        raise
     marker.unlink()
+
+
+def _settle_failed_write(model: Path, marker: Path) -> None:
+    sidecar = sidecar_path(model)
+    try:
+        if not model.exists():
+            sidecar.unlink(missing_ok=True)  # it would vouch for a model that was never written
+        elif sidecar.exists():
+            recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+            if recorded != sha256_bytes(model.read_bytes()):
+                return  # a new sidecar beside the old model: keep the mark
+        marker.unlink()
+    except (OSError, ValueError, AttributeError):
+        return
 
 
 def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:

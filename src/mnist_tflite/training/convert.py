@@ -142,7 +142,8 @@ def write_tflite(
         "versions": versions(),
         **(extra or {}),
     }
-    with metadata.writing(path):
-        metadata.write(path, meta)  # sidecar first: a model never stands without the hash that vouches for it
-        atomic.write_bytes(path, flatbuffer)
+    # sidecar replaced before the model: a model never stands without the hash that vouches for it
+    with metadata.writing(path), atomic.atomic_path(path) as model_tmp:
+        model_tmp.write_bytes(flatbuffer)  # the big write first: a full disk fails here, naming the model
+        metadata.write(path, meta)
     return meta
