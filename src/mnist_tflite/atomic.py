@@ -19,7 +19,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _sweep_dead(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # read-only folder, full disk, a file where a folder should be
         raise os_error(exc, target) from None
     os.close(fd)
@@ -33,6 +34,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(exc, OSError) and exc.filename in (None, tmp, str(target)):
             raise os_error(exc, target) from None  # e.g. ENOSPC while writing tmp
         raise
+
+
+def _sweep_dead(target: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` beside ``target`` whose writer is gone (killed mid-write)."""
+    from mnist_tflite.procs import pid_alive
+
+    prefix = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                pid = name[len(prefix) :].split(".", 1)[0]
+                if pid.isdigit() and not pid_alive(int(pid)):
+                    entry.unlink()
 
 
 def _umask() -> int:

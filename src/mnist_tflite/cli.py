@@ -7,6 +7,7 @@ that ``predict`` starts fast and never loads TensorFlow.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import NoReturn
 from mnist_tflite import commands, guard
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
 from mnist_tflite.errors import PROG, MnistTfliteError, os_error
+from mnist_tflite.procs import sigterm_as_interrupt, terminated
 from mnist_tflite.recipes import CALIBRATION_SIZE
 
 
@@ -69,12 +71,28 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "mnist-tflite run --out runs/demo --epochs 30",
     )
     _add_train_args(p)
-    _out(p, "output directory (must be empty)")
+    _out(
+        p,
+        "output folder: built beside it and swapped in whole at the end; a folder that already "
+        "holds a complete run with the same options is left as it is",
+    )
     p.add_argument("--recipes", default="default", help="default | all | comma-separated recipe names")
     _calibration_size(p)
-    _flag(p, "--force", "write into a non-empty --out")
+    _flag(p, "--force", "replace a non-empty --out (the whole folder: no old file survives)")
+    _flag(
+        p,
+        "--resume",
+        "reuse the trained model.keras of the run in --out (same --data and training options) and "
+        "redo the rest: e.g. add recipes without training again",
+    )
     p.add_argument(
         "--micro-images", type=int, default=None, help="test images to check in TFLM (default: all)"
+    )
+    p.add_argument(
+        "--latency-samples",
+        type=int,
+        default=LATENCY_SAMPLES,
+        help=f"batch-1 latency samples per variant (default: {LATENCY_SAMPLES}; 0: skip)",
     )
     _flag(p, "--json", "print the report as JSON at the end")
     p.set_defaults(func=commands.cmd_run)
@@ -310,27 +328,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to report
-        return code
-    except BrokenPipeError:
-        return guard.broken_pipe()
-    except MnistTfliteError as exc:
-        return guard.report(str(exc), exc.exit_code)
-    except ModuleNotFoundError as exc:
-        hint = guard.missing_extra(exc)
-        if hint is None:
-            raise
-        return guard.report(hint, 2)
-    except OSError as exc:  # the system refused (disk full, read-only, I/O error): not our bug
-        return guard.report(str(os_error(exc, doing="failed")), 1)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_as_interrupt():  # `kill PID` cleans up like Ctrl-C: temp folders, children
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to report
+            return code
+    except BaseException as exc:
+        # Ctrl-C or SIGTERM, even where a library turned the KeyboardInterrupt into its own error
+        if isinstance(exc, KeyboardInterrupt) or terminated():
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, BrokenPipeError):
+            return guard.broken_pipe()
+        if isinstance(exc, MnistTfliteError):
+            return guard.report(str(exc), exc.exit_code)
+        if isinstance(exc, ModuleNotFoundError) and (hint := guard.missing_extra(exc)) is not None:
+            return guard.report(hint, 2)
+        if isinstance(exc, OSError):  # the system refused (disk full, read-only, I/O error): not our bug
+            return guard.report(str(os_error(exc, doing="failed")), 1)
+        raise
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted: cleanup has run. Exit now, with 130: a KeyboardInterrupt raised inside C++
+        # code (TensorFlow runs Python through PyRun_String) makes CPython's shutdown re-kill the
+        # process with SIGINT even though it was handled.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

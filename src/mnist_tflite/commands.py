@@ -43,7 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         train=_train_config(args),
         calibration_size=args.calibration_size,
         force=args.force,
+        resume=args.resume,
         micro_images=args.micro_images,
+        latency_samples=args.latency_samples,
     )
     config.validate()
     # the run writes the Keras model, a .tflite per recipe and plots: a full disk fails now

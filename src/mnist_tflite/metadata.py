@@ -8,14 +8,16 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mnist_tflite import atomic
-from mnist_tflite.errors import fail
+from mnist_tflite.errors import fail, os_error
 from mnist_tflite.sidecar_schema import SCHEMA, found, is_sha256, validate
 
 FORMAT = "mnist-tflite-metadata/1"
@@ -33,12 +35,64 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def pending_path(model_path: str | os.PathLike[str]) -> Path:
+    """``runs/demo/int8.tflite`` -> ``runs/demo/.int8.tflite.writing``: exists while the pair is written."""
+    model = Path(model_path)
+    return model.with_name(f".{model.name}.writing")
+
+
+@contextlib.contextmanager
+def writing(model_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Mark a model and its sidecar as being written; a kill inside leaves the mark for ``read``.
+
+    The writer replaces the sidecar, then the model, inside this block: any state a kill can
+    leave (old pair, new sidecar with old model, new pair) carries the mark, so a reader says
+    "incomplete write" instead of "modified", and never uses a model unchecked. A write that
+    fails (rather than being killed) removes the mark unless it left a new sidecar beside the
+    old model.
+    """
+    model = Path(model_path)
+    marker = pending_path(model)
+    try:
+        marker.touch()  # empty: needs no free block, so a full disk fails on the files themselves
+    except OSError as exc:
+        raise os_error(exc, model) from None
+    try:
+        yield
+    except BaseException:
+        _settle_failed_write(model, marker)
+        raise
+    marker.unlink()
+
+
+def _settle_failed_write(model: Path, marker: Path) -> None:
+    sidecar = sidecar_path(model)
+    try:
+        if not model.exists():
+            sidecar.unlink(missing_ok=True)  # it would vouch for a model that was never written
+        elif sidecar.exists():
+            recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+            if recorded != sha256_bytes(model.read_bytes()):
+                return  # a new sidecar beside the old model: keep the mark
+        marker.unlink()
+    except (OSError, ValueError, AttributeError):
+        return
+
+
 def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The sidecar of ``model_path``, validated against ``SCHEMA``; None when there is none.
 
     A model without a sidecar is any MNIST-shaped ``.tflite`` from elsewhere; a sidecar
     that exists but is not what mnist-tflite writes is an error naming the file and key.
     """
+    marker = pending_path(model_path)
+    if marker.exists():
+        raise fail(
+            model_path,
+            f"incomplete write: the process writing this model and its sidecar stopped before it "
+            f"finished ({marker.name} is still there); write it again (or delete {marker.name} "
+            "if you know the pair is whole)",
+        )
     path = sidecar_path(model_path)
     if not path.exists():
         return None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite import rundir
 from mnist_tflite.checks import MAX_IMAGES, check_data_spec, check_int_range
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES, VariantResult, confusion_matrix, evaluate_model
-from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.errors import MnistTfliteError
 from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
 from mnist_tflite.report import notes as notes_mod
 from mnist_tflite.report import tables as report_mod
-from mnist_tflite.training.convert import versions, write_tflite
+from mnist_tflite.training.convert import load_model_source, versions, write_tflite
 from mnist_tflite.training.download import keras_mnist
 from mnist_tflite.training.train import TrainConfig, TrainResult, save_model, train
 from mnist_tflite.training.variants import Variant, build_variant
@@ -37,6 +40,7 @@ class RunConfig:
     latency_samples: int = LATENCY_SAMPLES
     micro_images: int | None = None  # test images checked in TFLM (None: all)
     force: bool = False
+    resume: bool = False  # reuse the model.keras of the run in ``out`` (same data and training options)
 
     def validate(self) -> list[Recipe]:
         """Check every option before any work starts; returns the recipes to build."""
@@ -46,23 +50,21 @@ class RunConfig:
         if self.micro_images is not None:
             check_int_range(self.micro_images, "--micro-images", 1, MAX_IMAGES)
         self.train.validate()
-        check_data_spec(self.data)  # before prepare_out_dir: a typo must not leave an empty folder
+        check_data_spec(self.data)  # before anything is created: a typo must not leave an empty folder
         return resolve_recipes(self.recipes)
 
 
-def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty ``--out`` unless forced; fail early if it cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise fail(out, "exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise fail(out, "output directory is not empty (pass --force to overwrite its files)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise fail(out, f"output directory is not writable ({exc.strerror})") from None
+def fingerprint(config: RunConfig, recipes: list[Recipe]) -> dict[str, Any]:
+    """What decides a run's results; a folder holding a run with the same one is already done."""
+    fp = {
+        "data": config.data,
+        "recipes": [r.name for r in recipes],
+        "train": asdict(config.train),
+        "calibration_size": config.calibration_size,
+        "latency_samples": config.latency_samples,
+        "micro_images": config.micro_images,
+    }
+    return json.loads(json.dumps(fp, default=str))  # tuples -> lists, as read back from report.json
 
 
 def machine_info() -> dict[str, Any]:
@@ -89,14 +91,63 @@ def machine_info() -> dict[str, Any]:
 
 
 def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole job; returns the report dict (also written to ``report.json``)."""
+    """Run the whole job; returns the report dict (also written to ``report.json``).
+
+    The run is built in a staging folder beside ``--out`` and swapped in at the end (see
+    ``rundir``): ``--out`` holds the previous complete run or the new one, never a mix.
+    A folder that already holds a complete run with this configuration is left as it is.
+    """
     recipes = config.validate()
     out = Path(config.out)
+    fp = fingerprint(config, recipes)
+    replace = config.force or config.resume
+    try:
+        _refuse_or_done(out, fp, config, replace)
+        ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
+        with rundir.transaction(out, log=log) as staging:
+            # again, under the lock: another run may have finished into ``out`` meanwhile
+            _refuse_or_done(out, fp, config, replace)
+            resume = rundir.resumable(out, fp, ds) if config.resume else None
+            report = build(config, recipes, fp, ds, staging, log, resume=resume)
+    except _AlreadyDone as done:
+        log(f"{out}: already holds a complete run with these options; nothing to do (--force runs it again)")
+        return done.report
+    report_lines(report, out, log)
+    return report
+
+
+class _AlreadyDone(Exception):
+    """Not an error: leaves the transaction (the staging folder is deleted) without publishing."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+
+def _refuse_or_done(out: Path, fp: dict[str, Any], config: RunConfig, replace: bool) -> None:
+    done = None if replace else rundir.finished_report(out, fp)
+    if done is not None:
+        raise _AlreadyDone(done)
+    if config.resume:
+        rundir.resumable(out, fp)
+    rundir.check_out_dir(out, replace)
+
+
+def build(
+    config: RunConfig,
+    recipes: list[Recipe],
+    fp: dict[str, Any],
+    ds: data_mod.Dataset,
+    out: Path,
+    log: Callable[[str], None],
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every stage, writing into ``out`` (the staging folder); returns the report.
+
+    ``resume``: the previous report of ``config.out``, whose ``model.keras`` is reused untrained.
+    """
     t_start = time.perf_counter()
-    ds = data_mod.load(config.data, downloader=keras_mnist, log=log)  # bad data: no folder made
-    prepare_out_dir(out, config.force)
     log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
-    trained, keras_probs = train_stage(ds, config, out, log)
+    trained, keras_probs = train_stage(ds, config, out, log, resume)
     rep = data_mod.normalize(
         data_mod.representative_sample(ds.x_train, config.calibration_size, config.train.seed)
     )
@@ -104,11 +155,14 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     built = convert_stage(recipes, trained, ds, rep, calibration, config, out, log)
     rows, confusion = evaluate_stage(built, ds, keras_probs, config, log)
     micro = micro_stage(rows, ds, config, log)
+    for row in rows:  # the paths the report names are where the files will be, not the staging folder
+        row.path = str(Path(config.out) / Path(row.path).name) if row.path else row.path
     table_rows = report_mod.rows_as_dicts(rows)
     plots = plot_stage(table_rows, confusion, ds.class_names, out)
     report = {
         "format": "mnist-tflite-report/1",
         "seed": config.train.seed,
+        "run_config": fp,
         "data": ds.summary(),
         "train": {
             "config": asdict(config.train),
@@ -130,17 +184,32 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
 
 
 def train_stage(
-    ds: data_mod.Dataset, config: RunConfig, out: Path, log: Callable[[str], None]
+    ds: data_mod.Dataset,
+    config: RunConfig,
+    out: Path,
+    log: Callable[[str], None],
+    resume: dict[str, Any] | None = None,
 ) -> tuple[TrainResult, np.ndarray]:
-    """Train the Keras model and keep its test-set answers: every variant is compared with them."""
+    """Train the Keras model (or reuse it); keep its test-set answers: every variant is compared with them."""
     tc = config.train
-    log(f"[2/4] training {tc.arch} for {tc.epochs} epochs (seed {tc.seed})")
-    result = train(ds, tc, log=log)
-    model_path = save_model(result.model, out / "model.keras")
+    if resume is not None:
+        model_path = out / "model.keras"
+        shutil.copy2(Path(config.out) / "model.keras", model_path)
+        log(f"[2/4] reusing {Path(config.out) / 'model.keras'} (--resume: {tc.arch}, seed {tc.seed})")
+        result = TrainResult(
+            model=load_model_source(model_path),
+            history=resume["train"]["history"],
+            seconds=resume["train"]["seconds"],
+            config=tc,
+        )
+    else:
+        log(f"[2/4] training {tc.arch} for {tc.epochs} epochs (seed {tc.seed})")
+        result = train(ds, tc, log=log)
+        model_path = save_model(result.model, out / "model.keras")
     x_test = data_mod.normalize(ds.x_test)
     probs = np.asarray(result.model.predict(x_test, batch_size=1000, verbose=0), dtype=np.float32)
     accuracy = float((probs.argmax(1) == ds.y_test).mean())
-    log(f"      Keras test accuracy {100 * accuracy:.2f} % ({result.seconds:.0f} s) -> {model_path}")
+    log(f"      Keras test accuracy {100 * accuracy:.2f} % ({result.seconds:.0f} s) -> {model_path.name}")
     return result, probs
 
 
@@ -174,7 +243,7 @@ def convert_stage(
             calibration=calibration if recipe.needs_calibration else None,
             extra={"architecture": config.train.arch, "seed": config.train.seed, **variant.extra},
         )
-        log(f"      {recipe.name:<10} {len(variant.flatbuffer):>9,} bytes -> {path}")
+        log(f"      {recipe.name:<10} {len(variant.flatbuffer):>9,} bytes -> {path.name}")
         built.append((recipe, path, variant))
     return built
 
@@ -265,18 +334,23 @@ def cm_total(confusion: dict[str, np.ndarray]) -> int:
 
 
 def report_stage(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
-    """Write report.md/json with the notes that say what the figures mean, and show the table."""
+    """Write report.md/json with the notes that say what the figures mean."""
     rows = report["variants"]
     notes = [*report["micro"]["notes"], *notes_mod.finetune_notes(rows)]
     int8 = notes_mod.int8_note(rows, report["machine"])
     notes += [int8] if int8 else []
-    md, js = report_mod.write_report(out, report, notes=notes)
+    report_mod.write_report(out, report, notes=notes)
+
+
+def report_lines(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
+    """Show the table and where the files are, once they are in ``out``."""
     log("")
-    log(report_mod.markdown_table(rows))
+    log(report_mod.markdown_table(report["variants"]))
     log("")
-    log(f"report: {md}  {js}\nmodels: {out}/*.tflite (metadata in *.json)  keras: {out / 'model.keras'}")
+    log(f"report: {out / 'report.md'}  {out / 'report.json'}")
+    log(f"models: {out}/*.tflite (metadata in *.json)  keras: {out / 'model.keras'}")
     log(f"total {report['seconds_total']:.0f} s")
-    for line in next_steps(rows, out):
+    for line in next_steps(report["variants"], out):
         log(line)
 
 
@@ -298,4 +372,6 @@ def next_steps(rows: list[dict[str, Any]], out: Path) -> list[str]:
     if best == "int8":
         fw = shlex.quote(str(out / "firmware"))
         steps.append(f"  mnist-tflite export-micro {model} --out {fw} --verify   # C sources for TFLM")
+        c = shlex.quote(str(out / "compiled"))
+        steps.append(f"  mnist-tflite compile {model} --out {c}   # plain C + Cortex-M4 firmware (QEMU)")
     return steps

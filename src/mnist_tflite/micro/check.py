@@ -134,6 +134,7 @@ def verify(
     arena_bytes: int,
     allow_modified: bool = False,
     workers: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every image through TFLM and through LiteRT (builtin kernels and XNNPACK); compare.
 
@@ -142,6 +143,7 @@ def verify(
         images: uint8 (N, 28, 28); labels: (N,).
         arena_bytes: the arena TFLM gets (the exported size, so the check proves it is enough).
         workers: TFLM children running in parallel (default: one per core).
+        log: where progress lines go (every 10 % or 5 s; the full set takes 13-50 s).
 
     Returns:
         Accuracy, TFLM seconds, and for each LiteRT path the rows, predictions that differ
@@ -160,7 +162,11 @@ def verify(
     q = builtin.quantize_input(x)  # both runtimes get the very same input tensor
     workers = max(1, min(workers or os.cpu_count() or 1, len(q)))
     t = time.perf_counter()
-    results = map_in_children(run_batch, [(data, arena_bytes, c) for c in np.array_split(q, workers)])
+    results = map_in_children(
+        run_batch,
+        [(data, arena_bytes, c) for c in np.array_split(q, workers)],
+        progress=_progress_lines(len(q), log) if log else None,
+    )
     seconds = time.perf_counter() - t
     for res in results:
         if not res.ok:
@@ -179,6 +185,22 @@ def verify(
         "vs_litert_builtin": _compare(tflm, ref_builtin),
         "vs_litert_xnnpack": _compare(tflm, ref_xnnpack),
     }
+
+
+def _progress_lines(total: int, log: Callable[[str], None]) -> Callable[[int], None]:
+    """A ``progress`` callback that logs a line at every 10 % step, or after 5 s of silence."""
+    start = last_time = time.monotonic()
+    last_step = 0
+
+    def report(done: int) -> None:
+        nonlocal last_time, last_step
+        now, step = time.monotonic(), 10 * done // max(total, 1)
+        if done < total and (step > last_step or now - last_time >= 5.0):
+            pct, secs = 100 * done / total, now - start
+            log(f"      TFLM check: {done:,}/{total:,} images ({pct:.0f} %), {secs:.0f} s")
+            last_time, last_step = now, step
+
+    return report
 
 
 def images_phrase(v: dict[str, Any]) -> str:
@@ -293,7 +315,7 @@ def _verify_in_tflm(
     """Run one variant through TFLM on the test images and record how its rows compare with LiteRT."""
     arena = report["variants"][chosen.name]["arena"]["recommended_bytes"]
     try:
-        v = verify(chosen.path, images, labels, arena_bytes=arena)
+        v = verify(chosen.path, images, labels, arena_bytes=arena, log=log)
     except MnistTfliteError as exc:
         report["notes"].append(f"{chosen.name}: TFLM check failed: {exc}")
         log(f"      {chosen.name:<10} TFLM check failed: {exc}")

@@ -10,15 +10,12 @@ No TensorFlow here; TFLM always runs in forked children (see ``_tflm``).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite import atomic
+from mnist_tflite import atomic, rundir
 from mnist_tflite.edge.flatbuffer import ModelInfo
 from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.micro import c_source as c_text
@@ -92,31 +89,18 @@ def _check_out(out: Path, force: bool) -> None:
         raise fail(out, "exists and was not written by export-micro (no micro.json); not replacing it")
 
 
-def _write_dir(out: Path, files: dict[str, str]) -> None:
-    """Write all files into a temp dir next to ``out``, then rename it into place."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise fail(out, f"cannot create it ({exc.strerror})") from None
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
-        for fname, text in files.items():
-            (tmp / fname).write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~atomic._umask())  # mkdtemp makes 0700
-        if out.exists():
-            os.replace(out, old)
+def _write_dir(out: Path, files: dict[str, str], force: bool) -> None:
+    """Write all files into a staging folder beside ``out``, then swap it in (``rundir``).
+
+    A kill at any moment leaves ``out`` holding the previous export or the new one.
+    """
+    with rundir.transaction(out) as staging:
+        _check_out(out, force)  # again, under the lock
         try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)  # put the previous export back
-            raise
-    except OSError as exc:
-        raise fail(out, f"cannot write it ({exc.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+            for fname, text in files.items():
+                (staging / fname).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise fail(out, f"cannot write it ({exc.strerror})") from None
 
 
 def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -158,6 +142,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
             ds.y_test,
             arena_bytes=arena["recommended_bytes"],
             allow_modified=opts.allow_modified,
+            log=log,
         )
     n = opts.name
     files = {
@@ -171,7 +156,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
     summary["files"] = [*files, "summary.txt", "micro.json"]
     files["summary.txt"] = summary_text(summary, out) + "\n"
     files["micro.json"] = json.dumps(summary, indent=2, default=atomic._jsonable) + "\n"
-    _write_dir(out, files)
+    _write_dir(out, files, opts.force)
     return summary
 
 

@@ -4,23 +4,29 @@ TFLM does not verify the flatbuffer, so a corrupt model can take the process dow
 signal; and it reports problems by printing to stderr. A forked child pays the crash and
 its stderr is captured to name the op or type that TFLM lacks. The 10,000-image check is
 split over one child per core: TFLM's reference kernels run about 3 ms per seed-CNN image.
+Children die with the parent (even on SIGKILL; ``procs.die_with_parent``), and report how
+many rows they have done through a shared page, for the caller's progress lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import mmap
 import os
 import pickle
 import re
 import shutil
 import signal
-import tempfile
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from mnist_tflite import procs
 
 CHILD_TIMEOUT_S = 300.0
 ARENA_CAP = 64 << 20  # the bisection's upper bracket; a model that needs more is not for an MCU
@@ -41,23 +47,33 @@ class ChildResult:
 
 
 def map_in_children(
-    fn: Callable[..., Any], arg_lists: Sequence[tuple[Any, ...]], timeout_s: float = CHILD_TIMEOUT_S
+    fn: Callable[..., Any],
+    arg_lists: Sequence[tuple[Any, ...]],
+    timeout_s: float = CHILD_TIMEOUT_S,
+    progress: Callable[[int], None] | None = None,
 ) -> list[ChildResult]:
     """Run ``fn(*args)`` for every ``args`` in its own forked child, all at once.
+
+    Args:
+        progress: called about twice a second with the rows done so far by all children
+            (``fn`` reports them with ``tick``).
 
     Returns:
         One ChildResult per ``args``, in order; never raises for what happens in a child.
     """
-    tmp = tempfile.mkdtemp(prefix="mnist-tflite-tflm-")
+    tmp = procs.make_temp("mnist-tflite-tflm")
+    counters = mmap.mmap(-1, 8 * max(1, len(arg_lists)))  # shared with the forked children
     pids: dict[int, int] = {}
+    status: dict[int, int | None] = {}
+    parent = os.getpid()
     try:
         for i, args in enumerate(arg_lists):
             pid = os.fork()
             if pid == 0:  # child: never return into the caller's code
-                _child(fn, args, os.path.join(tmp, f"{i}.pkl"), os.path.join(tmp, f"{i}.err"))
+                _child(fn, args, tmp, i, parent, counters)
             pids[pid] = i
-        status: dict[int, int | None] = {}
         deadline = time.monotonic() + timeout_s
+        next_report = time.monotonic() + 0.5
         while len(status) < len(pids):
             for pid in pids.keys() - status.keys():
                 done, st = os.waitpid(pid, os.WNOHANG)
@@ -68,25 +84,51 @@ def map_in_children(
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                     status[pid] = None
+            if progress is not None and time.monotonic() >= next_report:
+                progress(_rows_done(counters, len(pids)))
+                next_report += 0.5
             time.sleep(0.005)
         return [
             _collect(status[pid], tmp, i, timeout_s) for pid, i in sorted(pids.items(), key=lambda p: p[1])
         ]
     finally:
+        for pid in pids.keys() - status.keys():  # interrupted (Ctrl-C, SIGTERM): no child outlives us
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        counters.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _child(fn: Callable[..., Any], args: tuple[Any, ...], out_path: str, err_path: str) -> None:
+_counter: tuple[mmap.mmap, int] | None = None  # set in a child: where ``tick`` writes
+
+
+def tick(rows_done: int) -> None:
+    """Inside a child: publish how many rows this child has done (for the parent's progress)."""
+    if _counter is not None:
+        struct.pack_into("<q", _counter[0], 8 * _counter[1], rows_done)
+
+
+def _rows_done(counters: mmap.mmap, n: int) -> int:
+    return sum(struct.unpack_from("<q", counters, 8 * i)[0] for i in range(n))
+
+
+def _child(
+    fn: Callable[..., Any], args: tuple[Any, ...], tmp: str, i: int, parent: int, counters: mmap.mmap
+) -> None:
+    global _counter
     code = 0
     try:
-        fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        procs.die_with_parent(parent)
+        _counter = (counters, i)
+        fd = os.open(os.path.join(tmp, f"{i}.err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, 2)  # TFLM's MicroPrintf writes here
         faulthandler.disable()  # a crash is reported by the parent, not dumped on the user's terminal
         try:
             result: tuple[str, Any] = ("ok", fn(*args))
         except BaseException as exc:
             result, code = ("error", str(exc).strip() or type(exc).__name__), 1
-        with open(out_path, "wb") as f:
+        with open(os.path.join(tmp, f"{i}.pkl"), "wb") as f:
             pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
     finally:
         os._exit(code)
@@ -168,6 +210,8 @@ def run_batch(data: bytes, arena_size: int, inputs: np.ndarray) -> np.ndarray:
         if out is None:
             out = np.empty((len(inputs), y.size), dtype=y.dtype)
         out[i] = y
+        if i % 50 == 49:
+            tick(i + 1)
     return out if out is not None else np.empty((0, 0), dtype=dtype)
 
 

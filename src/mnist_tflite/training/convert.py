@@ -125,7 +125,9 @@ def write_tflite(
     calibration: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the model and its metadata sidecar atomically; return the metadata."""
+    """Write the model and its metadata sidecar as a unit (see ``metadata.writing``); return the metadata."""
+    if Path(path).suffix != ".tflite":  # the sidecar is <stem>.json: it would overwrite a .json model path
+        raise fail(path, "expected a file name ending in .tflite")
     meta = {
         "model": Path(path).name,
         "sha256": metadata.sha256_bytes(flatbuffer),
@@ -145,6 +147,8 @@ def write_tflite(
         "versions": versions(),
         **(extra or {}),
     }
-    atomic.write_bytes(path, flatbuffer)
-    metadata.write(path, meta)
+    # sidecar replaced before the model: a model never stands without the hash that vouches for it
+    with metadata.writing(path), atomic.atomic_path(path) as model_tmp:
+        model_tmp.write_bytes(flatbuffer)  # the big write first: a full disk fails here, naming the model
+        metadata.write(path, meta)
     return meta

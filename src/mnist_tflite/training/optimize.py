@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite import procs
 from mnist_tflite.errors import ConversionError, MnistTfliteError
 from mnist_tflite.recipes import Recipe, resolve_options
 from mnist_tflite.training.convert import convert
@@ -142,8 +142,7 @@ def fine_tune(
     num_classes = int(model.get_weights()[-1].shape[0])
     job = _job(recipe, arch, num_classes, train_config)
     opts = job["options"]
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-optimize-") as tmp:
-        work = Path(tmp)
+    with procs.temp_dir("mnist-tflite-optimize") as work:  # swept by the next run if we are killed
         (work / "job.json").write_text(json.dumps(job))
         np.savez(work / "weights.npz", **{f"w{i}": w for i, w in enumerate(model.get_weights())})
         np.savez(work / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train)
@@ -194,7 +193,8 @@ def _job(recipe: Recipe, arch: Architecture, num_classes: int, train_config: Any
 
 
 def _run_child(work: Path, recipe_name: str) -> tuple[dict[str, Any], float]:
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # the child dies with us, even on SIGKILL (procs.die_with_parent_from_env)
+    env = procs.child_env({**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     start = time.perf_counter()
     try:
         proc = subprocess.run(

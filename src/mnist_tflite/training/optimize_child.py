@@ -29,6 +29,7 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 import numpy as np
 
 from mnist_tflite import data as data_mod
+from mnist_tflite import procs
 from mnist_tflite.training.model import get_architecture, logits_copy
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 from mnist_tflite.training.train import batches
@@ -147,6 +148,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m mnist_tflite.training.optimize_child WORKDIR", file=sys.stderr)
         return 2
+    procs.die_with_parent_from_env()  # first: fine-tuning must not outlive a killed parent
     work = Path(argv[0])
     result = run(work)
     (work / "result.json").write_text(json.dumps(result))
