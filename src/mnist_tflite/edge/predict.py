@@ -122,7 +122,12 @@ class Classifier:
     # -- single images -------------------------------------------------------------------
 
     def preprocess(self, image: Any, *, name: str | None = None) -> np.ndarray:
-        """A path, bytes, PIL image or array -> the (28, 28) image in [0, 1] the model sees."""
+        """A path, bytes, PIL image or array -> the (28, 28) image in [0, 1] the model sees.
+
+        Raises:
+            BlankImageError: for an image without ink, a uniform 28x28 array included (the
+                rule ``predict`` and ``serve`` share: no digit is invented).
+        """
         if isinstance(image, str | os.PathLike | bytes | bytearray):
             label = name or (str(image) if not isinstance(image, bytes | bytearray) else "image")
             try:
@@ -168,7 +173,11 @@ class Classifier:
                 if preprocess.is_array_file(path):
                     raw = preprocess.open_array_file(path)  # memory-mapped: read as we go
                     for i in range(len(raw)):
-                        yield f"{path}[{i}]", preprocess.to_mnist(np.asarray(raw[i]))
+                        source = f"{path}[{i}]"
+                        try:
+                            yield source, preprocess.to_mnist(np.asarray(raw[i]))
+                        except MnistTfliteError as exc:  # a blank image: this one fails, not the file
+                            yield source, f"{source}: {exc}"
                     continue
                 image = self.preprocess(path)
             except MnistTfliteError as exc:
