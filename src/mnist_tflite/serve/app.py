@@ -176,7 +176,8 @@ def _load_variants(
                     raise
                 raise fail(path, f"unusable model or sidecar ({type(exc).__name__}: {exc})") from None
             problem = str(exc) if isinstance(exc, MnistTfliteError) else f"{type(exc).__name__}: {exc}"
-            problem = " ".join(problem.replace(str(path), path.name).split())[:300]
+            # file names only: the page and the API never show server paths
+            problem = " ".join(problem.replace(str(path.parent) + os.sep, "").split())[:300]
             LOG.warning("skipping %s: %s", path.name, problem)
             unavailable.append({"name": path.stem, "error": problem})
     if not variants:

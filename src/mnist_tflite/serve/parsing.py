@@ -34,9 +34,11 @@ MAX_JSON_PIXELS = 512 * 512
 MAX_JSON_SIDE = 4096  # rows or columns; a 1 x 4096 strip is fine, 1 x 1,000,000 is not
 MAX_JSON_OBJECTS = 16  # {...} in the whole body: {"pixels": ..., "model": ...} needs one
 MAX_JSON_STRINGS = 32  # quoted strings (keys included)
-# decoding cost per pixel: JPEG is decoded at 1/2 to 1/8 scale (draft mode), other formats
-# in full, so they get a lower limit (4 MP PNG RGB: ~40 ms; 16 MP: ~150 ms)
-MAX_FULL_DECODE_PIXELS = 4_000_000
+# Decoding cost: a baseline JPEG is decoded at 1/2 to 1/8 scale (draft mode), ~10 ms per MB
+# of file; other formats are decoded in full, so they get a lower pixel limit (3 MP PNG RGBA:
+# ~35 ms; 16 MP: ~200 ms); a progressive JPEG costs ~35 ms per MB of file whatever its size.
+MAX_FULL_DECODE_PIXELS = 3_000_000
+MAX_PROGRESSIVE_JPEG_BYTES = 1024 * 1024
 _EXPECTED_PIXELS = (
     "expected an H x W array of grayscale values 0..255 (28 x 28: MNIST format, white on black)"
 )
@@ -386,13 +388,14 @@ def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
     from PIL import Image
 
     too_many = f"image is over the limit of {max_pixels:,} pixels"
-    fmt = None
+    fmt, progressive = None, False
     try:  # header only: refuse a pixel bomb with 413 before anything is decoded
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as peek:
                 width, height = peek.size
                 fmt = peek.format
+                progressive = bool(peek.info.get("progressive") or peek.info.get("progression"))
     except Image.DecompressionBombError:
         raise ApiError(413, "too_many_pixels", too_many) from None
     except Exception:  # load_image below says precisely what is wrong with it
@@ -406,6 +409,13 @@ def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
             "too_many_pixels",
             f"{width}x{height} {fmt or 'image'} is over the limit of {full:,} pixels for formats decoded "
             f"in full (JPEG: {max_pixels:,}); send it smaller or as a JPEG",
+        )
+    if fmt == "JPEG" and progressive and len(data) > MAX_PROGRESSIVE_JPEG_BYTES:
+        raise ApiError(
+            413,
+            "too_large",
+            f"progressive JPEG of {len(data):,} bytes is over the limit of {MAX_PROGRESSIVE_JPEG_BYTES:,} "
+            "for progressive JPEGs (slow to decode); send a baseline JPEG or a smaller file",
         )
     try:
         image = preprocess.load_image(data, name="upload", max_pixels=max_pixels)
