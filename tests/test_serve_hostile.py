@@ -463,6 +463,35 @@ def test_the_server_still_answers_after_the_hostile_cases(client):
     assert r.status_code == 200 and r.json()["label"] == 1
 
 
+def test_too_many_waiting_requests_get_a_503_not_a_queue_without_end(monkeypatch):
+    import threading
+
+    import mnist_tflite.serve.app as app_mod
+
+    real = app_mod._answer
+
+    def slow(*args):
+        time.sleep(0.3)
+        return real(*args)
+
+    monkeypatch.setattr(app_mod, "_answer", slow)
+    c = TestClient(create_app(MODELS / "int8.tflite", workers=1, max_waiting=1))
+    statuses: list[int] = []
+
+    def one() -> None:
+        r = c.post("/api/predict", content=GOOD_PNG, headers={"content-type": "image/png"})
+        statuses.append(r.status_code)
+        if r.status_code == 503:
+            assert r.json()["error"] == "busy" and r.headers["retry-after"] == "1"
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(statuses).count(200) >= 2 and 503 in statuses, statuses
+
+
 # --- CPU budget: any body up to the cap costs <= 50 ms of CPU, or is refused ---------------
 
 CAP = MAX_UPLOAD_BYTES

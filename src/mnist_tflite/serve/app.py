@@ -27,10 +27,13 @@ sidecar in a run folder is skipped with a logged reason; the others are served.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the route annotations at runtime
+import asyncio
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,7 +252,6 @@ def create_app(
     Example:
         >>> app = create_app("runs/demo")  # then: uvicorn.run(app, host="127.0.0.1")
     """
-    import anyio
     from fastapi import Request
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -272,7 +274,19 @@ def create_app(
     )
     if workers:
         served.workers = int(workers)
-    limiter: list[Any] = []  # made on first use: a CapacityLimiter belongs to the running event loop
+    # CPU work goes to a pool of threads (FIFO queue), whatever event loop asks: the test
+    # client runs one loop per request; uvicorn one for all
+    pool = ThreadPoolExecutor(max_workers=served.workers, thread_name_prefix="mnist-tflite-worker")
+    queued = [0]  # jobs submitted and not finished
+    queued_lock = threading.Lock()
+
+    def job(content_type: str, body: bytes, query_model: str | None) -> bytes:
+        try:
+            return _answer(served, content_type, body, query_model)
+        finally:
+            with queued_lock:
+                queued[0] -= 1
+
     # FastAPIOffline serves the /docs page's Swagger UI assets from the package: no CDN, works offline
     app = FastAPIOffline(
         title="mnist-tflite",
@@ -350,21 +364,20 @@ def create_app(
             raise ApiError(
                 404, "unknown_model", f"no variant {query_model[:64]!r}; served: {sorted(served.variants)}"
             )
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(served.workers))
-        if limiter[0].statistics().tasks_waiting >= served.max_waiting:
-            raise ApiError(503, "busy", "server busy: too many requests waiting; retry", {"Retry-After": "1"})
+        busy = ApiError(503, "busy", "server busy: too many requests waiting; retry", {"Retry-After": "1"})
+        limit = served.workers + served.max_waiting
+        if queued[0] >= limit:  # refuse before reading the body
+            raise busy
         body = await read_body(request, served.max_upload_bytes, served.budget, served.body_timeout)
         request.state.body_read = True
         try:
-            content = await anyio.to_thread.run_sync(
-                _answer,
-                served,
-                request.headers.get("content-type", ""),
-                body,
-                query_model,
-                limiter=limiter[0],
-            )
+            with queued_lock:
+                if queued[0] >= limit:
+                    raise busy
+                queued[0] += 1
+            ctype = request.headers.get("content-type", "")
+            loop = asyncio.get_running_loop()
+            content = await loop.run_in_executor(pool, job, ctype, body, query_model)
         finally:
             served.budget.give(len(body))
         return Response(content, media_type="application/json")

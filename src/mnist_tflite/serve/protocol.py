@@ -161,6 +161,13 @@ def guarded_protocol(
             if not self.transport.is_closing():
                 self._start_head()  # the next request on this connection
 
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._reading_head and self._head_timer is not None and not self.transport.is_closing():
+                # the next request's clock starts when this answer is out, not before
+                self._head_timer.cancel()
+                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
         def send_400_response(self, msg: str) -> None:
             self._stop_head()
             if not self.transport.is_closing():
