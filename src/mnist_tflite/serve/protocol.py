@@ -168,6 +168,11 @@ def guarded_protocol(
                 self._head_timer.cancel()
                 self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
 
+        def _unsupported_upgrade_warning(self) -> None:
+            # no WebSocket here: the request is answered as plain HTTP; uvicorn's advice to
+            # install a WebSocket library would only mislead whoever reads the log
+            self.logger.debug("upgrade request answered as plain HTTP")
+
         def send_400_response(self, msg: str) -> None:
             self._stop_head()
             if not self.transport.is_closing():
