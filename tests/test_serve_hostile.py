@@ -367,6 +367,12 @@ case(
     {"content": b"x", "headers": {"content-type": "image/png", "content-length": "abc"}},
 )
 
+for i, length in enumerate([b"\xb2", "1e3", "0x10", "-1", "99999999999999999999999", "1,2"]):
+    case(
+        f"content-length-{i}",
+        {"content": b"x", "headers": {"content-type": "image/png", "content-length": length}},
+    )
+
 CASES_POST_PATH = list(CASES)
 
 # query parameters on a good request

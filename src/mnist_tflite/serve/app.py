@@ -81,8 +81,8 @@ class _Served:
     max_pixels: int
     body_timeout: float = BODY_TIMEOUT
     max_waiting: int = MAX_WAITING
-    # worker threads for CPU work: one per core keeps latency low (the GIL is released in
-    # decoding, NumPy and invoke(), so a second thread per core hides their gaps)
+    # worker threads for CPU work, two per core: the GIL is released in decoding, NumPy and
+    # invoke(), so a second thread per core fills those gaps; more would only queue
     workers: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     budget: BodyBudget = field(default_factory=lambda: BodyBudget(BODY_BUDGET))
 

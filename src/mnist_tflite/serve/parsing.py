@@ -151,7 +151,7 @@ async def read_body(
 
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 18:
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
             raise ApiError(400, "bad_request", f"Content-Length {declared[:32]!r} is not a number")
         if int(declared) > limit:
             raise ApiError(
@@ -376,11 +376,6 @@ def _pixel_array(rows: Any, body: bytes, max_pixels: int) -> np.ndarray:
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
         raise bad("has values outside 0..255 (or NaN / Infinity)")
     return np.rint(a).astype(np.uint8) if a.dtype.kind == "f" else a.astype(np.uint8)
-
-
-def pixels_to_uint8(pixels: Any, max_pixels: int) -> np.ndarray:
-    """A parsed JSON ``pixels`` value -> uint8 (H, W) (for callers that already hold it)."""
-    return _pixel_array(pixels, b"", max_pixels)
 
 
 def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
