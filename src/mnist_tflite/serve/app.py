@@ -178,7 +178,11 @@ def _load_variants(
                 if isinstance(exc, MnistTfliteError):
                     raise
                 raise fail(path, f"unusable model or sidecar ({type(exc).__name__}: {exc})") from None
-            problem = str(exc) if isinstance(exc, MnistTfliteError) else f"{type(exc).__name__}: {exc}"
+            problem = (
+                str(exc)
+                if isinstance(exc, MnistTfliteError)
+                else f"{path.stem}.json or the model is unusable ({type(exc).__name__}: {exc})"
+            )
             # file names only: the page and the API never show server paths
             problem = " ".join(problem.replace(str(path.parent) + os.sep, "").split())[:300]
             LOG.warning("skipping %s: %s", path.name, problem)
@@ -433,8 +437,6 @@ def serve(
     from mnist_tflite.serve.protocol import guarded_protocol
 
     app = create_app(model_or_run_dir, allow_modified=allow_modified, **app_options)
-    for u in app.state.served.unavailable:
-        log(f"skipped {u['name']}: {u['error']}")
     sock = _listen(host, port)
     served = app.state.served
     shown = f"[{host}]" if ":" in host else host
