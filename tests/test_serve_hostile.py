@@ -570,6 +570,27 @@ def test_any_body_up_to_the_cap_costs_little_cpu_or_is_refused():
     assert not slow, slow
 
 
+@pytest.mark.parametrize(
+    "shape", [(1, 7000), (7000, 1), (1, 200_000), (3, 50_000), (50_000, 3), (2, 1_000_000)]
+)
+def test_thin_strips_cost_no_more_than_a_small_picture(shape):
+    """The 1 x 7000 case cost 4.5 s: the background window grew with the long side, squared."""
+    from mnist_tflite.edge.preprocess import BlankImageError, to_mnist
+
+    warm = np.zeros((60, 60), np.uint8)
+    warm[20:40, 28:32] = 255
+    to_mnist(warm)  # imports and first-call costs are not what is measured
+    a = np.zeros(shape, np.uint8)
+    a[tuple(slice(n // 3, 2 * n // 3 + 1) for n in shape)] = 255
+    t = time.thread_time()
+    try:
+        x = to_mnist(a)
+        assert x.shape == (28, 28) and np.isfinite(x).all()
+    except BlankImageError:
+        pass
+    assert time.thread_time() - t < 0.5
+
+
 # --- bad sidecars: one bad variant is skipped, the others served --------------------------
 
 BAD_SIDECARS = {

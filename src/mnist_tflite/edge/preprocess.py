@@ -102,14 +102,15 @@ def _reduce(a: np.ndarray, longest: int) -> np.ndarray:
     if factor <= 1:
         return a
     h, w = a.shape[:2]
-    hh, ww = -(-h // factor) * factor, -(-w // factor) * factor
+    fh, fw = min(factor, h), min(factor, w)  # a side shorter than a block is one block
+    hh, ww = -(-h // fh) * fh, -(-w // fw) * fw
     if (hh, ww) != (h, w):
         a = np.pad(a, ((0, hh - h), (0, ww - w), (0, 0)), mode="edge")
-    rows = a.reshape(hh // factor, factor, ww, a.shape[2]).sum(axis=1, dtype=np.float32)
-    out = rows[:, 0::factor]
-    for i in range(1, factor):
-        out = out + rows[:, i::factor]
-    return out / np.float32(factor * factor)
+    rows = a.reshape(hh // fh, fh, ww, a.shape[2]).sum(axis=1, dtype=np.float32)
+    out = rows[:, 0::fw]
+    for i in range(1, fw):
+        out = out + rows[:, i::fw]
+    return out / np.float32(fh * fw)
 
 
 def _resize_float(a: np.ndarray, size: tuple[int, int], resample: str = "BILINEAR") -> np.ndarray:
