@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow", type=int, default=500, help="slow-clients mode: slow connections")
     ap.add_argument("--trickle", type=float, default=4.0, help="slow-clients mode: seconds between lines")
     ap.add_argument("--duration", type=float, default=20.0, help="slow-clients mode: seconds to measure")
+    ap.add_argument("--workers", type=int, help="server worker threads (default: the server's own)")
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/serve_load[_PAYLOAD].json")
     args = ap.parse_args(argv)
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         from mnist_tflite.edge.preprocess import load_image, to_mnist
 
         expected = direct.predict(np.stack([to_mnist(load_image(f)) for _, _, f in payloads]))
-    proc, port = _start_server(args.model)
+    proc, port = _start_server(args.model, **({"workers": args.workers} if args.workers else {}))
     try:
         asyncio.run(_load(port, payloads, expected, args.warmup, args.concurrency, args.client, 60))
         rss_before, cpu_before = _rss_kb(proc.pid), _cpu_s(proc.pid)
@@ -444,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": args.requests,
         "sent": sent,
         "concurrency": args.concurrency,
+        "server_workers": args.workers or "default (1 per core)",
         "errors": sum(errors.values()) + (args.requests - sent),
         "error_kinds": errors,
         "wrong_vs_direct_litert": mismatches,
