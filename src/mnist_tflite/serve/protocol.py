@@ -121,6 +121,7 @@ def guarded_protocol(
                         "Service Unavailable",
                         "busy",
                         "too many connections: the oldest idle one is closed",
+                        log=False,  # a flood of connections must not become a flood of log lines
                     )
                 else:
                     self._refuse(503, "Service Unavailable", "busy", "too many connections; retry")
