@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -88,6 +89,12 @@ def _breakdown(renders: list[Render], y: np.ndarray, clean: np.ndarray, photo: n
     return table
 
 
+def _cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=2000)
@@ -118,6 +125,12 @@ def main() -> None:
         "target_gap_points": 2.0,
         "failed_files": len(m["failures"]),
         "files_per_s": round(len(y) / m["classify_s"], 1),
+        # a speed means little without the machine and what else ran on it
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
         "by_condition": table,
         "wrong_on_photo_only": [
             asdict(r) for r, c, p, t in zip(m["renders"], clean, photo, y, strict=True) if c == t and p != t

@@ -17,6 +17,7 @@ CLOSING = 0.2  # background window, as a fraction of the longest side (wider tha
 MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)
 NOISE_MARGIN = 10.0  # ... and stand out from the noise by this many median deviations
 CHROMA = 0.6  # weight of a change in a single colour channel, against one in brightness
+COARSE = 8  # the background is computed on a grid this many cells across its window
 MIN_INK_PIXELS = 6  # fewer is a speck of dust, not a digit
 LOW_CUT, HIGH_CUT = 0.30, 0.75  # below LOW_CUT * peak is background, above HIGH_CUT * peak solid
 
@@ -62,7 +63,8 @@ def running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
         return running(a.T, k, 0, op).T
     n, lo = a.shape[0], k // 2
     total = -(-(n + k - 1) // k) * k
-    p = np.pad(a, ((lo, total - n - lo), (0, 0)), mode="edge")
+    # edges repeated (np.pad's bookkeeping costs more than the scan on small arrays)
+    p = np.concatenate([np.repeat(a[:1], lo, axis=0), a, np.repeat(a[-1:], total - n - lo, axis=0)])
     blocks = p.reshape(total // k, k, -1)
     prefix = op.accumulate(blocks, axis=1).reshape(p.shape)
     suffix = op.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].reshape(p.shape)
@@ -76,19 +78,61 @@ def box3(a: np.ndarray) -> np.ndarray:
     return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) / np.float32(9.0)
 
 
+def _block(a: np.ndarray, f: int, op: np.ufunc) -> np.ndarray:
+    """Reduce a 2-D array by ``op`` over f x f blocks (edges repeated to whole blocks).
+
+    Row blocks first (a reduction along a middle axis runs over whole contiguous rows),
+    then the f interleaved column slices: each step is one vectorized pass.
+    """
+    h, w = a.shape
+    hh, ww = -(-h // f) * f, -(-w // f) * f
+    if (hh, ww) != (h, w):
+        a = np.pad(a, ((0, hh - h), (0, ww - w)), mode="edge")
+    rows = op.reduce(a.reshape(hh // f, f, ww), axis=1)
+    out = rows[:, 0::f]
+    for i in range(1, f):
+        out = op(out, rows[:, i::f])
+    return out
+
+
 def _background(channel: np.ndarray, light: bool) -> np.ndarray:
     """The paper (or board) without the ink: a morphological closing (opening on a board).
 
     Any mark thinner than the window is a stroke and is removed; larger areas (a shadow,
     a lighting gradient, the table around a sheet) are background and kept, edges and all.
+    The background is smooth at the scale of the window, so it is computed on a grid
+    ``COARSE`` times coarser than the window (the first operation taken over blocks keeps
+    its meaning: no stroke survives a block maximum) and interpolated back: the cost no
+    longer grows with the picture's area times the window.
     """
-    k = max(3, int(max(channel.shape) * CLOSING) | 1)
+    h, w = channel.shape
+    k = max(3, int(max(h, w) * CLOSING) | 1)
     first, second = (np.maximum, np.minimum) if light else (np.minimum, np.maximum)
+    f = max(1, k // COARSE)
+    small = _block(channel, f, first) if f > 1 else channel
+    kc = max(3, (k // f) | 1)
     # the picture goes on beyond its frame: a dark table edge along the border stays background
-    bg = np.pad(channel, k, mode="edge")
+    bg = np.pad(small, kc, mode="edge")
     for op in (first, second):
-        bg = running(running(bg, k, 0, op), k, 1, op)
-    return bg[k:-k, k:-k]
+        bg = running(running(bg, kc, 0, op), kc, 1, op)
+    bg = bg[kc:-kc, kc:-kc]
+    if f == 1:
+        return bg
+    # a block that straddles the edge of a large dark area (the table around a sheet) took
+    # the paper's value; one more step of the second operation gives the edge back to the
+    # dark side, so that interpolating never lights up table pixels as ink
+    bg = running(running(bg, 3, 0, second), 3, 1, second)
+    return _upsample(bg, f, (h, w))
+
+
+def _upsample(a: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation of a block grid (one value per f x f block) back to ``shape``."""
+    from PIL import Image
+
+    hh, ww = a.shape[0] * f, a.shape[1] * f
+    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+    out = np.asarray(img.resize((ww, hh), Image.Resampling.BILINEAR), dtype=np.float32)
+    return out[: shape[0], : shape[1]]
 
 
 def ink_map(a: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
-from mnist_tflite.edge.ink import BlankImageError, ink_map, running
+from mnist_tflite.edge.ink import MIN_CONTRAST, BlankImageError, ink_map, running
 from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = [
@@ -55,52 +55,66 @@ def _scale(a: np.ndarray) -> np.ndarray:
         if a.dtype.itemsize > 2 and a.size and a.max() > 65535:
             top = float(a.max())
         return np.clip(a.astype(np.float32) / np.float32(top), 0.0, 1.0)
-    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    a = a.astype(np.float32)
+    if a.size and not np.isfinite(a.max() - a.min()):  # NaN or infinity anywhere: not a picture
+        raise MnistTfliteError("pixel values include NaN or infinity; expected finite numbers")
     if a.size and a.max() > 1.0:
         a = a / np.float32(255.0 if a.max() <= 255.0 else a.max())
     return np.clip(a, 0.0, 1.0)
 
 
 def _image_to_array(image) -> np.ndarray:
-    """A PIL image -> float32 (H, W, C) with C in {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA)."""
+    """A PIL image -> float32 (H, W, C) with C in {1, 3}: longest side <= WORK_SIZE, no alpha.
+
+    The image is shrunk in Pillow, on its 8-bit pixels (a box filter, like ``_reduce``),
+    before anything becomes float: a 600 px RGB photo costs a tenth as much that way.
+    """
     sixteen_bit = image.mode.startswith("I;16")
     convert = {"P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "1": "L", "La": "LA", "CMYK": "RGB"}
     convert.update({"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "I;16": "I", "I;16B": "I", "I;16L": "I"})
     if image.mode in convert:
         image = image.convert(convert[image.mode])
-    factor = max(image.size) // (2 * WORK_SIZE)
+    alpha = image.mode in ("RGBA", "LA")
+    if alpha:
+        # premultiplied: shrinking must not mix in the colour of transparent pixels
+        image = image.convert("RGBa" if image.mode == "RGBA" else "La")
+    factor = -(-max(image.size) // WORK_SIZE)
     if factor > 1:
-        # shrink big photos in Pillow first: a 50-megapixel RGB photo as float32 is 600 MB
         with contextlib.suppress(ValueError, NotImplementedError):  # else NumPy does it later
             image = image.reduce(factor)
     raw = np.asarray(image)
     a = raw.astype(np.float32) / np.float32(65535.0) if sixteen_bit else _scale(raw)
-    return a[..., None] if a.ndim == 2 else a
+    a = a[..., None] if a.ndim == 2 else a
+    return _composite(a[..., :-1], a[..., -1:]) if alpha else a
 
 
-def _composite(a: np.ndarray) -> np.ndarray:
-    """(H, W, C) with alpha -> without: transparent areas become a contrasting background."""
-    if a.shape[-1] not in (2, 4):
-        return a
-    color, alpha = a[..., :-1], a[..., -1:]
-    if float(alpha.min()) > 0.98:
-        return color
+def _composite(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour (premultiplied by alpha) over a backdrop that contrasts with what was drawn."""
     # paint the transparent canvas the opposite of what was drawn on it
-    drawn = float((color * alpha).sum() / max(float(alpha.sum()), 1e-6))
-    backdrop = 0.0 if drawn > 0.5 else 1.0
-    return color * alpha + backdrop * (1.0 - alpha)
+    drawn = float(premultiplied.sum()) / max(float(alpha.sum()) * premultiplied.shape[-1], 1e-6)
+    backdrop = np.float32(0.0 if drawn > 0.5 else 1.0)
+    return premultiplied + backdrop * (np.float32(1.0) - alpha)
 
 
 def _reduce(a: np.ndarray, longest: int) -> np.ndarray:
-    """Block-average (H, W, C) so its longest side is at most ``longest`` (anti-aliased)."""
+    """Block-average (H, W, C) so its longest side is at most ``longest`` (anti-aliased).
+
+    Edges are repeated to whole blocks, so a thin strip (1 x 7000) shrinks too: the work
+    after this never exceeds ``longest`` squared, whatever the shape.
+    """
     factor = -(-max(a.shape[:2]) // longest)
     if factor <= 1:
         return a
-    h, w = a.shape[0] // factor * factor, a.shape[1] // factor * factor
-    if h == 0 or w == 0:  # a very thin strip: keep it as it is
-        return a
-    a = a[:h, :w]
-    return a.reshape(h // factor, factor, w // factor, factor, a.shape[2]).mean(axis=(1, 3))
+    h, w = a.shape[:2]
+    fh, fw = min(factor, h), min(factor, w)  # a side shorter than a block is one block
+    hh, ww = -(-h // fh) * fh, -(-w // fw) * fw
+    if (hh, ww) != (h, w):
+        a = np.pad(a, ((0, hh - h), (0, ww - w), (0, 0)), mode="edge")
+    rows = a.reshape(hh // fh, fh, ww, a.shape[2]).sum(axis=1, dtype=np.float32)
+    out = rows[:, 0::fw]
+    for i in range(1, fw):
+        out = out + rows[:, i::fw]
+    return out / np.float32(fh * fw)
 
 
 def _resize_float(a: np.ndarray, size: tuple[int, int], resample: str = "BILINEAR") -> np.ndarray:
@@ -195,14 +209,21 @@ def to_mnist(image) -> np.ndarray:
         if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
             raise MnistTfliteError("image array holds NaN or infinity; expected finite pixel values")
         if _is_field(image):
-            x = _scale(image).reshape(FIELD, FIELD)
-            if not x.any():  # the rule everywhere (predict, Classifier, serve): no ink, no guess
-                raise BlankImageError("all 28x28 pixels are 0: no digit to classify")
-            return x
+            field = _scale(image).reshape(FIELD, FIELD)
+            if field.size and float(field.max()) - float(field.min()) < MIN_CONTRAST:
+                # the rule ink_map applies to photos: nothing differs from the background
+                raise BlankImageError(
+                    f"no ink found, no digit to classify: the 28x28 image is uniform (all pixels within "
+                    f"{MIN_CONTRAST:.0%} of full scale of each other); expected a white digit on black"
+                )
+            return field
         if image.ndim == 2:
             a = _scale(image)[..., None]
         elif image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4):
             a = _scale(image)
+            if a.shape[-1] in (2, 4):
+                color, alpha = a[..., :-1], a[..., -1:]
+                a = _composite(color * alpha, alpha)
         else:
             raise ValueError(
                 f"Expected an image array (H, W[, C]) with C <= 4, received: shape={image.shape}"
@@ -211,7 +232,7 @@ def to_mnist(image) -> np.ndarray:
         a = _image_to_array(image)
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"Expected a non-empty image, received: shape={a.shape}")
-    a = _reduce(_composite(a), WORK_SIZE)
+    a = _reduce(a, WORK_SIZE)
     ink = ink_map(a)
     ink = ink[_crop_box(ink)]
     ink = _normalize_strokes(ink)

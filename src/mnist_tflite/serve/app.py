@@ -14,16 +14,26 @@ API (OpenAPI at ``/docs``):
     GET  /api/models    the variants served, their recipe, size and report figures.
     GET  /healthz       liveness.
 Errors are JSON ``{"error": code, "detail": message}``: 400 unreadable body or image, 404
-unknown variant, 413 body or pixel count over the limit, 415 unsupported content type,
-422 well-formed but unusable input (wrong array shape, a blank image: ``"error": "blank"``).
+unknown variant or path, 408 a body (or request head) that does not arrive in time, 413
+body or pixel count over the limit, 415 unsupported content type, 422 well-formed but
+unusable input (wrong array shape, a blank image: ``"error": "blank"``, the rule ``predict``
+uses too), 431 request headers over 32 KB, 503 too many requests waiting.
+
+Hostile clients: all CPU work (parsing, decoding, preprocessing, inference) runs in a
+bounded pool of worker threads, never on the event loop, and every parser is bounded
+before it allocates (:mod:`mnist_tflite.serve.parsing`); slow or oversized request heads
+are cut off at the connection (:mod:`mnist_tflite.serve.protocol`). One bad model or
+sidecar in a run folder is skipped with a logged reason; the others are served.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the route annotations at runtime
+import asyncio
 import json
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +43,20 @@ import numpy as np
 from mnist_tflite.edge import preprocess
 from mnist_tflite.edge.infer import TfliteModel
 from mnist_tflite.errors import MnistTfliteError, fail
-from mnist_tflite.serve.parsing import ApiError, image_to_mnist, pixels_to_uint8, read_body, split_request
+from mnist_tflite.serve.parsing import ApiError, BodyBudget, image_to_mnist, read_body, split_request
+from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app", "serve"]
 
+LOG = logging.getLogger("mnist_tflite.serve")
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # whole request body
 MAX_PIXELS = 16_000_000  # a 12-megapixel phone photo fits; a decompression bomb does not
 STATIC = Path(__file__).parent / "static"
 PREFERRED_ORDER = ("float32", "float16", "dynamic", "int8", "int16x8")
 DEFAULT_VARIANT = "int8"
-INLINE_BYTES = 16 * 1024  # JSON bodies this small are answered without a worker thread
+BODY_TIMEOUT = 30.0  # seconds for a request body to arrive (5 MiB at 175 KB/s)
+MAX_WAITING = 64  # requests queued for a worker beyond this get a 503 at once
+BODY_BUDGET = 128 * 1024 * 1024  # request bodies held in memory at once, all requests together
 _CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'"
 VARIANT_KEYS = ("recipe", "accuracy", "agreement", "max_prob_diff", "latency_us", "size_ratio")
 
@@ -65,26 +79,43 @@ class _Served:
     report: dict[str, Any] | None
     max_upload_bytes: int
     max_pixels: int
-    # decoding a big photo takes a few hundred MB; at most one per core at a time
-    decode_slots: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1)
-    )
+    body_timeout: float = BODY_TIMEOUT
+    max_waiting: int = MAX_WAITING
+    # worker threads for CPU work, one per core: measured with photo uploads at concurrency
+    # 16 on 2 cores, two per core cost 15-30 % more CPU per request (GIL hand-offs) and
+    # raised p99 by ~15 %
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    budget: BodyBudget = field(default_factory=lambda: BodyBudget(BODY_BUDGET))
 
 
 def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """report.json (or report.md) of a run folder -> per-variant figures and a display table."""
+    """report.json (or report.md) of a run folder -> per-variant figures and a display table.
+
+    An unreadable report is logged and shown as such; the models are served without figures.
+    """
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
     if json_path.is_file():
         try:
-            rows = json.loads(json_path.read_text(encoding="utf-8")).get("variants") or []
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+            rows = doc.get("variants") or []
             rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("name"), str)]
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-            raise fail(
-                json_path, f"unreadable report ({exc}); expected report.json written by mnist-tflite"
-            ) from None
-        from mnist_tflite.report.tables import table_cells
+            from mnist_tflite.report.tables import table_cells
 
-        headers, table = table_cells(rows)
+            headers, table = table_cells(rows)
+        except (
+            OSError,
+            UnicodeDecodeError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            KeyError,
+            RecursionError,
+        ) as exc:
+            problem = (
+                f"unreadable report ({type(exc).__name__}: {str(exc)[:200]}); serving the models without it"
+            )
+            LOG.warning("%s: %s", json_path, problem)
+            return {}, {"source": json_path.name, "error": problem}
         report = {"source": json_path.name, "headers": headers, "rows": table}
         return {r["name"]: r for r in rows}, report
     if md_path.is_file():
@@ -92,10 +123,32 @@ def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, An
     return {}, None
 
 
+def _load_variant(path: Path, row: dict[str, Any], allow_modified: bool) -> _Variant:
+    # a pool of one single-threaded interpreter per core: concurrent requests run side by side
+    model = TfliteModel(path, num_threads=os.cpu_count(), allow_modified=allow_modified)
+    desc = model.describe()
+    info = {
+        "name": path.stem,
+        "file": path.name,
+        "size_bytes": model.size_bytes,
+        "input_dtype": desc["input"]["dtype"],
+        "output_dtype": desc["output"]["dtype"],
+        "class_names": [str(c) for c in model.class_names],
+        **{k: row.get(k) for k in VARIANT_KEYS},
+    }
+    info["recipe"] = desc["recipe"] or info["recipe"]
+    json.dumps(info)  # /api/models must be able to say it
+    return _Variant(path.stem, model, info)
+
+
 def _load_variants(
     target: Path, allow_modified: bool
 ) -> tuple[dict[str, _Variant], list[dict[str, str]], dict[str, Any] | None]:
-    """A .tflite file or a run folder -> loaded variants (by name), failures, report table."""
+    """A .tflite file or a run folder -> loaded variants (by name), skipped ones, report table.
+
+    In a run folder, a variant that cannot be used (bad model, bad or tampered sidecar) is
+    skipped with a logged one-line reason and listed as unavailable; the others are served.
+    """
     if not target.exists():
         raise fail(target, "no such file or directory; expected a .tflite model or a run folder")
     if target.is_dir():
@@ -112,50 +165,48 @@ def _load_variants(
     variants: dict[str, _Variant] = {}
     unavailable: list[dict[str, str]] = []
     for path in paths:
+        row = figures.get(path.stem)
         try:
-            # a pool of one single-threaded interpreter per core: concurrent requests run side by side
-            model = TfliteModel(path, num_threads=os.cpu_count(), allow_modified=allow_modified)
-        except MnistTfliteError as exc:
+            variants[path.stem] = _load_variant(path, row if isinstance(row, dict) else {}, allow_modified)
+        except Exception as exc:
             if not target.is_dir():
-                raise
-            unavailable.append({"name": path.stem, "error": str(exc).replace(str(path), path.name)})
-            continue
-        desc = model.describe()
-        row = figures.get(path.stem, {})
-        info = {
-            "name": path.stem,
-            "file": path.name,
-            "size_bytes": model.size_bytes,
-            "input_dtype": desc["input"]["dtype"],
-            "output_dtype": desc["output"]["dtype"],
-            "class_names": list(model.class_names),
-            **{k: row.get(k) for k in VARIANT_KEYS},
-        }
-        info["recipe"] = desc["recipe"] or info["recipe"]
-        variants[path.stem] = _Variant(path.stem, model, info)
+                if isinstance(exc, MnistTfliteError):
+                    raise
+                raise fail(path, f"unusable model or sidecar ({type(exc).__name__}: {exc})") from None
+            problem = (
+                str(exc)
+                if isinstance(exc, MnistTfliteError)
+                else f"{path.stem}.json or the model is unusable ({type(exc).__name__}: {exc})"
+            )
+            # file names only: the page and the API never show server paths
+            problem = " ".join(problem.replace(str(path.parent) + os.sep, "").split())[:300]
+            LOG.warning("skipping %s: %s", path.name, problem)
+            unavailable.append({"name": path.stem, "error": problem})
     if not variants:
         problems = "; ".join(f"{u['name']}: {u['error']}" for u in unavailable)
         raise fail(target, f"no model in this folder could be loaded ({problems})")
     return variants, unavailable, report
 
 
-def _predict(served: _Served, variant: _Variant, kind: str, payload: Any) -> dict[str, Any]:
-    """One request's work (in a worker thread, or inline for a small JSON body): preprocess, infer."""
+def _answer(served: _Served, content_type: str, body: bytes, query_model: str | None) -> bytes:
+    """One request's CPU work, in a worker thread: parse, preprocess, infer, serialize."""
     start = time.perf_counter()
+    kind, payload, body_model = split_request(content_type, body, served.max_pixels)
+    name = query_model or body_model or served.default
+    variant = served.variants.get(name)
+    if variant is None:
+        raise ApiError(404, "unknown_model", f"no variant {name[:64]!r}; served: {sorted(served.variants)}")
     try:
-        if kind == "pixels":
-            x = preprocess.to_mnist(pixels_to_uint8(payload, served.max_pixels))
-        else:
-            x = image_to_mnist(payload, served.max_pixels, served.decode_slots)
-        if not x.any():  # an all-black 28x28 passes to_mnist untouched; no digit to classify
-            raise preprocess.BlankImageError("all 28x28 pixels are 0: no digit to classify")
+        x = preprocess.to_mnist(payload) if kind == "pixels" else image_to_mnist(payload, served.max_pixels)
     except preprocess.BlankImageError as exc:
         raise ApiError(422, "blank", str(exc)) from None
+    except MnistTfliteError as exc:
+        raise ApiError(422, "bad_pixels", str(exc)) from None
     t_infer = time.perf_counter()
     probs = variant.model.predict_proba(x[None])[0]  # thread-safe: borrows a pooled interpreter
     end = time.perf_counter()
     label = int(np.argmax(probs))
-    return {
+    result = {
         "label": label,
         "class_name": variant.model.class_names[label],
         "probabilities": [round(float(p), 6) for p in probs],
@@ -166,6 +217,7 @@ def _predict(served: _Served, variant: _Variant, kind: str, payload: Any) -> dic
         "inference_ms": round((end - t_infer) * 1000, 3),
         "model": variant.name,
     }
+    return json.dumps(result, separators=(",", ":")).encode()
 
 
 def create_app(
@@ -174,6 +226,9 @@ def create_app(
     allow_modified: bool = False,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = MAX_PIXELS,
+    body_timeout: float = BODY_TIMEOUT,
+    workers: int | None = None,
+    max_waiting: int = MAX_WAITING,
 ):
     """Build the FastAPI app serving one ``.tflite`` or every variant of a run folder.
 
@@ -183,6 +238,9 @@ def create_app(
         allow_modified: serve a model whose SHA-256 differs from its sidecar.
         max_upload_bytes: request bodies over this are refused with 413.
         max_pixels: images or arrays with more pixels are refused with 413.
+        body_timeout: a body still arriving after this many seconds is refused with 408.
+        workers: threads doing CPU work (default: one per core).
+        max_waiting: requests waiting for a worker beyond this are refused with 503.
 
     Returns:
         A ``fastapi.FastAPI`` application.
@@ -194,16 +252,40 @@ def create_app(
         >>> app = create_app("runs/demo")  # then: uvicorn.run(app, host="127.0.0.1")
     """
     from fastapi import Request
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from mnist_tflite.serve.parsing import PREDICT_OPENAPI, PredictResult
 
     variants, unavailable, report = _load_variants(Path(model_or_run_dir), allow_modified)
     default = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else next(iter(variants))
-    served = _Served(variants, default, unavailable, report, int(max_upload_bytes), int(max_pixels))
+    served = _Served(
+        variants,
+        default,
+        unavailable,
+        report,
+        int(max_upload_bytes),
+        int(max_pixels),
+        body_timeout=float(body_timeout),
+        max_waiting=int(max_waiting),
+    )
+    if workers:
+        served.workers = int(workers)
+    # CPU work goes to a pool of threads (FIFO queue), whatever event loop asks: the test
+    # client runs one loop per request; uvicorn one for all
+    pool = ThreadPoolExecutor(max_workers=served.workers, thread_name_prefix="mnist-tflite-worker")
+    queued = [0]  # jobs submitted and not finished
+    queued_lock = threading.Lock()
+
+    def job(content_type: str, body: bytes, query_model: str | None) -> bytes:
+        try:
+            return _answer(served, content_type, body, query_model)
+        finally:
+            with queued_lock:
+                queued[0] -= 1
+
     # FastAPIOffline serves the /docs page's Swagger UI assets from the package: no CDN, works offline
     app = FastAPIOffline(
         title="mnist-tflite",
@@ -212,9 +294,25 @@ def create_app(
     )
     app.state.served = served
 
+    def _error(
+        request: Request, status: int, code: str, detail: str, headers: dict[str, str]
+    ) -> JSONResponse:
+        headers = dict(headers)
+        if request.method not in ("GET", "HEAD") and not getattr(request.state, "body_read", False):
+            # the body was not read: close rather than parse the rest of it as the next request
+            headers["Connection"] = "close"
+        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+        return _error(request, exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown paths (404), wrong methods (405), static files: the same JSON as the API
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return _error(request, exc.status_code, code, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -227,7 +325,7 @@ def create_app(
         )
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
+    async def index() -> FileResponse:
         return FileResponse(
             STATIC / "index.html",
             headers={
@@ -237,15 +335,16 @@ def create_app(
         )
 
     @app.get("/healthz", summary="Liveness")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
+        # async: answered on the event loop, so it stays fast whatever the workers are doing
         return {"status": "ok", "variants": list(served.variants)}
 
     @app.get("/api/models", summary="Variants served, with their recipe, size and report figures")
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return {
             "default": served.default,
             "variants": [v.info for v in served.variants.values()],
-            "unavailable": served.unavailable,
+            "unavailable": served.unavailable,  # skipped variants, each with the reason
             "report": served.report,
             "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
         }
@@ -259,20 +358,28 @@ def create_app(
     async def predict(request: Request) -> Response:
         # `?model=` is read by hand (and documented in PREDICT_OPENAPI): FastAPI's parameter
         # machinery costs more than the inference on this hot path
-        body = await read_body(request, served.max_upload_bytes)
-        kind, payload, body_model = split_request(request.headers.get("content-type", ""), body)
-        name = request.query_params.get("model") or body_model or served.default
-        variant = served.variants.get(name)
-        if variant is None:
+        query_model = request.query_params.get("model") or None
+        if query_model is not None and query_model not in served.variants:
             raise ApiError(
-                404, "unknown_model", f"no variant {name[:64]!r}; served: {sorted(served.variants)}"
+                404, "unknown_model", f"no variant {query_model[:64]!r}; served: {sorted(served.variants)}"
             )
-        if kind == "pixels" and len(body) < INLINE_BYTES:
-            # a 28x28 array costs ~0.3 ms: cheaper in the event loop than a thread hop
-            result = _predict(served, variant, kind, payload)
-        else:
-            result = await run_in_threadpool(_predict, served, variant, kind, payload)
-        return Response(json.dumps(result, separators=(",", ":")), media_type="application/json")
+        busy = ApiError(503, "busy", "server busy: too many requests waiting; retry", {"Retry-After": "1"})
+        limit = served.workers + served.max_waiting
+        if queued[0] >= limit:  # refuse before reading the body
+            raise busy
+        body = await read_body(request, served.max_upload_bytes, served.budget, served.body_timeout)
+        request.state.body_read = True
+        try:
+            with queued_lock:
+                if queued[0] >= limit:
+                    raise busy
+                queued[0] += 1
+            ctype = request.headers.get("content-type", "")
+            loop = asyncio.get_running_loop()
+            content = await loop.run_in_executor(pool, job, ctype, body, query_model)
+        finally:
+            served.budget.give(len(body))
+        return Response(content, media_type="application/json")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
@@ -304,15 +411,27 @@ def serve(
     port: int = 8000,
     allow_modified: bool = False,
     log=print,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    max_connections: int = MAX_CONNECTIONS,
+    **app_options: Any,
 ) -> None:
     """Load the model(s), bind ``host:port`` and serve until interrupted.
+
+    Args:
+        header_timeout: seconds a client has to send a request's line and headers (408 after).
+        max_header_bytes: request line + headers over this are refused with 431.
+        max_connections: open connections; past it the one idle longest is closed.
+        app_options: passed to :func:`create_app` (limits, timeouts, workers).
 
     Example:
         >>> serve("runs/demo/int8.tflite", port=9000)
     """
     import uvicorn
 
-    app = create_app(model_or_run_dir, allow_modified=allow_modified)
+    from mnist_tflite.serve.protocol import guarded_protocol
+
+    app = create_app(model_or_run_dir, allow_modified=allow_modified, **app_options)
     sock = _listen(host, port)
     served = app.state.served
     shown = f"[{host}]" if ":" in host else host
@@ -321,5 +440,18 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: --host {host} makes the page reachable from other machines")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=256)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        # no limit_concurrency: it counts open connections, so slow clients holding them
+        # turned everyone else's requests into 503s; the guards below bound connections,
+        # request heads and waiting work instead
+        http=guarded_protocol(
+            header_timeout=header_timeout, max_header_bytes=max_header_bytes, max_connections=max_connections
+        ),
+        ws="none",
+        lifespan="off",
+        timeout_keep_alive=5,
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -255,7 +255,8 @@ function showReport(report) {
     }
     box.replaceChildren(table);
   } else {
-    box.replaceChildren(Object.assign(document.createElement("pre"), { textContent: report.markdown }));
+    // a markdown report, or why report.json could not be read (the models are served anyway)
+    box.replaceChildren(Object.assign(document.createElement("pre"), { textContent: report.markdown || report.error || "" }));
   }
   $("report-panel").hidden = false;
 }
@@ -275,6 +276,15 @@ async function loadModels() {
   $("compare").hidden = !several;
   $("model-name").textContent = "model " + models.default;
   showReport(models.report);
+  if (models.unavailable && models.unavailable.length) {
+    // variants skipped at start-up (bad model or sidecar), each with its reason
+    const note = document.createElement("p");
+    note.className = "skipped";
+    note.textContent = "not served: " + models.unavailable.map((u) => u.name + " (" + u.error + ")").join("; ");
+    $("report").append(note);
+    $("report-source").textContent ||= "(run folder)";
+    $("report-panel").hidden = false;
+  }
   markReportRow(models.default);
   document.body.dataset.ready = "1";
 }
