@@ -282,7 +282,7 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
             bad = ~np.isfinite(a[start : start + 4096]).reshape(-1, FIELD * FIELD).all(axis=1)
             if bad.any():
                 row = start + int(np.argmax(bad))
-                raise fail(path, f"image [{row}] holds NaN or infinity; expected finite pixel values")
+                raise fail(path, f"image {row} holds NaN or infinity; expected finite pixel values")
     return a
 
 
