@@ -481,7 +481,12 @@ def compiled_columns(
             "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,
             "compiled_instructions": round(result.instructions()["mean"]),
         }
-        log(f"      {variant:<10} compiled: {report['columns'][variant]}")
+        c = report["columns"][variant]
+        log(
+            f"      {variant:<10} compiled for Cortex-M4: {c['compiled_code_bytes']:,} bytes of code, "
+            f"{c['compiled_static_ram_bytes']:,} bytes of static RAM, "
+            f"{c['compiled_instructions']:,} instructions per inference (QEMU)"
+        )
     if report["columns"]:
         report["notes"].append(
             "compiled = `mnist-tflite compile` for the Cortex-M4: code = runtime and kernels (weights not "
