@@ -8,6 +8,7 @@ split over one child per core: TFLM's reference kernels run about 3 ms per seed-
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import pickle
@@ -48,6 +49,7 @@ def map_in_children(
     Returns:
         One ChildResult per ``args``, in order; never raises for what happens in a child.
     """
+    _preload()
     tmp = tempfile.mkdtemp(prefix="mnist-tflite-tflm-")
     pids: dict[int, int] = {}
     try:
@@ -74,6 +76,13 @@ def map_in_children(
         ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _preload() -> None:
+    """Import TFLM's runtime before forking: a child that first imports it after the TFLite
+    converter ran in the parent (as in a ``tune`` trial) dies with SIGSEGV."""
+    with contextlib.suppress(ImportError):  # without TFLM the child reports it, as before
+        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
 
 
 def _child(fn: Callable[..., Any], args: tuple[Any, ...], out_path: str, err_path: str) -> None:
