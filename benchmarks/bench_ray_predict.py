@@ -68,27 +68,36 @@ out.write_text(json.dumps({"marks": marks, "labels": labels, "sources": sources}
 """
 
 
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants, from /proc."""
+    parent, rss = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(entry.path, "stat").read_text()
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            pages = int(Path(entry.path, "statm").read_text().split()[1])
+            rss[int(entry.name)] = pages * os.sysconf("SC_PAGE_SIZE")
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
 def run_phase(phase: str, model: Path, inputs: list[Path], batch: int, tmp: Path) -> dict:
     """Run one path in a child process; sample its process tree's memory while it runs."""
-    import psutil
-
     out = tmp / f"{phase}.json"
     wall = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, phase, str(model), ",".join(map(str, inputs)), str(batch), str(out)],
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
-    proc, peak = psutil.Process(child.pid), 0
+    peak = 0
     while child.poll() is None:
-        try:
-            tree = [proc, *proc.children(recursive=True)]
-            rss = 0
-            for p in tree:
-                with contextlib.suppress(psutil.Error):
-                    rss += p.memory_info().rss
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
+        peak = max(peak, tree_rss(child.pid))
         time.sleep(0.1)
     wall = time.perf_counter() - wall
     if child.returncode:

@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flash", help="flash budget for the int8 .tflite, e.g. 16KB (1 KB = 1,024 bytes)")
     p.add_argument("--ram", help="RAM budget: the TFLM tensor arena, e.g. 8KB (default: no limit)")
     p.add_argument("--trials", type=int, help="trials to run (default: 30)")
-    p.add_argument("--max-epochs", type=int, help="epochs of a trial that is not stopped early (default: 30)")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        help="epochs of a trial that is not stopped early (default: 30; small models gain ~0.3 points at 90)",
+    )
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out after an interruption")
     p.add_argument("--seed", type=int, help="seed of the data split, training and search (default: 0)")

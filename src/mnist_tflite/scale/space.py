@@ -19,7 +19,7 @@ import itertools
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from mnist_tflite.training.model import ARCHITECTURES, Architecture
+from mnist_tflite.training.model import Architecture
 
 INPUT = (28, 28, 1)
 MAX_BLOCKS = 3
@@ -324,11 +324,6 @@ HINTS: tuple[tuple[str, ArchSpec, float], ...] = (
 )
 
 NAMED: dict[str, ArchSpec] = {"seed": SEED, "tiny": TINY}
-
-
-def hand_designed() -> dict[str, Architecture]:
-    """The table entries that SEED and TINY reproduce (for the tests)."""
-    return {a.name: a for a in ARCHITECTURES if a.name in NAMED}
 
 
 def starting_points() -> list[tuple[str, dict[str, Any]]]:
