@@ -200,7 +200,45 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=256,
         help="images read before each classification call (default: 256; bounds memory)",
     )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run as a Ray Data pipeline: one model actor per CPU (extra: scale)",
+    )
+    p.add_argument("--address", help="with --ray: HOST:PORT of a Ray cluster (default: a local Ray instance)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="with --ray: write the results to a .parquet or .csv file (default: print)",
+    )
     p.set_defaults(func=commands.cmd_predict)
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "tune",
+        "search architectures that fit a flash/RAM budget (Ray Tune; extra: scale)",
+        "mnist-tflite tune --out runs/tune --flash 16KB --ram 8KB --trials 30\n"
+        "  mnist-tflite tune --out runs/tune --resume          # after Ctrl-C or a crash\n\n"
+        "writes DIR/front.md, front.json, front.png and best-flash<F>-ram<R>.tflite (+ .json)\n"
+        "for each budget; exit status: 0 models found, 1 none met the budget, 2 usage error",
+    )
+    _out(p, "output directory (also holds Ray's search state)")
+    p.add_argument("--flash", help="flash budget for the int8 .tflite, e.g. 16KB (1 KB = 1,024 bytes)")
+    p.add_argument("--ram", help="RAM budget: the TFLM tensor arena, e.g. 8KB (default: no limit)")
+    p.add_argument("--trials", type=int, help="trials to run (default: 30)")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        help="epochs of a trial that is not stopped early (default: 30; small models gain ~0.3 points at 90)",
+    )
+    p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
+    _flag(p, "--resume", "continue the search in --out after an interruption")
+    p.add_argument("--seed", type=int, help="seed of the data split, training and search (default: 0)")
+    p.add_argument("--data", help="training data: embedded (default: the 5k sample) | IDX dir | .npz")
+    _flag(p, "--json", "print front.json at the end")
+    p.set_defaults(func=commands.cmd_tune)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -311,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_export_micro,
         _add_compile,
+        _add_tune,
     ):
         add(sub)
     return parser

@@ -170,6 +170,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
     if args.show_input:  # a full or read-only disk fails before any image is read
         check_out_dir(args.show_input, probe_bytes=64 << 10)
+    if args.ray:
+        from mnist_tflite.scale.ray_predict import cmd_predict_ray
+
+        return cmd_predict_ray(args)
+    if args.address or args.output:
+        raise MnistTfliteError("--address and --output go with --ray")
     clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
     check_int_range(args.top_k, "--top-k", 1, len(clf.class_names))
     results, failed = [], 0
@@ -200,6 +206,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
         print(json.dumps({**doc, "results": results}, indent=2))
     return 1 if failed else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mnist_tflite.scale.tune import TuneOptions, parse_size, search, summary_text
+
+    options = TuneOptions(
+        out=args.out,
+        flash=parse_size(args.flash, "--flash") if args.flash else None,
+        ram=parse_size(args.ram, "--ram") if args.ram else None,
+        trials=args.trials,
+        max_epochs=args.max_epochs,
+        address=args.address,
+        resume=args.resume,
+        seed=args.seed,
+        data=args.data,
+    )
+    doc = search(options, log=(lambda m: print(m, file=sys.stderr, flush=True)) if args.json else _log_flush)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(summary_text(doc))
+        print(f"wrote front.md, front.json, front.png and {len(doc['best'])} best-*.tflite into {args.out}/")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

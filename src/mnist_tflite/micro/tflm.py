@@ -61,6 +61,7 @@ def map_in_children(
     Returns:
         One ChildResult per ``args``, in order; never raises for what happens in a child.
     """
+    _preload()
     tmp = procs.make_temp("mnist-tflite-tflm")
     counters = mmap.mmap(-1, 8 * max(1, len(arg_lists)))  # shared with the forked children
     pids: dict[int, int] = {}
@@ -98,6 +99,13 @@ def map_in_children(
                 os.waitpid(pid, 0)
         counters.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _preload() -> None:
+    """Import TFLM's runtime before forking: a child that first imports it after the TFLite
+    converter ran in the parent (as in a ``tune`` trial) dies with SIGSEGV."""
+    with contextlib.suppress(ImportError):  # without TFLM the child reports it, as before
+        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
 
 
 _counter: tuple[mmap.mmap, int] | None = None  # set in a child: where ``tick`` writes

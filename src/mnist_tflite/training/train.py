@@ -50,10 +50,12 @@ class TrainConfig:
 
         return cls(**{**dict(get_architecture(arch).train_defaults), "arch": arch, **overrides})
 
-    def validate(self) -> None:
+    def validate(self, *, known_arch: bool = True) -> None:
+        """Raise MnistTfliteError for a bad field; ``known_arch``: ``arch`` must name a table entry."""
         from mnist_tflite.training.model import get_architecture
 
-        get_architecture(self.arch)
+        if known_arch:
+            get_architecture(self.arch)
         check_int_range(self.epochs, "--epochs", 1, MAX_EPOCHS)
         check_int_range(self.batch_size, "--batch-size", 1, MAX_BATCH)
         check_seed(self.seed)
@@ -113,20 +115,28 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     log: Callable[[str], None] = print,
+    architecture: Any = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``config.arch`` on ``dataset``; returns the Keras model and its history.
+
+    Args:
+        architecture: an ``Architecture`` to train instead of the table entry named by
+            ``config.arch`` (which is then only its label), e.g. a point of ``tune``'s space.
+        on_epoch: called after each epoch with (epoch number from 1, Keras' logs as floats:
+            loss, accuracy, val_loss, val_accuracy); ``tune`` reports to Ray Tune from it.
 
     Example:
         >>> result = train(data.load("embedded"), TrainConfig(epochs=2))
     """
-    config.validate()
+    config.validate(known_arch=architecture is None)
     set_determinism(config.seed)
     import keras
     import tensorflow as tf
 
     from mnist_tflite.training.model import get_architecture
 
-    arch = get_architecture(config.arch)
+    arch = architecture if architecture is not None else get_architecture(config.arch)
     x_tr, y_tr, x_val, y_val = data_mod.split_validation(
         dataset.x_train, dataset.y_train, config.val_fraction, config.seed
     )
@@ -154,7 +164,7 @@ def train(
         validation_data=val,
         verbose=0,
         shuffle=False,  # tf.data already shuffles, seeded
-        callbacks=[_EpochLog(config.epochs, log)],
+        callbacks=[_EpochLog(config.epochs, log, on_epoch)],
     )
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
@@ -164,7 +174,12 @@ def train(
 class _EpochLog:
     """One progress line per epoch (Keras' own bar is noisy in logs and CI)."""
 
-    def __new__(cls, epochs: int, log: Callable[[str], None]) -> Any:
+    def __new__(
+        cls,
+        epochs: int,
+        log: Callable[[str], None],
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> Any:
         import keras
 
         class EpochLog(keras.callbacks.Callback):
@@ -178,6 +193,8 @@ class _EpochLog:
                     f"  epoch {epoch + 1:>3}/{epochs}  loss {logs.get('loss', 0):.4f}  "
                     f"acc {logs.get('accuracy', 0):.4f}{val}  {time.perf_counter() - self._t:.1f}s"
                 )
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
 
         return EpochLog()
 

@@ -1,0 +1,230 @@
+"""One ``tune`` trial, run by Ray Tune in a worker: measure, train, convert, measure again.
+
+1. The point's geometry (``space``): unbuildable, or int8 weights alone over the flash
+   budget -> infeasible at once, no TensorFlow.
+2. An untrained copy converted to int8 gives the exact flash size and, run in TFLM, the
+   exact arena; over budget -> infeasible, reported with its figures, not trained.
+3. Training on the training split reports validation accuracy after every epoch (the
+   scheduler stops poor trials early), then the int8 model is measured again and its
+   validation accuracy taken with LiteRT; it travels as the trial's checkpoint
+   (``model.tflite`` + sidecar).
+
+Every report carries ``score`` (what the search maximizes: validation accuracy, plus a
+small bonus for a smaller file; 0 for an infeasible point) and ``epoch``; training reports
+also ``rung_score`` (minus the validation loss), on which early stopping ranks trials: on
+500 validation images, accuracy moves in steps of 0.2 points and ties or flips on noise,
+the loss does not. The test set is never touched here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mnist_tflite.scale import space
+
+# the search's objective: accuracy first; +0.2 percentage points per halving of the flash
+# size below the budget, so that between two equally accurate points the smaller one wins
+SIZE_BONUS_PER_HALVING = 0.002
+# test hook, read by the driver: the trial of the point so named (or labelled) raises
+CRASH_ENV = "MNIST_TFLITE_TUNE_CRASH"
+CALIBRATION_IMAGES = 500
+
+
+def score(val_accuracy: float, flash: int, flash_budget: int) -> float:
+    return val_accuracy + SIZE_BONUS_PER_HALVING * math.log2(flash_budget / max(flash, 1))
+
+
+def int8_recipe() -> Any:
+    """The recipe every trial is measured with: post-training full integer."""
+    from mnist_tflite.recipes import get_recipe
+
+    return get_recipe("int8")
+
+
+def measure_tflm(flatbuffer: bytes) -> tuple[int | None, str | None]:
+    """(exact TFLM arena in bytes, None), or (None, why TFLM cannot run it)."""
+    from mnist_tflite.edge.flatbuffer import parse
+    from mnist_tflite.micro.check import tflm_problem
+    from mnist_tflite.micro.tflm import map_in_children, search_arena
+
+    res = map_in_children(search_arena, [(flatbuffer,)])[0]
+    if res.ok:
+        return int(res.value["min_bytes"]), None
+    return None, tflm_problem(res, parse(flatbuffer), flatbuffer)
+
+
+def over_budget(flash: int, arena: int | None, budget: dict[str, Any]) -> str | None:
+    if flash > budget["flash"]:
+        return f"flash {flash:,} B > budget {budget['flash']:,} B"
+    if budget.get("ram") and arena is not None and arena > budget["ram"]:
+        return f"arena {arena:,} B > budget {budget['ram']:,} B"
+    return None
+
+
+def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
+    """Exact int8 flash and TFLM arena of a point, untrained (a few seconds, no training)."""
+    from mnist_tflite import data as data_mod
+    from mnist_tflite.training import search as tf_search
+
+    tf_search.limit_threads(int(settings.get("threads", 1)))
+    ds = data_mod.load(settings["data"], download=False, log=lambda m: None)
+    rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
+    fb = tf_search.untrained_flatbuffer(spec.architecture("smallest"), int8_recipe(), rep, settings["seed"])
+    arena, problem = measure_tflm(fb)
+    return {"arch": spec.label(), "flash": len(fb), "arena": arena, "problem": problem}
+
+
+def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable[..., None]) -> None:
+    """Run one point; ``report(metrics, checkpoint_dir=None)`` sends results to the search.
+
+    ``settings``: flash, ram (bytes or None), max_epochs, seed, data, val_fraction.
+    """
+    t0 = time.perf_counter()
+    spec, lr = space.from_config(config)
+    name = space.point_name(spec, lr) or ""
+    base: dict[str, Any] = {
+        "point": name,
+        "arch": spec.label(),
+        "params": spec.params(),
+        "macs": spec.macs(),
+        "learning_rate": lr,
+    }
+    crash = settings.get("crash")
+    if crash and crash in (name, spec.label()):
+        raise RuntimeError(f"injected crash ({CRASH_ENV}={crash})")
+
+    def infeasible(reason: str, **figures: Any) -> None:
+        report(
+            {
+                **base,
+                **figures,
+                "status": "infeasible",
+                "reason": reason,
+                "feasible": False,
+                "score": 0.0,
+                "epoch": 0,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+
+    problem = spec.problem()
+    if problem:
+        return infeasible(f"cannot be built: {problem}")
+    if spec.params() > settings["flash"]:
+        return infeasible(
+            f"{spec.params():,} int8 weights alone exceed the flash budget {settings['flash']:,} B"
+        )
+    if settings.get("ram") and spec.min_activation_bytes() > settings["ram"]:
+        return infeasible(
+            f"its largest layer input + output, {spec.min_activation_bytes():,} B, exceeds the RAM budget"
+        )
+
+    from mnist_tflite import data as data_mod
+    from mnist_tflite.edge.flatbuffer import parse
+    from mnist_tflite.training import search as tf_search
+
+    tf_search.limit_threads(int(settings.get("threads", 1)))
+    ds = data_mod.load(settings["data"], download=False, log=lambda m: None)
+    rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
+    arch = spec.architecture(name or "tuned")
+    recipe = int8_recipe()
+
+    # exact flash and arena before any training
+    fb0 = tf_search.untrained_flatbuffer(arch, recipe, rep, settings["seed"])
+    arena0, tflm_error = measure_tflm(fb0)
+    figures = {"flash": len(fb0), "arena": arena0, "macs": parse(fb0).macs}
+    if tflm_error:
+        return infeasible(f"does not run in TFLM: {tflm_error}", **figures)
+    why = over_budget(len(fb0), arena0, settings)
+    if why:
+        return infeasible(why, **figures)
+
+    from mnist_tflite.training.convert import convert, write_tflite
+    from mnist_tflite.training.train import TrainConfig, train
+
+    max_epochs = int(settings["max_epochs"])
+    cfg = TrainConfig(
+        arch=arch.name,
+        epochs=max_epochs,
+        learning_rate=lr,
+        val_fraction=float(settings["val_fraction"]),
+        seed=int(settings["seed"]),
+    )
+
+    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+        if epoch < max_epochs:  # the last epoch is reported with the model, below
+            val = logs.get("val_accuracy", 0.0)
+            report(
+                {
+                    **base,
+                    **figures,
+                    "status": "training",
+                    "feasible": True,
+                    "epoch": epoch,
+                    "keras_val_accuracy": val,
+                    "rung_score": -logs.get("val_loss", math.inf),
+                    "score": score(val, len(fb0), settings["flash"]),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+
+    result = train(ds, cfg, architecture=arch, on_epoch=on_epoch, log=lambda m: None)
+    fb = convert(result.model, recipe, rep)
+    arena, tflm_error = measure_tflm(fb)
+    figures = {"flash": len(fb), "arena": arena, "macs": parse(fb).macs}
+    val_int8 = _int8_val_accuracy(fb, ds, cfg)
+    status_reason = over_budget(len(fb), arena, settings) or tflm_error
+    with tempfile.TemporaryDirectory(prefix="mnist-tflite-trial-") as tmp:
+        write_tflite(
+            os.path.join(tmp, "model.tflite"),
+            fb,
+            recipe,
+            class_names=ds.class_names,
+            data_source=ds.source,
+            calibration={"images": len(rep), "seed": settings["seed"], "from": "training split"},
+            extra={
+                "architecture": spec.label(),
+                "architecture_spec": spec.to_dict(),
+                "seed": settings["seed"],
+                "train": {"epochs": max_epochs, "learning_rate": lr, "val_fraction": cfg.val_fraction},
+            },
+        )
+        report(
+            {
+                **base,
+                **figures,
+                "status": "infeasible" if status_reason else "ok",
+                "reason": status_reason,
+                "feasible": status_reason is None,
+                "epoch": max_epochs,
+                "keras_val_accuracy": result.history.get("val_accuracy", [0.0])[-1],
+                "rung_score": -result.history.get("val_loss", [math.inf])[-1],
+                "val_accuracy": val_int8,
+                "score": 0.0 if status_reason else score(val_int8, len(fb), settings["flash"]),
+                "seconds": time.perf_counter() - t0,
+            },
+            checkpoint_dir=tmp,
+        )
+
+
+def _int8_val_accuracy(flatbuffer: bytes, ds: Any, cfg: Any) -> float:
+    """The int8 model's accuracy on the same validation split that training held out."""
+    from mnist_tflite.data import normalize, split_validation
+    from mnist_tflite.edge.infer import TfliteModel
+
+    _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed)
+    if not len(x_val):
+        return 0.0
+    with tempfile.TemporaryDirectory(prefix="mnist-tflite-val-") as tmp:
+        path = os.path.join(tmp, "m.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        model = TfliteModel(path, num_threads=1)
+        return float(np.mean(model.predict(normalize(x_val)) == y_val))

@@ -1,0 +1,614 @@
+"""tune (Ray Tune) and predict --ray (Ray Data): the space, bad input, and a real two-node cluster.
+
+The cluster is a Ray head and a second raylet started with ``ray start`` in a private
+network namespace (only loopback inside: Ray cannot reach or expose anything else), once
+per module; every process in the namespace is killed at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.scale import space
+from mnist_tflite.scale.tune import budgets, pareto_front, parse_size
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+RAY_PORT = 26379
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, prefix: tuple[str, ...] = ()):
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "mnist_tflite", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
+    )
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mnist-tflite: error: "), err
+    return lines[0]
+
+
+# -- the search space, as data ------------------------------------------------------------------
+
+
+def test_seed_and_tiny_are_points_of_the_space():
+    from mnist_tflite.training.model import get_architecture
+
+    assert space.SEED.layers() == get_architecture("seed").layers
+    assert space.TINY.layers() == get_architecture("tiny").layers
+    assert space.SEED.params() == 34_826 and space.TINY.params() == 3_946
+    names = [n for n, _ in space.starting_points()]
+    assert names[:2] == ["seed", "tiny"]
+    for name, config in space.starting_points():
+        spec, lr = space.from_config(config)
+        assert space.point_name(spec) == name and space.to_config(spec, lr) == config
+        assert set(config) == set(space.SPACE.names())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        space.ArchSpec(
+            blocks=(space.Block(6, 3, 2, separable=False, pool=True), space.Block(12, 5, separable=True)),
+            downsample=1,
+            head="flatten",
+            dense=16,
+            batch_norm=True,
+            fixed_batch=True,
+        ),
+        space.ArchSpec(
+            blocks=(
+                space.Block(8, 3),
+                space.Block(16, 3, separable=True, pool=True),
+                space.Block(24, 3, separable=True),
+            ),
+            downsample=2,
+            head="gap",
+        ),
+        space.TINY,
+    ],
+    ids=["bn-separable-dense", "downsample-gap-3-blocks", "tiny"],
+)
+def test_geometry_params_and_macs_match_keras_and_the_converter(spec, tmp_path):
+    """What the space computes without TensorFlow (used to turn points away early) is exact."""
+    import numpy as np
+
+    from mnist_tflite.edge.flatbuffer import parse
+    from mnist_tflite.scale.trial import int8_recipe
+    from mnist_tflite.training.search import untrained_flatbuffer
+
+    assert spec.problem() is None
+    arch = spec.architecture("t")
+    model = arch.build(10)
+    bn_stats = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)  # folded away
+    bn_scales = sum(int(np.prod(w.shape)) for w in model.trainable_weights if w.path.endswith("gamma"))
+    assert model.count_params() - bn_stats - bn_scales == spec.params()
+    assert [tuple(s[1:]) for s in [model.layers[-2].output.shape]] == [
+        (spec.flat_features() if spec.dense == 0 else spec.dense,)
+    ]
+    fb = untrained_flatbuffer(
+        arch, int8_recipe(), np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
+    )
+    assert parse(fb).macs == spec.macs()
+
+
+def test_untrained_size_is_the_trained_size(mnist):
+    """Random biases stop the converter from sharing all-zero buffers: the size is exact before training."""
+    from mnist_tflite import data
+    from mnist_tflite.scale.trial import int8_recipe
+    from mnist_tflite.training.convert import convert
+    from mnist_tflite.training.search import untrained_flatbuffer
+    from mnist_tflite.training.train import TrainConfig, train
+
+    arch = space.ArchSpec(
+        blocks=(space.Block(7, 5, 2, pool=True), space.Block(18, 3)), batch_norm=True, fixed_batch=True
+    ).architecture("t")
+    rep = data.normalize(mnist.x_train[:50])
+    before = untrained_flatbuffer(arch, int8_recipe(), rep)
+    small = data.Dataset(mnist.x_train[::10], mnist.y_train[::10], mnist.x_test[:10], mnist.y_test[:10], "t")
+    trained = train(small, TrainConfig(arch="t", epochs=1), architecture=arch, log=lambda m: None).model
+    assert len(convert(trained, int8_recipe(), rep)) == len(before)
+
+
+def test_unbuildable_points_say_why():
+    spec = space.ArchSpec(
+        blocks=(space.Block(8, 5, 2, pool=True), space.Block(8, 5, 2, pool=True), space.Block(8, 5))
+    )
+    assert "shrinks to" in spec.problem()
+    assert space.TINY.problem() is None
+
+
+def test_early_stopping_compares_trials_within_their_budget_cell():
+    pytest.importorskip("ray")
+    from mnist_tflite.scale.schedule import cell
+
+    assert cell(8120, 4072, True) == (13, 12)  # the 8 KB flash / 4 KB arena cell
+    assert cell(8640, 4624, True) == cell(14704, 5528, True) == (14, 13)  # 16 KB / 8 KB
+    assert cell(3000, 1500, True) == (12, 11) and cell(8120, 4072, False) == (13, 0)
+
+
+def test_sizes_budgets_and_the_front():
+    assert parse_size("16KB") == 16384 and parse_size("8k") == 8192 and parse_size("9000") == 9000
+    assert parse_size("1.5 KiB") == 1536 and parse_size("1MB") == 1 << 20
+    for bad in ("12 parsecs", "-3KB", "0", ""):
+        with pytest.raises(MnistTfliteError, match="expected a positive size"):
+            parse_size(bad)
+    assert budgets(16384, 8192) == [
+        (4096, 2048),
+        (4096, 4096),
+        (4096, 8192),
+        (8192, 2048),
+        (8192, 4096),
+        (8192, 8192),
+        (16384, 2048),
+        (16384, 4096),
+        (16384, 8192),
+    ]
+    assert budgets(10000, None) == [(4096, None), (8192, None), (10000, None)]
+    rows = [
+        {"id": "a", "flash": 8000, "arena": 4000, "val_accuracy": 0.98},
+        {"id": "b", "flash": 9000, "arena": 4000, "val_accuracy": 0.97},  # worse and bigger than a
+        {"id": "c", "flash": 9000, "arena": 3000, "val_accuracy": 0.97},  # less RAM than a: kept
+        {"id": "d", "flash": 15000, "arena": 5000, "val_accuracy": 0.99},
+    ]
+    assert [r["id"] for r in pareto_front(rows)] == ["a", "c", "d"]
+
+
+# -- predict --ray: work units and Parquet, without Ray -------------------------------------------
+
+
+def test_work_units_keep_input_order_and_cut_arrays(tmp_path, test_images):
+    from PIL import Image
+
+    from mnist_tflite.scale.ray_predict import parquet_images, work_units
+
+    np.save(tmp_path / "b.npy", test_images[0][:10])
+    for i in range(3):
+        Image.fromarray(test_images[0][i]).save(tmp_path / f"a{i}.png")
+        Image.fromarray(test_images[0][i]).save(tmp_path / f"c{i}.png")
+    _write_parquet(tmp_path / "d.parquet", test_images[0][:5])
+    (tmp_path / "e.npy").write_bytes(b"junk")
+    units = list(work_units([tmp_path], batch_size=4))
+    kinds = [
+        (u["kind"], Path(u["path"]).name if u["path"] else len(u["paths"]), u["start"], u["stop"])
+        for u in units
+    ]
+    assert kinds == [
+        ("images", 3, 0, 0),
+        ("array", "b.npy", 0, 4),
+        ("array", "b.npy", 4, 8),
+        ("array", "b.npy", 8, 10),
+        ("images", 3, 0, 0),
+        ("array", "d.parquet", 0, 4),
+        ("array", "d.parquet", 4, 5),
+        ("error", "e.npy", 0, 0),
+    ]
+    assert "not a readable .npy array" in units[-1]["error"]
+    np.testing.assert_array_equal(parquet_images(tmp_path / "d.parquet"), test_images[0][:5])
+
+
+def _write_parquet(path: Path, images: np.ndarray, column: str = "image") -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({column: [x.reshape(-1).tolist() for x in images]}), path)
+
+
+def test_parquet_that_holds_no_images_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mnist_tflite.scale.ray_predict import parquet_images
+
+    pq.write_table(pa.table({"a": [1, 2], "b": [3, 4]}), tmp_path / "two.parquet")
+    pq.write_table(pa.table({"image": [[1, 2, 3]]}), tmp_path / "short.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(MnistTfliteError, match="expected an 'image' column"):
+        parquet_images(tmp_path / "two.parquet")
+    with pytest.raises(MnistTfliteError, match="784 numbers per row"):
+        parquet_images(tmp_path / "short.parquet")
+    with pytest.raises(MnistTfliteError, match="not a readable Parquet file"):
+        parquet_images(tmp_path / "junk.parquet")
+
+
+# -- bad input: one line, exit 2, fast --------------------------------------------------------------
+
+
+def test_without_ray_one_line_names_the_pip_command(tmp_path, models_dir):
+    blocker = tmp_path / "blocker" / "ray"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    (blocker.parent / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['ray'] = None\n"  # find_spec('ray') then raises: as if not installed
+    )
+    env = {"PYTHONPATH": f"{blocker.parent}{os.pathsep}{SRC}"}
+    for args in (
+        ("tune", "--out", str(tmp_path / "t"), "--flash", "16KB"),
+        ("predict", str(models_dir / "int8.tflite"), str(tmp_path), "--ray"),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "mnist_tflite", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert res.returncode == 2, res.stderr
+        assert "pip install 'mnist-tflite[scale]'" in _one_error_line(res.stderr)
+
+
+class _NotRay:
+    """A TCP server on loopback that answers like a web server, not like Ray's GCS."""
+
+    def __enter__(self) -> int:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self.sock.getsockname()[1]
+
+    def _serve(self) -> None:
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    with _NotRay() as web_port:
+        for address, why in (
+            (f"127.0.0.1:{port}", "connection refused"),
+            (f"127.0.0.1:{web_port}", "not a Ray"),
+        ):
+            for args in (
+                ("tune", "--out", str(tmp_path / "t"), "--flash", "16KB", "--address", address),
+                ("predict", str(models_dir / "int8.tflite"), str(models_dir), "--ray", "--address", address),
+            ):
+                t = time.monotonic()
+                res = _cli(*args, timeout=60)
+                assert time.monotonic() - t < 10
+                assert res.returncode == 2
+                assert why in _one_error_line(res.stderr)
+    res = _cli("tune", "--out", str(tmp_path / "t"), "--flash", "8KB", "--address", "no-port-here")
+    assert "expected HOST:PORT" in _one_error_line(res.stderr)
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tune", "--out", "{tmp}/t"), "--flash is required"),
+        (("tune", "--out", "{tmp}/t", "--flash", "lots"), "expected a positive size"),
+        (
+            ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--trials", "0"),
+            "--trials and --max-epochs must be >= 1",
+        ),
+        (("tune", "--out", "{tmp}/t", "--resume"), "no search to resume"),
+        (("tune", "--out", "{tmp}/search", "--flash", "8KB"), "already holds a search; pass --resume"),
+        (("tune", "--out", "{tmp}/search", "--resume", "--flash", "9KB"), "--flash differ from"),
+        (("predict", "{models}/int8.tflite", "{models}", "--address", "127.0.0.1:1"), "go with --ray"),
+        (
+            ("predict", "{models}/int8.tflite", "{models}", "--ray", "--output", "{tmp}/r.txt"),
+            "expected .parquet or .csv",
+        ),
+        (
+            ("predict", "{models}/int8.tflite", "{models}", "--ray", "--show-input", "{tmp}/s"),
+            "not available with --ray",
+        ),
+    ],
+)
+def test_usage_errors(args, message, tmp_path, models_dir, capsys):
+    from mnist_tflite import cli
+
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "search.json").write_text(
+        json.dumps(
+            {
+                "settings": {
+                    "flash": 8192,
+                    "ram": None,
+                    "trials": 3,
+                    "max_epochs": 1,
+                    "seed": 0,
+                    "data": "embedded",
+                }
+            }
+        )
+    )
+    argv = [a.format(tmp=tmp_path, models=models_dir) for a in args]
+    assert cli.main(argv) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+# -- a real two-node cluster ------------------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, ns: str, env: dict[str, str]) -> None:
+        self.ns, self.env = ns, env
+        self.address = f"127.0.0.1:{RAY_PORT}"
+        self.prefix = ("ip", "netns", "exec", ns)
+
+    def run(self, args: list[str], timeout: float = 300, check: bool = True, **env: str):
+        res = subprocess.run(
+            [*self.prefix, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env, **env},
+        )
+        if check and res.returncode:
+            raise AssertionError(f"{args} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def status(self) -> str:
+        return self.run(["ray", "status", f"--address={self.address}"], check=False).stdout
+
+    def cli(self, *args: str, timeout: float = 600, **env: str):
+        return _cli(
+            *args, "--address", self.address, prefix=self.prefix, env={**self.env, **env}, timeout=timeout
+        )
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*self.prefix, sys.executable, "-m", "mnist_tflite", *args, "--address", self.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **self.env, **env},
+        )
+
+    def kill_all(self) -> None:
+        """Every process in the namespace: Ray's daemons, workers and drivers, by pid."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = subprocess.run(
+                ["ip", "netns", "pids", self.ns], capture_output=True, text=True
+            ).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), sig)
+            if pids and sig == signal.SIGTERM:
+                time.sleep(2)
+
+
+def _netns_available() -> str | None:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return "needs root and iproute2 for a private network namespace"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head and a second raylet (1 CPU each) over loopback, in a network namespace."""
+    pytest.importorskip("ray")
+    why = _netns_available()
+    if why:
+        pytest.skip(why)
+    ns = f"mnist-tflite-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {"PYTHONPATH": str(SRC), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    cluster = Cluster(ns, env)
+    try:
+        cluster.run(["ip", "link", "set", "lo", "up"])
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}"]
+        cluster.run(
+            [
+                "ray",
+                "start",
+                "--head",
+                f"--port={RAY_PORT}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                *common,
+            ]
+        )
+        cluster.run(["ray", "start", f"--address={cluster.address}", *common])
+        deadline = time.monotonic() + 60
+        while cluster.status().count(" node_") < 2:  # `ray start` returns before the node registers
+            assert time.monotonic() < deadline, cluster.status()
+            time.sleep(1)
+        yield cluster
+    finally:
+        cluster.kill_all()
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_cluster_has_two_nodes(ray_cluster):
+    status = ray_cluster.status()
+    assert "2.0 CPU" in status and status.count(" node_") == 2, status
+
+
+def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ray_cluster, tmp_path):
+    out = tmp_path / "tune"
+    res = ray_cluster.cli(
+        "tune",
+        "--out",
+        str(out),
+        "--flash",
+        "16KB",
+        "--ram",
+        "8KB",
+        "--trials",
+        "3",
+        "--max-epochs",
+        "1",
+        MNIST_TFLITE_TUNE_CRASH="tiny",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 CPUs" in res.stdout and "[  3/3]" in res.stdout and "min left" in res.stdout
+    assert "best so far" in res.stdout and "FAILED: RuntimeError: injected crash" in res.stdout
+    doc = json.loads((out / "front.json").read_text())
+    by_point = {t["point"]: t for t in doc["trials"]}
+    assert (
+        by_point["seed"]["status"] == "infeasible" and "exceed the flash budget" in by_point["seed"]["reason"]
+    )
+    assert by_point["tiny"]["status"] == "failed" and "injected crash" in by_point["tiny"]["reason"]
+    ok = by_point["micro"]
+    assert ok["status"] == "ok" and ok["flash"] <= 16384 and ok["arena"] <= 8192 and ok["epochs"] == 1
+    assert ok["front"] and 0 < ok["test_accuracy"] <= 1 and doc["front"] == [ok["trial"]]
+    assert doc["search"]["cpus"] == 2 and doc["search"]["cluster"] == ray_cluster.address
+    assert "Optuna" in doc["search"]["algorithm"]
+    best = {b["file"] for b in doc["best"]}
+    assert "best-flash16KB-ram8KB.tflite" in best
+    for name in best:
+        meta = json.loads((out / name).with_suffix(".json").read_text())
+        assert meta["model"] == name and meta["tune"]["trial"] == ok["trial"]
+        assert meta["architecture"] == ok["arch"] and meta["size_bytes"] == (out / name).stat().st_size
+    md = (out / "front.md").read_text()
+    assert "## Best model under each budget" in md and "injected crash" in md and "★" in md
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
+    # ready for export-micro: int8 in and out, runs in TFLM
+    fw = tmp_path / "fw"
+    res = _cli("export-micro", str(out / "best-flash16KB-ram8KB.tflite"), "--out", str(fw), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["arena"]["min_bytes"] == ok["arena"]
+
+
+def _read_until(proc: subprocess.Popen, prefix: str) -> str:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return "".join(lines)
+    raise AssertionError(f"no line starting {prefix!r}:\n{''.join(lines)}")
+
+
+def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
+    out = tmp_path / "tune"
+    args = ("tune", "--out", str(out), "--flash", "16KB", "--trials", "4", "--max-epochs", "1")
+    proc = ray_cluster.popen(*args)
+    try:
+        _read_until(proc, "[  1/4]")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune stops, saves its state, says how to go on
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert f"continue with: mnist-tflite tune --out {out} --resume" in rest
+    # Tune saves its state every 10 s or so; here after every step, so that kill -9 loses nothing
+    proc = ray_cluster.popen("tune", "--out", str(out), "--resume", TUNE_GLOBAL_CHECKPOINT_S="0")
+    try:
+        text = _read_until(proc, "[  3/4]")
+        assert "resuming the search" in text and "[  1/4]" not in text, text
+        time.sleep(3)  # a trial that ends at the very moment of the kill may be run again
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # `ip netns exec` execs python: this is the driver itself
+        proc.wait()
+    res = ray_cluster.cli("tune", "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[  4/4]" in res.stdout and "[  2/4]" not in res.stdout
+    doc = json.loads((out / "front.json").read_text())
+    assert len(doc["trials"]) == 4 and doc["search"]["failed"] == 0, doc["trials"]
+    assert {t["point"] for t in doc["trials"]} == {"seed", "tiny", "micro", "small"}
+
+
+def test_budgets_nothing_can_meet_say_so_with_the_smallest_model(ray_cluster, tmp_path):
+    res = ray_cluster.cli("tune", "--out", str(tmp_path / "a"), "--flash", "2KB")
+    assert res.returncode == 2
+    line = _one_error_line(res.stderr)
+    assert "nothing in the search space fits <= 2 KB" in line and "its smallest model" in line
+    assert not (tmp_path / "a" / "search.json").exists()
+    # the smallest point fits, but none of the trials does: the search says so, exit 1
+    res = ray_cluster.cli(
+        "tune", "--out", str(tmp_path / "b"), "--flash", "6KB", "--trials", "2", "--max-epochs", "1"
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    line = _one_error_line(res.stderr)
+    assert "no model met <= 6 KB in 2 trials; the smallest model found: tiny" in line
+    assert json.loads((tmp_path / "b" / "front.json").read_text())["best"] == []
+
+
+@pytest.fixture(scope="module")
+def inputs_2000(tmp_path_factory, mnist):
+    """2,000 images: 1,500 in a .npy, 400 in a Parquet file, 100 PNG photos, and a broken file."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("inputs")
+    np.save(d / "a.npy", mnist.x_test[:1500])
+    _write_parquet(d / "b.parquet", mnist.x_test[1500:1900])
+    photos = d / "photos"
+    photos.mkdir()
+    for i in range(1900, 2000):  # dark ink on paper, 3x larger: the full preprocessing runs
+        Image.fromarray(255 - mnist.x_test[i]).resize((84, 84)).save(photos / f"{i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    return d
+
+
+def test_predict_ray_on_the_cluster_gives_the_local_answers(
+    ray_cluster, inputs_2000, models_dir, tmp_path, mnist
+):
+    from mnist_tflite.edge.predict import Classifier, Failure
+
+    model = models_dir / "int8.tflite"
+    res = ray_cluster.cli(
+        "predict",
+        str(model),
+        str(inputs_2000),
+        str(inputs_2000 / "photos"),
+        "--ray",
+        "--output",
+        str(tmp_path / "r.parquet"),
+        "--top-k",
+        "2",
+    )
+    assert res.returncode == 1, res.stderr  # the broken file
+    assert "broken.png: not an image" in res.stderr and "wrote 2,001 results (1 failed)" in res.stdout
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert len(table) == 2001
+    clf = Classifier(model)
+    np.save(tmp_path / "b.npy", mnist.x_test[1500:1900])  # the Parquet rows, as the local runner reads them
+    local = list(clf.predict_files([inputs_2000 / "a.npy", tmp_path / "b.npy", inputs_2000 / "photos"]))
+    assert len(local) == len(table)
+    for got, want in zip(table, local, strict=True):
+        if isinstance(want, Failure):
+            assert got["error"] == want.problem and got["label"] == ""
+            continue
+        assert got["label"] == want.label and got["confidence"] == pytest.approx(want.confidence, abs=1e-7)
+        assert got["label_2"] == want.top(2)[1][0]
+        assert got["file"].replace("b.parquet", "b.npy").endswith(Path(want.source).name)
+    # the printed lines are the local runner's, byte for byte
+    photos = inputs_2000 / "photos"
+    ray_text = ray_cluster.cli("predict", str(model), str(photos), "--ray", "--top-k", "3")
+    local_text = _cli("predict", str(model), str(photos), "--top-k", "3")
+    assert ray_text.stdout == local_text.stdout and ray_text.stdout.count("\n") == 100
+    assert ray_text.returncode == local_text.returncode == 1
