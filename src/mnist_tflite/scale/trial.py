@@ -74,7 +74,7 @@ def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
     from mnist_tflite.training import search as tf_search
 
     tf_search.limit_threads(int(settings.get("threads", 1)))
-    ds = data_mod.load(settings["data"], download=False, log=lambda m: None)
+    ds = data_mod.load(settings["data"], log=lambda m: None)
     rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
     fb = tf_search.untrained_flatbuffer(spec.architecture("smallest"), int8_recipe(), rep, settings["seed"])
     arena, problem = measure_tflm(fb)
@@ -131,7 +131,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     from mnist_tflite.training import search as tf_search
 
     tf_search.limit_threads(int(settings.get("threads", 1)))
-    ds = data_mod.load(settings["data"], download=False, log=lambda m: None)
+    ds = data_mod.load(settings["data"], log=lambda m: None)
     rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
     arch = spec.architecture(name or "tuned")
     recipe = int8_recipe()

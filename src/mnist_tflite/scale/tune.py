@@ -195,7 +195,7 @@ def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str
     """
     require_ray()  # before anything else: without Ray, one line naming the pip command
     options, out = _prepare(options)
-    ds = data_mod.load(options.data, download=False, log=log)
+    ds = data_mod.load(options.data, log=log)
     settings = options.settings()
     if options.data in ("auto", "keras"):  # every trial, on every node, must train on the same data
         cache = data_mod.keras_cache_path()
