@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from mnist_tflite import guard
@@ -50,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.validate()
     # the run writes the Keras model, a .tflite per recipe and plots: a full disk fails now
     check_out_dir(args.out, probe_bytes=lambda: 2 * keras_file_bytes(config.train.arch))
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    log = _progress(args)
     report = run(config, log=log)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -96,7 +97,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     sidecar = args.out.with_suffix(".json")
     if sidecar.exists() and not sidecar.is_file():
         raise fail(sidecar, "exists and is not a regular file; the metadata sidecar is written here")
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    log = _progress(args)
     meta = convert_file(
         args.model,
         args.recipe,
@@ -222,7 +223,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         data=args.data,
     )
-    doc = search(options, log=(lambda m: print(m, file=sys.stderr, flush=True)) if args.json else _log_flush)
+    doc = search(options, log=_progress(args))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -257,7 +258,7 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
         allow_modified=args.allow_modified,
         data=args.data,
     )
-    summary = export(opts, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    summary = export(opts, log=_progress(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -283,7 +284,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         force=args.force,
         data=args.data,
     )
-    summary = compile_to_dir(opts, log=(lambda m: print(m, file=sys.stderr)) if args.json else print)
+    summary = compile_to_dir(opts, log=_progress(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -297,6 +298,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def _log_flush(message: str) -> None:
     print(message, flush=True)
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where a command's progress lines go: stdout, or stderr when stdout carries --json.
+
+    Flushed line by line, so a log file or a pipe shows long work as it happens.
+    """
+    if getattr(args, "json", False):
+        return lambda message: print(message, file=sys.stderr, flush=True)
+    return _log_flush
 
 
 def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
