@@ -41,7 +41,7 @@ def test_markdown_table_and_failed_rows(tmp_path):
     assert len({line.count("|") for line in lines}) == 1, "every row has the same number of cells"
     assert "| int8 | 250 | 0.25 | 98.50 % | 99.50 % |" in table
     assert "| int4 | failed: converter refused |" in table
-    report_mod.plot_size_accuracy(rows, tmp_path / "p.png")
+    report_mod.plot_accuracy_vs_size(rows, tmp_path / "p.png")
     report_mod.plot_confusion(np.eye(10, dtype=int) * 9, [str(i) for i in range(10)], "t", tmp_path / "c.png")
     for name in ("p.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

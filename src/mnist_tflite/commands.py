@@ -248,22 +248,10 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
     from mnist_tflite.micro.check import disagreement
     from mnist_tflite.micro.export import ExportOptions, export, summary_text
 
-    opts = ExportOptions(
-        model=args.model,
-        out=args.out,
-        name=args.name,
-        verify=args.verify,
-        force=args.force,
-        allow_float=args.allow_float,
-        allow_modified=args.allow_modified,
-        data=args.data,
-    )
-    summary = export(opts, log=_progress(args))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(summary_text(summary, args.out))
-        print(f"wrote {', '.join(summary['files'])} into {args.out}/")
+    fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")
+    summary = export(ExportOptions(**_pick(args, *fields)), log=_progress(args))
+    files = ", ".join(summary["files"])
+    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
     problem = disagreement(summary.get("verification"))
     if problem:  # the same rule as `run` (micro.check.disagreement)
         print(f"{PROG}: {args.model}: {problem}", file=sys.stderr)
@@ -274,26 +262,19 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from mnist_tflite.micro.aot import CompileOptions, compile_to_dir, differing_rows, summary_text
 
-    opts = CompileOptions(
-        model=args.model,
-        out=args.out,
-        target=args.target,
-        images=args.images,
-        name=args.name,
-        verify=args.verify,
-        force=args.force,
-        data=args.data,
-    )
-    summary = compile_to_dir(opts, log=_progress(args))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(summary_text(summary, args.out))
-        print(f"wrote {len(summary['files'])} files into {args.out}/")
+    fields = ("model", "out", "target", "images", "name", "verify", "force", "data")
+    summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
+    files = f"{len(summary['files'])} files"
+    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
     if differing_rows(summary):
         print(f"{PROG}: the compiled model and TFLM disagree on some output rows", file=sys.stderr)
         return 1
     return 0
+
+
+def _show(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    """The command's result on stdout: the JSON document with --json, else the text."""
+    print(json.dumps(doc, indent=2) if args.json else text)
 
 
 def _log_flush(message: str) -> None:

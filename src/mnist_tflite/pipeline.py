@@ -315,9 +315,9 @@ def plot_stage(
         report_mod.plot_confusion(confusion[cm_name], class_names, f"Confusion matrix: {cm_name}", path)
         plots[f"confusion matrix ({cm_name})"] = path.name
     n = int(cm_total(confusion)) or 10_000
-    report_mod.plot_size_accuracy(table_rows, out / "size_vs_accuracy.png", test_images=n)
+    report_mod.plot_accuracy_vs_size(table_rows, out / "size_vs_accuracy.png", test_images=n)
     plots["size vs accuracy"] = "size_vs_accuracy.png"
-    report_mod.plot_size_accuracy(
+    report_mod.plot_accuracy_vs_size(
         [r for r in table_rows if r.get("arena_bytes")],  # only what TFLM can run
         out / "flash_vs_accuracy.png",
         size_key="flash_bytes",

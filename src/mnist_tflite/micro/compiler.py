@@ -373,14 +373,18 @@ def _monotone(bias: np.ndarray, k: int, shift: np.ndarray) -> bool:
     return all(bound << max(int(s), 0) < 2**31 for s in shift)
 
 
-def _conv(index, op, tensors, path) -> Layer:
-    where = f"CONV_2D (node {index})"
+def _weighted(kind: str, index, op, tensors, path) -> tuple[str, list[int], Any, Any, Any, Any, Any]:
+    """What CONV_2D and FULLY_CONNECTED share: int8 input and output, weights, options."""
+    where = f"{kind} (node {index})"
     ins = [int(i) for i in op.inputs]
     x, w, y = tensors[ins[0]], tensors[ins[1]], tensors[int(op.outputs[0])]
     _check_int8(x, path, f"{where} input")
     _check_int8(y, path, f"{where} output")
-    wt = _weights(w, path, where)
-    o = op.builtinOptions
+    return where, ins, x, y, w, _weights(w, path, where), op.builtinOptions
+
+
+def _conv(index, op, tensors, path) -> Layer:
+    where, ins, x, y, w, wt, o = _weighted("CONV_2D", index, op, tensors, path)
     if len(x.shape) != 4 or x.shape[0] != 1 or wt.ndim != 4 or len(y.shape) != 4:
         raise fail(path, f"{where}: expected NHWC input with batch 1 and OHWI weights")
     _, h, wd, c = x.shape
@@ -477,13 +481,7 @@ def _window(o: int, stride: int, pad: int, size: int, limit: int) -> range:
 
 
 def _fc(index, op, tensors, path) -> Layer:
-    where = f"FULLY_CONNECTED (node {index})"
-    ins = [int(i) for i in op.inputs]
-    x, w, y = tensors[ins[0]], tensors[ins[1]], tensors[int(op.outputs[0])]
-    _check_int8(x, path, f"{where} input")
-    _check_int8(y, path, f"{where} output")
-    wt = _weights(w, path, where)
-    o = op.builtinOptions
+    where, ins, x, y, w, wt, o = _weighted("FULLY_CONNECTED", index, op, tensors, path)
     if o is not None and o.weightsFormat != 0:
         raise fail(path, f"{where}: shuffled weights format is not supported")
     if wt.ndim != 2:

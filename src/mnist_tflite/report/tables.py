@@ -15,8 +15,8 @@ __all__ = [
     "budget_table",
     "markdown_table",
     "pareto_front",
+    "plot_accuracy_vs_size",
     "plot_confusion",
-    "plot_size_accuracy",
     "rows_as_dicts",
     "table_cells",
     "write_report",
@@ -81,18 +81,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
-
-
-def plot_size_accuracy(
-    rows: Sequence[dict[str, Any]],
-    path: str | os.PathLike[str],
-    *,
-    size_key: str = "size_bytes",
-    title: str = "Size vs accuracy",
-    test_images: int = 10_000,
-) -> None:
-    """Accuracy (95 % intervals) against size in KB for every variant (see ``report.plots``)."""
-    plot_accuracy_vs_size(rows, path, size_key=size_key, title=title, test_images=test_images)
 
 
 BUDGETS_KB = (8, 10, 16, 32, 48, 64, 128, 256)
