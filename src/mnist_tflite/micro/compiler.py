@@ -681,9 +681,43 @@ def _check_plan(layers, storage, sizes, offsets, scratch) -> None:
 
 def compile_model(data: bytes, path: object = "model") -> Program:
     """Check, fold, fuse and plan ``data`` (a .tflite flatbuffer). Raises MnistTfliteError."""
+    info, model, tensors, operators = _read(data, path)
+    names = _checked_op_names(info, model, operators, path)
+    folded, kept = _fold_shape_ops(names, operators, tensors, path)
+    input_tensor, output_tensor = info.inputs[0], info.outputs[0]
+    layers, storage = _chain(kept, names, operators, tensors, input_tensor, output_tensor, folded, path)
+    for layer in layers:
+        _computed_macs(layer)
+
+    external = {storage[input_tensor], storage[output_tensor]}
+    sizes = {}
+    for layer in layers:
+        for t in (layer.src, layer.dst):
+            sizes[storage[t]] = _align(math.prod(tensors[t].shape))
+    plan = plan_memory(layers, storage, sizes, external)
+
+    x, y = tensors[input_tensor], tensors[output_tensor]
+    last_op = next((names[i] for i in reversed(kept) if names[i] != "RESHAPE"), "RESHAPE")
+    kind = {"FULLY_CONNECTED": "logits", "SOFTMAX": "softmax"}.get(last_op, last_op.lower())
+    return Program(
+        model_bytes=len(data),
+        input=Quant(tuple(x.shape), x.scale, x.zero_point),
+        output=Quant(tuple(y.shape), y.scale, y.zero_point),
+        output_kind=kind,
+        layers=layers,
+        folded=sorted(folded),
+        storage=storage,
+        input_tensor=input_tensor,
+        output_tensor=output_tensor,
+        plan=plan,
+        macs_model=info.macs,
+    )
+
+
+def _checked_op_names(info, model, operators, path) -> list[str]:
+    """Every node's op name; a model that is not int8 or holds an op we lack is refused here."""
     from ai_edge_litert import schema_py_generated as schema
 
-    info, model, tensors, operators = _read(data, path)
     op_names = _enum(schema.BuiltinOperator)
     names = []
     for op in operators:
@@ -698,27 +732,31 @@ def compile_model(data: bytes, path: object = "model") -> Program:
     for index, name in enumerate(names):
         if name not in KERNEL_OPS and name not in FOLDED_OPS:
             raise fail(path, f"unsupported op {name} (node {index}); compile supports {supported}")
+    return names
 
-    # fold what depends only on shapes (batch 1)
+
+def _fold_shape_ops(names, operators, tensors, path) -> tuple[list[tuple[int, str]], list[int]]:
+    """Fold what depends only on shapes (batch 1): (folded nodes, the nodes left to run)."""
     values = {t.index: t.data for t in tensors if t.data is not None}
     folded: list[tuple[int, str]] = []
     kept: list[int] = []
     for index, (name, op) in enumerate(zip(names, operators, strict=True)):
-        if name in FOLDED_OPS:
-            try:
-                result = _fold(name, op, tensors, values)
-            except (ValueError, IndexError, TypeError) as exc:
-                raise fail(path, f"{name} (node {index}) cannot be folded at compile time: {exc}") from None
-            if result is None:
-                raise fail(
-                    path, f"{name} (node {index}) depends on runtime values; only shape chains are folded"
-                )
-            values[int(op.outputs[0])] = np.asarray(result)
-            folded.append((index, name))
-        else:
+        if name not in FOLDED_OPS:
             kept.append(index)
+            continue
+        try:
+            result = _fold(name, op, tensors, values)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise fail(path, f"{name} (node {index}) cannot be folded at compile time: {exc}") from None
+        if result is None:
+            raise fail(path, f"{name} (node {index}) depends on runtime values; only shape chains are folded")
+        values[int(op.outputs[0])] = np.asarray(result)
+        folded.append((index, name))
+    return folded, kept
 
-    input_tensor, output_tensor = info.inputs[0], info.outputs[0]
+
+def _chain(kept, names, operators, tensors, input_tensor, output_tensor, folded, path):
+    """The kept nodes as one chain of layers (conv + max-pool fused), and where each tensor lives."""
     layers: list[Layer] = []
     storage: dict[int, int] = {input_tensor: input_tensor}
     consumers: dict[int, int] = {}
@@ -765,45 +803,25 @@ def compile_model(data: bytes, path: object = "model") -> Program:
         current = dst
     if current != output_tensor:
         raise fail(path, "the graph's output is not the last layer's output")
-    if not layers or storage[output_tensor] != output_tensor:
-        # the output is the input reshaped (or a RESHAPE of the last layer's output): copy or alias
-        if not layers or storage[output_tensor] == input_tensor:
-            copy = Layer("copy", (), ("COPY",), input_tensor, output_tensor, tensors[input_tensor].shape,
-                         tensors[output_tensor].shape)  # fmt: skip
-            copy.fields = {"n": math.prod(tensors[output_tensor].shape)}
-            layers.append(copy)
-            storage[output_tensor] = output_tensor
-        else:
-            last = storage[output_tensor]
-            for s, root in list(storage.items()):
-                if root == last:
-                    storage[s] = output_tensor
-    for layer in layers:
-        _computed_macs(layer)
+    _output_storage(layers, storage, tensors, input_tensor, output_tensor)
+    return layers, storage
 
-    external = {storage[input_tensor], storage[output_tensor]}
-    sizes = {}
-    for layer in layers:
-        for t in (layer.src, layer.dst):
-            sizes[storage[t]] = _align(math.prod(tensors[t].shape))
-    plan = plan_memory(layers, storage, sizes, external)
 
-    x, y = tensors[input_tensor], tensors[output_tensor]
-    last_op = next((names[i] for i in reversed(kept) if names[i] != "RESHAPE"), "RESHAPE")
-    kind = {"FULLY_CONNECTED": "logits", "SOFTMAX": "softmax"}.get(last_op, last_op.lower())
-    return Program(
-        model_bytes=len(data),
-        input=Quant(tuple(x.shape), x.scale, x.zero_point),
-        output=Quant(tuple(y.shape), y.scale, y.zero_point),
-        output_kind=kind,
-        layers=layers,
-        folded=sorted(folded),
-        storage=storage,
-        input_tensor=input_tensor,
-        output_tensor=output_tensor,
-        plan=plan,
-        macs_model=info.macs,
-    )
+def _output_storage(layers, storage, tensors, input_tensor, output_tensor) -> None:
+    """The output is the input reshaped, or a RESHAPE of the last layer's output: copy or alias."""
+    if layers and storage[output_tensor] == output_tensor:
+        return
+    if not layers or storage[output_tensor] == input_tensor:
+        copy = Layer("copy", (), ("COPY",), input_tensor, output_tensor, tensors[input_tensor].shape,
+                     tensors[output_tensor].shape)  # fmt: skip
+        copy.fields = {"n": math.prod(tensors[output_tensor].shape)}
+        layers.append(copy)
+        storage[output_tensor] = output_tensor
+    else:
+        last = storage[output_tensor]
+        for s, root in list(storage.items()):
+            if root == last:
+                storage[s] = output_tensor
 
 
 def load_program(path: str | os.PathLike[str]) -> tuple[bytes, Program]:
