@@ -124,6 +124,13 @@ def run(work: Path) -> dict[str, Any]:
         "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
     }
 
+    _save(tfmot, tuned, job, work, result)
+    phases["finish"] = time.perf_counter() - start - phases["fit"]  # QAT: the conversion
+    return result
+
+
+def _save(tfmot: Any, tuned: Any, job: dict[str, Any], work: Path, result: dict[str, Any]) -> None:
+    """QAT: the int8 .tflite, converted here (tf_keras); pruning: the stripped weights."""
     if job["method"] == "qat":
         from dataclasses import replace
 
@@ -140,8 +147,6 @@ def run(work: Path) -> dict[str, Any]:
         stripped = tfmot.sparsity.keras.strip_pruning(tuned)
         result["sparsity"] = _prunable_zero_fraction(stripped)
         np.savez(work / "weights_out.npz", **{f"w{i}": w for i, w in enumerate(stripped.get_weights())})
-    phases["finish"] = time.perf_counter() - start - phases["fit"]  # QAT: the conversion
-    return result
 
 
 def main(argv: list[str]) -> int:
