@@ -31,6 +31,7 @@ EXTRA_OF = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "playwright": "dev",
+    "ray": "scale",
 }
 
 

@@ -3,6 +3,10 @@ QEMU, must answer bit for bit like the TFLM interpreter on real test digits."""
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tflite_micro")  # before the imports that need them
+
 import json
 import random
 import shutil

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODELS
+from tests.conftest import MODELS, require
 
 # runs the CLI with socket.connect refused and recorded; prints what it tried on stderr
 GUARD = """
@@ -88,6 +88,7 @@ def test_convert_json_offline_with_auto_data(tmp_path, trained_model):
 
 @pytest.mark.slow
 def test_run_json_offline_is_only_json_and_ends_with_next_steps(tmp_path):
+    require("tensorflow", "tflite_micro")
     out = tmp_path / "run"
     args = ("run", "--out", str(out), "--epochs", "1", "--recipes", "float32,int8", "--micro-images", "50")
     r = _offline(tmp_path, *args, "--json")

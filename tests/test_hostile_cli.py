@@ -9,6 +9,11 @@ processes, where a signal or an interpreter-level traceback would show.
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+# these cases drive every command, the training and serving ones included
+require("tensorflow", "tflite_micro", "fastapi", "uvicorn")
+
 import contextlib
 import io
 import os

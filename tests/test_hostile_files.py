@@ -9,6 +9,11 @@ sidecar key), no traceback, and nothing at its output path.
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+# these cases drive every command, the training and serving ones included
+require("tensorflow", "tflite_micro", "fastapi", "uvicorn")
+
 import json
 import subprocess
 import sys

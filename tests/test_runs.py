@@ -6,6 +6,10 @@ step, of the parent during the TFLM check and during QAT fine-tuning.
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tensorflow", "tflite_micro")  # before the imports that need them
+
 import hashlib
 import json
 import os

@@ -7,6 +7,10 @@ per module; every process in the namespace is killed at the end, whatever happen
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("ray", "tensorflow")  # before the imports that need them
+
 import contextlib
 import json
 import os

@@ -9,6 +9,10 @@ with bounded loops that stop by themselves.
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("fastapi", "uvicorn")  # before the imports that need them
+
 import contextlib
 import io
 import json

@@ -9,6 +9,10 @@ it by one step on a few rows, which is why ``micro.check.disagreement`` allows o
 
 from __future__ import annotations
 
+from tests.conftest import require
+
+require("tflite_micro")  # before the imports that need them
+
 import numpy as np
 
 from mnist_tflite import data
