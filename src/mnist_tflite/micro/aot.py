@@ -433,6 +433,26 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     return "\n".join(lines)
 
 
+def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, int]:
+    """Compile one model for the Cortex-M4, run it on ``images`` in QEMU, and measure it."""
+    from mnist_tflite.micro.compiler import load_program
+
+    _, program = load_program(path)
+    with tempfile.TemporaryDirectory(prefix="mnist-tflite-compile-") as tmp_name:
+        tmp = Path(tmp_name)
+        inputs = quantize_images(images, program.input.scale, program.input.zero_point)
+        opts = CompileOptions(Path(path), tmp / "out", target="cortex-m4", images=len(inputs))
+        _write_sources(tmp, program, opts, "", inputs)
+        firmware.build(tmp, opts.name, "cortex-m4")
+        sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), opts.name)
+        result = firmware.run_firmware(tmp, len(inputs), program.output.size)
+    return {
+        "compiled_code_bytes": sizes["code"] + sizes["libgcc"],
+        "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,
+        "compiled_instructions": round(result.instructions()["mean"]),
+    }
+
+
 def compiled_columns(
     models: Mapping[str, str | os.PathLike[str]],
     images: np.ndarray,
@@ -451,8 +471,6 @@ def compiled_columns(
         "compiled_instructions"}}, "notes": [...]}``; empty columns and a note when the
         Cortex-M4 toolchain is missing.
     """
-    from mnist_tflite.micro.compiler import load_program
-
     report: dict[str, Any] = {"columns": {}, "notes": []}
     problem = firmware.toolchain_problem("cortex-m4")
     if problem:
@@ -460,28 +478,10 @@ def compiled_columns(
         return report
     for variant, path in models.items():
         try:
-            _, program = load_program(path)
+            c = report["columns"][variant] = _m4_figures(path, images[:count])
         except MnistTfliteError as exc:
             report["notes"].append(f"{variant}: not compiled: {exc}")
             continue
-        with tempfile.TemporaryDirectory(prefix="mnist-tflite-compile-") as tmp_name:
-            tmp = Path(tmp_name)
-            inputs = quantize_images(images[:count], program.input.scale, program.input.zero_point)
-            opts = CompileOptions(Path(path), tmp / "out", target="cortex-m4", images=len(inputs))
-            try:
-                _write_sources(tmp, program, opts, "", inputs)
-                firmware.build(tmp, opts.name, "cortex-m4")
-                sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), opts.name)
-                result = firmware.run_firmware(tmp, len(inputs), program.output.size)
-            except MnistTfliteError as exc:
-                report["notes"].append(f"{variant}: not compiled: {exc}")
-                continue
-        report["columns"][variant] = {
-            "compiled_code_bytes": sizes["code"] + sizes["libgcc"],
-            "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,
-            "compiled_instructions": round(result.instructions()["mean"]),
-        }
-        c = report["columns"][variant]
         log(
             f"      {variant:<10} compiled for Cortex-M4: {c['compiled_code_bytes']:,} bytes of code, "
             f"{c['compiled_static_ram_bytes']:,} bytes of static RAM, "

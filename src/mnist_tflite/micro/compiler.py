@@ -592,6 +592,45 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def _place(
+    combo: tuple[tuple[str, str], ...],
+    layers: list[Layer],
+    storage: dict[int, int],
+    sizes: dict[int, int],
+    external: set[int],
+) -> tuple[int, dict[int, int], dict[int, int]]:
+    """One combination of placements: (span, buffer offsets, scratch offsets), rebased to 0."""
+    off: dict[int, int] = {}
+    scratch: dict[int, int] = {}
+    for i, (layer, (out_mode, scr_mode)) in enumerate(zip(layers, combo, strict=True)):
+        src, dst = storage[layer.src], storage[layer.dst]
+        if dst not in external and dst not in off:
+            if src in external or src not in off:
+                off[dst] = 0 if not off else min(off.values())
+            elif out_mode == "same":
+                off[dst] = off[src]
+            elif out_mode == "above":
+                off[dst] = off[src] + sizes[src]
+            elif out_mode == "below":
+                off[dst] = off[src] - sizes[dst]
+            else:  # stream
+                off[dst] = off[src] - _align(max(_stream_distance(layer) or 0, -(10**9)))
+        if layer.scratch_bytes:
+            live = [(off[s], off[s] + sizes[s]) for s in (src, dst) if s not in external and s in off]
+            lo = min((a for a, _ in live), default=0)
+            hi = max((b for _, b in live), default=0)
+            size = _align(layer.scratch_bytes)
+            scratch[i] = hi if scr_mode == "above" else lo - size
+    starts = [*off.values(), *scratch.values()]
+    ends = [off[s] + sizes[s] for s in off] + [scratch[i] + _align(layers[i].scratch_bytes) for i in scratch]
+    if not starts:
+        span, base = 0, 0
+    else:
+        base = min(starts)
+        span = max(ends) - base
+    return span, {s: o - base for s, o in off.items()}, {i: o - base for i, o in scratch.items()}
+
+
 def plan_memory(
     layers: list[Layer], storage: dict[int, int], sizes: dict[int, int], external: set[int]
 ) -> Plan:
@@ -615,38 +654,9 @@ def plan_memory(
         choices.append(list(itertools.product(outs, scr)))
     best: tuple[int, dict[int, int], dict[int, int]] | None = None
     for combo in itertools.product(*choices):
-        off: dict[int, int] = {}
-        scratch: dict[int, int] = {}
-        for i, (layer, (out_mode, scr_mode)) in enumerate(zip(layers, combo, strict=True)):
-            src, dst = storage[layer.src], storage[layer.dst]
-            if dst not in external and dst not in off:
-                if src in external or src not in off:
-                    off[dst] = 0 if not off else min(off.values())
-                elif out_mode == "same":
-                    off[dst] = off[src]
-                elif out_mode == "above":
-                    off[dst] = off[src] + sizes[src]
-                elif out_mode == "below":
-                    off[dst] = off[src] - sizes[dst]
-                else:  # stream
-                    off[dst] = off[src] - _align(max(_stream_distance(layer) or 0, -(10**9)))
-            if layer.scratch_bytes:
-                live = [(off[s], off[s] + sizes[s]) for s in (src, dst) if s not in external and s in off]
-                lo = min((a for a, _ in live), default=0)
-                hi = max((b for _, b in live), default=0)
-                size = _align(layer.scratch_bytes)
-                scratch[i] = hi if scr_mode == "above" else lo - size
-        starts = [*off.values(), *scratch.values()]
-        ends = [off[s] + sizes[s] for s in off] + [
-            scratch[i] + _align(layers[i].scratch_bytes) for i in scratch
-        ]
-        if not starts:
-            span, base = 0, 0
-        else:
-            base = min(starts)
-            span = max(ends) - base
-        if best is None or span < best[0]:
-            best = (span, {s: o - base for s, o in off.items()}, {i: o - base for i, o in scratch.items()})
+        placed = _place(combo, layers, storage, sizes, external)
+        if best is None or placed[0] < best[0]:
+            best = placed
     assert best is not None
     span, off, scratch = best
     offsets: dict[int, int | None] = {s: None for s in external}

@@ -80,6 +80,40 @@ def toolchain_problem(target: str) -> str | None:
 # ---- sources ---------------------------------------------------------------------------------
 
 
+_PRINT_HELPERS = """static char *put_text(char *p, const char *s)
+{
+    while (*s) {
+        *p++ = *s++;
+    }
+    return p;
+}
+
+static char *put_uint(char *p, uint32_t v)
+{
+    char digits[10];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    while (n) {
+        *p++ = digits[--n];
+    }
+    return p;
+}
+
+static char *put_int(char *p, int32_t v)
+{
+    if (v < 0) {
+        *p++ = '-';
+        return put_uint(p, 0u - (uint32_t)v);
+    }
+    return put_uint(p, (uint32_t)v);
+}
+
+"""  # no printf: a few bytes of code, no libc
+
+
 def harness_main(name: str, count: int) -> str:
     """``main.c``: runs the embedded test images through ``<name>_invoke``, prints one row each."""
     upper = name.upper()
@@ -95,38 +129,7 @@ def harness_main(name: str, count: int) -> str:
 #define TEST_COUNT {count}u
 extern const int8_t mtc_test_inputs[TEST_COUNT][{upper}_INPUT_SIZE];
 
-static char *put_text(char *p, const char *s)
-{{
-    while (*s) {{
-        *p++ = *s++;
-    }}
-    return p;
-}}
-
-static char *put_uint(char *p, uint32_t v)
-{{
-    char digits[10];
-    int n = 0;
-    do {{
-        digits[n++] = (char)('0' + v % 10u);
-        v /= 10u;
-    }} while (v);
-    while (n) {{
-        *p++ = digits[--n];
-    }}
-    return p;
-}}
-
-static char *put_int(char *p, int32_t v)
-{{
-    if (v < 0) {{
-        *p++ = '-';
-        return put_uint(p, 0u - (uint32_t)v);
-    }}
-    return put_uint(p, (uint32_t)v);
-}}
-
-int main(void)
+{_PRINT_HELPERS}int main(void)
 {{
     static char line[32 + 5 * {upper}_OUTPUT_SIZE];
     static int8_t output[{upper}_OUTPUT_SIZE];

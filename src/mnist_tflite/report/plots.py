@@ -84,6 +84,40 @@ def _y_range(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, floa
     return lo, hi
 
 
+_STEPS = (0, 12, 24, 40, 60, 85)
+# where a label may go, in points from its marker: nearest first, above before below
+_LABEL_OFFSETS = sorted(
+    {(sx * dx, sy * dy) for dx in (10, 28, 50, 80, 115) for dy in _STEPS for sx in (-1, 1) for sy in (-1, 1)}
+    | {(0, sy * dy) for dy in _STEPS[1:] for sy in (-1, 1)},
+    key=lambda o: (math.hypot(*o), o[1] < 0),
+)
+
+
+def _obstacles(
+    ax: Any,
+    points: Sequence[tuple[float, float, str]],
+    avoid: Sequence[Any],
+    bars: Sequence[tuple[float, float, float]],
+    boxes: Sequence[Any],
+) -> tuple[list[Any], list[Any]]:
+    """Display-space boxes a label must not cover: markers, whiskers, boxes, and sampled lines."""
+    from matplotlib.transforms import Bbox
+
+    taken = [Bbox.from_bounds(*(ax.transData.transform((x, y)) - 5), 10, 10) for x, y, _ in points]
+    for x, lo, hi in bars:  # (x, low, high) in data units: the whisker and its caps
+        (x0, y0), (_, y1) = ax.transData.transform([(x, lo), (x, hi)])
+        taken.append(Bbox.from_extents(x0 - 5, y0 - 2, x0 + 5, y1 + 2))
+    taken += list(boxes)  # e.g. the legend
+    lines = []
+    for line in avoid:  # sample each line densely: a label box must not cover any of it
+        xy = ax.transData.transform(np.column_stack(line.get_data()))
+        for (x0, y0), (x1, y1) in itertools.pairwise(xy):
+            for t in np.linspace(0, 1, 24):
+                px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                lines.append(Bbox.from_bounds(px - 1, py - 1, 2, 2))
+    return taken, lines
+
+
 def _place_labels(
     ax: Any,
     points: Sequence[tuple[float, float, str]],
@@ -101,32 +135,9 @@ def _place_labels(
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     from matplotlib.text import Text
-    from matplotlib.transforms import Bbox
 
-    taken = [Bbox.from_bounds(*(ax.transData.transform((x, y)) - 5), 10, 10) for x, y, _ in points]
-    for x, lo, hi in bars:  # (x, low, high) in data units: the whisker and its caps
-        (x0, y0), (_, y1) = ax.transData.transform([(x, lo), (x, hi)])
-        taken.append(Bbox.from_extents(x0 - 5, y0 - 2, x0 + 5, y1 + 2))
-    taken += list(boxes)  # e.g. the legend
-    lines = []
-    for line in avoid:  # sample each line densely: a label box must not cover any of it
-        xy = ax.transData.transform(np.column_stack(line.get_data()))
-        for (x0, y0), (x1, y1) in itertools.pairwise(xy):
-            for t in np.linspace(0, 1, 24):
-                px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-                lines.append(Bbox.from_bounds(px - 1, py - 1, 2, 2))
-    steps = (0, 12, 24, 40, 60, 85)
-    offsets = sorted(
-        {
-            (sx * dx, sy * dy)
-            for dx in (10, 28, 50, 80, 115)
-            for dy in steps
-            for sx in (-1, 1)
-            for sy in (-1, 1)
-        }
-        | {(0, sy * dy) for dy in steps[1:] for sy in (-1, 1)},
-        key=lambda o: (math.hypot(*o), o[1] < 0),
-    )
+    taken, lines = _obstacles(ax, points, avoid, bars, boxes)
+    offsets = _LABEL_OFFSETS
     for x, y, name in points:
         best: tuple[int, Any] | None = None
         for dx, dy in offsets:
@@ -156,6 +167,36 @@ def _place_labels(
                 break
         if best is not None:
             taken.append(Text.get_window_extent(best[1], renderer))
+
+
+def _draw_points(
+    ax: Any, pts: Sequence[dict[str, Any]], intervals: list[Any], size_key: str, group_key: str | None
+) -> None:
+    """Each variant with its interval as an error bar, one colour per group."""
+    groups = list(dict.fromkeys(r.get(group_key, "") for r in pts)) if group_key else [""]
+    for g in groups:
+        pairs = zip(pts, intervals, strict=True)
+        mine = [(r, ci) for r, ci in pairs if not group_key or r.get(group_key) == g]
+        xs = [r[size_key] for r, _ in mine]
+        ys = [100 * r["accuracy"] for r, _ in mine]
+        err = [[y - 100 * lo for y, (_, (lo, _hi)) in zip(ys, mine, strict=True)],
+               [100 * hi - y for y, (_, (_lo, hi)) in zip(ys, mine, strict=True)]]  # fmt: skip
+        ax.errorbar(xs, ys, yerr=err, fmt="o", ms=5, capsize=3, lw=1, zorder=3, label=g or None)
+
+
+def _draw_front(ax: Any, pts: Sequence[dict[str, Any]], size_key: str) -> tuple[list[dict[str, Any]], Any]:
+    """The Pareto front's rows (smallest first) and the step line drawn for it."""
+    front_xy = set(pareto_front([(r[size_key], 100 * r["accuracy"]) for r in pts]))
+    on_front = (r for r in pts if (r[size_key], 100 * r["accuracy"]) in front_xy)
+    front = sorted(on_front, key=lambda r: r[size_key])
+    # the front as explicit steps (not drawstyle="steps-post"), so the label placer sees the
+    # segments actually drawn: right along each accuracy, then up to the next
+    fx = [r[size_key] for r in front] + [ax.get_xlim()[1]]
+    fy = [100 * r["accuracy"] for r in front]
+    sx = [v for i in range(len(fy)) for v in (fx[i], fx[i + 1])]
+    sy = [v for y in fy for v in (y, y)]
+    (step,) = ax.plot(sx, sy, color="tab:red", alpha=0.6, label="Pareto front")
+    return front, step
 
 
 def plot_accuracy_vs_size(
@@ -188,31 +229,10 @@ def plot_accuracy_vs_size(
     front: list[dict[str, Any]] = []
     if pts:
         intervals = [wilson_interval(r["accuracy"], int(r.get("test_images") or test_images)) for r in pts]
-        groups = list(dict.fromkeys(r.get(group_key, "") for r in pts)) if group_key else [""]
-        for g in groups:
-            mine = [
-                (r, ci)
-                for r, ci in zip(pts, intervals, strict=True)
-                if not group_key or r.get(group_key) == g
-            ]
-            xs = [r[size_key] for r, _ in mine]
-            ys = [100 * r["accuracy"] for r, _ in mine]
-            err = [[y - 100 * lo for y, (_, (lo, _hi)) in zip(ys, mine, strict=True)],
-                   [100 * hi - y for y, (_, (_lo, hi)) in zip(ys, mine, strict=True)]]  # fmt: skip
-            ax.errorbar(xs, ys, yerr=err, fmt="o", ms=5, capsize=3, lw=1, zorder=3, label=g or None)
-        front_xy = set(pareto_front([(r[size_key], 100 * r["accuracy"]) for r in pts]))
-        front = sorted(
-            (r for r in pts if (r[size_key], 100 * r["accuracy"]) in front_xy), key=lambda r: r[size_key]
-        )
+        _draw_points(ax, pts, intervals, size_key, group_key)
         _kb_axis(ax, [r[size_key] for r in pts])
         ax.set_ylim(*_y_range([100 * lo for lo, _ in intervals], [100 * hi for _, hi in intervals]))
-        # the front as explicit steps (not drawstyle="steps-post"), so the label placer sees the
-        # segments actually drawn: right along each accuracy, then up to the next
-        fx = [r[size_key] for r in front] + [ax.get_xlim()[1]]
-        fy = [100 * r["accuracy"] for r in front]
-        sx = [v for i in range(len(fy)) for v in (fx[i], fx[i + 1])]
-        sy = [v for y in fy for v in (y, y)]
-        (step,) = ax.plot(sx, sy, color="tab:red", alpha=0.6, label="Pareto front")
+        front, step = _draw_front(ax, pts, size_key)
         counts = ", ".join(f"{n:,}" for n in sorted({int(r.get("test_images") or test_images) for r in pts}))
         ax.plot([], [], " ", label=f"bars: 95 % interval (Wilson, {counts} images)")
         legend = ax.legend(loc="best", fontsize=8)
