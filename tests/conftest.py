@@ -87,3 +87,11 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def one_error_line(err: str) -> str:
+    """The one non-empty line a user error prints on stderr (asserted), in the CLI's form."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mnist-tflite: error: "), err
+    return lines[0]

@@ -3,7 +3,7 @@ QEMU, must answer bit for bit like the TFLM interpreter on real test digits."""
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.conftest import one_error_line, require
 
 require("tflite_micro")  # before the imports that need them
 
@@ -227,13 +227,6 @@ def _compile(*args: str, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mnist-tflite: error: ")
-    return lines[0]
-
-
 @needs_m4
 def test_firmware_in_qemu_is_bit_exact_and_meets_the_figures(models_dir, quantized, tmp_path, capsys):
     """1,000 test images in QEMU's Cortex-M4: every row as TFLM's; RAM, code and speed targets."""
@@ -285,7 +278,7 @@ def test_missing_cross_toolchain_is_one_line(models_dir, tmp_path, capsys, monke
     monkeypatch.setattr(firmware.shutil, "which", lambda t: None)
     out = tmp_path / "fw"
     code, _, err = _compile(str(models_dir / "int8.tflite"), "--out", str(out), capsys=capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert (
         code == 2 and "arm-none-eabi-gcc" in line and "qemu-system-arm" in line and "apt-get install" in line
     )
@@ -338,7 +331,7 @@ def test_bad_models_are_one_line_and_write_nothing(case, expected, models_dir, s
         )
     out = tmp_path / "fw"
     code, _, err = _compile(str(model), "--out", str(out), "--target", "host", capsys=capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and expected in line, line
     assert not out.exists() and not list(tmp_path.glob(".fw*"))
 
@@ -353,14 +346,14 @@ def test_bad_options_are_one_line(models_dir, tmp_path, capsys):
         code, _, err = _compile(
             model, "--out", str(tmp_path / "fw"), "--target", "host", *args, capsys=capsys
         )
-        assert code == 2 and expected in _one_error_line(err)
+        assert code == 2 and expected in one_error_line(err)
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     code, _, err = _compile(model, "--out", str(other), "--target", "host", capsys=capsys)
-    assert code == 2 and "already exists" in _one_error_line(err)
+    assert code == 2 and "already exists" in one_error_line(err)
     code, _, err = _compile(model, "--out", str(other), "--target", "host", "--force", capsys=capsys)
-    assert code == 2 and "not written by compile" in _one_error_line(err)
+    assert code == 2 and "not written by compile" in one_error_line(err)
     assert (other / "notes.txt").read_text() == "keep me"
     assert not list(tmp_path.glob(".mine*"))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.conftest import one_error_line, require
 
 require("tflite_micro")  # before the imports that need them
 
@@ -52,13 +52,6 @@ def _export(*args: str, capsys) -> tuple[int, str, str]:
     code = cli.main(["export-micro", *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mnist-tflite: error: ")
-    return lines[0]
 
 
 def test_parse_finds_ops_io_and_macs_of_the_seed_cnn(models_dir):
@@ -193,7 +186,7 @@ def test_a_crash_in_tflm_is_reported_not_suffered():
 def test_float_model_needs_allow_float(models_dir, tmp_path, capsys):
     out = tmp_path / "fw"
     code, _, err = _export(str(models_dir / "float32.tflite"), "--out", str(out), capsys=capsys)
-    assert code == 2 and "not a fully int8 model" in _one_error_line(err) and "--allow-float" in err
+    assert code == 2 and "not a fully int8 model" in one_error_line(err) and "--allow-float" in err
     assert not out.exists()
     code, stdout, _ = _export(
         str(models_dir / "float32.tflite"), "--out", str(out), "--allow-float", capsys=capsys
@@ -237,7 +230,7 @@ def test_models_tflm_cannot_run_get_one_line(model, expected, models_dir, tmp_pa
             path.write_bytes(_edited(int8, topk if model == "topk" else crash))
     out = tmp_path / "fw"
     code, _, err = _export(str(path), "--out", str(out), "--allow-float", capsys=capsys)
-    assert code == 2 and expected in _one_error_line(err)
+    assert code == 2 and expected in one_error_line(err)
     assert not out.exists() and not list(tmp_path.glob(".fw*"))
 
 
@@ -246,7 +239,7 @@ def test_name_must_be_a_c_identifier(name, models_dir, tmp_path, capsys):
     code, _, err = _export(
         str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"), "--name", name, capsys=capsys
     )
-    assert code == 2 and "--name" in _one_error_line(err)
+    assert code == 2 and "--name" in one_error_line(err)
     assert not (tmp_path / "fw").exists()
 
 
@@ -255,7 +248,7 @@ def test_existing_out_is_refused_unless_forced(models_dir, tmp_path, capsys):
     assert _export(model, "--out", str(out), capsys=capsys)[0] == 0
     (out / "mnist_model_data.cc").write_text("stale")
     code, _, err = _export(model, "--out", str(out), capsys=capsys)
-    assert code == 2 and "already exists (pass --force" in _one_error_line(err)
+    assert code == 2 and "already exists (pass --force" in one_error_line(err)
     assert (out / "mnist_model_data.cc").read_text() == "stale"
     assert _export(model, "--out", str(out), "--force", "--name", "m2", capsys=capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -265,7 +258,7 @@ def test_existing_out_is_refused_unless_forced(models_dir, tmp_path, capsys):
     foreign.mkdir()
     (foreign / "keep.c").write_text("int x;")
     code, _, err = _export(model, "--out", str(foreign), "--force", capsys=capsys)
-    assert code == 2 and "not written by export-micro" in _one_error_line(err)
+    assert code == 2 and "not written by export-micro" in one_error_line(err)
     assert (foreign / "keep.c").exists()
 
 

@@ -7,7 +7,7 @@ per module; every process in the namespace is killed at the end, whatever happen
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.conftest import one_error_line, require
 
 require("ray", "tensorflow")  # before the imports that need them
 
@@ -43,13 +43,6 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, pr
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
     )
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mnist-tflite: error: "), err
-    return lines[0]
 
 
 # -- the search space, as data ------------------------------------------------------------------
@@ -258,7 +251,7 @@ def test_without_ray_one_line_names_the_pip_command(tmp_path, models_dir):
             timeout=60,
         )
         assert res.returncode == 2, res.stderr
-        assert "pip install 'mnist-tflite[scale]'" in _one_error_line(res.stderr)
+        assert "pip install 'mnist-tflite[scale]'" in one_error_line(res.stderr)
 
 
 class _NotRay:
@@ -308,9 +301,9 @@ def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
                 res = _cli(*args, timeout=60)
                 assert time.monotonic() - t < 10
                 assert res.returncode == 2
-                assert why in _one_error_line(res.stderr)
+                assert why in one_error_line(res.stderr)
     res = _cli("tune", "--out", str(tmp_path / "t"), "--flash", "8KB", "--address", "no-port-here")
-    assert "expected HOST:PORT" in _one_error_line(res.stderr)
+    assert "expected HOST:PORT" in one_error_line(res.stderr)
     assert not (tmp_path / "t").exists()
 
 
@@ -357,7 +350,7 @@ def test_usage_errors(args, message, tmp_path, models_dir, capsys):
     )
     argv = [a.format(tmp=tmp_path, models=models_dir) for a in args]
     assert cli.main(argv) == 2
-    assert message in _one_error_line(capsys.readouterr().err)
+    assert message in one_error_line(capsys.readouterr().err)
 
 
 # -- a real two-node cluster ------------------------------------------------------------------------
@@ -547,7 +540,7 @@ def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
 def test_budgets_nothing_can_meet_say_so_with_the_smallest_model(ray_cluster, tmp_path):
     res = ray_cluster.cli("tune", "--out", str(tmp_path / "a"), "--flash", "2KB")
     assert res.returncode == 2
-    line = _one_error_line(res.stderr)
+    line = one_error_line(res.stderr)
     assert "nothing in the search space fits <= 2 KB" in line and "its smallest model" in line
     assert not (tmp_path / "a" / "search.json").exists()
     # the smallest point fits, but none of the trials does: the search says so, exit 1
@@ -555,7 +548,7 @@ def test_budgets_nothing_can_meet_say_so_with_the_smallest_model(ray_cluster, tm
         "tune", "--out", str(tmp_path / "b"), "--flash", "6KB", "--trials", "2", "--max-epochs", "1"
     )
     assert res.returncode == 1, res.stdout + res.stderr
-    line = _one_error_line(res.stderr)
+    line = one_error_line(res.stderr)
     assert "no model met <= 6 KB in 2 trials; the smallest model found: tiny" in line
     assert json.loads((tmp_path / "b" / "front.json").read_text())["best"] == []
 
