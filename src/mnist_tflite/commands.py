@@ -164,10 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mnist_tflite.edge.predict import Classifier, Failure, save_inputs
 
-    if args.top_k < 1 or args.buffer_size < 1:
-        raise MnistTfliteError(
-            f"--top-k and --buffer-size must be >= 1, received: {args.top_k} and {args.buffer_size}"
-        )
+    if args.top_k < 1:  # before the model loads; the upper bound below needs its classes
+        raise MnistTfliteError(f"--top-k must be >= 1, received: {args.top_k}")
     check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
     if args.show_input:  # a full or read-only disk fails before any image is read
         check_out_dir(args.show_input, probe_bytes=64 << 10)
