@@ -1,9 +1,11 @@
 """The 30-trial ``mnist-tflite tune`` run, and the issue's figures checked against it.
 
-Runs ``mnist-tflite tune --flash 48KB --ram 32KB --trials 30 --max-epochs 90`` on a local Ray
-instance (all cores), on the embedded 5,000-image training sample, then writes
-``benchmarks/results/tune.json``: wall time, trial counts, the best model per budget with
-flash, TFLM arena, validation and test accuracy, and whether each target was met:
+Runs ``mnist-tflite tune --flash 48KB --ram 32KB --trials 30 --max-epochs 90 --folds 5
+--finalists 6`` on a local Ray instance (all cores), on the embedded 5,000-image training
+sample, then writes ``benchmarks/results/tune.json``: wall time, trial counts, the best model
+per budget with flash, TFLM arena, validation, cross-validated and test accuracy, and whether
+each target was met by the model ``tune`` hands out for that budget (chosen without the test
+set):
 
 - a model <= 8 KB flash with a TFLM arena <= 4 KB at >= 98.0 % test accuracy;
 - a model <= 16 KB flash at >= 98.5 %;
@@ -30,7 +32,10 @@ from mnist_tflite.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tune.json"
-ARGS = ("--flash", "48KB", "--ram", "32KB", "--trials", "30", "--max-epochs", "90")
+ARGS = (
+    *("--flash", "48KB", "--ram", "32KB", "--trials", "30", "--max-epochs", "90"),
+    *("--folds", "5", "--finalists", "6"),
+)
 
 
 def summarize(out: Path, wall_s: float | None = None, load: list[float] | None = None) -> dict[str, Any]:
@@ -38,22 +43,15 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
     trials = doc["trials"]
     front = [t for t in trials if t.get("front")]
 
-    def best(flash: int, ram: int | None, accuracy: float) -> dict[str, Any] | None:
-        fits = [t for t in front if t["flash"] <= flash and (ram is None or t["arena"] <= ram)]
-        hit = [t for t in fits if t["test_accuracy"] >= accuracy]
-        pick = (
-            min(hit, key=lambda t: t["flash"])
-            if hit
-            else max(fits, key=lambda t: t["test_accuracy"], default=None)
-        )
-        return (
-            None
-            if pick is None
-            else {k: pick[k] for k in ("trial", "arch", "flash", "arena", "test_accuracy")}
-        )
+    def handed_out(flash: int, ram: int | None) -> dict[str, Any] | None:
+        """The model tune hands out for this budget (its cross-validated best)."""
+        for b in doc["best"]:
+            if b["flash_budget"] == flash and b["ram_budget"] == ram:
+                return b
+        return None
 
-    small = best(8192, 4096, 0.980)
-    medium = best(16384, None, 0.985)
+    small = handed_out(8192, 4096)
+    medium = handed_out(16384, 32768)
     wall = doc["search"]["wall_seconds"]
     cpu_s = sum(t["seconds"] or 0 for t in trials)
     return {
@@ -69,16 +67,19 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
         "front": [
             {
                 k: t[k]
-                for k in ("trial", "point", "arch", "flash", "arena", "macs", "val_accuracy", "test_accuracy")
+                for k in (
+                    *("trial", "point", "arch", "flash", "arena", "macs"),
+                    *("val_accuracy", "cv_accuracy", "test_accuracy"),
+                )
             }
             for t in sorted(front, key=lambda t: t["flash"])
         ],
         "targets": {
-            "<= 8 KB flash, arena <= 4 KB, >= 98.0 % test": {
+            "<= 8 KB flash, arena <= 4 KB, >= 98.0 % test (best-flash8KB-ram4KB.tflite)": {
                 "met": bool(small and small["test_accuracy"] >= 0.980),
                 "model": small,
             },
-            "<= 16 KB flash, >= 98.5 % test": {
+            "<= 16 KB flash, >= 98.5 % test (best-flash16KB-ram32KB.tflite)": {
                 "met": bool(medium and medium["test_accuracy"] >= 0.985),
                 "model": medium,
             },
@@ -89,9 +90,10 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
             "30 trials <= 25 min": {"met": wall <= 25 * 60, "minutes": round(wall / 60, 1)},
         },
         "diagnosis_test_accuracy_of_every_trained_model": _every_trained(out),
-        "diagnosis_note": "measured by this script after the search, for diagnosis only: tune never "
-        "looks at the test set except for the models on its front. It shows whether the search "
-        "found models that meet a target and the 500-image validation split failed to pick them.",
+        "diagnosis_note": "measured by this script after the search, for diagnosis only: each trial's "
+        "own model (trained on the 4,000 images outside fold 0) on the test set. tune never looks at "
+        "the test set except for the refit models of its front; this shows how well validation and "
+        "cross-validation ranked what the search trained.",
         "machine": {"cpus": os.cpu_count()},
     }
 

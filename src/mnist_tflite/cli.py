@@ -222,7 +222,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "mnist-tflite tune --out runs/tune --flash 16KB --ram 8KB --trials 30\n"
         "  mnist-tflite tune --out runs/tune --resume          # after Ctrl-C or a crash\n\n"
         "writes DIR/front.md, front.json, front.png and best-flash<F>-ram<R>.tflite (+ .json)\n"
-        "for each budget; exit status: 0 models found, 1 none met the budget, 2 usage error",
+        "for each budget: the cross-validated best, trained on all the training data;\n"
+        "exit status: 0 models found, 1 none met the budget, 2 usage error",
     )
     _out(p, "output directory (also holds Ray's search state)")
     p.add_argument("--flash", help="flash budget for the int8 .tflite, e.g. 16KB (1 KB = 1,024 bytes)")
@@ -232,6 +233,18 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--max-epochs",
         type=int,
         help="epochs of a trial that is not stopped early (default: 30; small models gain ~0.3 points at 90)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="cross-validation folds: a trial holds out one (1/K of the data), finalists are scored on all K "
+        "(default: 5)",
+    )
+    p.add_argument(
+        "--finalists",
+        type=int,
+        help="trials to cross-validate after the search: each budget's best on validation, then the "
+        "second best... (default: 6); the front is chosen among them and trained on all the data",
     )
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     _flag(p, "--resume", "continue the search in --out after an interruption")

@@ -220,6 +220,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         resume=args.resume,
         seed=args.seed,
         data=args.data,
+        folds=args.folds,
+        finalists=args.finalists,
     )
     doc = search(options, log=_progress(args))
     if args.json:

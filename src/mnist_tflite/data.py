@@ -295,15 +295,23 @@ def load(
 
 
 def split_validation(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, block: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffle (seeded) then split off ``fraction`` for validation; labels may arrive sorted."""
+    """Shuffle (seeded) then split off ``fraction`` for validation; labels may arrive sorted.
+
+    ``block``: which ``fraction``-sized block of the shuffled data is held out (0: the first);
+    blocks 0 .. 1/fraction - 1 are the folds of a k-fold cross-validation.
+    """
     if not 0.0 <= fraction < 1.0:
         raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {fraction}")
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
     n_val = round(len(x) * fraction)
-    return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+    if block < 0 or (block > 0 and not 0 < block * n_val < len(x)):
+        raise MnistTfliteError(f"validation block {block} of {n_val} images is outside {len(x)} images")
+    held = slice(block * n_val, (block + 1) * n_val)
+    keep = np.r_[0 : block * n_val, (block + 1) * n_val : len(x)]
+    return x[keep], y[keep], x[held], y[held]
 
 
 def representative_sample(x: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -68,14 +68,29 @@ def over_budget(flash: int, arena: int | None, budget: dict[str, Any]) -> str | 
     return None
 
 
-def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
-    """Exact int8 flash and TFLM arena of a point, untrained (a few seconds, no training)."""
+def _setup(settings: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """(the data set, the calibration images), with TensorFlow held to the trial's CPU."""
     from mnist_tflite import data as data_mod
     from mnist_tflite.training import search as tf_search
 
     tf_search.limit_threads(int(settings.get("threads", 1)))
-    ds = data_mod.load(settings["data"], log=lambda m: None)
-    rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
+    key = (str(settings["data"]), int(settings["seed"]))
+    if key not in _LOADED:  # a Ray worker runs many trials and folds: load once
+        ds = data_mod.load(settings["data"], log=lambda m: None)
+        rep = data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"])
+        _LOADED.clear()
+        _LOADED[key] = (ds, data_mod.normalize(rep))
+    return _LOADED[key]
+
+
+_LOADED: dict[tuple[str, int], tuple[Any, np.ndarray]] = {}
+
+
+def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
+    """Exact int8 flash and TFLM arena of a point, untrained (a few seconds, no training)."""
+    from mnist_tflite.training import search as tf_search
+
+    _, rep = _setup(settings)
     fb = tf_search.untrained_flatbuffer(spec.architecture("smallest"), int8_recipe(), rep, settings["seed"])
     arena, problem = measure_tflm(fb)
     return {"arch": spec.label(), "flash": len(fb), "arena": arena, "problem": problem}
@@ -126,13 +141,10 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
             f"its largest layer input + output, {spec.min_activation_bytes():,} B, exceeds the RAM budget"
         )
 
-    from mnist_tflite import data as data_mod
     from mnist_tflite.edge.flatbuffer import parse
     from mnist_tflite.training import search as tf_search
 
-    tf_search.limit_threads(int(settings.get("threads", 1)))
-    ds = data_mod.load(settings["data"], log=lambda m: None)
-    rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, CALIBRATION_IMAGES, settings["seed"]))
+    ds, rep = _setup(settings)
     arch = spec.architecture(name or "tuned")
     recipe = int8_recipe()
 
@@ -146,17 +158,9 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     if why:
         return infeasible(why, **figures)
 
-    from mnist_tflite.training.convert import convert, write_tflite
-    from mnist_tflite.training.train import TrainConfig, train
+    from mnist_tflite.training.convert import write_tflite
 
     max_epochs = int(settings["max_epochs"])
-    cfg = TrainConfig(
-        arch=arch.name,
-        epochs=max_epochs,
-        learning_rate=lr,
-        val_fraction=float(settings["val_fraction"]),
-        seed=int(settings["seed"]),
-    )
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         if epoch < max_epochs:  # the last epoch is reported with the model, below
@@ -175,11 +179,11 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
                 }
             )
 
-    result = train(ds, cfg, architecture=arch, on_epoch=on_epoch, log=lambda m: None)
-    fb = convert(result.model, recipe, rep)
+    fb, cfg, result = _train_int8(config, settings, float(settings["val_fraction"]), on_epoch=on_epoch)
     arena, tflm_error = measure_tflm(fb)
     figures = {"flash": len(fb), "arena": arena, "macs": parse(fb).macs}
-    val_int8 = _int8_val_accuracy(fb, ds, cfg)
+    val_correct, val_images = _int8_val_correct(fb, ds, cfg)
+    val_int8 = val_correct / val_images if val_images else 0.0
     status_reason = over_budget(len(fb), arena, settings) or tflm_error
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-trial-") as tmp:
         write_tflite(
@@ -207,6 +211,8 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
                 "keras_val_accuracy": result.history.get("val_accuracy", [0.0])[-1],
                 "rung_score": -result.history.get("val_loss", [math.inf])[-1],
                 "val_accuracy": val_int8,
+                "val_correct": val_correct,
+                "val_images": val_images,
                 "score": 0.0 if status_reason else score(val_int8, len(fb), settings["flash"]),
                 "seconds": time.perf_counter() - t0,
             },
@@ -214,17 +220,90 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
         )
 
 
-def _int8_val_accuracy(flatbuffer: bytes, ds: Any, cfg: Any) -> float:
-    """The int8 model's accuracy on the same validation split that training held out."""
+def _int8_val_correct(flatbuffer: bytes, ds: Any, cfg: Any) -> tuple[int, int]:
+    """(images the int8 model gets right, images) on the block that ``cfg`` held out."""
     from mnist_tflite.data import normalize, split_validation
     from mnist_tflite.edge.infer import TfliteModel
 
-    _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed)
+    _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed, cfg.val_block)
     if not len(x_val):
-        return 0.0
+        return 0, 0
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-val-") as tmp:
         path = os.path.join(tmp, "m.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)
         model = TfliteModel(path, num_threads=1)
-        return float(np.mean(model.predict(normalize(x_val)) == y_val))
+        return int(np.sum(model.predict(normalize(x_val)) == y_val)), len(y_val)
+
+
+def _train_int8(
+    config: dict[str, Any],
+    settings: dict[str, Any],
+    val_fraction: float,
+    val_block: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[bytes, Any, Any]:
+    """Train the point as every trial is trained (same epochs, seed, schedule, split) and
+    convert it to int8: (flatbuffer, train config, train result)."""
+    from mnist_tflite.training.convert import convert
+    from mnist_tflite.training.train import TrainConfig, train
+
+    spec, lr = space.from_config(config)
+    arch = spec.architecture(space.point_name(spec, lr) or "tuned")
+    ds, rep = _setup(settings)
+    cfg = TrainConfig(
+        arch=arch.name,
+        epochs=int(settings["max_epochs"]),
+        learning_rate=lr,
+        val_fraction=val_fraction,
+        val_block=val_block,
+        seed=int(settings["seed"]),
+    )
+    result = train(ds, cfg, architecture=arch, on_epoch=on_epoch, log=lambda m: None)
+    return convert(result.model, int8_recipe(), rep), cfg, result
+
+
+def cross_validation_fold(config: dict[str, Any], settings: dict[str, Any], fold: int) -> dict[str, Any]:
+    """Train the point with fold ``fold`` of the training data held out; the int8 model's score on it.
+
+    The folds are the ``val_fraction``-sized blocks of the same seeded shuffle that the trial
+    held out block 0 of, so folds 0 .. k-1 see every training image once.
+    """
+    t0 = time.perf_counter()
+    fb, cfg, _ = _train_int8(config, settings, float(settings["val_fraction"]), fold)
+    correct, images = _int8_val_correct(fb, _setup(settings)[0], cfg)
+    return {"fold": fold, "correct": correct, "images": images, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def refit(config: dict[str, Any], settings: dict[str, Any], path: str) -> dict[str, Any]:
+    """Train the point on the whole training data (nothing held out) and write it, int8, with its
+    sidecar to ``path``: the model ``tune`` hands out. Returns its flash and TFLM arena."""
+    from mnist_tflite.edge.flatbuffer import parse
+    from mnist_tflite.training.convert import write_tflite
+
+    t0 = time.perf_counter()
+    spec, lr = space.from_config(config)
+    fb, cfg, _ = _train_int8(config, settings, 0.0)
+    ds, rep = _setup(settings)  # the same objects training used
+    arena, problem = measure_tflm(fb)
+    write_tflite(
+        path,
+        fb,
+        int8_recipe(),
+        class_names=ds.class_names,
+        data_source=ds.source,
+        calibration={"images": len(rep), "seed": settings["seed"], "from": "training data"},
+        extra={
+            "architecture": spec.label(),
+            "architecture_spec": spec.to_dict(),
+            "seed": settings["seed"],
+            "train": {"epochs": cfg.epochs, "learning_rate": lr, "val_fraction": 0.0},
+        },
+    )
+    return {
+        "flash": len(fb),
+        "arena": arena,
+        "problem": problem,
+        "macs": parse(fb).macs,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

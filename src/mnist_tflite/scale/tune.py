@@ -68,8 +68,16 @@ class NothingFits(MnistTfliteError):
     exit_code = 1
 
 
-DEFAULTS: dict[str, Any] = {"trials": 30, "max_epochs": 30, "seed": 0, "data": "embedded", "ram": None}
-VAL_FRACTION = 0.1  # 500 of the 5k sample: the validation split every trial holds out
+DEFAULTS: dict[str, Any] = {
+    "trials": 30,
+    "max_epochs": 30,
+    "seed": 0,
+    "data": "embedded",
+    "ram": None,
+    "folds": 5,  # a trial holds out fold 0: 1,000 of the 5k sample; finalists are scored on all 5
+    "finalists": 6,
+}
+MAX_FOLDS = 10
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of a budget cell at each rung (a third: too noisy)
 
 
@@ -87,6 +95,8 @@ class TuneOptions:
     resume: bool = False
     seed: int | None = None
     data: str | None = None
+    folds: int | None = None
+    finalists: int | None = None
 
     def settings(self) -> dict[str, Any]:
         """What the trials need, and what ``--resume`` restores."""
@@ -97,7 +107,9 @@ class TuneOptions:
             "max_epochs": self.max_epochs,
             "seed": self.seed,
             "data": self.data,
-            "val_fraction": VAL_FRACTION,
+            "folds": self.folds,
+            "finalists": self.finalists,
+            "val_fraction": 1 / self.folds if self.folds else None,
         }
 
 
@@ -153,7 +165,7 @@ def _prepare(options: TuneOptions) -> tuple[TuneOptions, Path]:
     """Options with every value set (from the saved search on --resume), and the output dir."""
     out = Path(options.out)
     settings_path = out / SETTINGS_FILE
-    keys = ("flash", "ram", "trials", "max_epochs", "seed", "data")
+    keys = ("flash", "ram", "trials", "max_epochs", "seed", "data", "folds", "finalists")
     if options.resume:
         if not settings_path.is_file():
             raise fail(out, f"no search to resume (no {SETTINGS_FILE}); start one without --resume")
@@ -173,10 +185,13 @@ def _prepare(options: TuneOptions) -> tuple[TuneOptions, Path]:
     if options.flash is None:
         raise MnistTfliteError("--flash is required (e.g. --flash 16KB), unless --resume")
     options = replace(options, **{k: v for k, v in DEFAULTS.items() if getattr(options, k) is None})
-    if options.trials < 1 or options.max_epochs < 1:
+    if min(options.trials, options.max_epochs, options.finalists) < 1:
         raise MnistTfliteError(
-            f"--trials and --max-epochs must be >= 1, received: {options.trials} and {options.max_epochs}"
+            f"--trials, --max-epochs and --finalists must be >= 1, received: {options.trials}, "
+            f"{options.max_epochs} and {options.finalists}"
         )
+    if not 2 <= options.folds <= MAX_FOLDS:
+        raise MnistTfliteError(f"--folds must be 2 to {MAX_FOLDS}, received: {options.folds}")
     if out.exists() and not out.is_dir():
         raise fail(out, "exists and is not a directory")
     if settings_path.exists() or (out / EXPERIMENT).exists():
@@ -220,9 +235,10 @@ def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str
             out.mkdir(parents=True, exist_ok=True)
             atomic.write_json(out / SETTINGS_FILE, {"format": FORMAT, "settings": settings})
         results, algorithm = _fit(ray, options, settings, out, cpus, log)
+        rows = _rows(results, options)
+        front = _select(ray, rows, options, settings, out, log)
     wall = time.perf_counter() - t0
-    rows = _rows(results, options)
-    doc = _finish(rows, options, ds, out, wall, cpus, algorithm, log)
+    doc = _finish(rows, front, options, ds, out, wall, cpus, algorithm, log)
     if not doc["best"]:
         measured = [r for r in rows if r.get("flash")]
         smallest = min(measured, key=lambda r: (r["flash"], r.get("arena") or 0), default=None)
@@ -235,6 +251,36 @@ def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str
             f"no model met {_budget_text(options.flash, options.ram)} in {len(rows)} trials; {found}"
         )
     return doc
+
+
+def _select(
+    ray: Any,
+    rows: list[dict[str, Any]],
+    options: TuneOptions,
+    settings: dict[str, Any],
+    out: Path,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The finalists, cross-validated; the front on that score, refit on all the training data."""
+    from mnist_tflite.scale import finalists
+
+    chosen = finalists.choose(rows, budgets(options.flash or 0, options.ram), options.finalists or 1)
+    for r in chosen:
+        r["finalist"] = True
+    if not chosen:
+        return []
+    finalists.cross_validate(ray, chosen, settings, out, log)
+    front = pareto_front([r for r in chosen if r.get("cv_accuracy") is not None], "cv_accuracy")
+    finalists.refit(ray, front, settings, out, log)
+    front = [r for r in front if r.get("model") and not _over_row(r, options)]
+    return sorted(front, key=lambda r: (r["flash"], r["arena"]))
+
+
+def _over_row(r: dict[str, Any], options: TuneOptions) -> str | None:
+    why = _over(r, options)
+    if why:
+        r["refit_error"] = f"the refit model is over budget: {why}"
+    return why
 
 
 def _budget_text(flash: int | None, ram: int | None) -> str:
@@ -367,6 +413,9 @@ def _rows(results: list[Any], options: TuneOptions) -> list[dict[str, Any]]:
             "arena": m.get("arena"),
             "epochs": m.get("epoch"),
             "val_accuracy": m.get("val_accuracy"),
+            "val_correct": m.get("val_correct"),
+            "val_images": m.get("val_images"),
+            "config": dict(r.config),
             "keras_val_accuracy": m.get("keras_val_accuracy"),
             "val_loss": -m["rung_score"] if m.get("rung_score") is not None else None,
             "seconds": m.get("seconds"),
@@ -387,12 +436,12 @@ def _rows(results: list[Any], options: TuneOptions) -> list[dict[str, Any]]:
     return rows
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows no other row beats on flash, arena and validation accuracy at once."""
+def pareto_front(rows: list[dict[str, Any]], accuracy: str = "cv_accuracy") -> list[dict[str, Any]]:
+    """Rows no other row beats on flash, arena and ``accuracy`` at once."""
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        ka = (a["flash"], a["arena"], -a["val_accuracy"])
-        kb = (b["flash"], b["arena"], -b["val_accuracy"])
+        ka = (a["flash"], a["arena"], -a[accuracy])
+        kb = (b["flash"], b["arena"], -b[accuracy])
         return all(x <= y for x, y in zip(ka, kb, strict=True)) and ka != kb
 
     return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
@@ -400,6 +449,7 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _finish(
     rows: list[dict[str, Any]],
+    front: list[dict[str, Any]],
     options: TuneOptions,
     ds: data_mod.Dataset,
     out: Path,
@@ -410,11 +460,9 @@ def _finish(
 ) -> dict[str, Any]:
     from mnist_tflite.edge.infer import TfliteModel
 
-    ok = [r for r in rows if r["status"] == "ok" and r.get("checkpoint")]
-    front = sorted(pareto_front(ok), key=lambda r: (r["flash"], r["arena"]))
     x_test = data_mod.normalize(ds.x_test)
     for r in front:  # the test set, once, for the front only
-        model = TfliteModel(Path(r["checkpoint"]) / "model.tflite")
+        model = TfliteModel(r["model"])
         r["test_accuracy"] = float(np.mean(model.predict(x_test) == ds.y_test))
         r["front"] = True
     best = []
@@ -422,9 +470,7 @@ def _finish(
         fits = [r for r in front if r["flash"] <= f and (ram is None or r["arena"] <= ram)]
         if not fits:
             continue
-        # int8 validation accuracy moves in steps of 0.2 points on 500 images: ties go to the
-        # lower validation loss, then to the smaller model
-        r = max(fits, key=lambda r: (r["val_accuracy"], -(r["val_loss"] or 9.9), -r["flash"], -r["arena"]))
+        r = max(fits, key=lambda r: (r["cv_accuracy"], -r["flash"], -r["arena"]))
         name = f"best-flash{kib(f).replace(' ', '')}" + (f"-ram{kib(ram).replace(' ', '')}" if ram else "")
         _export(r, out / f"{name}.tflite", f, ram)
         best.append(
@@ -437,6 +483,7 @@ def _finish(
                 "flash": r["flash"],
                 "arena": r["arena"],
                 "val_accuracy": r["val_accuracy"],
+                "cv_accuracy": r["cv_accuracy"],
                 "test_accuracy": r["test_accuracy"],
             }
         )
@@ -465,11 +512,17 @@ def _finish(
             "arena": "the smallest TFLM tensor arena that allocates and runs the model, by bisection on "
             "this 64-bit host (export-micro recommends +10 %)",
             "val_loss": "Keras cross-entropy on the validation split after the last epoch (breaks ties)",
-            "val_accuracy": f"int8 model (LiteRT) on the {VAL_FRACTION:.0%} validation split of the "
-            "training data",
-            "test_accuracy": "int8 model on the test set, for the front only",
+            "val_accuracy": f"the trial's int8 model (LiteRT) on fold 0 of {options.folds}: the "
+            f"{1 / (options.folds or 1):.0%} of the training data it held out",
+            "cv_accuracy": f"finalists only: {options.folds}-fold cross-validation, the int8 models' "
+            "accuracy on every training image once (fold 0 is the trial's own validation); the front "
+            "and each budget's best are chosen on it",
+            "test_accuracy": "the front only: the architecture trained again on all the training data "
+            "(the model handed out), int8, on the test set",
         },
-        "trials": [{k: v for k, v in r.items() if k not in ("order", "checkpoint")} for r in rows],
+        "trials": [
+            {k: v for k, v in r.items() if k not in ("order", "checkpoint", "config", "model")} for r in rows
+        ],
         "front": [r["trial"] for r in front],
         "best": best,
         "hand_designed": _versus_hand_designed(front),
@@ -480,14 +533,14 @@ def _finish(
     log(
         f"tune: {len(rows)} trials in {wall / 60:.1f} min ({counts['ok']} trained, {counts['stopped']} "
         f"stopped early, {counts['infeasible']} over budget, {counts['failed']} failed); "
-        f"front of {len(front)}"
+        f"{sum(bool(r.get('finalist')) for r in rows)} cross-validated; front of {len(front)}"
     )
     return doc
 
 
 def _export(row: dict[str, Any], path: Path, flash_budget: int, ram_budget: int | None) -> None:
-    """The trial's model and sidecar, renamed, with the search's figures in the sidecar."""
-    src = Path(row["checkpoint"]) / "model.tflite"
+    """The refit model and its sidecar, renamed, with the search's figures in the sidecar."""
+    src = Path(row["model"])
     data = src.read_bytes()
     meta = metadata.read(src) or {}
     meta.pop("format", None)
@@ -500,6 +553,7 @@ def _export(row: dict[str, Any], path: Path, flash_budget: int, ram_budget: int 
             "arena_bytes": row["arena"],
             "macs": row["macs"],
             "val_accuracy": row["val_accuracy"],
+            "cv_accuracy": row["cv_accuracy"],
             "test_accuracy": row["test_accuracy"],
         },
     )
@@ -569,8 +623,8 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[
         "",
         "## Best model under each budget",
         "",
-        "| flash budget | RAM budget | file | architecture | flash (B) | arena (B) | val | test |",
-        "|---|---|---|---|---|---|---|---|",
+        "| flash budget | RAM budget | file | architecture | flash (B) | arena (B) | val | cv | test |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for b in doc["best"]:
         ram = kib(b["ram_budget"]) if b["ram_budget"] else "any"
@@ -583,11 +637,12 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[
                 _num(b["flash"]),
                 _num(b["arena"]),
                 _pct(b["val_accuracy"]),
+                _pct(b["cv_accuracy"]),
                 _pct(b["test_accuracy"]),
             )
         )
     if not doc["best"]:
-        lines.append("| | | (no model met the budget) | | | | | |")
+        lines.append("| | | (no model met the budget) | | | | | | |")
     lines += ["", "## Against the hand-designed models", ""]
     for h in doc["hand_designed"]:
         by = h["by"]
@@ -601,7 +656,8 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[
         "",
         "## Every trial",
         "",
-        "Front members are marked ★ (nothing else is smaller in flash and arena and at least as accurate).",
+        "Finalists (cross-validated) are marked ◆, front members ★ (no other finalist is smaller in flash "
+        "and arena and at least as accurate in cross-validation).",
         "",
         _cells(
             "trial",
@@ -615,16 +671,20 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[
             "arena (B)",
             "epochs",
             "val",
+            "cv",
             "test",
         ),
-        "|---" * 12 + "|",
+        "|---" * 13 + "|",
     ]
     for r in sorted(rows, key=lambda r: (r["flash"] or 1 << 40, r["order"])):
         status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
+        status += f" ({r['cv_error']})" if r.get("cv_error") else ""
+        status += f" ({r['refit_error']})" if r.get("refit_error") else ""
+        mark = " ★" if r.get("front") else " ◆" if r.get("finalist") else ""
         val = _val(r) if r["status"] in ("ok", "stopped") else None
         lines.append(
             _cells(
-                r["trial"] + (" ★" if r.get("front") else ""),
+                r["trial"] + mark,
                 r["point"],
                 r["arch"],
                 f"{r['learning_rate']:.2g}",
@@ -635,6 +695,7 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[
                 _num(r["arena"]),
                 "" if r["epochs"] is None else r["epochs"],
                 _pct(val),
+                _pct(r.get("cv_accuracy")),
                 _pct(r.get("test_accuracy")),
             )
         )
@@ -678,14 +739,14 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, o
             )
         fig.colorbar(sc, ax=ax, label="TFLM arena (bytes)")
     if front:
-        fx, fy = [r["flash"] for r in front], [100 * r["val_accuracy"] for r in front]
+        fx, fy = [r["flash"] for r in front], [100 * r["cv_accuracy"] for r in front]
         ax.step(
             fx,
             np.maximum.accumulate(fy),
             where="post",
             color="tab:red",
             alpha=0.6,
-            label="Pareto front (val)",
+            label="Pareto front (cross-validated)",
         )
         ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="tab:red", zorder=4)
         ax.scatter(
@@ -717,7 +778,7 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, o
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("flash: int8 .tflite size (log scale)")
     ax.set_ylabel("accuracy (%)")
-    lows = [100 * (r["val_accuracy"] or 0) for r in front] + [97.0]
+    lows = [100 * (r["cv_accuracy"] or 0) for r in front] + [97.0]
     ax.set_ylim(max(80.0, min(lows) - 1.5), 100.0)
     ax.set_title("tune: validation accuracy vs flash, RAM as colour")
     ax.grid(True, which="both", alpha=0.3)
@@ -735,6 +796,7 @@ def summary_text(doc: dict[str, Any]) -> str:
         ram = f", RAM <= {kib(b['ram_budget'])}" if b["ram_budget"] else ""
         lines.append(
             f"flash <= {kib(b['flash_budget'])}{ram}: {b['file']}  {b['arch']}  {b['flash']:,} B flash, "
-            f"{b['arena']:,} B arena, {_pct(b['val_accuracy'])} val, {_pct(b['test_accuracy'])} test"
+            f"{b['arena']:,} B arena, {_pct(b['cv_accuracy'])} cross-validated, "
+            f"{_pct(b['test_accuracy'])} test"
         )
     return "\n".join(lines)

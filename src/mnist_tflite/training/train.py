@@ -35,6 +35,7 @@ class TrainConfig:
     cosine_decay: bool = True
     augment: bool = True
     val_fraction: float = 0.05
+    val_block: int = 0  # which val_fraction-sized block is held out (a fold of a cross-validation)
     seed: int = 0
 
     @classmethod
@@ -138,7 +139,7 @@ def train(
 
     arch = architecture if architecture is not None else get_architecture(config.arch)
     x_tr, y_tr, x_val, y_val = data_mod.split_validation(
-        dataset.x_train, dataset.y_train, config.val_fraction, config.seed
+        dataset.x_train, dataset.y_train, config.val_fraction, config.seed, config.val_block
     )
     x_tr, x_val = data_mod.normalize(x_tr), data_mod.normalize(x_val)
     steps = int(np.ceil(len(x_tr) / config.batch_size)) * config.epochs
