@@ -180,6 +180,22 @@ def test_split_validation_shuffles_sorted_labels(mnist):
     assert np.array_equal(again[3], y_val)
 
 
+def test_validation_blocks_are_the_folds_of_a_cross_validation(mnist):
+    x, y = mnist.x_train, mnist.y_train
+    folds = [data.split_validation(x, y, 0.2, seed=3, block=k) for k in range(5)]
+    held = np.concatenate([f[2] for f in folds])
+    # every training image is held out exactly once, and each fold trains on the other 4,000
+    assert len(held) == len(x) == 5000 and len({a.tobytes() for a in held}) == len({a.tobytes() for a in x})
+    assert all(len(f[0]) == 4000 and len(f[2]) == 1000 for f in folds)
+    for x_tr, _, x_val, _ in folds:
+        assert not {a.tobytes() for a in x_tr} & {a.tobytes() for a in x_val}
+    # block 0 is the plain split, image for image
+    plain = data.split_validation(x, y, 0.2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, folds[0], strict=True))
+    with pytest.raises(MnistTfliteError, match="validation block 5 of 1000 images is outside 5000"):
+        data.split_validation(x, y, 0.2, seed=3, block=5)
+
+
 def test_normalize():
     x = data.normalize(np.array([[[0, 255] * 14] * 28], dtype=np.uint8))
     assert x.shape == (1, 28, 28, 1) and x.dtype == np.float32

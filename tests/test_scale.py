@@ -163,12 +163,44 @@ def test_sizes_budgets_and_the_front():
     ]
     assert budgets(10000, None) == [(4096, None), (8192, None), (10000, None)]
     rows = [
-        {"id": "a", "flash": 8000, "arena": 4000, "val_accuracy": 0.98},
-        {"id": "b", "flash": 9000, "arena": 4000, "val_accuracy": 0.97},  # worse and bigger than a
-        {"id": "c", "flash": 9000, "arena": 3000, "val_accuracy": 0.97},  # less RAM than a: kept
-        {"id": "d", "flash": 15000, "arena": 5000, "val_accuracy": 0.99},
+        {"id": "a", "flash": 8000, "arena": 4000, "cv_accuracy": 0.98},
+        {"id": "b", "flash": 9000, "arena": 4000, "cv_accuracy": 0.97},  # worse and bigger than a
+        {"id": "c", "flash": 9000, "arena": 3000, "cv_accuracy": 0.97},  # less RAM than a: kept
+        {"id": "d", "flash": 15000, "arena": 5000, "cv_accuracy": 0.99},
     ]
     assert [r["id"] for r in pareto_front(rows)] == ["a", "c", "d"]
+
+
+def test_finalists_are_each_budgets_best_then_second_best_up_to_the_limit():
+    from mnist_tflite.scale.finalists import choose
+
+    def row(name, flash, arena, val, status="ok", loss=0.1):
+        return {
+            "trial": name,
+            "status": status,
+            "flash": flash,
+            "arena": arena,
+            "val_accuracy": val,
+            "val_loss": loss,
+        }
+
+    rows = [
+        row("s1", 7000, 3000, 0.985),
+        row("s2", 7500, 3500, 0.980),
+        row("s3", 6000, 3900, 0.970),
+        row("m1", 14000, 5000, 0.990),
+        row("m2", 15000, 6000, 0.988),
+        row("m3", 12000, 6000, 0.988, loss=0.05),  # ties m2 on validation, lower loss: ranked first
+        row("x", 9000, 4000, 0.999, status="stopped"),  # stopped early: never a finalist
+        row("big", 30000, 9000, 0.995),  # over every budget of the ladder
+    ]
+    ladder = budgets(16384, 8192)
+    names = lambda chosen: [r["trial"] for r in chosen]  # noqa: E731
+    # best under <= 8 KB / <= 4 KB (s1), best under 16 KB / 8 KB (m1); then the second bests
+    assert names(choose(rows, ladder, 2)) == ["s1", "m1"]
+    assert names(choose(rows, ladder, 4)) == ["s1", "m1", "s2", "m3"]
+    assert names(choose(rows, ladder, 100)) == ["s1", "m1", "s2", "m3", "s3", "m2"]
+    assert choose([row("x", 9000, 4000, 0.9, status="failed")], ladder, 6) == []
 
 
 # -- predict --ray: work units and Parquet, without Ray -------------------------------------------
@@ -314,7 +346,11 @@ def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
         (("tune", "--out", "{tmp}/t", "--flash", "lots"), "expected a positive size"),
         (
             ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--trials", "0"),
-            "--trials and --max-epochs must be >= 1",
+            "--trials, --max-epochs and --finalists must be >= 1",
+        ),
+        (
+            ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--folds", "1"),
+            "--folds must be 2 to 10, received: 1",
         ),
         (("tune", "--out", "{tmp}/t", "--resume"), "no search to resume"),
         (("tune", "--out", "{tmp}/search", "--flash", "8KB"), "already holds a search; pass --resume"),
@@ -344,6 +380,8 @@ def test_usage_errors(args, message, tmp_path, models_dir, capsys):
                     "max_epochs": 1,
                     "seed": 0,
                     "data": "embedded",
+                    "folds": 5,
+                    "finalists": 6,
                 }
             }
         )
@@ -467,6 +505,8 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
         "3",
         "--max-epochs",
         "1",
+        "--folds",
+        "3",
         MNIST_TFLITE_TUNE_CRASH="tiny",
     )
     assert res.returncode == 0, res.stdout + res.stderr
@@ -481,6 +521,14 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
     ok = by_point["micro"]
     assert ok["status"] == "ok" and ok["flash"] <= 16384 and ok["arena"] <= 8192 and ok["epochs"] == 1
     assert ok["front"] and 0 < ok["test_accuracy"] <= 1 and doc["front"] == [ok["trial"]]
+    # the finalist, cross-validated: its own fold 0 and two more trainings, every training image once
+    assert "cross-validating 1 finalists on 3 folds (2 more trainings" in res.stdout
+    assert [f["fold"] for f in ok["cv_folds"]] == [0, 1, 2]
+    assert (
+        sum(f["images"] for f in ok["cv_folds"]) == 5000 and ok["cv_folds"][0]["images"] == ok["val_images"]
+    )
+    assert ok["cv_accuracy"] == sum(f["correct"] for f in ok["cv_folds"]) / 5000
+    assert "training the 1 models of the front on all the training data" in res.stdout
     assert doc["search"]["cpus"] == 2 and doc["search"]["cluster"] == ray_cluster.address
     assert "Optuna" in doc["search"]["algorithm"]
     best = {b["file"] for b in doc["best"]}
@@ -489,6 +537,7 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
         meta = json.loads((out / name).with_suffix(".json").read_text())
         assert meta["model"] == name and meta["tune"]["trial"] == ok["trial"]
         assert meta["architecture"] == ok["arch"] and meta["size_bytes"] == (out / name).stat().st_size
+        assert meta["train"]["val_fraction"] == 0.0 and meta["tune"]["cv_accuracy"] == ok["cv_accuracy"]
     md = (out / "front.md").read_text()
     assert "## Best model under each budget" in md and "injected crash" in md and "★" in md
     assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
@@ -510,7 +559,20 @@ def _read_until(proc: subprocess.Popen, prefix: str) -> str:
 
 def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
     out = tmp_path / "tune"
-    args = ("tune", "--out", str(out), "--flash", "16KB", "--trials", "4", "--max-epochs", "1")
+    args = (
+        "tune",
+        "--out",
+        str(out),
+        "--flash",
+        "16KB",
+        "--trials",
+        "4",
+        "--max-epochs",
+        "1",
+        "--folds",
+        "2",
+    )
+    args += ("--finalists", "2")
     proc = ray_cluster.popen(*args)
     try:
         _read_until(proc, "[  1/4]")
@@ -535,6 +597,15 @@ def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
     doc = json.loads((out / "front.json").read_text())
     assert len(doc["trials"]) == 4 and doc["search"]["failed"] == 0, doc["trials"]
     assert {t["point"] for t in doc["trials"]} == {"seed", "tiny", "micro", "small"}
+    # the finalists' folds and refits are kept as they finish: resuming repeats only what is missing
+    folds = sorted(out.glob("finalists/*/fold1.json"))
+    assert len(folds) == 2 and len(list(out.glob("finalists/*/model.tflite"))) == len(doc["front"])
+    folds[0].unlink()
+    res = ray_cluster.cli("tune", "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[ 1/1]" in res.stdout and "[ 1/2]" not in res.stdout and "[  1/4]" not in res.stdout
+    again = json.loads((out / "front.json").read_text())
+    assert again["best"] == doc["best"] and again["front"] == doc["front"]
 
 
 def test_budgets_nothing_can_meet_say_so_with_the_smallest_model(ray_cluster, tmp_path):

@@ -4,11 +4,13 @@ The search space is data (:mod:`mnist_tflite.scale.space`); each trial (:mod:`tr
 measures the point's int8 flash and TFLM arena before training (over budget: infeasible,
 reported, not trained), trains on a training split and reports validation accuracy every
 epoch, so that ASHA stops the weak ones early; Optuna's TPE (through Ray Tune) proposes
-the points. The test set is used once, at the end, for the models on the front.
+the points. Then (:mod:`finalists`) the best trials are cross-validated on every fold, the
+front is chosen on that score and its architectures are trained on all the training data.
+The test set is used once, at the end, for those models.
 
 Writes into ``--out``: ``front.json``, ``front.md``, ``front.png`` and, for each budget
 (flash x RAM ladder up to the limits), ``best-flash<F>-ram<R>.tflite`` with its sidecar,
-ready for ``export-micro``. Ray's experiment state lives in ``--out/ray/``: ``--resume``
+ready for ``export-micro`` and ``compile``. Ray's experiment state lives in ``--out/ray/``: ``--resume``
 continues it after Ctrl-C or ``kill -9``.
 
 No TensorFlow in this process: trials run in Ray workers.
