@@ -243,8 +243,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finalists",
         type=int,
-        help="trials to cross-validate after the search: each budget's best on validation, then the "
-        "second best... (default: 6); the front is chosen among them and trained on all the data",
+        help="trials to cross-validate after the search, among those that validation cannot tell from "
+        "a budget's best (default: 8); the front is chosen among them and trained on all the data",
     )
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     _flag(p, "--resume", "continue the search in --out after an interruption")

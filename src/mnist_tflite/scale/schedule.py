@@ -7,6 +7,12 @@ is compared only with the trials of its cell of the budget grid (flash 4, 8, 16 
 arena 2, 4, 8 KB... when there is a RAM budget), the cells that ``tune`` picks its
 best-per-budget models from. A trial's cell is known from its first report (the pre-training
 measurement of flash and arena).
+
+A cell holds few trials, and ASHA's rule (keep the better half of a rung) applied to one
+earlier result means "beat the first trial to get there": in the first 30-trial search the
+16 KB cell stopped its two best models (98.6 % test when trained to the end) at epochs 15 and
+30 for trailing an 8 KB model mid-schedule. So a rung stops nothing until it holds
+:data:`MIN_PEERS` earlier results.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import math
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+MIN_PEERS = 2  # earlier results a rung of a cell needs before it stops a trial
 
 
 def cell(flash: int | None, arena: int | None, with_ram: bool) -> tuple[int, int]:
@@ -36,6 +44,18 @@ class BudgetASHA(FIFOScheduler):
         self.cells: dict[tuple[int, int], ASHAScheduler] = {}
         self.cell_of: dict[str, tuple[int, int]] = {}
         self.stopped = 0
+        # (cell, rung) -> trials that reached that rung; trial -> rungs it has passed
+        self.at_rung: dict[tuple[tuple[int, int], int], int] = {}
+        self.passed: dict[str, set[int]] = {}
+
+    def rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials: grace, grace x rf, ... below max_t."""
+        grace, rf, max_t = (self.asha.get(k) for k in ("grace_period", "reduction_factor", "max_t"))
+        out, t = [], grace
+        while t < max_t:
+            out.append(int(t))
+            t *= rf
+        return out
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         key = self.cell_of.get(trial.trial_id)
@@ -47,9 +67,25 @@ class BudgetASHA(FIFOScheduler):
             self.cell_of[trial.trial_id] = key
         action = self.cells[key].on_trial_result(tune_controller, trial, result)
         epoch = result.get(self.asha.get("time_attr", "epoch"), 0)
+        peers = self._peers(key, trial.trial_id, epoch)
         if action == TrialScheduler.STOP and epoch < self.asha.get("max_t", 0):
+            if peers is not None and peers < MIN_PEERS:
+                return TrialScheduler.CONTINUE
             self.stopped += 1
         return action
+
+    def _peers(self, key: tuple[int, int], trial_id: str, epoch: int) -> int | None:
+        """How many trials of the cell reached the rung that ``epoch`` reaches before this one
+        (None: the epoch reaches no new rung)."""
+        passed = self.passed.setdefault(trial_id, set())
+        reached = [r for r in self.rungs() if r <= epoch and r not in passed]
+        if not reached:
+            return None
+        rung = max(reached)
+        passed.update(reached)
+        peers = self.at_rung.get((key, rung), 0)
+        self.at_rung[(key, rung)] = peers + 1
+        return peers
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         key = self.cell_of.pop(trial.trial_id, None)

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "data": "embedded",
     "ram": None,
     "folds": 5,  # a trial holds out fold 0: 1,000 of the 5k sample; finalists are scored on all 5
-    "finalists": 6,
+    "finalists": 8,
 }
 MAX_FOLDS = 10
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of a budget cell at each rung (a third: too noisy)
