@@ -635,7 +635,8 @@ def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
     assert {t["point"] for t in doc["trials"]} == {"seed", "tiny", "micro", "small"}
     # the finalists' folds and refits are kept as they finish: resuming repeats only what is missing
     folds = sorted(out.glob("finalists/*/fold1.json"))
-    assert len(folds) == 2 and len(list(out.glob("finalists/*/model.tflite"))) == len(doc["front"])
+    assert 1 <= len(folds) == sum(bool(t.get("finalist")) for t in doc["trials"]) <= 2
+    assert len(list(out.glob("finalists/*/model.tflite"))) == len(doc["front"])
     folds[0].unlink()
     res = ray_cluster.cli("tune", "--out", str(out), "--resume")
     assert res.returncode == 0, res.stdout + res.stderr

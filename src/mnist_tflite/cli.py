@@ -238,7 +238,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--folds",
         type=int,
         help="cross-validation folds: a trial holds out one (1/K of the data), finalists are scored on all K "
-        "(default: 5)",
+        "(default: 4)",
     )
     p.add_argument(
         "--finalists",

@@ -1,7 +1,7 @@
 """After the search: cross-validate the finalists, then refit the front on all the training data.
 
-A trial is scored on one fold of the training data (1,000 of the 5,000 images with the
-default 5 folds). That ranks models only to within about half a point: an image is 0.1
+A trial is scored on one fold of the training data (1,250 of the 5,000 images with the
+default 4 folds). That ranks models only to within about half a point: an image is 0.08
 point, and two models a few tenths apart swap places from one split to the next. The
 first search ran on 500 images and handed out an 8 KB model (98.1 % test) as the best
 under 16 KB while it had trained two that reached 98.6 % and 98.8 % test. So the search
@@ -15,7 +15,7 @@ ends in three steps:
    contenders at 16-32 KB.
 2. **Cross-validation** (:func:`cross_validate`): each finalist is trained again with
    each other fold held out (Ray tasks, one CPU each), so its score counts every training
-   image once: 5,000 predictions instead of 1,000. The budget's best model and the front
+   image once: 5,000 predictions instead of 1,250. The budget's best model and the front
    are chosen on this score. The test set is still not used.
 3. **Refit** (:func:`refit`): the front's architectures are trained once more on all the
    training data (nothing held out) and those models are handed out and tested.
