@@ -1,7 +1,7 @@
 """The 30-trial ``mnist-tflite tune`` run, and the issue's figures checked against it.
 
-Runs ``mnist-tflite tune --flash 48KB --ram 32KB --trials 30 --max-epochs 90 --folds 4
---finalists 8`` on a local Ray instance (all cores), on the embedded 5,000-image training
+Runs ``mnist-tflite tune --flash 48KB --ram 32KB --trials 30 --max-epochs 90 --folds 3
+--finalists 6`` on a local Ray instance (all cores), on the embedded 5,000-image training
 sample, then writes ``benchmarks/results/tune.json``: wall time, trial counts, the best model
 per budget with flash, TFLM arena, validation, cross-validated and test accuracy, and whether
 each target was met by the model ``tune`` hands out for that budget (chosen without the test
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tune.json"
 ARGS = (
     *("--flash", "48KB", "--ram", "32KB", "--trials", "30", "--max-epochs", "90"),
-    *("--folds", "4", "--finalists", "8"),
+    *("--folds", "3", "--finalists", "6"),
 )
 
 
@@ -91,7 +91,7 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
         },
         "diagnosis_test_accuracy_of_every_trained_model": _every_trained(out),
         "diagnosis_note": "measured by this script after the search, for diagnosis only: each trial's "
-        "own model (trained on the 4,000 images outside fold 0) on the test set. tune never looks at "
+        "own model (trained on the images outside fold 0) on the test set. tune never looks at "
         "the test set except for the refit models of its front; this shows how well validation and "
         "cross-validation ranked what the search trained.",
         "machine": {"cpus": os.cpu_count()},

@@ -222,7 +222,7 @@ def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
         }
 
     rows = [
-        row("garbage", 3000, 2000, 0.45),  # alone under 4 KB: the best there, but last in line
+        row("garbage", 3000, 2000, 0.45),  # alone under 4 KB: the best there, last of the bests
         row("s1", 7000, 3000, 0.975),
         row("s2", 7500, 3500, 0.960),  # 1.5 points behind s1 under 8 KB / 4 KB: told apart
         row("m1", 14000, 5000, 0.990),
@@ -234,8 +234,9 @@ def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
     ]
     names = lambda chosen: [r["trial"] for r in chosen]  # noqa: E731
     ladder = budgets(16384, 8192)
-    assert names(choose(rows, ladder, 100)) == ["m1", "m3", "m2", "s1", "garbage"]
-    assert names(choose(rows, ladder, 4)) == ["m1", "m3", "m2", "s1"]
+    # every budget's best first, most accurate budgets first; then the second bests
+    assert names(choose(rows, ladder, 100)) == ["m1", "s1", "garbage", "m3", "m2"]
+    assert names(choose(rows, ladder, 2)) == ["m1", "s1"]
     assert choose([row("f", 9000, 4000, 0.9, status="failed")], ladder, 8) == []
 
 

@@ -238,13 +238,13 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--folds",
         type=int,
         help="cross-validation folds: a trial holds out one (1/K of the data), finalists are scored on all K "
-        "(default: 4)",
+        "(default: 3)",
     )
     p.add_argument(
         "--finalists",
         type=int,
         help="trials to cross-validate after the search, among those that validation cannot tell from "
-        "a budget's best (default: 8); the front is chosen among them and trained on all the data",
+        "a budget's best (default: 6); the front is chosen among them and trained on all the data",
     )
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     _flag(p, "--resume", "continue the search in --out after an interruption")

@@ -1,21 +1,22 @@
 """After the search: cross-validate the finalists, then refit the front on all the training data.
 
-A trial is scored on one fold of the training data (1,250 of the 5,000 images with the
-default 4 folds). That ranks models only to within about half a point: an image is 0.08
+A trial is scored on one fold of the training data (1,667 of the 5,000 images with the
+default 3 folds). That ranks models only to within about half a point: an image is 0.06
 point, and two models a few tenths apart swap places from one split to the next. The
 first search ran on 500 images and handed out an 8 KB model (98.1 % test) as the best
 under 16 KB while it had trained two that reached 98.6 % and 98.8 % test. So the search
 ends in three steps:
 
-1. **Finalists** (:func:`choose`): under each budget of the ladder, every trial that its
+1. **Finalists** (:func:`choose`): under each budget of the ladder, the trials that its
    validation fold cannot tell apart from the budget's most accurate one (less than two
-   standard errors of a difference behind it); the ``--finalists`` most accurate of them.
-   A first version took each budget's best, then each budget's second best: the budgets
-   below any useful size (a 45 % model is the best under 4 KB) took the places of the
-   contenders at 16-32 KB.
+   standard errors of a difference behind it). Every budget's best is taken first, the
+   budgets with the most accurate bests first, then every budget's second, and so on, up
+   to ``--finalists``. (Taking budgets smallest first let budgets below any useful size, a
+   45 % model the best under 4 KB, take the places of the 16-32 KB contenders; taking the
+   most accurate trials first left the 8 KB budget without a finalist.)
 2. **Cross-validation** (:func:`cross_validate`): each finalist is trained again with
    each other fold held out (Ray tasks, one CPU each), so its score counts every training
-   image once: 5,000 predictions instead of 1,250. The budget's best model and the front
+   image once: 5,000 predictions instead of 1,667. The budget's best model and the front
    are chosen on this score. The test set is still not used.
 3. **Refit** (:func:`refit`): the front's architectures are trained once more on all the
    training data (nothing held out) and those models are handed out and tested.
@@ -50,18 +51,28 @@ def choose(
     rows: list[dict[str, Any]], ladder: Iterable[tuple[int, int | None]], limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` trained trials that validation cannot tell apart from the best under some
-    budget of the ladder, most accurate first (ties: lower validation loss, then smaller)."""
+    budget of the ladder: every budget's best first (the most accurate budgets first, so that
+    budgets below any useful size come last), then every budget's second, and so on. Within a
+    budget: most accurate first (ties: lower validation loss, then smaller)."""
     ok = [r for r in rows if r["status"] == "ok" and r.get("val_accuracy") is not None]
-    pool: list[dict[str, Any]] = []
+    contenders: list[list[dict[str, Any]]] = []
     for f, ram in ladder:
         fits = [r for r in ok if r["flash"] <= f and (ram is None or r["arena"] <= ram)]
         if not fits:
             continue
-        top = max(fits, key=lambda r: r["val_accuracy"])
-        floor = top["val_accuracy"] - margin(top["val_accuracy"], top.get("val_images") or 0)
-        pool += [r for r in fits if r["val_accuracy"] >= floor and r not in pool]
-    pool.sort(key=lambda r: (-r["val_accuracy"], r.get("val_loss") or 9.9, r["flash"], r["arena"]))
-    return pool[:limit]
+        fits.sort(key=lambda r: (-r["val_accuracy"], r.get("val_loss") or 9.9, r["flash"], r["arena"]))
+        top = fits[0]["val_accuracy"]
+        floor = top - margin(top, fits[0].get("val_images") or 0)
+        contenders.append([r for r in fits if r["val_accuracy"] >= floor])
+    contenders.sort(key=lambda c: -c[0]["val_accuracy"])
+    chosen: list[dict[str, Any]] = []
+    for rank in range(max((len(c) for c in contenders), default=0)):
+        for c in contenders:
+            if len(chosen) == limit:
+                return chosen
+            if rank < len(c) and c[rank] not in chosen:
+                chosen.append(c[rank])
+    return chosen
 
 
 def _run(
