@@ -59,6 +59,11 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
         "data": doc["data"],
         "search": doc["search"],
         "wall_minutes": round(wall / 60, 1),
+        "wall_minutes_note": "the whole command: the 30 trials, then the finalists' cross-validation "
+        "and the front's refit",
+        "trials_minutes": round(doc["search"]["trials_seconds"] / 60, 1)
+        if "trials_seconds" in doc["search"]
+        else None,
         "process_wall_minutes": round(wall_s / 60, 1) if wall_s else None,
         "trial_seconds_total": round(cpu_s),
         "trial_seconds_total_note": "sum of every trial's own wall time (one CPU each): the search's work",
@@ -87,7 +92,10 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
                 "met": all(h["dominated_by"] for h in doc["hand_designed"]),
                 "hand_designed": doc["hand_designed"],
             },
-            "30 trials <= 25 min": {"met": wall <= 25 * 60, "minutes": round(wall / 60, 1)},
+            "30 trials <= 25 min (the whole command)": {
+                "met": wall <= 25 * 60,
+                "minutes": round(wall / 60, 1),
+            },
         },
         "diagnosis_test_accuracy_of_every_trained_model": _every_trained(out),
         "diagnosis_note": "measured by this script after the search, for diagnosis only: each trial's "

@@ -79,7 +79,7 @@ class Progress(Callback):
             self._consider(m)
             text = f"{100 * m['val_accuracy']:.2f} % val  {describe(m)}"
         elif status == "infeasible":
-            text = f"over budget: {m.get('reason')}  {describe(m)}"
+            text = f"infeasible: {m.get('reason')}  {describe(m)}"
         else:
             val = m.get("keras_val_accuracy")
             at = f" ({100 * val:.1f} % val)" if val is not None else ""
