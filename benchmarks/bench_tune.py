@@ -1,7 +1,7 @@
 """The 30-trial ``mnist-tflite tune`` run, and the issue's figures checked against it.
 
 Runs ``mnist-tflite tune --flash 48KB --ram 32KB --trials 30 --max-epochs 90 --folds 3
---finalists 6`` on a local Ray instance (all cores), on the embedded 5,000-image training
+--finalists 10`` on a local Ray instance (all cores), on the embedded 5,000-image training
 sample, then writes ``benchmarks/results/tune.json``: wall time, trial counts, the best model
 per budget with flash, TFLM arena, validation, cross-validated and test accuracy, and whether
 each target was met by the model ``tune`` hands out for that budget (chosen without the test
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tune.json"
 ARGS = (
     *("--flash", "48KB", "--ram", "32KB", "--trials", "30", "--max-epochs", "90"),
-    *("--folds", "3", "--finalists", "6"),
+    *("--folds", "3", "--finalists", "10"),
 )
 
 

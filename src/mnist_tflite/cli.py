@@ -244,7 +244,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--finalists",
         type=int,
         help="trials to cross-validate after the search, among those that validation cannot tell from "
-        "a budget's best (default: 6); the front is chosen among them and trained on all the data",
+        "a budget's best (default: 10); the front is chosen among them and trained on all the data",
     )
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     _flag(p, "--resume", "continue the search in --out after an interruption")

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "data": "embedded",
     "ram": None,
     "folds": 3,  # a trial holds out fold 0: 1,667 of the 5k sample; finalists are scored on all 3
-    "finalists": 6,
+    "finalists": 10,
 }
 MAX_FOLDS = 10
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of a budget cell at each rung (a third: too noisy)
