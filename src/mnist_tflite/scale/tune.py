@@ -748,6 +748,10 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, o
                 label="stopped early (val at that epoch)",
             )
         fig.colorbar(sc, ax=ax, label="TFLM arena (bytes)")
+    lows = [100 * (r["cv_accuracy"] or 0) for r in front if 100 * (r["cv_accuracy"] or 0) >= 80.0] + [97.0]
+    floor = min(lows) - 1.5
+    shown = [r for r in front if 100 * r["cv_accuracy"] >= floor]  # not a 4 KB model at 50 %
+    front, hidden = shown, len(front) - len(shown)
     if front:
         fx, fy = [r["flash"] for r in front], [100 * r["cv_accuracy"] for r in front]
         ax.step(
@@ -756,7 +760,8 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, o
             where="post",
             color="tab:red",
             alpha=0.6,
-            label="Pareto front (cross-validated)",
+            label="Pareto front (cross-validated)"
+            + (f"; {hidden} below {floor:.0f} % not shown" if hidden else ""),
         )
         ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="tab:red", zorder=4)
         ax.scatter(
@@ -788,9 +793,8 @@ def _plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], path: Path, o
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("flash: int8 .tflite size (log scale)")
     ax.set_ylabel("accuracy (%)")
-    lows = [100 * (r["cv_accuracy"] or 0) for r in front] + [97.0]
-    ax.set_ylim(max(80.0, min(lows) - 1.5), 100.0)
-    ax.set_title("tune: validation accuracy vs flash, RAM as colour")
+    ax.set_ylim(floor, 100.0)
+    ax.set_title("tune: accuracy vs flash, RAM as colour (dots: trials on their validation fold)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
