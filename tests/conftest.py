@@ -95,3 +95,15 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("mnist-tflite: error: "), err
     return lines[0]
+
+
+def edited_model(data: bytes, edit) -> bytes:
+    """Unpack a flatbuffer, let ``edit`` change the object tree, pack it again."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    edit(model, schema)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -3,7 +3,7 @@ QEMU, must answer bit for bit like the TFLM interpreter on real test digits."""
 
 from __future__ import annotations
 
-from tests.conftest import one_error_line, require
+from tests.conftest import edited_model, one_error_line, require
 
 require("tflite_micro")  # before the imports that need them
 
@@ -12,7 +12,6 @@ import random
 import shutil
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 import pytest
 
@@ -23,17 +22,6 @@ from mnist_tflite.micro.compiler import compile_model, quantize_multiplier, soft
 HAVE_M4 = firmware.toolchain_problem("cortex-m4") is None
 needs_m4 = pytest.mark.skipif(not HAVE_M4, reason=firmware.INSTALL_HINT)
 needs_gcc = pytest.mark.skipif(firmware.toolchain_problem("host") is not None, reason="needs gcc")
-
-
-def _edited(data: bytes, edit) -> bytes:
-    """Unpack a flatbuffer, let ``edit`` change the object tree, pack it again."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    edit(model, schema)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _truncate_ops(data: bytes, keep: slice, new_input: int | None = None) -> bytes:
@@ -51,7 +39,7 @@ def _truncate_ops(data: bytes, keep: slice, new_input: int | None = None) -> byt
             if new_input is not None:
                 sig.inputs[0].tensorIndex = new_input
 
-    return _edited(data, edit)
+    return edited_model(data, edit)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +278,7 @@ def _int16_model(data: bytes) -> bytes:
         g = model.subgraphs[0]
         g.tensors[int(g.operators[0].outputs[0])].type = schema.TensorType.INT16
 
-    return _edited(data, edit)
+    return edited_model(data, edit)
 
 
 def _unknown_op(data: bytes) -> bytes:
@@ -299,7 +287,7 @@ def _unknown_op(data: bytes) -> bytes:
         code = model.operatorCodes[g.operators[-1].opcodeIndex]
         code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.TANH
 
-    return _edited(data, edit)
+    return edited_model(data, edit)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import one_error_line, require
+from tests.conftest import edited_model, one_error_line, require
 
 require("tflite_micro")  # before the imports that need them
 
@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 import pytest
 
@@ -35,17 +34,6 @@ def _copy(models_dir: Path, name: str, dest: Path, sidecar: bool = True) -> Path
     if sidecar:
         shutil.copy(models_dir / f"{name}.json", dest / f"{name}.json")
     return dest / f"{name}.tflite"
-
-
-def _edited(data: bytes, edit) -> bytes:
-    """Unpack a flatbuffer, let ``edit`` change the object tree, pack it again."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    edit(model, schema)
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _export(*args: str, capsys) -> tuple[int, str, str]:
@@ -227,7 +215,7 @@ def test_models_tflm_cannot_run_get_one_line(model, expected, models_dir, tmp_pa
         if model == "garbage":
             path.write_bytes(int8[:8] + np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
         else:
-            path.write_bytes(_edited(int8, topk if model == "topk" else crash))
+            path.write_bytes(edited_model(int8, topk if model == "topk" else crash))
     out = tmp_path / "fw"
     code, _, err = _export(str(path), "--out", str(out), "--allow-float", capsys=capsys)
     assert code == 2 and expected in one_error_line(err)

@@ -123,6 +123,13 @@ def _saved(cache: Path) -> dict[str, Any] | None:
     return saved if isinstance(saved, dict) else None
 
 
+def _folder(out: Path, row: dict[str, Any]) -> Path:
+    """Where a finalist's fold results, refit model and refit figures are kept."""
+    folder = out / FOLDER / row["trial"]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def cross_validate(
     ray: Any,
     finalists: list[dict[str, Any]],
@@ -136,8 +143,7 @@ def cross_validate(
     folds = int(settings["folds"])
     jobs, owners = [], []
     for r in finalists:
-        folder = out / FOLDER / r["trial"]
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _folder(out, r)
         for k in range(1, folds):  # fold 0 is the trial's own validation
             jobs.append((cross_validation_fold, (r["config"], settings, k), folder / f"fold{k}.json"))
             owners.append(r)
@@ -180,8 +186,7 @@ def refit(
 
     jobs = []
     for r in front:
-        folder = out / FOLDER / r["trial"]
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _folder(out, r)
         jobs.append((refit_one, (r["config"], settings, str(folder / "model.tflite")), folder / "refit.json"))
     log(f"tune: training the {len(front)} models of the front on all the training data")
 

@@ -158,8 +158,6 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     if why:
         return infeasible(why, **figures)
 
-    from mnist_tflite.training.convert import write_tflite
-
     max_epochs = int(settings["max_epochs"])
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -186,20 +184,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     val_int8 = val_correct / val_images if val_images else 0.0
     status_reason = over_budget(len(fb), arena, settings) or tflm_error
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-trial-") as tmp:
-        write_tflite(
-            os.path.join(tmp, "model.tflite"),
-            fb,
-            recipe,
-            class_names=ds.class_names,
-            data_source=ds.source,
-            calibration={"images": len(rep), "seed": settings["seed"], "from": "training split"},
-            extra={
-                "architecture": spec.label(),
-                "architecture_spec": spec.to_dict(),
-                "seed": settings["seed"],
-                "train": {"epochs": max_epochs, "learning_rate": lr, "val_fraction": cfg.val_fraction},
-            },
-        )
+        _write_model(os.path.join(tmp, "model.tflite"), fb, config, settings, cfg, "training split")
         report(
             {
                 **base,
@@ -275,31 +260,44 @@ def cross_validation_fold(config: dict[str, Any], settings: dict[str, Any], fold
     return {"fold": fold, "correct": correct, "images": images, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def refit(config: dict[str, Any], settings: dict[str, Any], path: str) -> dict[str, Any]:
-    """Train the point on the whole training data (nothing held out) and write it, int8, with its
-    sidecar to ``path``: the model ``tune`` hands out. Returns its flash and TFLM arena."""
-    from mnist_tflite.edge.flatbuffer import parse
+def _write_model(
+    path: str,
+    flatbuffer: bytes,
+    config: dict[str, Any],
+    settings: dict[str, Any],
+    cfg: Any,
+    calibrated_on: str,
+) -> None:
+    """The int8 model and its sidecar: the point, the seed and how it was trained."""
     from mnist_tflite.training.convert import write_tflite
 
-    t0 = time.perf_counter()
     spec, lr = space.from_config(config)
-    fb, cfg, _ = _train_int8(config, settings, 0.0)
     ds, rep = _setup(settings)  # the same objects training used
-    arena, problem = measure_tflm(fb)
     write_tflite(
         path,
-        fb,
+        flatbuffer,
         int8_recipe(),
         class_names=ds.class_names,
         data_source=ds.source,
-        calibration={"images": len(rep), "seed": settings["seed"], "from": "training data"},
+        calibration={"images": len(rep), "seed": settings["seed"], "from": calibrated_on},
         extra={
             "architecture": spec.label(),
             "architecture_spec": spec.to_dict(),
             "seed": settings["seed"],
-            "train": {"epochs": cfg.epochs, "learning_rate": lr, "val_fraction": 0.0},
+            "train": {"epochs": cfg.epochs, "learning_rate": lr, "val_fraction": cfg.val_fraction},
         },
     )
+
+
+def refit(config: dict[str, Any], settings: dict[str, Any], path: str) -> dict[str, Any]:
+    """Train the point on the whole training data (nothing held out) and write it, int8, with its
+    sidecar to ``path``: the model ``tune`` hands out. Returns its flash and TFLM arena."""
+    from mnist_tflite.edge.flatbuffer import parse
+
+    t0 = time.perf_counter()
+    fb, cfg, _ = _train_int8(config, settings, 0.0)
+    arena, problem = measure_tflm(fb)
+    _write_model(path, fb, config, settings, cfg, "training data")
     return {
         "flash": len(fb),
         "arena": arena,

@@ -36,18 +36,6 @@ from mnist_tflite.scale import space
 from mnist_tflite.scale.cluster import cluster_cpus, connected, require_ray
 from mnist_tflite.scale.space import kib
 
-
-def describe(m: dict[str, Any]) -> str:
-    from mnist_tflite.scale.progress import describe as _describe
-
-    return _describe(m)
-
-
-def first_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return (lines[-1] if lines else "unknown error")[:200]
-
-
 FORMAT = "mnist-tflite-tune/1"
 SETTINGS_FILE = "search.json"
 EXPERIMENT = "ray"
@@ -243,6 +231,8 @@ def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str
     wall = (searched, time.perf_counter() - t0)
     doc = _finish(rows, front, options, ds, out, wall, cpus, algorithm, log)
     if not doc["best"]:
+        from mnist_tflite.scale.progress import describe  # imports Ray: only once the search ran
+
         measured = [r for r in rows if r.get("flash")]
         smallest = min(measured, key=lambda r: (r["flash"], r.get("arena") or 0), default=None)
         found = (
@@ -400,6 +390,8 @@ def _searcher(seed: int) -> tuple[Any, str]:
 
 
 def _rows(results: list[Any], options: TuneOptions) -> list[dict[str, Any]]:
+    from mnist_tflite.scale.progress import first_line
+
     rows = []
     for i, r in enumerate(results):
         m = dict(r.metrics or {})
@@ -428,7 +420,6 @@ def _rows(results: list[Any], options: TuneOptions) -> list[dict[str, Any]]:
             row.update(status="failed", reason=first_line(str(r.error)))
         elif m.get("status") == "ok":
             row["status"] = "ok"
-            row["checkpoint"] = r.checkpoint.path if r.checkpoint else None
         elif m.get("status") == "infeasible":
             row.update(status="infeasible", reason=m.get("reason"))
         elif m.get("status") == "training":
@@ -528,9 +519,7 @@ def _finish(
             "test_accuracy": "the front only: the architecture trained again on all the training data "
             "(the model handed out), int8, on the test set",
         },
-        "trials": [
-            {k: v for k, v in r.items() if k not in ("order", "checkpoint", "config", "model")} for r in rows
-        ],
+        "trials": [{k: v for k, v in r.items() if k not in ("order", "config", "model")} for r in rows],
         "front": [r["trial"] for r in front],
         "best": best,
         "hand_designed": _versus_hand_designed(front),
