@@ -22,7 +22,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 
 def _test_set(n: int) -> tuple[np.ndarray, np.ndarray]:
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     ds = data.load("embedded")
     return data.normalize(ds.x_test[:n]), ds.y_test[:n]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "compile.json"
@@ -47,7 +47,7 @@ def logits_variant(data: bytes) -> bytes:
 
 
 def measure(name: str, path: Path, images: int, verify: bool, data: str) -> dict:
-    from mnist_tflite.micro.aot import TFLM_REFERENCE, CompileOptions, compile_to_dir
+    from mnist_tflite.micro.aot.build import TFLM_REFERENCE, CompileOptions, compile_to_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
         c0, t0 = os.times(), time.perf_counter()
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="embedded")
     args = parser.parse_args(argv)
 
-    from mnist_tflite.micro import firmware
-    from mnist_tflite.micro.aot import METHOD, TFLM_REFERENCE
+    from mnist_tflite.micro.aot import firmware
+    from mnist_tflite.micro.aot.build import METHOD, TFLM_REFERENCE
 
     problem = firmware.toolchain_problem("cortex-m4")
     if problem:

@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
     from mnist_tflite.edge import flatbuffer as _flatbuffer
-    from mnist_tflite.pipeline import machine_info
+    from mnist_tflite.training.pipeline import machine_info
 
     models = args.models.resolve()
     macs = _flatbuffer.parse((models / "float32.tflite").read_bytes()).macs
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": table(rows, show_sweep=False),
         "readme_table": compact_table(rows),
     }
-    from mnist_tflite.atomic import write_json
+    from mnist_tflite.core.atomic import write_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "micro.json"
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="embedded")
     args = parser.parse_args(argv)
 
-    from mnist_tflite import data
-    from mnist_tflite.micro import export as micro
+    from mnist_tflite.core import data
+    from mnist_tflite.micro.tflm import export as micro
 
     ds = data.load(args.data, log=lambda m: None)
     raw, info = micro.load(args.model)

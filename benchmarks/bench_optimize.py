@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _accuracy(flatbuffer: bytes, ds: Any, tmp: Path, name: str) -> float:
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.edge.infer import TfliteModel
-    from mnist_tflite.recipes import get_recipe
     from mnist_tflite.training.convert import write_tflite
 
     path = tmp / f"{name}.tflite"
@@ -46,8 +46,8 @@ def _accuracy(flatbuffer: bytes, ds: Any, tmp: Path, name: str) -> float:
 def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
     import keras
 
-    from mnist_tflite import data
-    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.core import data
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.training import optimize
     from mnist_tflite.training.convert import convert
     from mnist_tflite.training.train import TrainConfig
@@ -85,9 +85,9 @@ def seed_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
 
 
 def tiny_rows(ds: Any, tmp: Path) -> list[dict[str, Any]]:
-    from mnist_tflite import data
-    from mnist_tflite.micro import export as micro
-    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.core import data
+    from mnist_tflite.core.recipes import get_recipe
+    from mnist_tflite.micro.tflm import export as micro
     from mnist_tflite.training.convert import convert, write_tflite
     from mnist_tflite.training.train import TrainConfig, train
 
@@ -125,7 +125,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-tiny", action="store_true", help="only the seed model's QAT/pruning rows")
     args = ap.parse_args()
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     ds = data.load("embedded")
     with tempfile.TemporaryDirectory() as t:

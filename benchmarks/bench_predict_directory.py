@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "predict_directory.json"
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from mnist_tflite import data
+from mnist_tflite.core import data
 d, out, n = data.load("embedded", log=lambda m: None), Path(sys.argv[1]), int(sys.argv[2])
 for i in range(n):
     j = i % len(d.x_test)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "predict_startup.json"

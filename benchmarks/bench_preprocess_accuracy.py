@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -1,7 +1,7 @@
 """``predict --ray`` (Ray Data) against the local runner, side by side, on the same inputs.
 
 Inputs: the 60,000 Fashion-MNIST training images (``/usr/share/datasets/fashion-mnist``, read
-with ``mnist_tflite.data``) as one ``.npy`` of 28x28 arrays, and (``--scans N``) N of them as
+with ``mnist_tflite.core.data``) as one ``.npy`` of 28x28 arrays, and (``--scans N``) N of them as
 PNG scans (dark ink on light paper, 56x56: the full photo preprocessing runs). The model is
 ``tests/models/int8.tflite`` (an MNIST digit model: on clothes its answers are meaningless,
 but they must be the same answers on both paths).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_tflite.atomic import write_json
+from mnist_tflite.core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ray_predict.json"
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=ROOT / "tests" / "models" / "int8.tflite")
     args = ap.parse_args()
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     if FASHION.is_dir():
         ds = data.load(str(FASHION))

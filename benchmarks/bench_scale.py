@@ -37,7 +37,7 @@ def measure(model_path: str, data_dir: str, n: int, slice_size: int) -> dict[str
     """In this process: stream the first n images through the runner; time, memory, predictions."""
     import numpy as np
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
     from mnist_tflite.edge.infer import TfliteModel
 
     x = data.load(data_dir).x_train
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(json.dumps(summary, indent=1))
     sys.path.insert(0, str(ROOT / "src"))
-    from mnist_tflite.atomic import write_json
-    from mnist_tflite.pipeline import machine_info
+    from mnist_tflite.core.atomic import write_json
+    from mnist_tflite.training.pipeline import machine_info
 
     write_json(
         args.out,

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_tflite.atomic import write_json  # temp file + rename: no half-written JSON
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only, by construction
@@ -91,7 +91,7 @@ def _payloads(kind: str) -> tuple[list[tuple[str, bytes, bytes]], np.ndarray]:
     """(content type, body, image file) for POOL real test digits, and the digits (uint8)."""
     from PIL import Image
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     d = data.load("embedded")
     x = d.x_test[:POOL]

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite.atomic import write_json
+from mnist_tflite.core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tune.json"
@@ -109,7 +109,7 @@ def summarize(out: Path, wall_s: float | None = None, load: list[float] | None =
 def _every_trained(out: Path) -> list[dict[str, Any]]:
     import numpy as np
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
     from mnist_tflite.edge.infer import TfliteModel
 
     ds = data.load("embedded", log=lambda m: None)

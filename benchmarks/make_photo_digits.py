@@ -21,7 +21,7 @@ __all__ = ["Render", "make", "render"]
 
 
 def main() -> None:
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=2000)

@@ -47,7 +47,7 @@ def convert_prefixes(model_path: Path, out: Path) -> list[dict[str, Any]]:
     import keras
     import tf2onnx
 
-    from mnist_tflite.recipes import Recipe
+    from mnist_tflite.core.recipes import Recipe
     from mnist_tflite.training.convert import convert
 
     model = keras.models.load_model(model_path, compile=False)
@@ -67,7 +67,7 @@ def time_prefixes(folder: Path, layers: list[dict[str, Any]], reps: int) -> list
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     x = data.normalize(data.load("embedded").x_test[:2000])
     for row in layers:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # child: time converted prefixes
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from mnist_tflite.atomic import write_json
+    from mnist_tflite.core.atomic import write_json
 
     if args.time:  # a process without TensorFlow: TF's own TFLite runtime must not be loaded beside LiteRT
         layers = json.loads((args.time / "layers.json").read_text())

@@ -53,7 +53,7 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist():
     """The embedded real MNIST sample (5k train, official 10k test)."""
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     return data.load("embedded")
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mnist_tflite.sidecar_schema import SCHEMA
+from mnist_tflite.core.sidecar import SCHEMA
 from tests.hostile_cases import MODELS, Case
 
 Files = dict[str, Any]  # relative path -> bytes | "dir" | "fifo" | ("symlink", target)

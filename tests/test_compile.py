@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from mnist_tflite import cli
-from mnist_tflite.micro import aot, firmware
-from mnist_tflite.micro.compiler import compile_model, quantize_multiplier, softmax_params
+from mnist_tflite.micro.aot import build, firmware
+from mnist_tflite.micro.aot.compiler import compile_model, quantize_multiplier, softmax_params
 
 HAVE_M4 = firmware.toolchain_problem("cortex-m4") is None
 needs_m4 = pytest.mark.skipif(not HAVE_M4, reason=firmware.INSTALL_HINT)
@@ -59,17 +59,17 @@ def logits_model(seed_bytes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def quantized(mnist, seed_bytes):
     program = compile_model(seed_bytes)
-    return aot.quantize_images(mnist.x_test, program.input.scale, program.input.zero_point)
+    return build.quantize_images(mnist.x_test, program.input.scale, program.input.zero_point)
 
 
 def _host_rows(model, tmp_path: Path, inputs: np.ndarray) -> np.ndarray:
-    program, lib = aot.host_model(model, tmp_path / "host")
-    return aot.run_library(lib, "mnist_model", inputs, program.output.size)
+    program, lib = build.host_model(model, tmp_path / "host")
+    return build.run_library(lib, "mnist_model", inputs, program.output.size)
 
 
 def _tflm(model, inputs: np.ndarray) -> np.ndarray:
     raw = model if isinstance(model, bytes) else Path(model).read_bytes()
-    rows = aot.tflm_rows(raw, inputs)
+    rows = build.tflm_rows(raw, inputs)
     assert not isinstance(rows, str), rows
     return rows
 
@@ -147,7 +147,7 @@ def test_requantization_matches_the_reference_rounding(tmp_path, seed_bytes):
         left, right = max(shift, 0), max(-shift, 0)
         return rdpot(srdhm(acc * (1 << left), mult), right)
 
-    _, lib = aot.host_model(seed_bytes, tmp_path / "host")
+    _, lib = build.host_model(seed_bytes, tmp_path / "host")
     fn = lib.i8k_requantize
     fn.argtypes = (ctypes.c_int32, ctypes.c_int32, ctypes.c_int32)
     fn.restype = ctypes.c_int32
@@ -369,7 +369,7 @@ def test_help_has_an_example(capsys):
 
 @needs_m4
 def test_compiled_columns_for_the_run_report(models_dir, mnist):
-    report = aot.compiled_columns(
+    report = build.compiled_columns(
         {"int8": models_dir / "int8.tflite", "float32": models_dir / "float32.tflite"},
         mnist.x_test,
         count=3,

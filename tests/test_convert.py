@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from mnist_tflite import data, metadata, recipes
+from mnist_tflite.core import data, recipes, sidecar
+from mnist_tflite.core.errors import ConversionError, MnistTfliteError
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.errors import ConversionError, MnistTfliteError
 from mnist_tflite.training import convert
 from mnist_tflite.training.variants import convert_file
 from tests.conftest import run_cli
@@ -45,13 +45,13 @@ def test_each_recipe_converts_with_right_dtypes(name, trained_model, mnist, tmp_
     path = tmp_path / f"{name}.tflite"
     meta = convert.write_tflite(path, flatbuffer, recipe, data_source=mnist.source)
     assert (meta["input"]["dtype"], meta["output"]["dtype"]) == EXPECTED_IO[name]
-    assert meta["sha256"] == metadata.sha256_bytes(path.read_bytes())
-    sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["recipe"]["name"] == name and sidecar["class_names"] == list("0123456789")
-    assert sidecar["normalization"]["pixel_scale"] == pytest.approx(1 / 255)
+    assert meta["sha256"] == sidecar.sha256_bytes(path.read_bytes())
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert doc["recipe"]["name"] == name and doc["class_names"] == list("0123456789")
+    assert doc["normalization"]["pixel_scale"] == pytest.approx(1 / 255)
     if name == "int8":
-        assert sidecar["input"]["scale"] > 0 and -128 <= sidecar["input"]["zero_point"] <= 127
-        assert sidecar["calibration"] is None  # write_tflite was not told: it records only facts given
+        assert doc["input"]["scale"] > 0 and -128 <= doc["input"]["zero_point"] <= 127
+        assert doc["calibration"] is None  # write_tflite was not told: it records only facts given
     # the converted model classifies like the Keras model it came from
     x = data.normalize(mnist.x_test[:300])
     keras_pred = np.asarray(model.predict(x, verbose=0)).argmax(1)

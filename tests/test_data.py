@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tflite import data
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core import data
+from mnist_tflite.core.errors import MnistTfliteError
 from tests.conftest import SHARED_MNIST
 
 

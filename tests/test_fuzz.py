@@ -26,7 +26,7 @@ CHUNK = 80
 CHILD = """
 import json, sys
 import numpy as np
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge.predict import Classifier
 
 kind, model, digits = sys.argv[1], sys.argv[2], np.load(sys.argv[3])

@@ -140,8 +140,8 @@ def test_full_disk_and_read_only_folder(command, kind, argv, full_and_ro, ws, mo
 
 def test_write_on_a_full_disk(full_and_ro):
     """The write path convert and run use (model + sidecar) on a full disk: one error, no temp."""
-    from mnist_tflite.errors import SystemRefused
-    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.core.errors import SystemRefused
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.training.convert import write_tflite
 
     target = full_and_ro["full"] / "float32.tflite"
@@ -276,7 +276,7 @@ def test_stdout_closed_before_the_output(argv):
 @pytest.mark.slow
 def test_keras_save_on_a_full_disk(full_and_ro):
     """`train`'s last step, if the disk fills during training: one error, no temp files."""
-    from mnist_tflite.errors import SystemRefused
+    from mnist_tflite.core.errors import SystemRefused
     from mnist_tflite.training.model import build
     from mnist_tflite.training.train import save_model
 

@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import pytest
 
-from mnist_tflite import data
+from mnist_tflite.core import data
+from mnist_tflite.core.recipes import Recipe
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.recipes import Recipe
 from mnist_tflite.training.convert import convert
 from tests.conftest import MODELS, require
 

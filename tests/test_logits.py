@@ -12,10 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mnist_tflite import data
+from mnist_tflite.core import data
+from mnist_tflite.core.recipes import RECIPES, get_recipe
 from mnist_tflite.edge.flatbuffer import parse
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.recipes import RECIPES, get_recipe
 
 PINNED = 255 / 256  # the largest probability an int8 softmax output (scale 1/256) can express
 

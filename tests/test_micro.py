@@ -20,10 +20,10 @@ import pytest
 from mnist_tflite import cli
 from mnist_tflite.edge.evaluate import VariantResult
 from mnist_tflite.edge.flatbuffer import parse
-from mnist_tflite.micro import export as micro
-from mnist_tflite.micro.c_source import identifier_problem, resolver_method
-from mnist_tflite.micro.check import disagreement
-from mnist_tflite.micro.tflm import _runs, map_in_children
+from mnist_tflite.micro.tflm import export as micro
+from mnist_tflite.micro.tflm.c_source import identifier_problem, resolver_method
+from mnist_tflite.micro.tflm.check import disagreement
+from mnist_tflite.micro.tflm.interpreter import _runs, map_in_children
 from tests.conftest import run_cli
 
 STUB = Path(__file__).parent / "micro_stub" / "tflm_stub.h"

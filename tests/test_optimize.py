@@ -16,9 +16,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mnist_tflite import recipes
 from mnist_tflite.cli import main
-from mnist_tflite.errors import ConversionError, MnistTfliteError
+from mnist_tflite.core import recipes
+from mnist_tflite.core.errors import ConversionError, MnistTfliteError
 from mnist_tflite.training import convert, optimize
 
 
@@ -32,7 +32,7 @@ def seed_model(models_dir):
 
 @pytest.fixture(scope="module")
 def representative(mnist):
-    from mnist_tflite import data
+    from mnist_tflite.core import data
 
     return data.normalize(data.representative_sample(mnist.x_train, 100, 0))
 
@@ -118,7 +118,7 @@ def test_identify_architecture_accepts_ours_and_refuses_others(seed_model):
 
 def test_tiny_architecture_fits_the_smallest_parts(mnist, representative, tmp_path):
     """File and arena do not depend on the weights' values, so an untrained model measures them."""
-    from mnist_tflite.micro import export as micro
+    from mnist_tflite.micro.tflm import export as micro
     from mnist_tflite.training.model import build
     from mnist_tflite.training.train import TrainConfig
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from mnist_tflite.cli import main
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge.predict import Classifier, Failure, Prediction
-from mnist_tflite.errors import MnistTfliteError
 from tests.conftest import run_cli
 
 

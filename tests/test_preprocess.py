@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge.preprocess import (
     BlankImageError,
     load_image,
@@ -17,7 +18,6 @@ from mnist_tflite.edge.preprocess import (
     read_array_file,
     to_mnist,
 )
-from mnist_tflite.errors import MnistTfliteError
 from tests.photos import make
 
 

@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from mnist_tflite import atomic as _atomic
-from mnist_tflite import pipeline, recipes
+from mnist_tflite.core import atomic as _atomic
+from mnist_tflite.core import recipes
+from mnist_tflite.core.errors import ConversionError
 from mnist_tflite.edge.evaluate import VariantResult, confusion_matrix
-from mnist_tflite.errors import ConversionError
 from mnist_tflite.report import tables as report_mod
-from mnist_tflite.training import convert
+from mnist_tflite.training import convert, pipeline
 from mnist_tflite.training.train import TrainConfig
 
 

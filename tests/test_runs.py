@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tflite import procs, rundir
 from mnist_tflite.cli import main
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core import procs, rundir
+from mnist_tflite.core.errors import MnistTfliteError
 from tests.conftest import MODELS
 
 # a fast but complete `run`: every stage, two recipes, a short TFLM check
@@ -154,7 +154,7 @@ def test_publish_replaces_the_whole_folder(tmp_path, exchange):
 KILL_IN_PUBLISH = """
 import os, signal, sys
 from pathlib import Path
-from mnist_tflite import rundir
+from mnist_tflite.core import rundir
 k, exchange, out = int(sys.argv[1]), sys.argv[2] == "1", Path(sys.argv[3])
 staging = rundir.staging_path(out)
 staging.mkdir()
@@ -231,7 +231,7 @@ def test_run_with_missing_data_leaves_nothing(tmp_path, capsys):
 
 def _write_pair_and_die(path: Path, flatbuffer: bytes, k: int, when: str) -> None:
     """In a forked child: write_tflite, SIGKILLed before/after its k-th rename or unlink."""
-    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.training.convert import write_tflite
 
     calls = [0]
@@ -254,8 +254,8 @@ def _write_pair_and_die(path: Path, flatbuffer: bytes, k: int, when: str) -> Non
 
 @pytest.mark.parametrize("previous", [False, True], ids=["fresh", "overwrite"])
 def test_a_kill_at_any_step_of_write_tflite_is_never_modified_nor_unchecked(tmp_path, previous):
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.edge.infer import read_model_bytes
-    from mnist_tflite.recipes import get_recipe
     from mnist_tflite.training.convert import write_tflite
 
     old, new = (MODELS / "int8.tflite").read_bytes(), (MODELS / "float32.tflite").read_bytes()
@@ -371,7 +371,7 @@ def test_sigterm_during_tflm_check_is_an_interrupt_that_cleans_up(tmp_path):
 
 
 def test_tflm_check_shows_progress(mnist):
-    from mnist_tflite.micro.check import verify
+    from mnist_tflite.micro.tflm.check import verify
 
     lines: list[str] = []
     v = verify(
@@ -589,7 +589,7 @@ def test_a_child_dies_when_its_parent_is_killed(platform):
     """prctl(PR_SET_PDEATHSIG) on Linux; elsewhere the parent-pid watchdog thread."""
     script = f"""
 import os, signal, sys, time
-from mnist_tflite import procs
+from mnist_tflite.core import procs
 sys.platform = {platform!r}  # "other": no prctl, the watchdog thread has to do it
 r, w = os.pipe()
 if os.fork() == 0:
@@ -617,7 +617,7 @@ def test_a_run_that_finished_while_we_loaded_data_is_kept_not_replaced(tmp_path,
     """Under the lock `run` looks again: a complete run with its options that appeared is left as is."""
     import shutil
 
-    from mnist_tflite import pipeline
+    from mnist_tflite.training import pipeline
     from mnist_tflite.training.train import TrainConfig
 
     out = tmp_path / "demo"

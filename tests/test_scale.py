@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.scale import space
 from mnist_tflite.scale.tune import budgets, pareto_front, parse_size
 
@@ -111,7 +111,7 @@ def test_geometry_params_and_macs_match_keras_and_the_converter(spec, tmp_path):
 
 def test_untrained_size_is_the_trained_size(mnist):
     """Random biases stop the converter from sharing all-zero buffers: the size is exact before training."""
-    from mnist_tflite import data
+    from mnist_tflite.core import data
     from mnist_tflite.scale.trial import int8_recipe
     from mnist_tflite.training.convert import convert
     from mnist_tflite.training.search import untrained_flatbuffer

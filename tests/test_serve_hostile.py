@@ -659,7 +659,7 @@ def test_one_bad_sidecar_skips_only_that_variant(tmp_path, kind, caplog):
 
 
 def test_a_single_model_with_a_bad_sidecar_is_a_one_line_error(tmp_path):
-    from mnist_tflite.errors import MnistTfliteError
+    from mnist_tflite.core.errors import MnistTfliteError
 
     for kind in ("not json", "class_names 5", "deep nesting", "sha256 wrong"):
         shutil.copyfile(MODELS / "float32.tflite", tmp_path / "m.tflite")
@@ -712,9 +712,9 @@ def test_blank_is_an_error_in_predict_classifier_and_serve(tmp_path, client, tes
 
 
 def test_nan_in_a_npy_file_is_an_error(tmp_path, test_images):
+    from mnist_tflite.core.errors import MnistTfliteError
     from mnist_tflite.edge.predict import Classifier, Failure
     from mnist_tflite.edge.preprocess import read_array_file
-    from mnist_tflite.errors import MnistTfliteError
 
     x = test_images[0][:5].astype(np.float32) / 255
     for bad in (np.nan, np.inf, -np.inf):

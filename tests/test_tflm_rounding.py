@@ -15,9 +15,9 @@ require("tflite_micro")  # before the imports that need them
 
 import numpy as np
 
-from mnist_tflite import data
+from mnist_tflite.core import data
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.micro.tflm import map_in_children, run_batch
+from mnist_tflite.micro.tflm.interpreter import map_in_children, run_batch
 
 N = 1000
 

@@ -9,8 +9,8 @@ require("tensorflow")  # before the imports that need them
 import numpy as np
 import pytest
 
-from mnist_tflite import data
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core import data
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.training import model
 from mnist_tflite.training.train import TrainConfig, train
 

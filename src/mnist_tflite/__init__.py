@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 
 __version__ = "0.1.0"
 __all__ = ["RECIPES", "Classifier", "MnistTfliteError", "TfliteModel", "__version__"]
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return Classifier
     if name == "RECIPES":
-        from mnist_tflite.recipes import RECIPES
+        from mnist_tflite.core.recipes import RECIPES
 
         return RECIPES
     raise AttributeError(f"module 'mnist_tflite' has no attribute {name!r}")

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.data import normalize
+from mnist_tflite.core.data import normalize
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.errors import MnistTfliteError
 
 LATENCY_SAMPLES = 200
 

@@ -6,7 +6,7 @@ import io
 import os
 import warnings
 
-from mnist_tflite.errors import fail, read_user_file
+from mnist_tflite.core.errors import fail, read_user_file
 
 # A 50-megapixel photo is fine; a 100,000 x 100,000 PNG of a few KB is a decompression bomb.
 DEFAULT_MAX_PIXELS = 50_000_000

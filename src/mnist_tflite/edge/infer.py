@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import metadata
-from mnist_tflite.data import MNIST_CLASSES
+from mnist_tflite.core import sidecar
+from mnist_tflite.core.data import MNIST_CLASSES
+from mnist_tflite.core.errors import fail, read_user_file
 from mnist_tflite.edge.flatbuffer import Node, output_kind, tensor_summary
 from mnist_tflite.edge.probe import probe
 from mnist_tflite.edge.quiet import stderr_silenced
-from mnist_tflite.errors import fail, read_user_file
 
 TFLITE_IDENTIFIER = b"TFL3"
 # images per invoke() when batch_size is not given (fastest on the seed model, 1 MiB L2 per
@@ -119,8 +119,8 @@ def read_model_bytes(
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         found = data[4:8] if len(data) >= 8 else data[:8]
         raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
-    meta = metadata.read(path)
-    verified = False if allow_modified else metadata.check_hash(path, data, meta)
+    meta = sidecar.read(path)
+    verified = False if allow_modified else sidecar.check_hash(path, data, meta)
     return data, meta, verified
 
 
@@ -190,7 +190,7 @@ class TfliteModel:
         n_out = self.output.shape[-1]
         if names and len(names) != n_out:
             raise fail(
-                metadata.sidecar_path(self.path),
+                sidecar.sidecar_path(self.path),
                 f"class_names has {len(names)} entries; expected {n_out}, the model's outputs",
             )
         self.class_names = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 
 CLOSING = 0.2  # background window, as a fraction of the longest side (wider than any stroke)
 MIN_CONTRAST = 0.10  # ink must differ from the background by this much (fraction of full scale)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge import preprocess
-from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = ["Classifier", "Failure", "Prediction", "expand_inputs"]
 
@@ -196,7 +196,7 @@ def save_inputs(directory: str | os.PathLike[str]):
     """A callback that saves each prediction's 28x28 input as ``DIR/<file stem>.png``."""
     from PIL import Image
 
-    from mnist_tflite.atomic import write_bytes
+    from mnist_tflite.core.atomic import write_bytes
 
     out = Path(directory)
     try:

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from mnist_tflite.edge.ink import MIN_CONTRAST, BlankImageError, ink_map, running
-from mnist_tflite.errors import MnistTfliteError, fail
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -265,7 +265,7 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         except (OSError, ValueError, EOFError) as exc:
             raise fail(path, f"not a readable .npy array ({exc})") from None
     else:
-        from mnist_tflite.data import read_idx
+        from mnist_tflite.core.data import read_idx
 
         raw = read_idx(path)
     a = raw if isinstance(raw, np.ndarray) else np.asarray(raw)

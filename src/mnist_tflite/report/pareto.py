@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite import atomic
-from mnist_tflite.errors import fail
+from mnist_tflite.core import atomic
+from mnist_tflite.core.errors import fail
 from mnist_tflite.report import tables as report_mod
 from mnist_tflite.report.plots import plot_accuracy_vs_size
 

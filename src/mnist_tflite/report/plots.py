@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import atomic
+from mnist_tflite.core import atomic
 
 __all__ = ["pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
 

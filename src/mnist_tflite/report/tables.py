@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite import atomic
+from mnist_tflite.core import atomic
 from mnist_tflite.edge.evaluate import VariantResult
 from mnist_tflite.report.plots import pareto_front, plot_accuracy_vs_size, plot_confusion
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 
 INSTALL_HINT = "pip install 'mnist-tflite[scale]'"
 CONNECT_TIMEOUT_S = 4.0

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite import atomic
+from mnist_tflite.core import atomic
 
 FOLDER = "finalists"
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import metadata
-from mnist_tflite.errors import PROG, MnistTfliteError, fail
+from mnist_tflite.core import sidecar
+from mnist_tflite.core.errors import PROG, MnistTfliteError, fail
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -141,15 +141,15 @@ class ModelActor:
     """A Ray Data actor: one single-threaded classifier; a unit of work in, result rows out."""
 
     def __init__(
-        self, model_bytes: bytes, sidecar: dict[str, Any] | None, top_k: int, allow_modified: bool
+        self, model_bytes: bytes, sidecar_doc: dict[str, Any] | None, top_k: int, allow_modified: bool
     ) -> None:
         from mnist_tflite.edge.predict import Classifier
 
         self._tmp = tempfile.TemporaryDirectory(prefix="mnist-tflite-ray-")
         path = Path(self._tmp.name) / "model.tflite"
         path.write_bytes(model_bytes)
-        if sidecar is not None:
-            metadata.write(path, {k: v for k, v in sidecar.items() if k != "format"})
+        if sidecar_doc is not None:
+            sidecar.write(path, {k: v for k, v in sidecar_doc.items() if k != "format"})
         self.clf = Classifier(path, allow_modified=allow_modified, num_threads=1)
         self.top_k = top_k
         self._arrays: dict[str, np.ndarray] = {}
@@ -247,7 +247,7 @@ def predict_ray(
     from mnist_tflite.scale.cluster import cluster_cpus
 
     Classifier(model, allow_modified=allow_modified, num_threads=1)  # a bad model: one line, here
-    data, sidecar, _ = read_model_bytes(model, allow_modified=True)
+    data, sidecar_doc, _ = read_model_bytes(model, allow_modified=True)
     units = list(work_units(inputs, batch_size))
     if not units:
         return
@@ -265,7 +265,7 @@ def predict_ray(
         ModelActor,
         fn_constructor_kwargs={
             "model_bytes": data,
-            "sidecar": sidecar,
+            "sidecar_doc": sidecar_doc,
             "top_k": top_k,
             "allow_modified": allow_modified,
         },
@@ -290,7 +290,7 @@ def _plain(v: Any) -> Any:
 
 def write_results(rows: Iterator[dict[str, Any]], path: Path, top_k: int) -> tuple[int, int]:
     """Write the rows to one ``.parquet`` or ``.csv`` file (atomically); returns (classified, failed)."""
-    from mnist_tflite.atomic import atomic_path
+    from mnist_tflite.core.atomic import atomic_path
 
     cols = result_columns(top_k)
     ok = failed = 0

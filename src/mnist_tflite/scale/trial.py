@@ -43,7 +43,7 @@ def score(val_accuracy: float, flash: int, flash_budget: int) -> float:
 
 def int8_recipe() -> Any:
     """The recipe every trial is measured with: post-training full integer."""
-    from mnist_tflite.recipes import get_recipe
+    from mnist_tflite.core.recipes import get_recipe
 
     return get_recipe("int8")
 
@@ -51,8 +51,8 @@ def int8_recipe() -> Any:
 def measure_tflm(flatbuffer: bytes) -> tuple[int | None, str | None]:
     """(exact TFLM arena in bytes, None), or (None, why TFLM cannot run it)."""
     from mnist_tflite.edge.flatbuffer import parse
-    from mnist_tflite.micro.check import tflm_problem
-    from mnist_tflite.micro.tflm import map_in_children, search_arena
+    from mnist_tflite.micro.tflm.check import tflm_problem
+    from mnist_tflite.micro.tflm.interpreter import map_in_children, search_arena
 
     res = map_in_children(search_arena, [(flatbuffer,)])[0]
     if res.ok:
@@ -70,7 +70,7 @@ def over_budget(flash: int, arena: int | None, budget: dict[str, Any]) -> str | 
 
 def _setup(settings: dict[str, Any]) -> tuple[Any, np.ndarray]:
     """(the data set, the calibration images), with TensorFlow held to the trial's CPU."""
-    from mnist_tflite import data as data_mod
+    from mnist_tflite.core import data as data_mod
     from mnist_tflite.training import search as tf_search
 
     tf_search.limit_threads(int(settings.get("threads", 1)))
@@ -207,7 +207,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
 
 def _int8_val_correct(flatbuffer: bytes, ds: Any, cfg: Any) -> tuple[int, int]:
     """(images the int8 model gets right, images) on the block that ``cfg`` held out."""
-    from mnist_tflite.data import normalize, split_validation
+    from mnist_tflite.core.data import normalize, split_validation
     from mnist_tflite.edge.infer import TfliteModel
 
     _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed, cfg.val_block)

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import atomic, metadata
-from mnist_tflite import data as data_mod
-from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.core import atomic, sidecar
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.scale import space
 from mnist_tflite.scale.cluster import cluster_cpus, connected, require_ray
 from mnist_tflite.scale.space import kib
@@ -540,7 +540,7 @@ def _export(row: dict[str, Any], path: Path, flash_budget: int, ram_budget: int 
     """The refit model and its sidecar, renamed, with the search's figures in the sidecar."""
     src = Path(row["model"])
     data = src.read_bytes()
-    meta = metadata.read(src) or {}
+    meta = sidecar.read(src) or {}
     meta.pop("format", None)
     meta.update(
         model=path.name,
@@ -556,7 +556,7 @@ def _export(row: dict[str, Any], path: Path, flash_budget: int, ram_budget: int 
         },
     )
     atomic.write_bytes(path, data)
-    metadata.write(path, meta)
+    sidecar.write(path, meta)
 
 
 def _versus_hand_designed(front: list[dict[str, Any]]) -> list[dict[str, Any]]:

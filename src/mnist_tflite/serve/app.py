@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge import preprocess
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.errors import MnistTfliteError, fail
 from mnist_tflite.serve.parsing import ApiError, BodyBudget, image_to_mnist, read_body, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge import preprocess
-from mnist_tflite.errors import MnistTfliteError
 
 MAX_PARTS = 8
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")

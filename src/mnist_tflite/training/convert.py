@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import atomic, metadata
-from mnist_tflite import data as data_mod
+from mnist_tflite.core import atomic, sidecar
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core.errors import ConversionError, fail
+from mnist_tflite.core.recipes import Recipe
 from mnist_tflite.edge.infer import io_details
-from mnist_tflite.errors import ConversionError, fail
-from mnist_tflite.recipes import Recipe
 from mnist_tflite.training.model import logits_copy
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 
@@ -125,12 +125,12 @@ def write_tflite(
     calibration: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the model and its metadata sidecar as a unit (see ``metadata.writing``); return the metadata."""
+    """Write the model and its metadata sidecar as a unit (see ``sidecar.writing``); return the metadata."""
     if Path(path).suffix != ".tflite":  # the sidecar is <stem>.json: it would overwrite a .json model path
         raise fail(path, "expected a file name ending in .tflite")
     meta = {
         "model": Path(path).name,
-        "sha256": metadata.sha256_bytes(flatbuffer),
+        "sha256": sidecar.sha256_bytes(flatbuffer),
         "size_bytes": len(flatbuffer),
         "recipe": {k: v for k, v in asdict(recipe).items() if v not in ((), None)},
         "class_names": list(class_names),
@@ -148,7 +148,7 @@ def write_tflite(
         **(extra or {}),
     }
     # sidecar replaced before the model: a model never stands without the hash that vouches for it
-    with metadata.writing(path), atomic.atomic_path(path) as model_tmp:
+    with sidecar.writing(path), atomic.atomic_path(path) as model_tmp:
         model_tmp.write_bytes(flatbuffer)  # the big write first: a full disk fails here, naming the model
-        metadata.write(path, meta)
+        sidecar.write(path, meta)
     return meta

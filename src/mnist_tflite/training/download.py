@@ -10,7 +10,7 @@ import contextlib
 import threading
 from pathlib import Path
 
-from mnist_tflite.data import keras_cache_path
+from mnist_tflite.core.data import keras_cache_path
 
 DOWNLOAD_TIMEOUT_S = 2.0  # offline, give up fast: the embedded sample is the fallback
 

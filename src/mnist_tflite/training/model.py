@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_tflite.errors import find_named
+from mnist_tflite.core.errors import find_named
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import data as data_mod
-from mnist_tflite import procs
-from mnist_tflite.errors import ConversionError, MnistTfliteError
-from mnist_tflite.recipes import Recipe, resolve_options
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core import procs
+from mnist_tflite.core.errors import ConversionError, MnistTfliteError
+from mnist_tflite.core.recipes import Recipe, resolve_options
 from mnist_tflite.training.convert import convert
 from mnist_tflite.training.model import ARCHITECTURES, Architecture
 

@@ -28,8 +28,8 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
 import numpy as np
 
-from mnist_tflite import data as data_mod
-from mnist_tflite import procs
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core import procs
 from mnist_tflite.training.model import get_architecture, logits_copy
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
 from mnist_tflite.training.train import batches
@@ -134,7 +134,7 @@ def _save(tfmot: Any, tuned: Any, job: dict[str, Any], work: Path, result: dict[
     if job["method"] == "qat":
         from dataclasses import replace
 
-        from mnist_tflite.recipes import Recipe
+        from mnist_tflite.core.recipes import Recipe
         from mnist_tflite.training.convert import convert
 
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in job["recipe"].items()}

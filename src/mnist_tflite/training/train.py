@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import data as data_mod
-from mnist_tflite.checks import check_int_range, check_seed
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.values import check_int_range, check_seed
 from mnist_tflite.training.tfimport import import_tf
 
 MAX_EPOCHS = 100_000
@@ -202,7 +202,7 @@ class _EpochLog:
 
 def save_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """Save in the Keras 3 format, atomically."""
-    from mnist_tflite.atomic import atomic_path
+    from mnist_tflite.core.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

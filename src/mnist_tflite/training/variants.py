@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import data as data_mod
-from mnist_tflite.checks import check_seed
-from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, get_recipe, with_sparsity
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.recipes import CALIBRATION_SIZE, Recipe, get_recipe, with_sparsity
+from mnist_tflite.core.values import check_seed
 from mnist_tflite.training import optimize
 from mnist_tflite.training.convert import convert, load_model_source, write_tflite
 from mnist_tflite.training.train import TrainConfig

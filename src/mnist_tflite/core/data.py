@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_tflite.checks import check_data_spec
-from mnist_tflite.errors import MnistTfliteError, fail, read_user_file
+from mnist_tflite.core.errors import MnistTfliteError, fail, read_user_file
+from mnist_tflite.core.values import check_data_spec
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError
 
 BOARD = "mps2-an386"
 QEMU_ARGS = ("-M", BOARD, "-nographic", "-monitor", "none", "-semihosting-config", "enable=on,target=native")
@@ -56,7 +56,7 @@ RUN_OUTPUT = "run.txt"  # what the test program printed, kept beside it
 
 
 def board_sources(target: str) -> dict[str, str]:
-    root = resources.files("mnist_tflite.micro") / "board"
+    root = resources.files("mnist_tflite.micro.aot") / "board"
     return {name: (root / name).read_text(encoding="utf-8") for name in BOARD_FILES[target]}
 
 

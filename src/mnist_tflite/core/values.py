@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_tflite.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError, fail
 
 SEED_MAX = 2**32 - 1  # NumPy's and TF's seeding both take 32-bit values
 DATA_NAMES = ("auto", "embedded", "keras")

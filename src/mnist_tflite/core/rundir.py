@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite.errors import fail
+from mnist_tflite.core.errors import fail
 
 try:
     import fcntl
@@ -200,7 +200,7 @@ def run_problem(out: Path) -> str | None:
     Complete: ``report.json`` readable; every variant it lists as ok has its ``.tflite`` whose
     SHA-256 matches its sidecar and whose sidecar seed is the report's; no other ``.tflite``.
     """
-    from mnist_tflite import metadata
+    from mnist_tflite.core import sidecar
 
     try:
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -213,11 +213,11 @@ def run_problem(out: Path) -> str | None:
     for name in sorted(ok):
         model = out / f"{name}.tflite"
         try:
-            meta = metadata.read(model)
+            meta = sidecar.read(model)
             data = model.read_bytes()
         except Exception as exc:  # any unreadable or malformed sidecar: not complete
             return f"{model.name}: {exc}"
-        if not meta or meta.get("sha256") != metadata.sha256_bytes(data):
+        if not meta or meta.get("sha256") != sidecar.sha256_bytes(data):
             return f"{model.name}: its sidecar does not vouch for it"
         if meta.get("seed") != report.get("seed"):
             return f"{model.name}: seed {meta.get('seed')} but report.json says {report.get('seed')}"

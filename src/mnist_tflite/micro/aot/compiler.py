@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core import recipes
+from mnist_tflite.core.errors import MnistTfliteError, fail, read_user_file
 from mnist_tflite.edge.flatbuffer import FLOAT_TYPES, ModelInfo, parse
-from mnist_tflite.errors import MnistTfliteError, fail, read_user_file
 
 # Ops that become kernels, and ops folded away at compile time.
 KERNEL_OPS = ("CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE")
 FOLDED_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
-INT8_RECIPES = "recipes int8, qat-int8, pruned-int8"
+INT8_NAMES = "recipes " + ", ".join(recipes.INT8_RECIPES)
 ALIGN = 4  # every buffer offset: word loads (LDR/LDRD) need it on a Cortex-M
 
 
@@ -201,12 +202,12 @@ def int8_problem(info: ModelInfo) -> str | None:
             return (
                 f"not an int8 model (input {info.input.dtype.lower()}, output {info.output.dtype.lower()}): "
                 f"{node.op} (node {index}) has {'/'.join(sorted({k.lower() for k in odd}))} tensors; compile "
-                f"needs int8 input, output, activations and weights ({INT8_RECIPES})"
+                f"needs int8 input, output, activations and weights ({INT8_NAMES})"
             )
     if bad_io:
         return (
             f"not an int8 model: input {info.input.dtype.lower()}, output {info.output.dtype.lower()}; "
-            f"compile needs int8 input and output ({INT8_RECIPES})"
+            f"compile needs int8 input and output ({INT8_NAMES})"
         )
     return None
 

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-from mnist_tflite.errors import PROG, MnistTfliteError
+from mnist_tflite.core.errors import PROG, MnistTfliteError
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
 

@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge.flatbuffer import ModelInfo, parse
-from mnist_tflite.errors import MnistTfliteError, fail
-from mnist_tflite.micro.tflm import ChildResult, map_in_children, recorded_total, run_batch, search_arena
+from mnist_tflite.micro.tflm.interpreter import (
+    ChildResult,
+    map_in_children,
+    recorded_total,
+    run_batch,
+    search_arena,
+)
 
 MAX_STEPS = 1  # TFLM vs LiteRT builtin kernels, integer outputs: see the module docstring
 ARENA_MARGIN = 0.10  # CMSIS-NN and other optimized kernels ask for scratch the reference ones do not
@@ -152,7 +158,7 @@ def verify(
     Example:
         >>> verify("int8.tflite", ds.x_test, ds.y_test, arena_bytes=33792)["vs_litert_builtin"]
     """
-    from mnist_tflite.data import normalize
+    from mnist_tflite.core.data import normalize
     from mnist_tflite.edge.infer import TfliteModel
 
     x = normalize(images)

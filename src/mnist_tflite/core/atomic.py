@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite.errors import os_error
+from mnist_tflite.core.errors import os_error
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def _sweep_dead(target: Path) -> None:
     """Remove ``.<name>.<pid>.*.tmp`` beside ``target`` whose writer is gone (killed mid-write)."""
-    from mnist_tflite.procs import pid_alive
+    from mnist_tflite.core.procs import pid_alive
 
     prefix = f".{target.name}."
     with contextlib.suppress(OSError):

@@ -14,7 +14,7 @@ from importlib import resources
 
 import numpy as np
 
-from mnist_tflite.micro.compiler import Layer, Program
+from mnist_tflite.micro.aot.compiler import Layer, Program
 
 KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h")
 _STRUCTS = {"conv": "i8k_conv_t", "fc": "i8k_fc_t", "maxpool": "i8k_pool_t", "softmax": "i8k_softmax_t"}
@@ -34,7 +34,7 @@ _FIELDS = {
 
 def kernel_sources() -> dict[str, str]:
     """The hand-written kernels shipped with the package (copied next to the generated code)."""
-    root = resources.files("mnist_tflite.micro") / "kernels"
+    root = resources.files("mnist_tflite.micro.aot") / "kernels"
     return {name: (root / name).read_text(encoding="utf-8") for name in KERNEL_FILES}
 
 

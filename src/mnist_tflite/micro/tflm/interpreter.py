@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import procs
+from mnist_tflite.core import procs
 
 CHILD_TIMEOUT_S = 300.0
 ARENA_CAP = 64 << 20  # the bisection's upper bracket; a model that needs more is not for an MCU

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mnist_tflite.errors import MnistTfliteError, find_named
+from mnist_tflite.core.errors import MnistTfliteError, find_named
 
 __all__ = [
     "CALIBRATION_SIZE",
@@ -117,6 +117,10 @@ RECIPES: tuple[Recipe, ...] = (
     *(_pruned(name, sparsity) for name, sparsity in (("pruned-int8", 0.5), ("pruned80-int8", 0.8))),
 )
 DEFAULT_RECIPES = tuple(r.name for r in RECIPES if r.training is None)
+# the fully integer recipes (int8 in, int8 out): what TFLM-only targets and `compile` take
+INT8_RECIPES = tuple(
+    r.name for r in RECIPES if r.inference_input_type == "int8" and r.inference_output_type == "int8"
+)
 
 
 def get_recipe(name: str) -> Recipe:

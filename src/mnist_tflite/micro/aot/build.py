@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import atomic
-from mnist_tflite.errors import MnistTfliteError, fail
-from mnist_tflite.micro import codegen, firmware
-from mnist_tflite.micro.c_source import identifier_problem
-from mnist_tflite.micro.compiler import Program, compile_model
+from mnist_tflite.core import atomic
+from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.micro.aot import codegen, firmware
+from mnist_tflite.micro.aot.compiler import Program, compile_model
+from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
 TARGETS = ("cortex-m4", "host")
@@ -89,7 +89,7 @@ def check_out(out: Path, force: bool) -> None:
 
 def quantize_images(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """uint8 (N, 28, 28) -> the int8 input tensors, as LiteRT's and the project's runners do."""
-    from mnist_tflite.data import normalize
+    from mnist_tflite.core.data import normalize
 
     x = normalize(images).reshape(len(images), -1)
     q = np.rint(x / np.float32(scale)) + np.float32(zero_point)
@@ -102,7 +102,7 @@ def tflm_rows(data: bytes, inputs: np.ndarray, workers: int | None = None) -> np
         import tflite_micro  # noqa: F401
     except ImportError:
         return "not run: the tflite-micro package is not installed (pip install tflite-micro)"
-    from mnist_tflite.micro.tflm import map_in_children, run_batch
+    from mnist_tflite.micro.tflm.interpreter import map_in_children, run_batch
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(inputs)))
     results = map_in_children(run_batch, [(data, TFLM_ARENA, c) for c in np.array_split(inputs, workers)])
@@ -233,9 +233,9 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     Example:
         >>> compile_to_dir(CompileOptions(Path("runs/demo/int8.tflite"), Path("fw")))["cortex_m4"]
     """
-    from mnist_tflite import data as data_mod
-    from mnist_tflite.metadata import sha256_bytes
-    from mnist_tflite.micro.compiler import load_program
+    from mnist_tflite.core import data as data_mod
+    from mnist_tflite.core.sidecar import sha256_bytes
+    from mnist_tflite.micro.aot.compiler import load_program
 
     check_options(opts)
     raw, program = load_program(opts.model)
@@ -328,7 +328,7 @@ def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str
         ``(program, lib)``: the compiled Program and the ctypes handle of ``lib<name>.so``
         (call it with ``run_library``). Needs gcc.
     """
-    from mnist_tflite.micro.compiler import load_program
+    from mnist_tflite.micro.aot.compiler import load_program
 
     if isinstance(model, bytes):
         raw, label = model, "model"
@@ -435,7 +435,7 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
 
 def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, int]:
     """Compile one model for the Cortex-M4, run it on ``images`` in QEMU, and measure it."""
-    from mnist_tflite.micro.compiler import load_program
+    from mnist_tflite.micro.aot.compiler import load_program
 
     _, program = load_program(path)
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-compile-") as tmp_name:

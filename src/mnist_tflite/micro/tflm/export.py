@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite import atomic, rundir
+from mnist_tflite.core import atomic, rundir
+from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge.flatbuffer import ModelInfo
-from mnist_tflite.errors import MnistTfliteError, fail
-from mnist_tflite.micro import c_source as c_text
-from mnist_tflite.micro.check import (
+from mnist_tflite.micro.tflm import c_source as c_text
+from mnist_tflite.micro.tflm.check import (
     deployer_columns,
     int8_problem,
     load,
@@ -59,7 +59,7 @@ class ExportOptions:
 
 def describe(path: object, data: bytes, info: ModelInfo, name: str, arena: dict[str, Any]) -> dict[str, Any]:
     """The summary of an export (written as micro.json)."""
-    from mnist_tflite.metadata import sha256_bytes
+    from mnist_tflite.core.sidecar import sha256_bytes
 
     return {
         "format": FORMAT,
@@ -132,7 +132,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
     arena = measure_arena(data, info, opts.model)
     summary = describe(opts.model, data, info, opts.name, arena)
     if opts.verify:
-        from mnist_tflite import data as data_mod
+        from mnist_tflite.core import data as data_mod
 
         ds = data_mod.load(opts.data, log=log)
         log(f"verifying in TFLM on {len(ds.x_test):,} test images ({ds.source})")

@@ -12,9 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mnist_tflite import guard
-from mnist_tflite.checks import check_data_spec, check_int_range, check_out_dir, check_out_file, check_seed
-from mnist_tflite.errors import PROG, MnistTfliteError, fail
+from mnist_tflite.cli import ending
+from mnist_tflite.core.errors import PROG, MnistTfliteError, fail
+from mnist_tflite.core.values import (
+    check_data_spec,
+    check_int_range,
+    check_out_dir,
+    check_out_file,
+    check_seed,
+)
 
 MAX_BUFFER = 65_536  # predict --buffer-size: images held in memory at once
 PARETO_BYTES = 256 << 10  # pareto.png (~60 KB), .md and .json, with room to spare
@@ -32,9 +38,9 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    guard.require("tensorflow", "tflite_micro")
-    from mnist_tflite.micro.check import disagreement
-    from mnist_tflite.pipeline import RunConfig, run
+    ending.require("tensorflow", "tflite_micro")
+    from mnist_tflite.micro.tflm.check import disagreement
+    from mnist_tflite.training.pipeline import RunConfig, run
     from mnist_tflite.training.train import keras_file_bytes
 
     config = RunConfig(
@@ -65,8 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    guard.require("tensorflow")
-    from mnist_tflite import data
+    ending.require("tensorflow")
+    from mnist_tflite.core import data
     from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.train import keras_file_bytes, save_model, train
 
@@ -83,8 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    guard.require("tensorflow")
-    from mnist_tflite.recipes import get_recipe
+    ending.require("tensorflow")
+    from mnist_tflite.core.recipes import get_recipe
     from mnist_tflite.training.download import keras_mnist
     from mnist_tflite.training.variants import convert_file
 
@@ -122,7 +128,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from mnist_tflite.recipes import RECIPES
+    from mnist_tflite.core.recipes import RECIPES
 
     if args.json:
         print(json.dumps([asdict(r) for r in RECIPES], indent=2))
@@ -145,7 +151,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mnist_tflite import data
+    from mnist_tflite.core import data
     from mnist_tflite.edge.evaluate import compare_models
     from mnist_tflite.report import tables as report_mod
 
@@ -233,7 +239,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    guard.require("fastapi", "uvicorn", "pydantic")
+    ending.require("fastapi", "uvicorn", "pydantic")
     from mnist_tflite.serve.app import serve
 
     if not 0 <= args.port <= 65535:
@@ -244,9 +250,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
     if args.verify:
-        guard.require("tflite_micro")
-    from mnist_tflite.micro.check import disagreement
-    from mnist_tflite.micro.export import ExportOptions, export, summary_text
+        ending.require("tflite_micro")
+    from mnist_tflite.micro.tflm.check import disagreement
+    from mnist_tflite.micro.tflm.export import ExportOptions, export, summary_text
 
     fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")
     summary = export(ExportOptions(**_pick(args, *fields)), log=_progress(args))
@@ -260,7 +266,7 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from mnist_tflite.micro.aot import CompileOptions, compile_to_dir, differing_rows, summary_text
+    from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir, differing_rows, summary_text
 
     fields = ("model", "out", "target", "images", "name", "verify", "force", "data")
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite import data as data_mod
-from mnist_tflite import rundir
-from mnist_tflite.checks import MAX_IMAGES, check_data_spec, check_int_range
+from mnist_tflite.core import data as data_mod
+from mnist_tflite.core import rundir
+from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
+from mnist_tflite.core.values import MAX_IMAGES, check_data_spec, check_int_range
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES, VariantResult, confusion_matrix, evaluate_model
-from mnist_tflite.errors import MnistTfliteError
-from mnist_tflite.recipes import CALIBRATION_SIZE, Recipe, resolve_recipes
 from mnist_tflite.report import notes as notes_mod
 from mnist_tflite.report import tables as report_mod
 from mnist_tflite.training.convert import load_model_source, versions, write_tflite
@@ -286,8 +286,8 @@ def micro_stage(
     rows: list[VariantResult], ds: data_mod.Dataset, config: RunConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """What a microcontroller needs (flash, TFLM arena, MACs, ops), and the int8 model run in TFLM."""
-    from mnist_tflite.micro.aot import compiled_columns
-    from mnist_tflite.micro.export import deployer_columns
+    from mnist_tflite.micro.aot.build import compiled_columns
+    from mnist_tflite.micro.tflm.export import deployer_columns
 
     total = len(ds.x_test)
     n = total if config.micro_images is None else min(config.micro_images, total)
