@@ -14,6 +14,8 @@ each inference is counted to within 40 instructions.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import shlex
 import shutil
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core import procs
 from mnist_tflite.core.errors import MnistTfliteError
 
 BOARD = "mps2-an386"
@@ -50,14 +53,16 @@ ARM_LDFLAGS = (
     "-Wl,-Map=firmware.map",
 )
 HOST_CFLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra")
-BOARD_FILES = {"cortex-m4": ("board.h", "startup_m4.c", "mps2_an386.ld"), "host": ("board.h", "board_host.c")}
+BOARD_FILES = ("board.h", "startup_m4.c", "mps2_an386.ld", "board_host.c")  # both targets: `make host` works
 IMAGES_BIN = "test_images.bin"
 RUN_OUTPUT = "run.txt"  # what the test program printed, kept beside it
+# file names (without suffix) compile writes besides <name>.c/.h: --name may not be one of them
+SUPPORT_STEMS = frozenset(Path(f).stem for f in (*BOARD_FILES, "int8_kernels.c", "main.c", "test_images.S"))
 
 
-def board_sources(target: str) -> dict[str, str]:
+def board_sources() -> dict[str, str]:
     root = resources.files("mnist_tflite.micro.aot") / "board"
-    return {name: (root / name).read_text(encoding="utf-8") for name in BOARD_FILES[target]}
+    return {name: (root / name).read_text(encoding="utf-8") for name in BOARD_FILES}
 
 
 def toolchain_problem(target: str) -> str | None:
@@ -223,7 +228,7 @@ def makefile(name: str, target: str) -> str:
             arm,
             "",
             "run: firmware.elf",
-            f"\t{qemu}",
+            f"\t{qemu} 2>&1",  # the semihosting console is QEMU's stderr
             "",
         ]
     else:
@@ -264,6 +269,7 @@ def _run(
             stderr=subprocess.STDOUT if merge else subprocess.PIPE,
             text=True,
             timeout=timeout,
+            preexec_fn=functools.partial(procs.die_with_parent, os.getpid()),  # even if we are SIGKILLed
         )
     except subprocess.TimeoutExpired:
         raise MnistTfliteError(f"{what} did not finish within {timeout:.0f} s") from None
@@ -362,7 +368,7 @@ def run_host(directory: Path, count: int, outputs: int) -> RunResult:
     import time
 
     t = time.perf_counter()
-    text = _run([str(directory / "firmware_host")], directory, "running the host test program")
+    text = _run(["./firmware_host"], directory, "running the host test program")  # cwd: a relative --out too
     result = parse_output(text, count, outputs, "host test program")
     result.text = text
     result.seconds = time.perf_counter() - t
@@ -423,10 +429,6 @@ def host_code_bytes(directory: Path, name: str) -> int | None:
         return total
     except (MnistTfliteError, OSError):
         return None
-
-
-def write_images(directory: Path, inputs: np.ndarray) -> None:
-    (directory / IMAGES_BIN).write_bytes(np.ascontiguousarray(inputs, dtype=np.int8).tobytes())
 
 
 def which_versions() -> dict[str, str | None]:
