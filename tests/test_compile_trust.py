@@ -263,16 +263,20 @@ def test_sigkill_of_compile_force_at_20_random_moments(models_dir, tmp_path):
 
 
 @needs_m4
-def test_qemu_dies_with_a_killed_compile(models_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_qemu_dies_with_a_killed_compile(sig, models_dir, tmp_path):
     p = _start(str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"), "--images", "3000")
     try:
         qemu = wait_until(lambda: "qemu-system-arm" in map(_comm, live_group(p.pid)), 300)
     finally:
-        p.kill()
-        p.wait()
+        p.send_signal(sig)
+        code = p.wait(timeout=30)
     assert qemu, "QEMU was not started"
     assert_group_dies(p.pid, within=5.0)
-    assert not (tmp_path / "fw").exists()
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    left = [f.name for f in tmp_path.iterdir()]
+    # SIGTERM cleans up; after SIGKILL the next run sweeps (test_sigkill_of_compile_force_...)
+    assert "fw" not in left and (sig == signal.SIGKILL or not left), left
 
 
 @needs_m4
