@@ -9,14 +9,17 @@ require("tflite_micro")  # before the imports that need them
 
 import json
 import random
+import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import pytest
 
 from mnist_tflite import cli
-from mnist_tflite.micro.aot import build, firmware, verify
+from mnist_tflite.micro.aot import build, codegen, firmware, params, verify
 from mnist_tflite.micro.aot.compiler import compile_model, quantize_multiplier, softmax_params
 
 HAVE_M4 = firmware.toolchain_problem("cortex-m4") is None
@@ -174,6 +177,39 @@ def test_quantize_multiplier_and_softmax_parameters():
     assert quantize_multiplier(0.0) == (0, 0)
     mult, shift, diff_min = softmax_params(1.0, 0.2563990354537964)
     assert (1 << 30) <= mult < (1 << 31) and shift >= 0 and diff_min < 0
+
+
+def _c_members(header: str) -> dict[str, list[tuple[str, str]]]:
+    """Each ``typedef struct {...} name;`` of the header: its (type, member) pairs, in order."""
+    structs = {}
+    for body, name in re.findall(r"typedef struct \{(.*?)\} (\w+);", header, flags=re.DOTALL):
+        body = re.sub(r"/\*.*?\*/", "", body, flags=re.DOTALL)
+        members = []
+        for decl in filter(None, (d.strip() for d in body.split(";"))):
+            ctype, names = re.match(r"((?:const )?\w+ \*?)(.*)", decl).groups()
+            members += [(ctype.strip(" *"), n.strip()) for n in names.split(",")]
+        structs[name] = members
+    return structs
+
+
+def test_the_generator_names_every_member_of_every_kernel_struct():
+    """Designated initializers leave a member the generator forgets at 0, silently: the Python
+    dataclasses must name exactly the members int8_kernels.h declares, nested ones too."""
+    header = codegen.kernel_sources()["int8_kernels.h"]
+    structs = _c_members(header)
+
+    def check(cls, c_type: str) -> None:
+        members = structs[c_type]
+        assert [f.name for f in fields(cls)] == [m for _, m in members], c_type
+        hints = get_type_hints(cls)
+        for ctype, member in members:
+            if ctype in structs:  # a nested struct: its dataclass must match it too
+                check(hints[member], ctype)
+
+    for cls in (params.ConvParams, params.FcParams, params.PoolParams, params.SoftmaxParams):
+        check(cls, cls.C_TYPE)
+    # (the scratch each i8k_conv call gets is checked against I8K_CONV_SCRATCH_BYTES by the
+    # _Static_assert the generator writes beside it, on every build)
 
 
 # ---- what the compiler plans --------------------------------------------------------------

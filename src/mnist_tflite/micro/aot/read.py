@@ -88,7 +88,8 @@ def read_graph(data: bytes, path: object) -> Graph:
         if len(model.subgraphs or []) != 1:
             raise fail(path, f"expected one subgraph, found {len(model.subgraphs or [])}")
         g = model.subgraphs[0]
-        tensors = [_tensor(i, t, model.buffers or [], data) for i, t in enumerate(g.tensors or [])]
+        types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+        tensors = [_tensor(i, t, types, model.buffers or [], data) for i, t in enumerate(g.tensors or [])]
         ops = [
             Op(i, node.op, node.inputs, node.outputs, op.builtinOptions)
             for i, (node, op) in enumerate(zip(info.nodes, g.operators or [], strict=True))
@@ -109,10 +110,8 @@ def read_graph(data: bytes, path: object) -> Graph:
     return graph
 
 
-def _tensor(index: int, t: Any, buffers: list[Any], data: bytes) -> Tensor:
-    from ai_edge_litert import schema_py_generated as schema
-
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+def _tensor(index: int, t: Any, types: dict[int, str], buffers: list[Any], data: bytes) -> Tensor:
+    """One tensor of the flatbuffer, its constant contents read from its buffer."""
     dtype = types.get(t.type, str(t.type))
     shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
     buf = buffers[t.buffer] if 0 < t.buffer < len(buffers) else None
