@@ -6,8 +6,8 @@ The passes, one module each:
    an op it has no kernel for, a corrupt file;
 2. ``quantization.py``: scales into fixed-point multipliers and shifts, fused activations
    into clamps, biases with the input zero point folded in;
-3. ``lower.py``: shape-only ops folded away, the rest lowered into kernel calls with typed
-   parameter structs (``params.py``), each CONV_2D fused with the MAX_POOL_2D after it;
+3. ``lower.py``: shape-only ops folded away (``fold.py``), the rest lowered into kernel calls
+   with typed parameter structs (``params.py``), each CONV_2D fused with the MAX_POOL_2D after it;
 4. ``plan.py``: one static activation buffer, tensors placed so that the live ones never
    overlap (a row-by-row layer may write over input rows it has finished with).
 

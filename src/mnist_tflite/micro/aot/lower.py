@@ -1,7 +1,7 @@
 """Pass 3 of the compiler: fold what depends only on shapes, lower the rest into kernel calls.
 
-- folds the SHAPE -> STRIDED_SLICE -> PACK chain a dynamic batch puts in front of Flatten's
-  RESHAPE (the batch is 1), and RESHAPE itself, which moves no byte in NHWC order;
+- folds (fold.py) the SHAPE -> STRIDED_SLICE -> PACK chain a dynamic batch puts in front of
+  Flatten's RESHAPE (the batch is 1), and RESHAPE itself, which moves no byte in NHWC order;
 - lowers each CONV_2D, MAX_POOL_2D, FULLY_CONNECTED and SOFTMAX into a ``Layer`` holding
   its kernel's parameter struct (params.py), with the weights reordered for the kernels'
   dot products;
@@ -21,6 +21,7 @@ import numpy as np
 
 from mnist_tflite.core.errors import fail
 from mnist_tflite.micro.aot import quantization as quant
+from mnist_tflite.micro.aot.fold import fold_shape_ops
 from mnist_tflite.micro.aot.params import (
     ConvParams,
     CopyParams,
@@ -32,7 +33,7 @@ from mnist_tflite.micro.aot.params import (
     SoftmaxParams,
     Window,
 )
-from mnist_tflite.micro.aot.read import FOLDED_OPS, Graph, Op, Tensor
+from mnist_tflite.micro.aot.read import Graph, Op, Tensor
 
 _U8, _U16 = 255, 65_535  # the widths of the C struct members (int8_kernels.h)
 
@@ -49,68 +50,9 @@ class Lowered:
 
 def lower(graph: Graph, path: object) -> Lowered:
     """Fold, lower and fuse ``graph``'s ops into one chain from its input to its output."""
-    folded, kept = _fold_shape_ops(graph, path)
+    folded, kept = fold_shape_ops(graph, path)
     layers, storage = _chain(graph, kept, folded, path)
     return Lowered(layers, storage, sorted(folded), kept)
-
-
-# ---- folding ---------------------------------------------------------------------------------
-
-
-def _strided_slice(
-    x: np.ndarray, begin: np.ndarray, end: np.ndarray, strides: np.ndarray, opts: Any
-) -> np.ndarray:
-    if opts is not None and (opts.ellipsisMask or opts.newAxisMask):
-        raise ValueError("ellipsis/new-axis masks")
-    index: list[Any] = []
-    for d in range(len(begin)):
-        b, e, s = int(begin[d]), int(end[d]), int(strides[d])
-        if s == 0:
-            raise ValueError("stride 0")
-        if opts is not None and opts.beginMask >> d & 1:
-            b = None
-        if opts is not None and opts.endMask >> d & 1:
-            e = None
-        if opts is not None and opts.shrinkAxisMask >> d & 1:
-            index.append(b if b is not None else 0)
-        else:
-            index.append(slice(b, e, s))
-    return np.asarray(x[tuple(index)])
-
-
-def _fold(op: Op, tensors: list[Tensor], values: dict[int, np.ndarray]) -> np.ndarray | None:
-    """The constant output of a shape-only op, or None if it is not one."""
-    if op.name == "SHAPE":
-        return np.asarray(tensors[op.inputs[0]].shape, dtype=np.int32)
-    if not all(i >= 0 and i in values for i in op.inputs):
-        return None
-    args = [values[i] for i in op.inputs]
-    if op.name == "STRIDED_SLICE":
-        return _strided_slice(args[0], args[1], args[2], args[3], op.options)
-    if op.name == "PACK":
-        axis = op.options.axis if op.options is not None else 0
-        return np.stack([np.asarray(a) for a in args], axis=axis)
-    return None
-
-
-def _fold_shape_ops(graph: Graph, path: object) -> tuple[list[tuple[int, str]], list[int]]:
-    """Fold what depends only on shapes (batch 1): (folded nodes, the nodes left to run)."""
-    values = {t.index: t.data for t in graph.tensors if t.data is not None}
-    folded: list[tuple[int, str]] = []
-    kept: list[int] = []
-    for op in graph.ops:
-        if op.name not in FOLDED_OPS:
-            kept.append(op.index)
-            continue
-        try:
-            result = _fold(op, graph.tensors, values)
-        except (ValueError, IndexError, TypeError) as exc:
-            raise fail(path, f"{op.where} cannot be folded at compile time: {exc}") from None
-        if result is None:
-            raise fail(path, f"{op.where} depends on runtime values; only shape chains are folded")
-        values[op.outputs[0]] = np.asarray(result)
-        folded.append((op.index, op.name))
-    return folded, kept
 
 
 # ---- shared checks ---------------------------------------------------------------------------
@@ -387,7 +329,9 @@ def _fusable(prev: Layer | None, op: Op, consumers: dict[int, int], output_tenso
     return quant.pool_on_sums_is_exact(p.filter.bias, k, p.quant.shift)
 
 
-def _chain(graph: Graph, kept: list[int], folded: list[tuple[int, str]], path: object):
+def _chain(
+    graph: Graph, kept: list[int], folded: list[tuple[int, str]], path: object
+) -> tuple[list[Layer], dict[int, int]]:
     """The kept nodes as one chain of layers (conv + max-pool fused), and where each tensor lives."""
     layers: list[Layer] = []
     storage: dict[int, int] = {graph.input_tensor: graph.input_tensor}
