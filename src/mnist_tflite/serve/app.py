@@ -39,6 +39,7 @@ import numpy as np
 
 from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge import preprocess
+from mnist_tflite.serve import middleware
 from mnist_tflite.serve.admission import BODY_TIMEOUT, MAX_WAITING, Admission
 from mnist_tflite.serve.parsing import ApiError, image_to_mnist, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
@@ -105,6 +106,7 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     workers: int | None = None,
     max_waiting: int = MAX_WAITING,
+    allowed_hosts: frozenset[str] | None = None,
 ):
     """Build the FastAPI app serving one ``.tflite`` or every variant of a run folder.
 
@@ -117,6 +119,8 @@ def create_app(
         body_timeout: a body still arriving after this many seconds is refused with 408.
         workers: threads doing CPU work (default: one per core).
         max_waiting: requests waiting for a worker beyond this are refused with 503.
+        allowed_hosts: ``Host`` names answered (``middleware.allowed_hosts``); others get
+            400 ``bad_host``. None: any (``serve`` derives them from ``--host``).
 
     Returns:
         A ``fastapi.FastAPI`` application.
@@ -144,6 +148,7 @@ def create_app(
     app.state.served, app.state.admission = served, admission
     _add_error_handlers(app)
     _add_routes(app, served, admission)
+    app.add_middleware(middleware.Guard, hosts=allowed_hosts)  # Host allow-list; HEAD answered like GET
     return app
 
 
@@ -249,7 +254,7 @@ def _listen(host: str, port: int):
     except OSError as exc:
         sock.close()
         raise MnistTfliteError(f"{host}:{port}: cannot listen ({exc.strerror}); try another --port") from None
-    sock.listen(128)
+    sock.listen(2048)  # a burst of connections waits in the kernel, not in SYN retries
     return sock
 
 
@@ -280,6 +285,7 @@ def serve(
 
     from mnist_tflite.serve.protocol import guarded_protocol
 
+    app_options.setdefault("allowed_hosts", middleware.allowed_hosts(host))
     app = create_app(model_or_run_dir, allow_modified=allow_modified, **app_options)
     sock = _listen(host, port)
     served = app.state.served

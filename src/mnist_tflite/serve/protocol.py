@@ -1,21 +1,30 @@
-"""Connection-level guards for ``serve``: header size and time limits, a connection cap.
+"""Connection-level guards for ``serve``: every byte a connection makes us hold is bounded.
 
 uvicorn's httptools protocol has neither a limit on the size of a request's headers (50 MB
 of headers were parsed and answered 200) nor a timeout for receiving them: its keep-alive
 timer is cancelled by every byte that arrives, so a client trickling a header line every
 few seconds holds its connection for ever, and its ``limit_concurrency`` counts those
-connections, turning the requests of everyone else into 503s. ASGI middleware cannot help:
-it runs only once the headers are complete. So this subclass of uvicorn's protocol:
+connections, turning the requests of everyone else into 503s. It also keeps a chunked
+body's trailers (150 MB of ``a:b`` lines grew the server by 3.3 GB) and parses every
+pipelined request of a read at once. ASGI middleware cannot help: it runs only once the
+headers are complete. So this subclass of uvicorn's protocol feeds the parser in slices
+of ``SLICE`` bytes and:
 
-- counts the bytes of each request's head (request line and headers) as they arrive and
-  answers 431 and closes the connection past ``max_header_bytes``;
+- counts the bytes of each request's head (request line and headers) and answers 431 and
+  closes the connection past ``max_header_bytes``; a chunked body's trailers get the same
+  limit (and are dropped: no ASGI application sees request trailers);
 - gives each request ``header_timeout`` seconds, from the moment the connection (or the
   previous request) was ready for it, to complete its head, then answers 408 and closes;
+- stops parsing a read's pipelined requests once ``MAX_PIPELINED`` wait for an answer, and
+  goes on as they are answered (the rest of the read waits, unparsed);
 - caps open connections at ``max_connections``: a new one past the cap closes the
-  connection that has waited longest for its request head (a slow client, or an idle
-  keep-alive), so clients that send whole requests always get in.
+  connection that has waited longest for bytes it is owed (a request head, or the rest
+  of a body: a slow client, or an idle keep-alive), so a request that arrives whole is
+  admitted ahead of those still trickling; a connection whose request is complete and
+  being answered is never the one closed.
 
-The body has its own deadline in the app (``read_body``). Errors are JSON like the API's.
+The body has its own size cap and deadline in the app (``read_body``). Errors are JSON like
+the API's.
 """
 
 from __future__ import annotations
@@ -26,7 +35,12 @@ from typing import Any
 
 HEADER_TIMEOUT = 10.0  # seconds to send a request line and headers
 MAX_HEADER_BYTES = 32 * 1024  # request line + headers (nginx's default buffers hold 32 KB)
-MAX_CONNECTIONS = 1000
+# open connections: at ~20 KB each (a parked request, its task and buffers) 4,096 idle ones
+# hold ~80 MB; a slow-loris crowd of 2,000 fits without anyone being shed
+MAX_CONNECTIONS = 4096
+SLICE = 4096  # bytes fed to the parser at a time: heads and trailers are counted to this
+MAX_PIPELINED = 64  # requests parsed ahead of their answer on one connection
+MAX_UNPARSED = 1024 * 1024  # bytes of a connection's reads waiting to be parsed
 
 
 def _max_connections_for_fd_limit(wanted: int) -> int:
@@ -59,26 +73,31 @@ def guarded_protocol(
     """A uvicorn ``http`` protocol class (httptools) with the guards above."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    # connections waiting for a request head, oldest first: the ones to shed at the cap
-    waiting: OrderedDict[Any, None] = OrderedDict()
+    # connections owed bytes (a request head, or the rest of a body), the longest-waiting
+    # first: the ones to shed at the cap
+    owing: OrderedDict[Any, None] = OrderedDict()
     cap = _max_connections_for_fd_limit(max_connections)
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_timer: Any = None
         _head_bytes = 0
         _reading_head = False
+        _in_body = False  # headers complete, message not yet
+        _after_chunk_header = False  # a chunk's size line was read, none of its data yet
+        _trailer_bytes = 0
+        _unparsed = b""  # the part of a read not yet fed (pipelined requests over the limit)
 
         # -- the head phase: from ready-for-a-request to headers complete ----------------
 
         def _start_head(self) -> None:
             self._stop_head()
             self._reading_head, self._head_bytes = True, 0
-            waiting[self] = None
+            if self.cycle is None or self.cycle.response_complete:
+                owing[self] = None
             self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
 
         def _stop_head(self) -> None:
             self._reading_head = False
-            waiting.pop(self, None)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
@@ -101,26 +120,86 @@ def guarded_protocol(
 
         def _refuse(self, status: int, reason: str, code: str, detail: str, log: bool = True) -> None:
             self._stop_head()
+            owing.pop(self, None)
+            self._unparsed = b""
             if log:
                 self.logger.warning("%s %s", status, detail)
-            if not self.transport.is_closing():
-                # a response in progress on this connection cannot be followed by another
-                if self.cycle is None or self.cycle.response_complete:
-                    self.transport.write(json_error(status, reason, code, detail))
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                self.transport.write(json_error(status, reason, code, detail))
+            elif self._in_body and not cycle.response_started and not self.pipeline:
+                # the app is still reading this request's body: we answer, it is told the
+                # client went away (its own answer is dropped)
+                cycle.disconnected = True
+                cycle.message_event.set()
+                self.transport.write(json_error(status, reason, code, detail))
+            # else: an answer in progress cannot be followed by another
+            self.transport.close()
+
+        # -- feeding the parser ------------------------------------------------------------
+
+        def data_received(self, data: bytes) -> None:
+            if self._unparsed:
+                if len(self._unparsed) > MAX_UNPARSED:  # a client that ignores our pace
+                    self._refuse(503, "Service Unavailable", "busy", "too many pipelined requests", log=False)
+                    return
+                data, self._unparsed = self._unparsed + data, b""
+            view = memoryview(data)
+            while view:
+                if len(self.pipeline) >= MAX_PIPELINED:
+                    # enough parsed ahead: the rest waits until answers go out
+                    self._unparsed = bytes(view)
+                    self.flow.pause_reading()
+                    return
+                if self._reading_head:
+                    room = max_header_bytes - self._head_bytes
+                    if room <= 0:
+                        self._refuse(
+                            431,
+                            "Request Header Fields Too Large",
+                            "headers_too_large",
+                            f"request line and headers over {max_header_bytes:,} bytes",
+                        )
+                        return
+                    piece = view[: min(room, SLICE)]
+                    self._head_bytes += len(piece)
+                else:
+                    piece = view[:SLICE]
+                view = view[len(piece) :]
+                super().data_received(bytes(piece))
+                if self.transport is None or self.transport.is_closing():
+                    return
+                if self._after_chunk_header:  # bytes after a size line and no data: trailers
+                    self._trailer_bytes += len(piece)
+                    if self._trailer_bytes > max_header_bytes:
+                        self._refuse(
+                            431,
+                            "Request Header Fields Too Large",
+                            "trailers_too_large",
+                            f"chunked body trailers over {max_header_bytes:,} bytes",
+                        )
+                        return
+
+        def _feed_unparsed(self) -> None:
+            if self._unparsed and self.transport is not None and not self.transport.is_closing():
+                self.data_received(b"")
+                if not self._unparsed and not self.pipeline:
+                    self.flow.resume_reading()
 
         # -- uvicorn hooks -----------------------------------------------------------------
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > cap:
-                victim = next(iter(waiting), None)
+                victim = next(iter(owing), None)
                 if victim is not None:
                     victim._refuse(
                         503,
                         "Service Unavailable",
                         "busy",
-                        "too many connections: the oldest idle one is closed",
+                        "too many connections: the one waiting longest for bytes is closed",
                         log=False,  # a flood of connections must not become a flood of log lines
                     )
                 else:
@@ -130,44 +209,50 @@ def guarded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head()
+            owing.pop(self, None)
+            self._unparsed = b""
             super().connection_lost(exc)
 
-        def data_received(self, data: bytes) -> None:
-            if self._reading_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > max_header_bytes:
-                    # feed what fits: the head may end inside this chunk, its body after it
-                    fits = len(data) - (self._head_bytes - max_header_bytes)
-                    if fits > 0:
-                        super().data_received(data[:fits])
-                    if self._reading_head:
-                        self._refuse(
-                            431,
-                            "Request Header Fields Too Large",
-                            "headers_too_large",
-                            f"request line and headers over {max_header_bytes:,} bytes",
-                        )
-                        return
-                    data = data[max(fits, 0) :]
-                    if not data or self.transport.is_closing():
-                        return
-            super().data_received(data)
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if not self._in_body:  # trailers are counted in data_received and dropped
+                super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._stop_head()
+            self._in_body, self._trailer_bytes = True, 0
             super().on_headers_complete()
 
+        def on_chunk_header(self) -> None:
+            self._after_chunk_header = True
+
+        def on_body(self, body: bytes) -> None:
+            self._after_chunk_header, self._trailer_bytes = False, 0
+            super().on_body(body)
+
+        def on_chunk_complete(self) -> None:
+            self._after_chunk_header, self._trailer_bytes = False, 0
+
         def on_message_complete(self) -> None:
+            self._in_body = self._after_chunk_header = False
+            owing.pop(self, None)  # owed nothing until its answer is out
             super().on_message_complete()
             if not self.transport.is_closing():
                 self._start_head()  # the next request on this connection
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self._reading_head and self._head_timer is not None and not self.transport.is_closing():
-                # the next request's clock starts when this answer is out, not before
-                self._head_timer.cancel()
-                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+            if self.transport.is_closing():
+                return
+            if self._reading_head and self.cycle.response_complete:
+                owing[self] = None  # waiting for the next request head, from now
+                owing.move_to_end(self)
+                if self._head_timer is not None:
+                    # the next request's clock starts when this answer is out, not before
+                    self._head_timer.cancel()
+                    self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+            if self._unparsed:  # parse the waiting requests before reading more
+                self.flow.pause_reading()
+                self.loop.call_soon(self._feed_unparsed)
 
         def _unsupported_upgrade_warning(self) -> None:
             # no WebSocket here: the request is answered as plain HTTP; uvicorn's advice to
@@ -176,6 +261,8 @@ def guarded_protocol(
 
         def send_400_response(self, msg: str) -> None:
             self._stop_head()
+            owing.pop(self, None)
+            self._unparsed = b""
             if not self.transport.is_closing():
                 self.transport.write(json_error(400, "Bad Request", "bad_http", msg))
                 self.transport.close()

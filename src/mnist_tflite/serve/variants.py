@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge.infer import TfliteModel
 
@@ -69,9 +71,30 @@ def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, An
     return {}, None
 
 
+def _try_once(model: TfliteModel, path: Path) -> None:
+    """One inference at start: a model that fails on every request is refused here, not per request.
+
+    A model can pass every static check and still not run: an output ``shape_signature``
+    that disagrees with its shape, say, or a normalization that makes every output NaN.
+    """
+    stroke = np.zeros((1, 28, 28), np.float32)
+    stroke[0, 4:24, 13:16] = 1.0  # a "1"
+    try:
+        probs = model.predict_proba(stroke)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise fail(path, f"a test inference fails ({type(exc).__name__}: {str(exc)[:160]})") from None
+    expected = (1, len(model.class_names))
+    if probs.shape != expected or not np.all(np.isfinite(probs)):
+        got = f"shape {list(probs.shape)}" if probs.shape != expected else "values that are not finite"
+        raise fail(
+            path, f"a test inference gives {got}; expected {len(model.class_names)} finite probabilities"
+        )
+
+
 def _load_variant(path: Path, row: dict[str, Any], allow_modified: bool) -> Variant:
     # a pool of one single-threaded interpreter per core: concurrent requests run side by side
     model = TfliteModel(path, num_threads=os.cpu_count(), allow_modified=allow_modified)
+    _try_once(model, path)
     desc = model.describe()
     info = {
         "name": path.stem,
