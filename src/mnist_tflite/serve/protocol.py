@@ -13,8 +13,10 @@ of ``SLICE`` bytes and:
 - counts the bytes of each request's head (request line and headers) and answers 431 and
   closes the connection past ``max_header_bytes``; a chunked body's trailers get the same
   limit (and are dropped: no ASGI application sees request trailers);
-- gives each request ``header_timeout`` seconds, from the moment the connection (or the
-  previous request) was ready for it, to complete its head, then answers 408 and closes;
+- gives each request ``header_timeout`` seconds (less a random share of up to a quarter, so
+  that a crowd of slow clients cut off together does not come back as one wave), from the
+  moment the connection (or the previous request) was ready for it, to complete its head,
+  then answers 408 and closes;
 - stops parsing a read's pipelined requests once ``MAX_PIPELINED`` wait for an answer, and
   goes on as they are answered (the rest of the read waits, unparsed);
 - caps open connections at ``max_connections``: a new one past the cap closes the
@@ -30,6 +32,7 @@ the API's.
 from __future__ import annotations
 
 import json
+import random
 from collections import OrderedDict
 from typing import Any
 
@@ -77,6 +80,7 @@ def guarded_protocol(
     # first: the ones to shed at the cap
     owing: OrderedDict[Any, None] = OrderedDict()
     cap = _max_connections_for_fd_limit(max_connections)
+    jitter = random.Random()  # deadlines only: nothing computed depends on it
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_timer: Any = None
@@ -94,7 +98,8 @@ def guarded_protocol(
             self._reading_head, self._head_bytes = True, 0
             if self.cycle is None or self.cycle.response_complete:
                 owing[self] = None
-            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+            deadline = header_timeout * (1 - jitter.random() / 4)
+            self._head_timer = self.loop.call_later(deadline, self._head_timed_out)
 
         def _stop_head(self) -> None:
             self._reading_head = False
