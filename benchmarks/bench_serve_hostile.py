@@ -14,7 +14,8 @@ subprocess bound to 127.0.0.1, the only address this script talks to:
    connect to the last byte of the answer; every answer is checked against the same model
    run directly with LiteRT. Target: all answered, p99 <= 200 ms.
 
-Every loop is bounded by ``--duration`` and stops by itself. The machine may be shared:
+The slow clients keep at it until the legitimate requests are done (at most ``--duration``
+seconds); every loop is bounded and stops by itself. The machine may be shared:
 the JSON records the load average and the CPU other processes used during the run.
 
 Usage:
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -131,19 +133,24 @@ async def _attacker(port: int, raw: bytes, stop: float, counts: Counter) -> None
             writer.close()
 
 
-async def _attack(port: int, slow_body: int, slow_header: int, duration: float) -> dict:
+async def _attack(port: int, slow_body: int, slow_header: int, duration: float, done) -> dict:
     counts: Counter = Counter()
     stop = time.monotonic() + duration
-    await asyncio.gather(
-        *(_attacker(port, SLOW_BODY if i < slow_body else SLOW_HEADER, stop, counts)
-          for i in range(slow_body + slow_header))
-    )  # fmt: skip
+    tasks = [
+        asyncio.create_task(_attacker(port, SLOW_BODY if i < slow_body else SLOW_HEADER, stop, counts))
+        for i in range(slow_body + slow_header)
+    ]
+    while time.monotonic() < stop and not done.is_set():  # until the measurement is over
+        await asyncio.sleep(0.2)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return dict(counts)
 
 
-def _attack_process(port: int, slow_body: int, slow_header: int, duration: float, out) -> None:
+def _attack_process(port: int, slow_body: int, slow_header: int, duration: float, done, out) -> None:
     """The attackers, in a process of their own: their event loop must not delay the timing."""
-    out.put(asyncio.run(_attack(port, slow_body, slow_header, duration)))
+    out.put(asyncio.run(_attack(port, slow_body, slow_header, duration, done)))
 
 
 def _legit(port: int, body: bytes) -> tuple[float, int, bytes, tuple[float, float]]:
@@ -196,16 +203,18 @@ def _starve(port: int, pid: int, args: argparse.Namespace, payloads, expected) -
 
     for i in range(5):  # a server in service has answered before: warm its interpreters
         _legit(port, payloads[i][1])
-    out = multiprocessing.get_context("fork").Queue()
-    attack = multiprocessing.get_context("fork").Process(
-        target=_attack_process, args=(port, args.slow_body, args.slow_header, args.duration, out)
+    # spawn, not fork: this process holds LiteRT's threads, and a fork can inherit a held lock
+    spawn = multiprocessing.get_context("spawn")
+    out, done = spawn.Queue(), spawn.Event()
+    attack = spawn.Process(
+        target=_attack_process, args=(port, args.slow_body, args.slow_header, args.duration, done, out)
     )
     t_attack = time.monotonic()
     attack.start()
     # the flood of first connections is over once the server has accepted them all and has
     # read what they sent (its CPU below 20 % over half a second): from then on, the
     # legitimate requests meet the attack's steady state and its waves of reconnects
-    want, deadline = args.slow_body + args.slow_header, time.monotonic() + 30
+    want, deadline = args.slow_body + args.slow_header, time.monotonic() + 15
     held, queued = _server_sockets(port)
     while held >= 0 and (held < want or queued) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -224,8 +233,15 @@ def _starve(port: int, pid: int, args: argparse.Namespace, payloads, expected) -
         starts.append(time.monotonic() - t_attack)
         results.append(_legit(port, payloads[i % len(payloads)][1]))
         time.sleep(args.pace)
-    attack.join(args.duration + 30)
-    counts = out.get(timeout=10) if attack.exitcode == 0 else {"attacker_process_exit": attack.exitcode}
+    done.set()
+    try:
+        counts = out.get(timeout=60)
+    except queue.Empty:
+        counts = {"attacker process did not report": 1}
+    attack.join(10)
+    if attack.exitcode is None:
+        attack.kill()
+        attack.join(10)
     seconds = np.array([r[0] for r in results])
     statuses = Counter(r[1] for r in results)
     wrong = sum(
@@ -272,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-body", type=int, default=1000)
     ap.add_argument("--slow-header", type=int, default=1000)
     ap.add_argument("--legit", type=int, default=200)
-    ap.add_argument("--pace", type=float, default=0.1, help="seconds between legitimate requests")
-    ap.add_argument("--duration", type=float, default=35.0, help="seconds the slow clients keep at it")
+    ap.add_argument("--pace", type=float, default=0.15, help="seconds between legitimate requests")
+    ap.add_argument("--duration", type=float, default=120.0, help="most seconds the slow clients keep at it")
     ap.add_argument("--skip-bomb", action="store_true", help="only the starved-clients measurement")
     ap.add_argument("--label", default="after", help="what this run measures, e.g. before / after")
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/serve_hostile[_LABEL].json")

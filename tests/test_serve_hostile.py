@@ -1260,6 +1260,36 @@ def test_head_is_answered_like_get(server):
         assert rest.startswith(b"HTTP/1.1 200"), (path, rest[:80])
 
 
+def test_bodies_are_held_until_complete_and_still_bounded(server):
+    """A body is read before the request reaches the app: split, chunked, with Expect, over the cap."""
+    head = _post("/api/predict", "image/png", GOOD_PNG)
+    with server.connect() as s:  # the body in three pieces, 0.2 s apart
+        for piece in (head[:-300], head[-300:-100], head[-100:]):
+            s.sendall(piece)
+            time.sleep(0.2)
+        status, body = _read_response(s)
+    assert status == 200 and json.loads(body)["label"] == 1
+    with server.connect() as s:  # Expect: 100-continue is answered before the body is sent
+        s.sendall(
+            f"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(GOOD_PNG)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert s.recv(100).startswith(b"HTTP/1.1 100")
+        s.sendall(GOOD_PNG)
+        status, body = _read_response(s)
+    assert status == 200 and json.loads(body)["label"] == 1
+    with server.connect() as s:  # chunked, past the 5 MiB cap: refused while it streams in
+        s.sendall(_chunked_head())
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 12 * MAX_UPLOAD_BYTES:
+                s.sendall(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                sent += 0x10000
+        status, body = _read_response(s)
+    assert status in (0, 413) and sent < 4 * MAX_UPLOAD_BYTES, (status, sent)
+    assert server.request(HEALTHZ)[0] == 200
+
+
 def test_the_servers_logged_no_traceback(servers):
     """Last of the socket tests: nothing above made any server print a traceback."""
     for name, srv in servers.items():

@@ -10,9 +10,10 @@ A request to ``/api/predict`` goes through three gates, cheapest first:
    where all CPU work (parsing, decoding, preprocessing, inference) runs, never on the
    event loop; the queue is checked again, since other bodies may have arrived meanwhile.
 
-Requests still trickling their body hold no place in the queue: a request whose body has
-arrived is queued ahead of them. Connections that trickle are shed at the connection level
-(:mod:`mnist_tflite.serve.protocol`).
+Requests still trickling their body hold no place in the queue: the connection layer
+(:mod:`mnist_tflite.serve.protocol`) parks a request until its body has arrived, so a
+request that arrives whole is admitted ahead of those still trickling, and at the
+connection cap the trickling ones are shed.
 """
 
 from __future__ import annotations

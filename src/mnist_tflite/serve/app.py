@@ -303,7 +303,11 @@ def serve(
         # turned everyone else's requests into 503s; the guards below bound connections,
         # request heads and waiting work instead
         http=guarded_protocol(
-            header_timeout=header_timeout, max_header_bytes=max_header_bytes, max_connections=max_connections
+            header_timeout=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_connections=max_connections,
+            max_body_bytes=served.max_upload_bytes,
+            body_timeout=app.state.admission.body_timeout,
         ),
         ws="none",
         lifespan="off",

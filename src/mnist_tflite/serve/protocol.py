@@ -19,14 +19,18 @@ of ``SLICE`` bytes and:
   then answers 408 and closes;
 - stops parsing a read's pipelined requests once ``MAX_PIPELINED`` wait for an answer, and
   goes on as they are answered (the rest of the read waits, unparsed);
+- parks a request with a body until the body has arrived (up to ``max_body_bytes``, 413
+  past it; ``body_timeout``, 408 after; ``PARKED_BUDGET`` for all parked bodies together,
+  past which the app reads them as they come): a client trickling its body costs a few
+  objects and a timer, not a running request, and whole requests reach the app first;
 - caps open connections at ``max_connections``: a new one past the cap closes the
   connection that has waited longest for bytes it is owed (a request head, or the rest
   of a body: a slow client, or an idle keep-alive), so a request that arrives whole is
   admitted ahead of those still trickling; a connection whose request is complete and
   being answered is never the one closed.
 
-The body has its own size cap and deadline in the app (``read_body``). Errors are JSON like
-the API's.
+The app keeps its own body cap and deadline (``read_body``) for the requests not parked
+(``Expect: 100-continue``, or past the budget). Errors are JSON like the API's.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ MAX_CONNECTIONS = 4096
 SLICE = 4096  # bytes fed to the parser at a time: heads and trailers are counted to this
 MAX_PIPELINED = 64  # requests parsed ahead of their answer on one connection
 MAX_UNPARSED = 1024 * 1024  # bytes of a connection's reads waiting to be parsed
+PARKED_BUDGET = 64 * 1024 * 1024  # bodies held for parked requests; past it, the app reads them
 
 
 def _max_connections_for_fd_limit(wanted: int) -> int:
@@ -72,8 +77,15 @@ def guarded_protocol(
     header_timeout: float = HEADER_TIMEOUT,
     max_header_bytes: int = MAX_HEADER_BYTES,
     max_connections: int = MAX_CONNECTIONS,
+    max_body_bytes: int = 5 * 1024 * 1024,
+    body_timeout: float = 30.0,
+    parked_budget: int = PARKED_BUDGET,
 ) -> type:
-    """A uvicorn ``http`` protocol class (httptools) with the guards above."""
+    """A uvicorn ``http`` protocol class (httptools) with the guards above.
+
+    ``max_body_bytes`` and ``body_timeout`` are the app's body limits, applied here to a
+    request parked until its body has arrived.
+    """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     # connections owed bytes (a request head, or the rest of a body), the longest-waiting
@@ -81,6 +93,7 @@ def guarded_protocol(
     owing: OrderedDict[Any, None] = OrderedDict()
     cap = _max_connections_for_fd_limit(max_connections)
     jitter = random.Random()  # deadlines only: nothing computed depends on it
+    parked_bytes = [0]  # body bytes held for parked requests, all connections together
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_timer: Any = None
@@ -90,6 +103,9 @@ def guarded_protocol(
         _after_chunk_header = False  # a chunk's size line was read, none of its data yet
         _trailer_bytes = 0
         _unparsed = b""  # the part of a read not yet fed (pipelined requests over the limit)
+        _parked: Any = None  # (cycle, app) of a request waiting for the rest of its body
+        _parked_held = 0
+        _body_timer: Any = None
 
         # -- the head phase: from ready-for-a-request to headers complete ----------------
 
@@ -123,8 +139,48 @@ def guarded_protocol(
                 log=False,
             )
 
+        # -- parking: a request with a body reaches the app once the body has arrived ------
+
+        def _park(self, cycle: Any, app: Any) -> bool:
+            """Hold ``cycle`` until its body is complete, if it has one that is worth waiting for."""
+            headers = dict(cycle.scope["headers"])
+            declared = headers.get(b"content-length", b"")
+            chunked = b"transfer-encoding" in headers
+            if not (chunked or (declared.isdigit() and 0 < int(declared) <= max_body_bytes)):
+                return False  # no body, or one the app refuses before reading (413, 400)
+            if cycle.waiting_for_100_continue or parked_bytes[0] >= parked_budget:
+                return False  # the app reads it as it comes (its own deadline and budget)
+            self._parked = (cycle, app)
+            self._body_timer = self.loop.call_later(body_timeout, self._body_timed_out)
+            return True
+
+        def _unpark(self) -> Any:
+            parked, self._parked = self._parked, None
+            parked_bytes[0] -= self._parked_held
+            self._parked_held = 0
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            return parked
+
+        def _body_timed_out(self) -> None:
+            self._body_timer = None
+            if self._parked is not None and not self.transport.is_closing():
+                held = self._parked_held
+                self._refuse(
+                    408, "Request Timeout", "timeout",
+                    f"the body did not arrive within {body_timeout:g} s ({held:,} bytes received)",
+                    log=False,
+                )  # fmt: skip
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if cycle.more_body and self._park(cycle, app):
+                return
+            super()._start_asgi_task(cycle, app)
+
         def _refuse(self, status: int, reason: str, code: str, detail: str, log: bool = True) -> None:
             self._stop_head()
+            self._unpark()
             owing.pop(self, None)
             self._unparsed = b""
             if log:
@@ -214,6 +270,7 @@ def guarded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head()
+            self._unpark()
             owing.pop(self, None)
             self._unparsed = b""
             super().connection_lost(exc)
@@ -232,7 +289,21 @@ def guarded_protocol(
 
         def on_body(self, body: bytes) -> None:
             self._after_chunk_header, self._trailer_bytes = False, 0
-            super().on_body(body)
+            if self._parked is None:
+                super().on_body(body)
+                return
+            # parked: held here (no app reads it yet), so no pause for the app to catch up
+            if self._parked_held + len(body) > max_body_bytes:
+                self._refuse(
+                    413,
+                    "Content Too Large",
+                    "too_large",
+                    f"body is over the limit of {max_body_bytes:,} bytes",
+                )
+                return
+            self.cycle.body += body
+            self._parked_held += len(body)
+            parked_bytes[0] += len(body)
 
         def on_chunk_complete(self) -> None:
             self._after_chunk_header, self._trailer_bytes = False, 0
@@ -241,6 +312,8 @@ def guarded_protocol(
             self._in_body = self._after_chunk_header = False
             owing.pop(self, None)  # owed nothing until its answer is out
             super().on_message_complete()
+            if self._parked is not None:  # the body is all here: now the app may have it
+                super()._start_asgi_task(*self._unpark())
             if not self.transport.is_closing():
                 self._start_head()  # the next request on this connection
 
