@@ -20,8 +20,9 @@ of ``SLICE`` bytes and:
 - stops parsing a read's pipelined requests once ``MAX_PIPELINED`` wait for an answer, and
   goes on as they are answered (the rest of the read waits, unparsed);
 - parks a request with a body until the body has arrived (up to ``max_body_bytes``, 413
-  past it; ``body_timeout``, 408 after; ``PARKED_BUDGET`` for all parked bodies together,
-  past which the app reads them as they come): a client trickling its body costs a few
+  past it; ``body_timeout`` less a random share of up to a quarter, 408 after;
+  ``PARKED_BUDGET`` for all parked bodies together, past which the app reads them as they
+  come): a client trickling its body costs a few
   objects and a timer, not a running request, and whole requests reach the app first;
 - caps open connections at ``max_connections``: a new one past the cap closes the
   connection that has waited longest for bytes it is owed (a request head, or the rest
@@ -158,7 +159,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle.waiting_for_100_continue or self.shared.parked_bytes >= self.limits.parked_budget:
             return False  # the app reads it as it comes (its own deadline and budget)
         self._parked = (cycle, app)
-        self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+        deadline = self.limits.body_timeout * (1 - self.shared.jitter.random() / 4)  # no waves
+        self._body_timer = self.loop.call_later(deadline, self._body_timed_out)
         return True
 
     def _unpark(self) -> Any:
