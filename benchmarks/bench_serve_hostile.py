@@ -110,9 +110,9 @@ def _trailer_bomb(model: Path, megabytes: int) -> dict:
     }
 
 
-async def _attacker(port: int, raw: bytes, stop: float, counts: Counter) -> None:
-    """Hold one slow connection; reconnect when the server answers or closes it; until ``stop``."""
-    while time.monotonic() < stop:
+async def _attacker(port: int, raw: bytes, stop: list[float], counts: Counter) -> None:
+    """Hold one slow connection; reconnect when the server answers or closes it; until ``stop[0]``."""
+    while time.monotonic() < stop[0]:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
         except (OSError, asyncio.TimeoutError):
@@ -122,7 +122,7 @@ async def _attacker(port: int, raw: bytes, stop: float, counts: Counter) -> None
         try:
             writer.write(raw)
             counts["connections"] += 1
-            left = stop - time.monotonic()
+            left = stop[0] - time.monotonic()
             answer = await asyncio.wait_for(reader.read(200), max(left, 0.01))
             counts[f"answered {answer[9:12].decode(errors='replace') or 'closed'}"] += 1
         except asyncio.TimeoutError:
@@ -135,13 +135,14 @@ async def _attacker(port: int, raw: bytes, stop: float, counts: Counter) -> None
 
 async def _attack(port: int, slow_body: int, slow_header: int, duration: float, done) -> dict:
     counts: Counter = Counter()
-    stop = time.monotonic() + duration
+    stop = [time.monotonic() + duration]  # a list: the attackers see it moved to now
     tasks = [
         asyncio.create_task(_attacker(port, SLOW_BODY if i < slow_body else SLOW_HEADER, stop, counts))
         for i in range(slow_body + slow_header)
     ]
-    while time.monotonic() < stop and not done.is_set():  # until the measurement is over
+    while time.monotonic() < stop[0] and not done.is_set():  # until the measurement is over
         await asyncio.sleep(0.2)
+    stop[0] = 0.0  # wait_for can swallow a cancellation: the loops also check the time
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -242,7 +243,7 @@ def _starve(port: int, pid: int, args: argparse.Namespace, payloads, expected) -
         time.sleep(args.pace)
     done.set()
     try:
-        counts = out.get(timeout=60)
+        counts = out.get(timeout=90)
     except queue.Empty:
         counts = {"attacker process did not report": 1}
     attack.join(10)
