@@ -1290,6 +1290,32 @@ def test_bodies_are_held_until_complete_and_still_bounded(server):
     assert server.request(HEALTHZ)[0] == 200
 
 
+def test_ctrl_c_does_not_wait_for_a_body_still_arriving(run_dir):
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_tflite", "serve", str(run_dir), "--host", HOST, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].strip().rstrip("/"))
+        with socket.create_connection((HOST, port), timeout=10) as s:
+            s.sendall(
+                f"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+                "Content-Length: 1000\r\n\r\n0123456789".encode()
+            )
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert time.monotonic() - t0 < 10  # not the 30 s the body had left
+    assert proc.returncode == 130 and "Traceback" not in err, err[-500:]
+
+
 def test_the_servers_logged_no_traceback(servers):
     """Last of the socket tests: nothing above made any server print a traceback."""
     for name, srv in servers.items():

@@ -341,6 +341,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             self.loop.call_soon(self._feed_unparsed)
 
+    def shutdown(self) -> None:
+        if self._parked is not None:  # its app never started: nothing to finish, close now
+            self._unpark()
+            self.shared.owing.pop(self, None)
+            self.transport.close()
+            return
+        super().shutdown()
+
     def _unsupported_upgrade_warning(self) -> None:
         # no WebSocket here: the request is answered as plain HTTP; uvicorn's advice to
         # install a WebSocket library would only mislead whoever reads the log
