@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -612,6 +613,10 @@ BAD_SIDECARS = {
     "recipe null": None,
     "recipe string": None,
     "5000-digit integer": None,
+    "pixel_scale 1e300": None,
+    "pixel_offset 0.5": None,
+    "polarity flipped": None,
+    "class_names with escapes": None,
     "deep nesting": b'{"format": "mnist-tflite-metadata/1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 }
 
@@ -630,6 +635,10 @@ def _bad_sidecar(kind: str) -> bytes:
         "normalization list": {"normalization": [1, 2]},
         "recipe null": {"recipe": None},
         "recipe string": {"recipe": "float32"},
+        "pixel_scale 1e300": {"normalization": {**meta["normalization"], "pixel_scale": 1e300}},
+        "pixel_offset 0.5": {"normalization": {**meta["normalization"], "pixel_offset": 0.5}},
+        "polarity flipped": {"normalization": {**meta["normalization"], "polarity": "black digit on white"}},
+        "class_names with escapes": {"class_names": ["\x1b[31mzero\x1b[0m", *meta["class_names"][1:]]},
     }
     if kind == "5000-digit integer":
         return json.dumps(meta).encode()[:-1] + b', "big": ' + b"7" * 5000 + b"}"
@@ -649,7 +658,10 @@ def test_one_bad_sidecar_skips_only_that_variant(tmp_path, kind, caplog):
     doc = c.get("/api/models").json()
     served = [v["name"] for v in doc["variants"]]
     assert "int8" in served
-    if "float32" not in served:  # skipped: with a one-line reason, in the log and the API
+    if "float32" in served:  # served: then it answers, never a 500 on every request
+        r = c.post("/api/predict?model=float32", content=GOOD_PNG, headers={"content-type": "image/png"})
+        assert r.status_code == 200 or 400 <= r.status_code < 500, r.text
+    else:  # skipped: with a one-line reason, in the log and the API
         (entry,) = [u for u in doc["unavailable"] if u["name"] == "float32"]
         assert entry["error"] and "\n" not in entry["error"] and str(tmp_path) not in entry["error"]
         assert "float32" in caplog.text
@@ -675,6 +687,115 @@ def test_a_bad_report_keeps_the_models_served(tmp_path):
         (run / "report.json").write_text(text)
         doc = TestClient(create_app(run)).get("/api/models").json()
         assert [v["name"] for v in doc["variants"]] == ["float32", "int8"] or doc["variants"]
+
+
+# --- only the documented image formats; Host allow-list; HEAD; a model that cannot run ------
+
+# what Pillow would decode beyond the documented PNG, JPEG, BMP, GIF, WebP, TIFF (mode to save in)
+UNDOCUMENTED_FORMATS = {
+    "DDS": "RGBA",
+    "ICNS": "RGBA",
+    "ICO": "RGBA",
+    "IM": "L",
+    "JPEG2000": "L",
+    "MSP": "1",
+    "PCX": "L",
+    "PPM": "L",
+    "QOI": "RGB",
+    "SGI": "L",
+    "SPIDER": "F",
+    "TGA": "L",
+    "XBM": "1",
+    "EPS": "L",  # Pillow hands EPS to Ghostscript
+}
+
+
+def _one_in(fmt: str, mode: str) -> bytes:
+    a = np.zeros((64, 64), np.uint8)
+    a[10:54, 28:36] = 255  # a "1", white on black
+    buf = io.BytesIO()
+    Image.fromarray(a).convert(mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", list(UNDOCUMENTED_FORMATS))
+def test_undocumented_image_formats_are_not_decoded(client, fmt, tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from mnist_tflite.core.errors import MnistTfliteError
+    from mnist_tflite.edge.predict import Classifier
+
+    ghostscript: list[tuple] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ghostscript.append(a))
+    data = _one_in(fmt, UNDOCUMENTED_FORMATS[fmt])
+    for ctype in ("image/png", "application/octet-stream"):
+        r = client.post("/api/predict", content=data, headers={"content-type": ctype})
+        assert r.status_code == 400 and r.json()["error"] == "bad_image", (fmt, r.status_code, r.text[:200])
+        assert "supported format" in r.json()["detail"]
+    path = tmp_path / f"digit.{fmt.lower()}"
+    path.write_bytes(data)
+    with pytest.raises(MnistTfliteError, match=r"digit\.\w+: not an image in a supported format"):
+        Classifier(MODELS / "int8.tflite").predict(path)
+    assert not ghostscript
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_documented_image_formats_are_decoded(client, fmt):
+    r = client.post("/api/predict", content=_one_in(fmt, "L"), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["label"] == 1, (fmt, r.text[:200])
+
+
+def test_the_host_allow_list_follows_the_bound_address():
+    from mnist_tflite.serve.middleware import allowed_hosts
+
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("::") is None  # every interface: any name
+    assert allowed_hosts("10.1.2.3") == {"10.1.2.3", "127.0.0.1", "localhost", "::1"}
+    app = create_app(MODELS / "int8.tflite", allowed_hosts=allowed_hosts("127.0.0.1"))
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    assert c.get("/healthz").status_code == 200
+    for name in ("localhost", "LOCALHOST:1", "[::1]:8000", "127.0.0.1"):
+        assert c.get("/healthz", headers={"host": name}).status_code == 200, name
+    for name in ("evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1:80@evil", "[::2]"):
+        for r in (
+            c.get("/healthz", headers={"host": name}),
+            c.post("/api/predict", content=GOOD_PNG, headers={"host": name, "content-type": "image/png"}),
+        ):
+            assert r.status_code == 400 and r.json()["error"] == "bad_host", (name, r.status_code)
+            assert "127.0.0.1" in r.json()["detail"]
+
+
+def test_head_is_answered_like_get_in_process(client):
+    for path in ("/", "/healthz", "/api/models", "/docs", "/openapi.json", "/static/app.js"):
+        get, head = client.get(path), client.head(path)
+        assert get.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-length"] == get.headers["content-length"]
+    r = client.head("/api/predict")
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
+
+
+def _lying_output(model, schema) -> None:
+    """The output's shape_signature says 7 classes; its shape says 10."""
+    sg = model.subgraphs[0]
+    sg.tensors[sg.outputs[0]].shapeSignature = np.array([-1, 7], dtype=np.int32)
+
+
+def test_a_model_that_cannot_run_is_refused_at_start_not_per_request(tmp_path):
+    from mnist_tflite.core.errors import MnistTfliteError
+    from tests.conftest import edited_model
+
+    run = make_run_dir(tmp_path / "run")
+    (run / "int8.tflite").write_bytes(edited_model((MODELS / "int8.tflite").read_bytes(), _lying_output))
+    (run / "int8.json").unlink()  # no sidecar to compare with: only running it can tell
+    c = TestClient(create_app(run), raise_server_exceptions=False)
+    doc = c.get("/api/models").json()
+    assert [v["name"] for v in doc["variants"]] == ["float32"]
+    (entry,) = doc["unavailable"]
+    assert entry["name"] == "int8" and "test inference" in entry["error"], entry
+    r = c.post("/api/predict", content=GOOD_PNG, headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["model"] == "float32"
+    with pytest.raises(MnistTfliteError, match=r"int8\.tflite: a test inference fails") as info:
+        create_app(run / "int8.tflite")
+    assert "\n" not in str(info.value)
 
 
 # --- blank is an error everywhere; NaN in a .npy is an error --------------------------------
@@ -746,8 +867,9 @@ class Server:
             f"serve({str(target)!r}, host={HOST!r}, port=0, log=lambda m: print(m, flush=True),"
             f" **{options!r})\n"
         )
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's stderr, closed by close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=self.log, text=True
         )
         self.port = 0
 
@@ -765,6 +887,10 @@ class Server:
         self.port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
         return self
 
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
     def close(self) -> None:
         self.proc.terminate()
         try:
@@ -772,6 +898,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        self.log.close()
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         s = socket.create_connection((HOST, self.port), timeout=timeout)
@@ -842,7 +969,7 @@ def server(servers):
 
 def test_headers_over_the_limit_are_refused(server):
     with server.connect() as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
         sent = 0
         try:
             while sent < 50_000_000:  # 50 MB of headers: refused long before the end
@@ -855,9 +982,9 @@ def test_headers_over_the_limit_are_refused(server):
     assert status in (0, 431)
     if status:
         assert json.loads(body)["error"] == "headers_too_large"
-    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n"
+    many = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n"
     assert server.request(many)[0] in (0, 431)
-    long_url = b"GET /healthz?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    long_url = b"GET /healthz?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     assert server.request(long_url)[0] in (0, 431)
     assert server.request(HEALTHZ)[0] == 200  # and it goes on
 
@@ -884,7 +1011,7 @@ def test_malformed_http_gets_a_4xx_or_a_close(server, raw):
 def test_huge_declared_body_is_refused_before_it_is_sent(server):
     with server.connect() as s:
         s.sendall(
-            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             b"Content-Length: 10000000000\r\n\r\n"
         )
         status, body = _read_response(s)
@@ -897,7 +1024,7 @@ def test_slow_header_and_slow_body_are_cut_off(server):
     try:  # all three at once: each waits out its own timer
         line_only.sendall(b"GET /healthz HTTP/1.1\r\n")  # request line, then nothing
         short_body.sendall(  # headers, then 10 of 1000 body bytes
-            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             b"Content-Length: 1000\r\n\r\n0123456789"
         )
         status, body = _read_response(short_body)
@@ -996,20 +1123,203 @@ def test_connection_cap_sheds_the_oldest_waiting_connection(servers):
 
 def test_keep_alive_requests_and_pipelining_still_work(server):
     with server.connect() as s:
-        one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        one = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         for _ in range(3):
             s.sendall(one)
             assert _read_response(s)[0] == 200
         body = json.dumps({"pixels": [[0] * 10 + [255] * 8 + [0] * 10] * 28}).encode()
         s.sendall(
             (
-                f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n"
             ).encode()
             + body
         )
         status, answer = _read_response(s)
         assert status == 200 and "label" in json.loads(answer)
+
+
+def _chunked_head(path: str = "/api/predict") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+
+def test_a_trailer_bomb_is_refused_before_it_is_held(server):
+    """5 body bytes, then up to 40 MB of trailer lines: refused after ~32 KB, not read for ever."""
+    sent = 0
+    with server.connect() as s:
+        s.sendall(_chunked_head() + b"5\r\nhello\r\n0\r\n")
+        lines = b"a:b\r\n" * 13_107  # 64 KB
+        try:
+            while sent < 40_000_000:
+                s.sendall(lines)
+                sent += len(lines)
+        except OSError:
+            pass
+        status, body = _read_response(s)
+    # what the kernel buffers on loopback (a few MB) is all that went out before the refusal
+    assert sent < 16_000_000, sent
+    assert status in (0, 431)
+    if status:
+        assert json.loads(body)["error"] == "trailers_too_large"
+    assert server.request(HEALTHZ)[0] == 200
+
+
+def test_small_trailers_are_read_and_dropped(server):
+    body = GOOD_PNG
+    raw = _chunked_head() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\nX-Check: 1\r\n\r\n"
+    status, answer = server.request(raw)
+    assert status == 200 and json.loads(answer)["label"] == 1
+
+
+def _read_responses(s: socket.socket, n: int) -> list[int]:
+    """Up to ``n`` pipelined responses from one connection -> their statuses (fewer if it closes)."""
+    data, statuses = b"", []
+    while len(statuses) < n:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end]
+            length = next(
+                (int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n")[1:])
+                 if k.strip().lower() == b"content-length"),
+                0,
+            )  # fmt: skip
+            if len(data) >= head_end + 4 + length:
+                statuses.append(int(head.split()[1]))
+                data = data[head_end + 4 + length :]
+                continue
+        try:
+            chunk = s.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return statuses
+
+
+def test_more_than_32_kb_of_pipelined_requests_all_get_answers(server):
+    one = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    n = 40_000 // len(one) + 1  # > 32 KB in one write
+    with server.connect(timeout=20) as s:
+        s.sendall(one * n)
+        statuses = _read_responses(s, n)
+    assert statuses == [200] * n, (len(statuses), n)
+
+
+def test_a_whole_request_is_admitted_ahead_of_slow_bodies(servers):
+    """At the connection cap, full of bodies trickling in, a whole request still gets in."""
+    srv = servers["cap"]  # max_connections=40
+    slow = []
+    try:
+        for _ in range(45):  # headers, then 2 bytes of a 1,000,000-byte body
+            s = srv.connect()
+            s.sendall(
+                f"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+                "Content-Length: 1000000\r\n\r\nab".encode()
+            )
+            slow.append(s)
+        time.sleep(0.3)
+        for _ in range(5):
+            status, body = srv.request(_post("/api/predict", "image/png", GOOD_PNG))
+            assert status == 200 and json.loads(body)["label"] == 1, (status, body[:200])
+        for s in slow[:6]:  # the oldest were told and closed: 5 at once, 1 for the first request
+            s.settimeout(5)
+            assert _read_response(s)[0] in (0, 503)
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_only_our_own_names_are_answered_on_loopback(server):
+    for name in ("evil.example", "evil.example:80", "127.0.0.1.nip.io", "192.168.1.1"):
+        raw = f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+        status, body = server.request(raw)
+        assert status == 400 and json.loads(body)["error"] == "bad_host", (name, status, body)
+    for name in (HOST, f"{HOST}:{server.port}", "localhost", f"localhost:{server.port}", "[::1]:1"):
+        raw = f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+        assert server.request(raw)[0] == 200, name
+
+
+def test_head_is_answered_like_get(server):
+    for path in ("/", "/healthz", "/api/models", "/docs", "/openapi.json"):
+        with server.connect() as s:
+            s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            s.sendall(HEALTHZ)  # the next answer starts right after HEAD's headers: no body between
+            s.settimeout(10)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), (path, head[:80])
+        assert rest.startswith(b"HTTP/1.1 200"), (path, rest[:80])
+
+
+def test_bodies_are_held_until_complete_and_still_bounded(server):
+    """A body is read before the request reaches the app: split, chunked, with Expect, over the cap."""
+    head = _post("/api/predict", "image/png", GOOD_PNG)
+    with server.connect() as s:  # the body in three pieces, 0.2 s apart
+        for piece in (head[:-300], head[-300:-100], head[-100:]):
+            s.sendall(piece)
+            time.sleep(0.2)
+        status, body = _read_response(s)
+    assert status == 200 and json.loads(body)["label"] == 1
+    with server.connect() as s:  # Expect: 100-continue is answered before the body is sent
+        s.sendall(
+            f"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(GOOD_PNG)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert s.recv(100).startswith(b"HTTP/1.1 100")
+        s.sendall(GOOD_PNG)
+        status, body = _read_response(s)
+    assert status == 200 and json.loads(body)["label"] == 1
+    with server.connect() as s:  # chunked, past the 5 MiB cap: refused while it streams in
+        s.sendall(_chunked_head())
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 12 * MAX_UPLOAD_BYTES:
+                s.sendall(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                sent += 0x10000
+        status, body = _read_response(s)
+    assert status in (0, 413) and sent < 4 * MAX_UPLOAD_BYTES, (status, sent)
+    assert server.request(HEALTHZ)[0] == 200
+
+
+def test_ctrl_c_does_not_wait_for_a_body_still_arriving(run_dir):
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_tflite", "serve", str(run_dir), "--host", HOST, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].strip().rstrip("/"))
+        with socket.create_connection((HOST, port), timeout=10) as s:
+            s.sendall(
+                f"POST /api/predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+                "Content-Length: 1000\r\n\r\n0123456789".encode()
+            )
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert time.monotonic() - t0 < 10  # not the 30 s the body had left
+    assert proc.returncode == 130 and "Traceback" not in err, err[-500:]
+
+
+def test_the_servers_logged_no_traceback(servers):
+    """Last of the socket tests: nothing above made any server print a traceback."""
+    for name, srv in servers.items():
+        assert "Traceback" not in srv.stderr(), (name, srv.stderr()[-2000:])
 
 
 if os.environ.get("MNIST_TFLITE_PRINT_CASES"):  # pragma: no cover - a debugging aid

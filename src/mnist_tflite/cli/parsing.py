@@ -261,7 +261,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", type=Path, help="a .tflite model, or a run folder from `mnist-tflite run`")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only); requests must name it, "
+        "localhost or 127.0.0.1 in their Host header (0.0.0.0: any)",
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     _allow_modified(p)

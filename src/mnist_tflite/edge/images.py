@@ -13,6 +13,10 @@ DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DRAFT_SIZE = 640  # big JPEGs are decoded at about this size: preprocessing works at 320 px
 _EXPECTED_IMAGE = "an image (PNG, JPEG, BMP, GIF, WebP, TIFF)"
+# the documented formats, and no other: Pillow would also decode DDS, ICNS, ICO, IM, JP2,
+# MSP, PCX, PPM, QOI, SGI, SPIDER, TGA, XBM... and hand EPS to Ghostscript (a phone's MPO
+# photo is opened by the JPEG plugin)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _SIGNATURES = {
     b"\x89PNG": "PNG",
     b"\xff\xd8": "JPEG",
@@ -66,13 +70,15 @@ def load_image(
         # we enforce our own limit below, before any pixel is decoded
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         except UnidentifiedImageError:
             kind = next((k for sig, k in _SIGNATURES.items() if data.startswith(sig)), None)
             if kind:
                 raise fail(label, f"corrupt {kind}: its header cannot be read") from None
             raise fail(
-                label, f"not an image: starts with {data[:8]!r}; expected PNG, JPEG, BMP, GIF, WebP or TIFF"
+                label,
+                f"not an image in a supported format: starts with {data[:8]!r}; "
+                "expected PNG, JPEG, BMP, GIF, WebP or TIFF",
             ) from None
         except Image.DecompressionBombError as exc:
             raise fail(label, f"over the pixel limit, possible decompression bomb ({exc})") from None

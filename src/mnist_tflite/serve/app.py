@@ -27,24 +27,23 @@ sidecar in a run folder is skipped with a logged reason; the others are served.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the route annotations at runtime
-import asyncio
 import json
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge import preprocess
-from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.serve.parsing import ApiError, BodyBudget, image_to_mnist, read_body, split_request
+from mnist_tflite.serve import middleware
+from mnist_tflite.serve.admission import BODY_TIMEOUT, MAX_WAITING, Admission
+from mnist_tflite.serve.parsing import ApiError, image_to_mnist, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
+from mnist_tflite.serve.variants import Variant, load_variants
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app", "serve"]
 
@@ -52,140 +51,18 @@ LOG = logging.getLogger("mnist_tflite.serve")
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # whole request body
 MAX_PIXELS = 16_000_000  # a 12-megapixel phone photo fits; a decompression bomb does not
 STATIC = Path(__file__).parent / "static"
-PREFERRED_ORDER = ("float32", "float16", "dynamic", "int8", "int16x8")
 DEFAULT_VARIANT = "int8"
-BODY_TIMEOUT = 30.0  # seconds for a request body to arrive (5 MiB at 175 KB/s)
-MAX_WAITING = 64  # requests queued for a worker beyond this get a 503 at once
-BODY_BUDGET = 128 * 1024 * 1024  # request bodies held in memory at once, all requests together
 _CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'"
-VARIANT_KEYS = ("recipe", "accuracy", "agreement", "max_prob_diff", "latency_us", "size_ratio")
-
-
-@dataclass
-class _Variant:
-    """One served model. ``TfliteModel`` is thread-safe: each call borrows an interpreter
-    from the model's pool (LiteRT interpreters themselves are not)."""
-
-    name: str
-    model: TfliteModel
-    info: dict[str, Any]
 
 
 @dataclass
 class _Served:
-    variants: dict[str, _Variant]
+    variants: dict[str, Variant]
     default: str
     unavailable: list[dict[str, str]]
     report: dict[str, Any] | None
     max_upload_bytes: int
     max_pixels: int
-    body_timeout: float = BODY_TIMEOUT
-    max_waiting: int = MAX_WAITING
-    # worker threads for CPU work, one per core: measured with photo uploads at concurrency
-    # 16 on 2 cores, two per core cost 15-30 % more CPU per request (GIL hand-offs) and
-    # raised p99 by ~15 %
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    budget: BodyBudget = field(default_factory=lambda: BodyBudget(BODY_BUDGET))
-
-
-def _report_rows(run_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """report.json (or report.md) of a run folder -> per-variant figures and a display table.
-
-    An unreadable report is logged and shown as such; the models are served without figures.
-    """
-    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
-    if json_path.is_file():
-        try:
-            doc = json.loads(json_path.read_text(encoding="utf-8"))
-            rows = doc.get("variants") or []
-            rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("name"), str)]
-            from mnist_tflite.report.tables import table_cells
-
-            headers, table = table_cells(rows)
-        except (
-            OSError,
-            UnicodeDecodeError,
-            ValueError,
-            TypeError,
-            AttributeError,
-            KeyError,
-            RecursionError,
-        ) as exc:
-            problem = (
-                f"unreadable report ({type(exc).__name__}: {str(exc)[:200]}); serving the models without it"
-            )
-            LOG.warning("%s: %s", json_path, problem)
-            return {}, {"source": json_path.name, "error": problem}
-        report = {"source": json_path.name, "headers": headers, "rows": table}
-        return {r["name"]: r for r in rows}, report
-    if md_path.is_file():
-        return {}, {"source": md_path.name, "markdown": md_path.read_text(encoding="utf-8", errors="replace")}
-    return {}, None
-
-
-def _load_variant(path: Path, row: dict[str, Any], allow_modified: bool) -> _Variant:
-    # a pool of one single-threaded interpreter per core: concurrent requests run side by side
-    model = TfliteModel(path, num_threads=os.cpu_count(), allow_modified=allow_modified)
-    desc = model.describe()
-    info = {
-        "name": path.stem,
-        "file": path.name,
-        "size_bytes": model.size_bytes,
-        "input_dtype": desc["input"]["dtype"],
-        "output_dtype": desc["output"]["dtype"],
-        "class_names": [str(c) for c in model.class_names],
-        **{k: row.get(k) for k in VARIANT_KEYS},
-    }
-    info["recipe"] = desc["recipe"] or info["recipe"]
-    json.dumps(info)  # /api/models must be able to say it
-    return _Variant(path.stem, model, info)
-
-
-def _load_variants(
-    target: Path, allow_modified: bool
-) -> tuple[dict[str, _Variant], list[dict[str, str]], dict[str, Any] | None]:
-    """A .tflite file or a run folder -> loaded variants (by name), skipped ones, report table.
-
-    In a run folder, a variant that cannot be used (bad model, bad or tampered sidecar) is
-    skipped with a logged one-line reason and listed as unavailable; the others are served.
-    """
-    if not target.exists():
-        raise fail(target, "no such file or directory; expected a .tflite model or a run folder")
-    if target.is_dir():
-        figures, report = _report_rows(target)
-        paths = sorted(target.glob("*.tflite"))
-        rank = {n: i for i, n in enumerate(list(figures) + list(PREFERRED_ORDER))}
-        paths.sort(key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
-        if not paths:
-            raise fail(
-                target, "no .tflite files in this folder; expected a run folder from `mnist-tflite run`"
-            )
-    else:
-        figures, report, paths = {}, None, [target]
-    variants: dict[str, _Variant] = {}
-    unavailable: list[dict[str, str]] = []
-    for path in paths:
-        row = figures.get(path.stem)
-        try:
-            variants[path.stem] = _load_variant(path, row if isinstance(row, dict) else {}, allow_modified)
-        except Exception as exc:
-            if not target.is_dir():
-                if isinstance(exc, MnistTfliteError):
-                    raise
-                raise fail(path, f"unusable model or sidecar ({type(exc).__name__}: {exc})") from None
-            problem = (
-                str(exc)
-                if isinstance(exc, MnistTfliteError)
-                else f"{path.stem}.json or the model is unusable ({type(exc).__name__}: {exc})"
-            )
-            # file names only: the page and the API never show server paths
-            problem = " ".join(problem.replace(str(path.parent) + os.sep, "").split())[:300]
-            LOG.warning("skipping %s: %s", path.name, problem)
-            unavailable.append({"name": path.stem, "error": problem})
-    if not variants:
-        problems = "; ".join(f"{u['name']}: {u['error']}" for u in unavailable)
-        raise fail(target, f"no model in this folder could be loaded ({problems})")
-    return variants, unavailable, report
 
 
 def _answer(served: _Served, content_type: str, body: bytes, query_model: str | None) -> bytes:
@@ -229,6 +106,7 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     workers: int | None = None,
     max_waiting: int = MAX_WAITING,
+    allowed_hosts: frozenset[str] | None = None,
 ):
     """Build the FastAPI app serving one ``.tflite`` or every variant of a run folder.
 
@@ -241,6 +119,8 @@ def create_app(
         body_timeout: a body still arriving after this many seconds is refused with 408.
         workers: threads doing CPU work (default: one per core).
         max_waiting: requests waiting for a worker beyond this are refused with 503.
+        allowed_hosts: ``Host`` names answered (``middleware.allowed_hosts``); others get
+            400 ``bad_host``. None: any (``serve`` derives them from ``--host``).
 
     Returns:
         A ``fastapi.FastAPI`` application.
@@ -251,48 +131,32 @@ def create_app(
     Example:
         >>> app = create_app("runs/demo")  # then: uvicorn.run(app, host="127.0.0.1")
     """
-    from fastapi import Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from mnist_tflite.serve.parsing import PREDICT_OPENAPI, PredictResult
-
-    variants, unavailable, report = _load_variants(Path(model_or_run_dir), allow_modified)
+    variants, unavailable, report = load_variants(Path(model_or_run_dir), allow_modified)
     default = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else next(iter(variants))
-    served = _Served(
-        variants,
-        default,
-        unavailable,
-        report,
-        int(max_upload_bytes),
-        int(max_pixels),
-        body_timeout=float(body_timeout),
-        max_waiting=int(max_waiting),
+    served = _Served(variants, default, unavailable, report, int(max_upload_bytes), int(max_pixels))
+    admission = Admission(
+        served.max_upload_bytes, body_timeout=body_timeout, workers=workers, max_waiting=max_waiting
     )
-    if workers:
-        served.workers = int(workers)
-    # CPU work goes to a pool of threads (FIFO queue), whatever event loop asks: the test
-    # client runs one loop per request; uvicorn one for all
-    pool = ThreadPoolExecutor(max_workers=served.workers, thread_name_prefix="mnist-tflite-worker")
-    queued = [0]  # jobs submitted and not finished
-    queued_lock = threading.Lock()
-
-    def job(content_type: str, body: bytes, query_model: str | None) -> bytes:
-        try:
-            return _answer(served, content_type, body, query_model)
-        finally:
-            with queued_lock:
-                queued[0] -= 1
-
     # FastAPIOffline serves the /docs page's Swagger UI assets from the package: no CDN, works offline
     app = FastAPIOffline(
         title="mnist-tflite",
         summary="Draw a digit; the deployed .tflite model answers.",
         version=__import__("mnist_tflite").__version__,
     )
-    app.state.served = served
+    app.state.served, app.state.admission = served, admission
+    _add_error_handlers(app)
+    _add_routes(app, served, admission)
+    app.add_middleware(middleware.Guard, hosts=allowed_hosts)  # Host allow-list; HEAD answered like GET
+    return app
+
+
+def _add_error_handlers(app: Any) -> None:
+    """Every error as JSON ``{"error": code, "detail": message}``; a bug as a JSON 500."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def _error(
         request: Request, status: int, code: str, detail: str, headers: dict[str, str]
@@ -324,15 +188,19 @@ def create_app(
             {"error": "internal", "detail": f"server bug: {type(exc).__name__}"}, status_code=500
         )
 
+
+def _add_routes(app: Any, served: _Served, admission: Admission) -> None:
+    """The page, /healthz, /api/models, /api/predict and the static files."""
+    from fastapi import Request
+    from fastapi.responses import FileResponse, Response
+    from fastapi.staticfiles import StaticFiles
+
+    from mnist_tflite.serve.parsing import PREDICT_OPENAPI, PredictResult
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(
-            STATIC / "index.html",
-            headers={
-                "Content-Security-Policy": _CSP,
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+        return FileResponse(STATIC / "index.html", headers=headers)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:
@@ -363,26 +231,12 @@ def create_app(
             raise ApiError(
                 404, "unknown_model", f"no variant {query_model[:64]!r}; served: {sorted(served.variants)}"
             )
-        busy = ApiError(503, "busy", "server busy: too many requests waiting; retry", {"Retry-After": "1"})
-        limit = served.workers + served.max_waiting
-        if queued[0] >= limit:  # refuse before reading the body
-            raise busy
-        body = await read_body(request, served.max_upload_bytes, served.budget, served.body_timeout)
-        request.state.body_read = True
-        try:
-            with queued_lock:
-                if queued[0] >= limit:
-                    raise busy
-                queued[0] += 1
-            ctype = request.headers.get("content-type", "")
-            loop = asyncio.get_running_loop()
-            content = await loop.run_in_executor(pool, job, ctype, body, query_model)
-        finally:
-            served.budget.give(len(body))
+        content = await admission.answer(
+            request, lambda ctype, body: _answer(served, ctype, body, query_model)
+        )
         return Response(content, media_type="application/json")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _listen(host: str, port: int):
@@ -400,7 +254,7 @@ def _listen(host: str, port: int):
     except OSError as exc:
         sock.close()
         raise MnistTfliteError(f"{host}:{port}: cannot listen ({exc.strerror}); try another --port") from None
-    sock.listen(128)
+    sock.listen(2048)  # a burst of connections waits in the kernel, not in SYN retries
     return sock
 
 
@@ -431,6 +285,7 @@ def serve(
 
     from mnist_tflite.serve.protocol import guarded_protocol
 
+    app_options.setdefault("allowed_hosts", middleware.allowed_hosts(host))
     app = create_app(model_or_run_dir, allow_modified=allow_modified, **app_options)
     sock = _listen(host, port)
     served = app.state.served
@@ -448,7 +303,11 @@ def serve(
         # turned everyone else's requests into 503s; the guards below bound connections,
         # request heads and waiting work instead
         http=guarded_protocol(
-            header_timeout=header_timeout, max_header_bytes=max_header_bytes, max_connections=max_connections
+            header_timeout=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_connections=max_connections,
+            max_body_bytes=served.max_upload_bytes,
+            body_timeout=app.state.admission.body_timeout,
         ),
         ws="none",
         lifespan="off",
