@@ -7,7 +7,7 @@ per module; every process in the namespace is killed at the end, whatever happen
 
 from __future__ import annotations
 
-from tests.conftest import one_error_line, require
+from tests.conftest import one_error_line, require, run_cli
 
 require("ray", "tensorflow")  # before the imports that need them
 
@@ -35,14 +35,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 RAY_PORT = 26379
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, prefix: tuple[str, ...] = ()):
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "mnist_tflite", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
-    )
+_cli = run_cli
 
 
 # -- the search space, as data ------------------------------------------------------------------

@@ -39,7 +39,6 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 def cmd_run(args: argparse.Namespace) -> int:
     ending.require("tensorflow", "tflite_micro")
-    from mnist_tflite.micro.tflm.check import disagreement
     from mnist_tflite.training.pipeline import RunConfig, run
     from mnist_tflite.training.train import keras_file_bytes
 
@@ -61,13 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run(config, log=log)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
-    # the same rule as export-micro --verify: every file is written, then TFLM must agree
-    for name, v in report["micro"].get("verification", {}).items():
-        problem = disagreement(v)
-        if problem:
-            print(f"{PROG}: {args.out / (name + '.tflite')}: {problem}", file=sys.stderr)
-            return 1
-    return 0
+    checked = report["micro"].get("verification", {})
+    return _tflm_verdict({args.out / f"{name}.tflite": v for name, v in checked.items()})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -251,18 +245,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export_micro(args: argparse.Namespace) -> int:
     if args.verify:
         ending.require("tflite_micro")
-    from mnist_tflite.micro.tflm.check import disagreement
     from mnist_tflite.micro.tflm.export import ExportOptions, export, summary_text
 
     fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")
     summary = export(ExportOptions(**_pick(args, *fields)), log=_progress(args))
     files = ", ".join(summary["files"])
     _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
-    problem = disagreement(summary.get("verification"))
-    if problem:  # the same rule as `run` (micro.check.disagreement)
-        print(f"{PROG}: {args.model}: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return _tflm_verdict({args.model: summary.get("verification")})
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -274,6 +263,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
     if differing_rows(summary):
         print(f"{PROG}: the compiled model and TFLM disagree on some output rows", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tflm_verdict(checked: dict[Any, dict[str, Any] | None]) -> int:
+    """The exit code of ``run`` and ``export-micro``, after every file is written: 1 if TFLM disagrees."""
+    from mnist_tflite.micro.tflm.check import first_disagreement
+
+    problem = first_disagreement(checked)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
         return 1
     return 0
 

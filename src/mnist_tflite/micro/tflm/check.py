@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -232,6 +232,19 @@ def disagreement(v: dict[str, Any] | None) -> str | None:
         f"({b['rows_differing']:,} of {v['images']:,} {v['output_dtype']} output rows differ); "
         f"expected at most {MAX_STEPS} step"
     )
+
+
+def first_disagreement(checked: Mapping[object, dict[str, Any] | None]) -> str | None:
+    """The exit rule of ``run`` and ``export-micro`` over their models: ``FILE: why`` or None.
+
+    ``checked`` maps each model file to its verification (or None when it was not checked);
+    the first that ``disagreement`` fails is named.
+    """
+    for path, v in checked.items():
+        problem = disagreement(v)
+        if problem:
+            return f"{path}: {problem}"
+    return None
 
 
 def verification_line(name: str, v: dict[str, Any]) -> str:
