@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnist_tflite.cli import ending
-from mnist_tflite.core.errors import PROG, MnistTfliteError, fail
+from mnist_tflite.core.errors import PROG, MnistTfliteError, fail, printable
 from mnist_tflite.core.values import (
     check_data_spec,
     check_int_range,
@@ -152,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
     check_int_range(args.latency_samples, "--latency-samples", 0, len(ds.x_test))
     options = _pick(args, "reference", "latency_samples", "allow_modified")
-    rows = compare_models(args.models, ds.x_test, ds.y_test, **options)
+    rows = compare_models(args.models, ds.x_test, ds.y_test, class_names=ds.class_names, **options)
     table = report_mod.rows_as_dicts(rows)
     if args.json:
         print(json.dumps({"data": ds.summary(), "variants": table}, indent=2))
@@ -162,13 +162,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnist_tflite.edge.predict import Classifier, Failure, save_inputs
+    from mnist_tflite.edge.predict import Classifier, Failure, model_file, save_inputs
 
     if args.top_k < 1:  # before the model loads; the upper bound below needs its classes
         raise MnistTfliteError(f"--top-k must be >= 1, received: {args.top_k}")
     check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
     if args.show_input:  # a full or read-only disk fails before any image is read
         check_out_dir(args.show_input, probe_bytes=64 << 10)
+    if args.model.is_dir():  # a run folder: its int8 model, as `serve` does
+        args.model = model_file(args.model)
+        print(f"{PROG}: using {printable(args.model)}", file=sys.stderr)
     if args.ray:
         from mnist_tflite.scale.ray_predict import cmd_predict_ray
 
@@ -184,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         seen += 1
         if isinstance(r, Failure):
             failed += 1
-            print(f"{PROG}: error: {r.problem}", file=sys.stderr)
+            print(f"{PROG}: error: {printable(r.problem)}", file=sys.stderr)
             if args.json:
                 results.append(r.to_dict())
             continue
@@ -193,8 +196,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             results.append(r.to_dict(args.top_k))
         else:
-            top = ", ".join(f"{n} {p:.1%}" for n, p in r.top(args.top_k)[1:])
-            print(f"{r.source}: {r.label} ({r.confidence:.1%})" + (f"  next: {top}" if top else ""))
+            top = ", ".join(f"{printable(n)} {p:.1%}" for n, p in r.top(args.top_k)[1:])
+            line = f"{printable(r.source)}: {printable(r.label)} ({r.confidence:.1%})"
+            print(line + (f"  next: {top}" if top else ""))
     if not seen:
         names = ", ".join(str(p) for p in args.inputs)
         raise MnistTfliteError(
@@ -243,8 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
-    if args.verify:
-        ending.require("tflite_micro")
+    ending.require("tflite_micro")  # the arena is measured in TFLM, --verify or not
     from mnist_tflite.micro.tflm.export import ExportOptions, export, summary_text
 
     fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")

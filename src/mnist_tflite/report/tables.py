@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic
+from mnist_tflite.core.errors import printable
 from mnist_tflite.edge.evaluate import VariantResult
 from mnist_tflite.report.plots import pareto_front, plot_accuracy_vs_size, plot_confusion
 
@@ -79,7 +80,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """A GitHub-flavoured table; failed rows show their reason."""
     headers, cells = table_cells(rows)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines += ["| " + " | ".join(printable(c) for c in row) + " |" for row in cells]  # names from files
     return "\n".join(lines)
 
 

@@ -104,7 +104,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     try:
         _refuse_or_done(out, fp, config, replace)
         ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
-        with rundir.transaction(out, log=log) as staging:
+        with rundir.transaction(out, log=log, foreign=rundir.run_foreign) as staging:
             # again, under the lock: another run may have finished into ``out`` meanwhile
             _refuse_or_done(out, fp, config, replace)
             resume = rundir.resumable(out, fp, ds) if config.resume else None
@@ -127,9 +127,9 @@ def _refuse_or_done(out: Path, fp: dict[str, Any], config: RunConfig, replace: b
     done = None if replace else rundir.finished_report(out, fp)
     if done is not None:
         raise _AlreadyDone(done)
+    rundir.check_out_dir(out, replace)  # first: what run did not write is named before anything else
     if config.resume:
         rundir.resumable(out, fp)
-    rundir.check_out_dir(out, replace)
 
 
 def build(
@@ -370,8 +370,10 @@ def next_steps(rows: list[dict[str, Any]], out: Path) -> list[str]:
         f"  mnist-tflite serve {shlex.quote(str(out))}                  # draw digits in a browser",
     ]
     if best == "int8":
-        fw = shlex.quote(str(out / "firmware"))
+        # beside the run folder, not in it: `run --force` replaces the run folder whole
+        base = out if out.name else out.resolve()
+        fw = shlex.quote(str(base.parent / f"{base.name}-firmware"))
         steps.append(f"  mnist-tflite export-micro {model} --out {fw} --verify   # C sources for TFLM")
-        c = shlex.quote(str(out / "compiled"))
+        c = shlex.quote(str(base.parent / f"{base.name}-compiled"))
         steps.append(f"  mnist-tflite compile {model} --out {c}   # plain C + Cortex-M4 firmware (QEMU)")
     return steps
