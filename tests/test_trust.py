@@ -287,3 +287,47 @@ def test_control_characters_in_class_names_and_file_names_are_escaped(tmp_path):
     assert "next: \\x1b[31m" in line
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
     assert "bad\\nmnist-tflite: error: forged.png" in r.stderr
+
+
+# -- item 11: plots ---------------------------------------------------------------------------
+
+ROWS = [  # the seed run's variants: flash equals file size, accuracies a test image or two apart
+    {
+        "name": "float32",
+        "size_bytes": 143_280,
+        "flash_bytes": 143_280,
+        "arena_bytes": 111_424,
+        "accuracy": 0.9871,
+    },
+    {"name": "dynamic", "size_bytes": 40_960, "flash_bytes": 40_960, "accuracy": 0.9870},
+    {"name": "int8", "size_bytes": 41_824, "flash_bytes": 41_824, "arena_bytes": 30_288, "accuracy": 0.9871},
+    {
+        "name": "int16x8",
+        "size_bytes": 43_952,
+        "flash_bytes": 43_952,
+        "arena_bytes": 59_760,
+        "accuracy": 0.9872,
+    },
+    {"name": "tiny", "size_bytes": 9_000, "flash_bytes": 9_000, "arena_bytes": 4_800, "accuracy": 0.9790},
+]
+
+
+def test_the_pareto_line_does_not_rank_variants_a_test_image_apart(tmp_path):
+    """Before: int16x8 (+0.01 points over int8, 2 KB larger) was drawn as a step of the front."""
+    from mnist_tflite.report.plots import pareto_front, plot_accuracy_vs_size
+
+    front = plot_accuracy_vs_size(ROWS, tmp_path / "p.png")
+    assert [r["name"] for r in front] == ["tiny", "dynamic"]
+    assert pareto_front([(1, 90.0), (2, 90.04), (3, 90.1)], tie=0.05) == [(1, 90.0), (3, 90.1)]
+    assert pareto_front([(1, 90.0), (2, 90.04), (3, 90.1)]) == [(1, 90.0), (2, 90.04), (3, 90.1)]
+
+
+def test_run_draws_ram_not_a_second_copy_of_the_size_plot(tmp_path):
+    pytest.importorskip("tensorflow")
+    from mnist_tflite.training.pipeline import plot_stage
+
+    plots = plot_stage(ROWS, {}, [str(i) for i in range(10)], tmp_path)
+    assert sorted(plots.values()) == ["ram_vs_accuracy.png", "size_vs_accuracy.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ram_vs_accuracy.png", "size_vs_accuracy.png"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "flash_vs_accuracy" not in readme and "ram_vs_accuracy.png" in readme
