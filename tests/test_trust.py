@@ -331,3 +331,11 @@ def test_run_draws_ram_not_a_second_copy_of_the_size_plot(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ram_vs_accuracy.png", "size_vs_accuracy.png"]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "flash_vs_accuracy" not in readme and "ram_vs_accuracy.png" in readme
+
+
+def test_progress_and_summary_lines_escape_control_characters_in_paths(tmp_path):
+    out = tmp_path / "fw\x1b[2J\nwrote"
+    r = run_cli("export-micro", str(MODELS / "int8.tflite"), "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "micro.json").is_file()
+    assert "\x1b" not in r.stdout + r.stderr and "fw\\x1b[2J\\nwrote/" in r.stdout

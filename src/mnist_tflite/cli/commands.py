@@ -253,7 +253,8 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
     fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")
     summary = export(ExportOptions(**_pick(args, *fields)), log=_progress(args))
     files = ", ".join(summary["files"])
-    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
+    out = printable(args.out)  # a newline or escape in the name must not forge lines
+    _show(args, summary, f"{summary_text(summary, out)}\nwrote {files} into {out}/")
     return _tflm_verdict({args.model: summary.get("verification")})
 
 
@@ -263,7 +264,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     fields = ("model", "out", "target", "images", "name", "verify", "force", "data")
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
     files = f"{len(summary['files'])} files"
-    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
+    out = printable(args.out)  # a newline or escape in the name must not forge lines
+    _show(args, summary, f"{summary_text(summary, out)}\nwrote {files} into {out}/")
     if differing_rows(summary):
         print(f"{PROG}: the compiled model and TFLM disagree on some output rows", file=sys.stderr)
         return 1
@@ -283,11 +285,16 @@ def _tflm_verdict(checked: dict[Any, dict[str, Any] | None]) -> int:
 
 def _show(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     """The command's result on stdout: the JSON document with --json, else the text."""
-    print(json.dumps(doc, indent=2) if args.json else text)
+    print(json.dumps(doc, indent=2) if args.json else _escaped(text))
 
 
-def _log_flush(message: str) -> None:
-    print(message, flush=True)
+def _escaped(text: object) -> str:
+    """Text for the terminal: control characters (a file name's, a class name's) escaped line by line."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
+def _log_flush(message: str, file: Any = None) -> None:
+    print(_escaped(message), file=file or sys.stdout, flush=True)
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
@@ -296,7 +303,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     Flushed line by line, so a log file or a pipe shows long work as it happens.
     """
     if getattr(args, "json", False):
-        return lambda message: print(message, file=sys.stderr, flush=True)
+        return lambda message: _log_flush(message, sys.stderr)
     return _log_flush
 
 
