@@ -76,16 +76,39 @@ def trained_model(mnist, tmp_path_factory):
     return result.model, path
 
 
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line of ``mnist-tflite ARGS`` in this interpreter (for ``Popen``)."""
+    return [sys.executable, "-m", "mnist_tflite", *args]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with this tree's ``src`` first on the path, then ``env``."""
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(env or {})}
+
+
 def run_cli(
-    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    **kwargs,
 ) -> subprocess.CompletedProcess:
-    """Run ``mnist-tflite`` in a fresh process, as a user would."""
+    """Run ``mnist-tflite`` in a fresh process, as a user would; text output captured.
+
+    ``prefix`` goes before the interpreter (e.g. ``ip netns exec NS``); ``kwargs`` go to
+    ``subprocess.run`` (``cwd``, ``input``, ...).
+    """
     return subprocess.run(
-        [sys.executable, "-m", "mnist_tflite.cli", *args],
+        [*prefix, *cli_argv(*args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=cli_env(env),
+        **kwargs,
     )
 
 
@@ -107,3 +130,57 @@ def edited_model(data: bytes, edit) -> bytes:
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+# -- skips that would turn CI green: --strict-skips (.ci/run) fails the session on them ---------
+
+# A skip CI accepts: node id (or its start, e.g. a module) -> why a CI machine set up by
+# .ci/run cannot run it. Empty: .ci/run installs every extra, package and tool the suite needs
+# and runs as root (tmpfs mounts, network namespaces).
+ALLOWED_SKIPS: dict[str, str] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--strict-skips",
+        action="store_true",
+        help="fail the session when a test is skipped that tests/conftest.py's ALLOWED_SKIPS does not list "
+        "(.ci/run sets it: on a CI machine every test must run)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--strict-skips", default=False):
+        config.pluginmanager.register(StrictSkips(), "strict-skips")
+
+
+class StrictSkips:
+    """Collects the skips ALLOWED_SKIPS does not list; fails an otherwise green session on them."""
+
+    def __init__(self) -> None:
+        self.unexpected: list[str] = []
+
+    def _note(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):  # an xfail is not a skip
+            return
+        if any(report.nodeid.startswith(allowed) for allowed in ALLOWED_SKIPS):
+            return
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        self.unexpected.append(f"{report.nodeid}: {reason}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._note(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.unexpected:
+            return
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.section("skipped, but CI must run them (--strict-skips)", red=True)
+            for line in self.unexpected:
+                reporter.line(line)
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

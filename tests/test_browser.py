@@ -6,14 +6,13 @@ mouse strokes on the canvas and reads the label the page shows.
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.conftest import cli_argv, require
 
 require("playwright", "fastapi", "uvicorn")  # before the imports that need them
 
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ def server(tmp_path_factory):
     log = run / "server.log"  # a file, not a pipe nobody reads: the server must never block on it
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mnist_tflite.cli", "serve", str(run), "--port", "0"],
+            cli_argv("serve", str(run), "--port", "0"),
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,

@@ -9,7 +9,7 @@ processes, where a signal or an interpreter-level traceback would show.
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.conftest import cli_argv, require, run_cli
 
 # these cases drive every command, the training and serving ones included
 require("tensorflow", "tflite_micro", "fastapi", "uvicorn")
@@ -65,16 +65,10 @@ def test_bad_command_line(case: Case, ws: Path):
 SAMPLE = [c for c in (OPTION_CASES + PATH_CASES)[::16] if not any("\0" in a for a in c.argv)]
 
 
-def run_process(argv: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mnist_tflite", *argv], capture_output=True, text=True, timeout=120, **kw
-    )
-
-
 @pytest.mark.parametrize("case", SAMPLE, ids=lambda c: f"process-{c.id}")
 def test_bad_command_line_in_a_process(case: Case, ws: Path):
     argv, _, _ = case.resolve(ws)
-    proc = run_process(argv)
+    proc = run_cli(*argv, timeout=120)
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode}"
     check_outcome(case, ws, proc.returncode, proc.stderr)
 
@@ -154,7 +148,9 @@ def test_write_on_a_full_disk(full_and_ro):
 @pytest.mark.slow
 def test_convert_on_a_full_disk(full_and_ro):
     target = full_and_ro["full"] / "f.tflite"
-    proc = run_process(["convert", str(MODELS / "model.keras"), "--recipe", "float32", "--out", str(target)])
+    proc = run_cli(
+        "convert", str(MODELS / "model.keras"), "--recipe", "float32", "--out", str(target), timeout=120
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"mnist-tflite: error: {target}: cannot write")
     assert [p.name for p in full_and_ro["full"].iterdir()] == ["filler"]
@@ -171,6 +167,7 @@ EXTRA_CASES = [
     ("uvicorn", "serve", ["serve", "{M}/int8.tflite"]),
     ("pydantic", "serve", ["serve", "{M}/int8.tflite"]),
     ("tflite_micro", "micro", ["export-micro", "{M}/int8.tflite", "--out", "{W}/out/em", "--verify"]),
+    ("tflite_micro", "micro", ["export-micro", "{M}/int8.tflite", "--out", "{W}/out/em"]),  # the arena: TFLM
 ]
 # one process for all: hide a module, run the command, put the module back
 EXTRA_CHILD = """
@@ -261,7 +258,7 @@ def test_stdout_closed_before_the_output(argv):
     os.close(read_end)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "mnist_tflite", *argv],
+            cli_argv(*argv),
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,

@@ -103,21 +103,6 @@ def test_files_are_classified_in_batches_and_streamed(models_dir, photo_dir, mon
     assert calls == [4, 4, 2] and len(invokes) == 3  # one interpreter call per batch
 
 
-def test_model_normalization_is_applied(models_dir, tmp_path, test_images):
-    """A sidecar that says black-on-white makes the classifier invert what it feeds the model."""
-    x, _ = test_images
-    shutil.copy(models_dir / "int8.tflite", tmp_path / "m.tflite")
-    meta = json.loads((models_dir / "int8.json").read_text())
-    meta["normalization"]["polarity"] = "black digit on white background"
-    (tmp_path / "m.json").write_text(json.dumps(meta))
-    clf = Classifier(tmp_path / "m.tflite")
-    seen = []
-    real = clf.model.predict_proba
-    clf.model.predict_proba = lambda a: seen.append(a) or real(a)
-    clf.classify(x[:2] / np.float32(255))
-    np.testing.assert_allclose(seen[0], 1 - x[:2] / np.float32(255))
-
-
 def test_array_inputs_npy_and_idx_are_used_as_is(tmp_path, test_images, models_dir):
     from mnist_tflite import Classifier as PublicClassifier
 

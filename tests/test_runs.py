@@ -26,7 +26,7 @@ import pytest
 from mnist_tflite.cli import main
 from mnist_tflite.core import procs, rundir
 from mnist_tflite.core.errors import MnistTfliteError
-from tests.conftest import MODELS
+from tests.conftest import MODELS, cli_argv, run_cli
 from tests.processes import assert_group_dies, children_of, live_group, wait_until
 
 # a fast but complete `run`: every stage, two recipes, a short TFLM check
@@ -67,18 +67,7 @@ def start_run(out: Path, seed: int, *extra: str, logs: Path) -> subprocess.Popen
     err = logs / f"{out.parent.name}-{out.name}-{seed}-{time.monotonic_ns()}.err"
     with open(err, "w") as f:
         p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mnist_tflite",
-                "run",
-                "--out",
-                str(out),
-                *FAST_RUN,
-                "--seed",
-                str(seed),
-                *extra,
-            ],
+            cli_argv("run", "--out", str(out), *FAST_RUN, "--seed", str(seed), *extra),
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -273,7 +262,7 @@ def test_convert_refuses_an_out_that_is_not_tflite(tmp_path, capsys):
 def _export_micro(out: Path, tmp: Path) -> subprocess.Popen:
     args = ["export-micro", str(MODELS / "int8.tflite"), "--out", str(out), "--verify", "--data", "embedded"]
     return subprocess.Popen(
-        [sys.executable, "-m", "mnist_tflite", *args],
+        cli_argv(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -359,7 +348,7 @@ def test_sigkill_during_fine_tuning_kills_the_tf_keras_child(tmp_path):
         str(tmp_path / "q.tflite"),
     ]
     p = subprocess.Popen(
-        [sys.executable, "-m", "mnist_tflite", *args, "--data", "embedded"],
+        cli_argv(*args, "--data", "embedded"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -462,11 +451,7 @@ def test_second_run_into_the_same_folder_is_refused_and_sigterm_cleans_up(tmp_pa
     a = start_run(out, 3, logs=logs)
     try:
         assert wait_until(lambda: rundir.lock_path(out).exists(), 120), stderr_of(a)
-        b = subprocess.run(
-            [sys.executable, "-m", "mnist_tflite", "run", "--out", str(out), *FAST_RUN],
-            capture_output=True,
-            text=True,
-        )
+        b = run_cli("run", "--out", str(out), *FAST_RUN)
         assert b.returncode == 2, b.stderr[-2000:]
         errors = [ln for ln in b.stderr.splitlines() if ln.startswith("mnist-tflite: error:")]
         assert len(errors) == 1 and "another mnist-tflite process" in errors[0], b.stderr[-2000:]
@@ -516,7 +501,7 @@ def _export_state(out: Path) -> str:
 
 def test_export_micro_force_killed_at_random_moments_never_loses_the_folder(tmp_path):
     out, model = tmp_path / "fw", str(MODELS / "int8.tflite")
-    cmd = [sys.executable, "-m", "mnist_tflite", "export-micro", model, "--out", str(out)]
+    cmd = cli_argv("export-micro", model, "--out", str(out))
     t = time.monotonic()
     assert subprocess.run([*cmd, "--name", "m0"], capture_output=True).returncode == 0
     duration, current, rng = time.monotonic() - t, "m0", random.Random(11)

@@ -7,7 +7,7 @@ per module; every process in the namespace is killed at the end, whatever happen
 
 from __future__ import annotations
 
-from tests.conftest import one_error_line, require
+from tests.conftest import cli_argv, one_error_line, require, run_cli
 
 require("ray", "tensorflow")  # before the imports that need them
 
@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,14 +34,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 RAY_PORT = 26379
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, prefix: tuple[str, ...] = ()):
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "mnist_tflite", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
-    )
+_cli = run_cli
 
 
 # -- the search space, as data ------------------------------------------------------------------
@@ -312,13 +304,7 @@ def test_without_ray_one_line_names_the_pip_command(tmp_path, models_dir):
         ("tune", "--out", str(tmp_path / "t"), "--flash", "16KB"),
         ("predict", str(models_dir / "int8.tflite"), str(tmp_path), "--ray"),
     ):
-        res = subprocess.run(
-            [sys.executable, "-m", "mnist_tflite", *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            timeout=60,
-        )
+        res = run_cli(*args, env=env, timeout=60)
         assert res.returncode == 2, res.stderr
         assert "pip install 'mnist-tflite[scale]'" in one_error_line(res.stderr)
 
@@ -459,7 +445,7 @@ class Cluster:
 
     def popen(self, *args: str, **env: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "mnist_tflite", *args, "--address", self.address],
+            [*self.prefix, *cli_argv(*args, "--address", self.address)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

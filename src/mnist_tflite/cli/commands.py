@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mnist_tflite.cli import ending
-from mnist_tflite.core.errors import PROG, MnistTfliteError, fail
+from mnist_tflite.core.errors import PROG, MnistTfliteError, fail, printable
 from mnist_tflite.core.values import (
     check_data_spec,
     check_int_range,
@@ -39,7 +39,6 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
 
 def cmd_run(args: argparse.Namespace) -> int:
     ending.require("tensorflow", "tflite_micro")
-    from mnist_tflite.micro.tflm.check import disagreement
     from mnist_tflite.training.pipeline import RunConfig, run
     from mnist_tflite.training.train import keras_file_bytes
 
@@ -61,13 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run(config, log=log)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
-    # the same rule as export-micro --verify: every file is written, then TFLM must agree
-    for name, v in report["micro"].get("verification", {}).items():
-        problem = disagreement(v)
-        if problem:
-            print(f"{PROG}: {args.out / (name + '.tflite')}: {problem}", file=sys.stderr)
-            return 1
-    return 0
+    checked = report["micro"].get("verification", {})
+    return _tflm_verdict({args.out / f"{name}.tflite": v for name, v in checked.items()})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -158,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
     check_int_range(args.latency_samples, "--latency-samples", 0, len(ds.x_test))
     options = _pick(args, "reference", "latency_samples", "allow_modified")
-    rows = compare_models(args.models, ds.x_test, ds.y_test, **options)
+    rows = compare_models(args.models, ds.x_test, ds.y_test, class_names=ds.class_names, **options)
     table = report_mod.rows_as_dicts(rows)
     if args.json:
         print(json.dumps({"data": ds.summary(), "variants": table}, indent=2))
@@ -168,13 +162,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnist_tflite.edge.predict import Classifier, Failure, save_inputs
+    from mnist_tflite.edge.predict import Classifier, Failure, model_file, save_inputs
 
     if args.top_k < 1:  # before the model loads; the upper bound below needs its classes
         raise MnistTfliteError(f"--top-k must be >= 1, received: {args.top_k}")
     check_int_range(args.buffer_size, "--buffer-size", 1, MAX_BUFFER)
     if args.show_input:  # a full or read-only disk fails before any image is read
         check_out_dir(args.show_input, probe_bytes=64 << 10)
+    if args.model.is_dir():  # a run folder: its int8 model, as `serve` does
+        args.model = model_file(args.model)
+        print(f"{PROG}: using {printable(args.model)}", file=sys.stderr)
     if args.ray:
         from mnist_tflite.scale.ray_predict import cmd_predict_ray
 
@@ -190,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         seen += 1
         if isinstance(r, Failure):
             failed += 1
-            print(f"{PROG}: error: {r.problem}", file=sys.stderr)
+            print(f"{PROG}: error: {printable(r.problem)}", file=sys.stderr)
             if args.json:
                 results.append(r.to_dict())
             continue
@@ -199,8 +196,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             results.append(r.to_dict(args.top_k))
         else:
-            top = ", ".join(f"{n} {p:.1%}" for n, p in r.top(args.top_k)[1:])
-            print(f"{r.source}: {r.label} ({r.confidence:.1%})" + (f"  next: {top}" if top else ""))
+            top = ", ".join(f"{printable(n)} {p:.1%}" for n, p in r.top(args.top_k)[1:])
+            line = f"{printable(r.source)}: {printable(r.label)} ({r.confidence:.1%})"
+            print(line + (f"  next: {top}" if top else ""))
     if not seen:
         names = ", ".join(str(p) for p in args.inputs)
         raise MnistTfliteError(
@@ -249,20 +247,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_micro(args: argparse.Namespace) -> int:
-    if args.verify:
-        ending.require("tflite_micro")
-    from mnist_tflite.micro.tflm.check import disagreement
+    ending.require("tflite_micro")  # the arena is measured in TFLM, --verify or not
     from mnist_tflite.micro.tflm.export import ExportOptions, export, summary_text
 
     fields = ("model", "out", "name", "verify", "force", "allow_float", "allow_modified", "data")
     summary = export(ExportOptions(**_pick(args, *fields)), log=_progress(args))
     files = ", ".join(summary["files"])
-    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
-    problem = disagreement(summary.get("verification"))
-    if problem:  # the same rule as `run` (micro.check.disagreement)
-        print(f"{PROG}: {args.model}: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    out = printable(args.out)  # a newline or escape in the name must not forge lines
+    _show(args, summary, f"{summary_text(summary, out)}\nwrote {files} into {out}/")
+    return _tflm_verdict({args.model: summary.get("verification")})
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -273,20 +266,37 @@ def cmd_compile(args: argparse.Namespace) -> int:
     fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified")
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
     files = f"{len(summary['files'])} files"
-    _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")
+    out = printable(args.out)  # a newline or escape in the name must not forge lines
+    _show(args, summary, f"{summary_text(summary, out)}\nwrote {files} into {out}/")
     if differing_rows(summary):
         print(f"{PROG}: the compiled model and TFLM disagree on some output rows", file=sys.stderr)
         return 1
     return 0
 
 
+def _tflm_verdict(checked: dict[Any, dict[str, Any] | None]) -> int:
+    """The exit code of ``run`` and ``export-micro``, after every file is written: 1 if TFLM disagrees."""
+    from mnist_tflite.micro.tflm.check import first_disagreement
+
+    problem = first_disagreement(checked)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _show(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     """The command's result on stdout: the JSON document with --json, else the text."""
-    print(json.dumps(doc, indent=2) if args.json else text)
+    print(json.dumps(doc, indent=2) if args.json else _escaped(text))
 
 
-def _log_flush(message: str) -> None:
-    print(message, flush=True)
+def _escaped(text: object) -> str:
+    """Text for the terminal: control characters (a file name's, a class name's) escaped line by line."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
+def _log_flush(message: str, file: Any = None) -> None:
+    print(_escaped(message), file=file or sys.stdout, flush=True)
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
@@ -295,7 +305,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     Flushed line by line, so a log file or a pipe shows long work as it happens.
     """
     if getattr(args, "json", False):
-        return lambda message: print(message, file=sys.stderr, flush=True)
+        return lambda message: _log_flush(message, sys.stderr)
     return _log_flush
 
 

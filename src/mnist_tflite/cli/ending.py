@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-from mnist_tflite.core.errors import PROG, MnistTfliteError
+from mnist_tflite.core.errors import PROG, MnistTfliteError, printable
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
 
@@ -37,7 +37,7 @@ CORE = ("numpy", "PIL", "ai_edge_litert", "matplotlib")
 def report(message: str, code: int) -> int:
     """Print ``mnist-tflite: error: <message>`` as exactly one line; return ``code``."""
     line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {printable(line)}", file=sys.stderr)
     return code
 
 

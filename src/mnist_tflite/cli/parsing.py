@@ -183,7 +183,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "exit status: 0 all inputs classified, 1 some inputs could not be read (each reported\n"
         "on stderr, the others still classified), 2 usage or model error",
     )
-    p.add_argument("model", type=Path, help="the .tflite model (its .json sidecar is checked)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="the .tflite model (its .json sidecar is checked) or a run folder (its int8)",
+    )
     p.add_argument(
         "inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy/IDX, dirs"
     )

@@ -264,7 +264,8 @@ def load(
         downloader: called in ``auto`` when there is no Keras cache, to fetch it (the
             training side passes ``training.download.keras_mnist``; commands that need only
             the test set pass nothing: the embedded copy is the full official test set).
-        log: where the one-line notice about the embedded sample goes.
+        log: progress lines (the notice about the embedded sample goes to stderr, and only
+            with a ``downloader``: the commands that train).
 
     Returns:
         A validated :class:`Dataset`.
@@ -281,7 +282,10 @@ def load(
             return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")
         if spec == "keras":
             raise fail(cache, f"no Keras MNIST cache and the download failed; {FULL_SET_HINT}")
-        log(f"Using the embedded MNIST sample (5,000 training digits); {FULL_SET_HINT}.")
+        if downloader is not None:  # about the training digits: only commands that train say it
+            print(
+                f"Using the embedded MNIST sample (5,000 training digits); {FULL_SET_HINT}.", file=sys.stderr
+            )
         return load_embedded()
     if spec == "embedded":
         return load_embedded()

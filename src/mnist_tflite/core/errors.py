@@ -20,9 +20,27 @@ class MnistTfliteError(Exception):
     exit_code = 2
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``): one honest line.
+
+    A file name with a newline or a class name with an ANSI escape must not forge or hide
+    output lines; every name the CLI prints goes through this.
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+def plural(n: float, noun: str, nouns: str | None = None) -> str:
+    """``1 step``, ``2 steps``, ``1,000 rows``: a count with its noun in the right number."""
+    word = noun if n == 1 else (nouns or noun + "s")
+    return f"{n:,g} {word}" if isinstance(n, float) else f"{n:,} {word}"
+
+
 def fail(path: object, problem: str) -> MnistTfliteError:
-    """Build an error whose message starts with the offending path."""
-    return MnistTfliteError(f"{path}: {problem}")
+    """Build an error whose message starts with the offending path (control characters escaped)."""
+    return MnistTfliteError(f"{printable(path)}: {problem}")
 
 
 MAX_USER_FILE = 1 << 30  # models, images, IDX files: far above any real one, below exhausting memory

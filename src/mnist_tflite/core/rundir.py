@@ -13,6 +13,12 @@ a mix of two runs. So a writer:
    one renamed in; a kill between those two renames is finished by the next writer's sweep
    (the staging folder is complete by then, so it is rolled forward).
 
+What the writer did not write is never deleted: ``foreign`` (``run_foreign`` for ``run``)
+names what a folder holds that the writer does not own (the user's ``firmware/``, notes, an
+``export-micro`` writing into it); the transaction refuses such a folder under the lock, and
+checks the old contents again right after the swap: anything that appeared meanwhile makes it
+swap back and fail, so no one's output is lost after being reported.
+
 At every instant the folder holds the previous complete contents or the new complete ones
 (or, only in the two-rename fallback, nothing until the next sweep). ``run_problem``,
 ``finished_report`` and ``resumable`` say what an existing run folder holds. No TensorFlow here.
@@ -32,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite.core.errors import fail
+from mnist_tflite.core.errors import fail, printable
 
 try:
     import fcntl
@@ -151,26 +157,57 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def publish(staging: Path, out: Path, *, exchange: bool = True) -> None:
-    """Make the complete folder ``staging`` become ``out``; the previous ``out`` is deleted."""
+Foreign = Callable[[Path], list[str]]
+
+
+def refuse_foreign(out: Path, foreign: Foreign | None, why: str = "") -> None:
+    """A one-line error naming what ``out`` holds that its writer did not write (if anything)."""
+    names = foreign(out) if foreign and out.is_dir() else []
+    if names:
+        shown = ", ".join(printable(n) for n in names[:5]) + (
+            f" and {len(names) - 5} more" if len(names) > 5 else ""
+        )
+        raise fail(
+            out,
+            f"holds {shown}, which mnist-tflite did not write here{why}; replacing the folder would delete "
+            "them: move them elsewhere (or choose another --out)",
+        )
+
+
+def publish(staging: Path, out: Path, *, exchange: bool = True, foreign: Foreign | None = None) -> None:
+    """Make the complete folder ``staging`` become ``out``; the previous ``out`` is deleted.
+
+    ``foreign``: what ``out`` may hold that is not the writer's; found in the previous
+    contents after the swap (written meanwhile), the swap is undone and the publish refused.
+    """
     if not out.exists():
         os.rename(staging, out)
         return
+    refuse_foreign(out, foreign)
     if exchange and _exchange(staging, out):
+        if foreign and foreign(staging):  # written into the folder just before the swap
+            _exchange(staging, out)
+            refuse_foreign(out, foreign, " (written during this run)")
         shutil.rmtree(staging, ignore_errors=True)  # now the previous contents
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.rename(out, old)
+    if foreign and foreign(old):
+        os.rename(old, out)
+        refuse_foreign(out, foreign, " (written during this run)")
     os.rename(staging, out)  # killed between these two: the next sweep() rolls forward
     shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def transaction(out: Path, log: Callable[[str], None] | None = None) -> Iterator[Path]:
+def transaction(
+    out: Path, log: Callable[[str], None] | None = None, foreign: Foreign | None = None
+) -> Iterator[Path]:
     """Lock ``out``, sweep, and yield a fresh staging folder; publish it if the block succeeds.
 
     On any exception (Ctrl-C and SIGTERM included) the staging folder is deleted and ``out``
     is left as it was. Check what ``out`` holds inside the block: the lock is held there.
+    ``foreign`` (see ``publish``): a folder holding what the writer did not write is refused.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +215,7 @@ def transaction(out: Path, log: Callable[[str], None] | None = None) -> Iterator
         raise fail(out.parent, f"cannot create the folder ({exc.strerror})") from None
     with lock(out):
         sweep(out, log)
+        refuse_foreign(out, foreign)
         staging = staging_path(out)
         try:
             staging.mkdir()
@@ -186,7 +224,7 @@ def transaction(out: Path, log: Callable[[str], None] | None = None) -> Iterator
         try:
             yield staging
             try:
-                publish(staging, out)
+                publish(staging, out, foreign=foreign)
             except OSError as exc:
                 raise fail(out, f"cannot move the new folder into place ({exc.strerror})") from None
         except BaseException:
@@ -224,14 +262,45 @@ def run_problem(out: Path) -> str | None:
     return None
 
 
+RUN_FILES = ("report.json", "report.md", "model.keras")
+
+
+def run_foreign(out: Path) -> list[str]:
+    """What ``out`` holds that ``run`` did not write (``--force`` and ``--resume`` keep it all).
+
+    ``run`` writes ``RUN_FILES``, a ``.tflite`` and ``.json`` per variant and the PNGs its
+    report.json lists; anything else (a ``firmware/`` or ``compiled/`` folder, notes, a lock
+    of an ``export-micro`` writing into it) is the user's. Without a readable report.json,
+    everything is.
+    """
+    try:
+        entries = sorted(out.iterdir())
+    except OSError:
+        return []
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        ours = {*RUN_FILES, *(str(v) for v in report.get("plots", {}).values())}
+        ours |= {f"{r['name']}{ext}" for r in report["variants"] for ext in (".tflite", ".json")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ours = set()
+    return [
+        e.name + ("/" if e.is_dir() else "")
+        for e in entries
+        if e.name not in ours or e.is_symlink() or not e.is_file()
+    ]
+
+
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a file, or a non-empty ``--out`` unless forced (nothing is created here)."""
+    """Refuse a file, a non-empty ``--out`` unless forced, and with ``--force`` anything run did
+    not write there (nothing is created or deleted here)."""
     if out.exists() and not out.is_dir():
         raise fail(out, "exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
         problem = run_problem(out)
         what = "holds a run with another configuration" if problem is None else "is not empty"
-        raise fail(out, f"output directory {what} (pass --force to replace the whole folder)")
+        raise fail(out, f"output directory {what} (pass --force to replace the run in it)")
+    if force:
+        refuse_foreign(out, run_foreign)
 
 
 def check_replaceable(out: Path, force: bool, marker: str, command: str) -> None:

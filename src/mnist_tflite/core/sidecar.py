@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mnist_tflite.core import atomic
+from mnist_tflite.core.data import PIXEL_SCALE
 from mnist_tflite.core.errors import fail, os_error
+from mnist_tflite.core.values import MAX_IMAGES, SEED_MAX
 
 # --- the declared schema ------------------------------------------------------------
 # The declared shape of a metadata sidecar, as data, and the check that applies it.
@@ -53,16 +57,17 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -_INT_LIMIT < v < _INT_LIMIT
 
 
-def _count(v: Any) -> bool:
-    return _int(v) and v >= 0
-
-
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _positive(v: Any) -> bool:
-    return _num(v) and v > 0
+def _between(low: float, high: float, *, integer: bool = False) -> Callable[[Any], bool]:
+    """A number (an integer if ``integer``) in ``[low, high]``: every field has a sane range."""
+    return lambda v: (_int(v) if integer else _num(v)) and low <= v <= high
+
+
+def _range_pair(v: Any) -> bool:
+    return _list_of(_between(-1e6, 1e6), 2, 2)(v) and v[0] < v[1]
 
 
 def _bool(v: Any) -> bool:
@@ -89,18 +94,21 @@ def is_sha256(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in string.hexdigits for c in v)
 
 
+_DIM = _between(-1, 2**31 - 1, integer=True)  # -1: any size (a batch axis)
 _TENSOR = {
     "": Rule("an object with dtype, shape, scale and zero_point", _obj),
     ".dtype": Rule("a dtype name such as 'int8'", _name),
-    ".shape": Rule("a list of integers", _list_of(_int, 1, 8)),
-    ".scale": Rule("a finite number", _num),
-    ".zero_point": Rule("an integer", _int),
+    ".shape": Rule(
+        "a list of 1 to 8 integers in -1..2**31-1", _list_of(_between(-1, 2**31 - 1, integer=True), 1, 8)
+    ),
+    ".scale": Rule("a number in [0, 1e6] (0: not quantized)", _between(0, 1e6)),
+    ".zero_point": Rule("an integer in -2**31..2**31-1", _between(-(2**31), 2**31 - 1, integer=True)),
 }
 
 SCHEMA: dict[str, Rule] = {
     "format": Rule("the string 'mnist-tflite-metadata/1'", _str, required=True),
     "model": Rule("the model's file name (a string)", _str),
-    "size_bytes": Rule("an integer >= 0", _count),
+    "size_bytes": Rule("an integer in 0..2**31", _between(0, 2**31, integer=True)),
     "recipe": Rule("an object with the recipe's name and settings", _obj),
     "recipe.name": Rule("a recipe name (a non-empty string)", _name),
     "recipe.description": Rule("a string", _str),
@@ -114,9 +122,11 @@ SCHEMA: dict[str, Rule] = {
     "recipe.output_logits": Rule("true or false", _bool),
     "class_names": Rule("a list of 1 to 1,000 class names (strings)", _list_of(_name, 1, 1000)),
     "normalization": Rule("an object with pixel_scale, pixel_offset and polarity", _obj),
-    "normalization.pixel_scale": Rule("a finite number > 0", _positive),
-    "normalization.pixel_offset": Rule("a finite number", _num),
-    "normalization.input_range": Rule("a list of 2 finite numbers", _list_of(_num, 2, 2)),
+    "normalization.pixel_scale": Rule("a number in (0, 1]", lambda v: _between(0, 1)(v) and v > 0),
+    "normalization.pixel_offset": Rule("a number in [-1, 1]", _between(-1, 1)),
+    "normalization.input_range": Rule(
+        "a list [low, high] of numbers in [-1e6, 1e6], low < high", _range_pair
+    ),
     "normalization.layout": Rule("a string", _str),
     "normalization.polarity": Rule("a string such as 'white digit on black background'", _str),
     **{f"input{k}": v for k, v in _TENSOR.items()},
@@ -126,14 +136,44 @@ SCHEMA: dict[str, Rule] = {
     "host_postprocess": Rule("'softmax' or 'none'", lambda v: v in ("softmax", "none")),
     "data_source": Rule("a string", _str),
     "calibration": Rule("null or an object with images, seed and from", _or_null(_obj)),
-    "calibration.images": Rule("an integer >= 0", _count),
-    "calibration.seed": Rule("an integer", _int),
+    "calibration.images": Rule(f"an integer in 0..{MAX_IMAGES:,}", _between(0, MAX_IMAGES, integer=True)),
+    "calibration.seed": Rule(f"an integer in 0..{SEED_MAX}", _between(0, SEED_MAX, integer=True)),
     "versions": Rule("an object of package -> version strings", _str_values),
     "architecture": Rule("an architecture name (a string)", _str),
-    "seed": Rule("an integer", _int),
+    "seed": Rule(f"an integer in 0..{SEED_MAX}", _between(0, SEED_MAX, integer=True)),
     "converted_from": Rule("a path (a string)", _str),
     "sparsity": Rule("a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
 }
+
+
+# What every command feeds a model: pixel / 255, white digit on black (edge.preprocess makes
+# it, core.data.normalize too). A sidecar that states another normalization is refused by
+# ``read`` rather than applied by some commands and ignored by others.
+STANDARD_NORMALIZATION: dict[str, Any] = {
+    "pixel_scale": PIXEL_SCALE,
+    "pixel_offset": 0.0,
+    "input_range": [0.0, 1.0],
+    "polarity": "white digit on black background",
+}
+
+
+def normalization_problem(meta: dict[str, Any]) -> str | None:
+    """Why the sidecar's normalization is not the one every command applies, or None."""
+    norm = meta.get("normalization") or {}
+    for key, standard in STANDARD_NORMALIZATION.items():
+        if key not in norm:
+            continue
+        value = norm[key]
+        if key == "polarity":
+            same = str(value).lower().startswith("white")
+        else:
+            same = bool(np.allclose(value, standard, rtol=1e-6, atol=1e-12))
+        if not same:
+            return (
+                f"metadata key 'normalization.{key}' is {found(value)}; expected {standard!r}: mnist-tflite "
+                "feeds every model pixel/255 with a white digit on black (predict, evaluate and serve alike)"
+            )
+    return None
 
 
 def found(value: Any) -> str:
@@ -172,6 +212,9 @@ def validate(meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
             continue
         if not rule.test(value):
             raise fail(path, f"metadata key {key!r} is {found(value)}; expected {rule.expected}")
+    problem = normalization_problem(meta)
+    if problem:
+        raise fail(path, problem)
 
 
 # --- reading and writing sidecars ----------------------------------------------------

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from mnist_tflite.core.data import normalize
-from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError, fail, printable
+from mnist_tflite.core.sidecar import sidecar_path
 from mnist_tflite.edge.infer import TfliteModel
 
 LATENCY_SAMPLES = 200
@@ -78,14 +79,19 @@ def evaluate_model(
     name: str | None = None,
     latency_samples: int = LATENCY_SAMPLES,
     allow_modified: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[VariantResult, np.ndarray]:
     """Evaluate one model on uint8 images (N, 28, 28); returns the row and its probabilities.
+
+    ``class_names`` are the data's: a model whose sidecar names other classes is refused
+    (its accuracy would count matching indices of different things).
 
     Example:
         >>> row, probs = evaluate_model("int8.tflite", ds.x_test, ds.y_test)
     """
     x = normalize(images)
     model = TfliteModel(model_path, allow_modified=allow_modified)
+    _check_classes(model, class_names)
     model.predict_proba(x[:1])  # warm-up outside the timed pass
     t = time.perf_counter()
     probs = model.predict_proba(x)
@@ -111,6 +117,22 @@ def evaluate_model(
     return row, probs
 
 
+def _check_classes(model: TfliteModel, class_names: Sequence[str] | None) -> None:
+    stated = (model.metadata or {}).get("class_names")
+    if class_names is None or stated is None or list(stated) == list(class_names):
+        return
+    raise fail(
+        sidecar_path(model.path),
+        f"class_names {_names(stated)} are not the data's {_names(class_names)}; "
+        "evaluate a model on data of the classes it was trained on",
+    )
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(printable(n) for n in list(names)[:4])
+    return f"[{shown}{', ...' if len(names) > 4 else ''}]"
+
+
 def compare_models(
     paths: Sequence[str | os.PathLike[str]],
     images: np.ndarray,
@@ -119,6 +141,7 @@ def compare_models(
     reference: str | os.PathLike[str] | None = None,
     latency_samples: int = LATENCY_SAMPLES,
     allow_modified: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> list[VariantResult]:
     """``mnist-tflite evaluate``: several models, each compared with a reference ``.tflite``.
 
@@ -126,6 +149,7 @@ def compare_models(
         paths: the models, evaluated in order.
         reference: whose answers the agreement columns compare with (default: the first model;
             without TensorFlow there is no Keras model to compare with).
+        class_names: the data's classes; a model whose sidecar names others is refused.
 
     Example:
         >>> rows = compare_models(["float32.tflite", "int8.tflite"], ds.x_test, ds.y_test)
@@ -135,7 +159,12 @@ def compare_models(
     ref_probs = None
     if reference is not None:
         _, ref_probs = evaluate_model(
-            reference, images, labels, latency_samples=0, allow_modified=allow_modified
+            reference,
+            images,
+            labels,
+            latency_samples=0,
+            allow_modified=allow_modified,
+            class_names=class_names,
         )
     rows = []
     for path in paths:
@@ -146,6 +175,7 @@ def compare_models(
             reference_probs=ref_probs,
             latency_samples=latency_samples,
             allow_modified=allow_modified,
+            class_names=class_names,
         )
         if ref_probs is None:  # the first model is the reference
             ref_probs = probs

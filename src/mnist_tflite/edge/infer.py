@@ -69,6 +69,23 @@ def _tensor_info(det: dict[str, Any]) -> TensorInfo:
     return TensorInfo(int(det["index"]), np.dtype(det["dtype"]), shape, float(scale), int(zero_point))
 
 
+def signature_problem(det: dict[str, Any], role: str) -> str | None:
+    """Why a tensor's ``shape_signature`` contradicts its shape (a crafted model), or None.
+
+    The signature may leave a size open (-1) but never state another one: the runner sizes
+    its buffers from it, and LiteRT fills them from the shape. ``serve`` calls this too.
+    """
+    sig, shape = det.get("shape_signature"), det["shape"]
+    if sig is None or not len(sig):
+        return None
+    if len(sig) == len(shape) and all(s in (-1, d) for s, d in zip(sig, shape, strict=True)):
+        return None
+    return (
+        f"{role} tensor's shape_signature {[int(s) for s in sig]} disagrees with its shape "
+        f"{[int(d) for d in shape]}; expected the same sizes (or -1 for the batch)"
+    )
+
+
 def _output_kind(flatbuffer: bytes) -> str:
     """``"logits"`` or ``"probabilities"``, from the op that makes the output (see flatbuffer.output_kind).
 
@@ -118,7 +135,12 @@ def read_model_bytes(
     data = read_user_file(path, "a TFLite flatbuffer (.tflite file)")
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         found = data[4:8] if len(data) >= 8 else data[:8]
-        raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'")
+        hint = ""
+        if path.suffix in (".keras", ".h5") or data[:4] in (b"PK\x03\x04", b"\x89HDF"):
+            hint = (
+                f"; a Keras model: convert it first: mnist-tflite convert {path} --recipe int8 --out m.tflite"
+            )
+        raise fail(path, f"not a TFLite flatbuffer: file identifier {found!r}, expected b'TFL3'{hint}")
     meta = sidecar.read(path)
     verified = False if allow_modified else sidecar.check_hash(path, data, meta)
     return data, meta, verified
@@ -195,6 +217,10 @@ class TfliteModel:
         ins, outs = first.interp.get_input_details(), first.interp.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
             raise fail(self.path, f"expected 1 input and 1 output tensor, found {len(ins)} and {len(outs)}")
+        for det, role in ((ins[0], "input"), (outs[0], "output")):
+            problem = signature_problem(det, role)
+            if problem:
+                raise fail(self.path, problem)
         self.input, self.output = _tensor_info(ins[0]), _tensor_info(outs[0])
         self._check_shapes()
         names = (self.metadata or {}).get("class_names")

@@ -1,7 +1,8 @@
 """Classify real images of digits with a deployed ``.tflite`` model: no TensorFlow.
 
 Images are preprocessed the MNIST way (:mod:`mnist_tflite.edge.preprocess`), scaled with the
-model's own normalization (from its sidecar), and classified in batches: one interpreter
+normalization every model here is trained with (pixel/255, white on black; a sidecar that
+states another is refused), and classified in batches: one interpreter
 call per batch, however many files. Inputs stream through, so a directory of a million
 files needs memory for one batch only.
 """
@@ -20,7 +21,27 @@ import numpy as np
 from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge import preprocess
 
-__all__ = ["Classifier", "Failure", "Prediction", "expand_inputs"]
+__all__ = ["RUN_DEFAULT", "Classifier", "Failure", "Prediction", "expand_inputs", "model_file"]
+
+RUN_DEFAULT = "int8"  # the variant of a run folder that predict (and serve) use by default
+
+
+def model_file(path: str | os.PathLike[str]) -> Path:
+    """The ``.tflite`` to use for ``path``: itself, or a run folder's ``int8.tflite``.
+
+    A directory without one is an error listing the models it holds.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    chosen = path / f"{RUN_DEFAULT}.tflite"
+    if chosen.is_file():
+        return chosen
+    found = sorted(p.name for p in path.glob("*.tflite"))[:8]
+    listed = f"it holds {', '.join(found)}: pass one of them" if found else "it holds no .tflite model"
+    raise fail(
+        path, f"is a folder without {chosen.name}; expected a .tflite model or a run folder ({listed})"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +104,7 @@ class Classifier:
 
     Args:
         model_path: the ``.tflite`` file; its sidecar ``.json`` (if any) supplies class
-            names and normalization, and its SHA-256 is checked.
+            names and its SHA-256 is checked (a normalization other than pixel/255 is refused).
         allow_modified: use the model even if its SHA-256 differs from the sidecar.
         buffer_size: images :meth:`predict_files` reads before each classification call
             (memory bound for a stream of files); the runner splits each call into the
@@ -113,11 +134,6 @@ class Classifier:
         self.buffer_size = max(1, int(buffer_size))
         self.max_pixels = max_pixels
         self.class_names = self.model.class_names
-        norm = (self.model.metadata or {}).get("normalization") or {}
-        # the model's input is uint8 pixel * pixel_scale + pixel_offset; ours is pixel / 255
-        self._gain = float(norm.get("pixel_scale", 1.0 / 255.0)) * 255.0
-        self._offset = float(norm.get("pixel_offset", 0.0))
-        self._invert = str(norm.get("polarity", "white")).lower().startswith("black")
 
     # -- single images -------------------------------------------------------------------
 
@@ -137,16 +153,12 @@ class Classifier:
 
     # -- batches -------------------------------------------------------------------------
 
-    def _model_input(self, x: np.ndarray) -> np.ndarray:
-        x = 1.0 - x if self._invert else x
-        if self._gain == 1.0 and self._offset == 0.0:
-            return x
-        return x * np.float32(self._gain) + np.float32(self._offset)
-
     def classify(self, images: np.ndarray, sources: list[str] | None = None) -> list[Prediction]:
         """Already-preprocessed images (N, 28, 28) in [0, 1] -> predictions, one batched call each."""
         x = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
-        probs = self.model.predict_proba(self._model_input(x))
+        probs = self.model.predict_proba(
+            x
+        )  # pixel/255, as the sidecar states (sidecar.STANDARD_NORMALIZATION)
         sources = sources or [f"image[{i}]" for i in range(len(x))]
         out = []
         for src, img, p in zip(sources, x, probs, strict=True):

@@ -20,13 +20,16 @@ PROBE_TIMEOUT_S = 30.0
 def _load_and_invoke(data: bytes) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=data)
-    interp.allocate_tensors()
-    for det in interp.get_input_details():
-        interp.set_tensor(det["index"], np.zeros(det["shape"], dtype=det["dtype"]))
-    interp.invoke()
-    for det in interp.get_output_details():
-        interp.get_tensor(det["index"])
+    from mnist_tflite.edge.quiet import stderr_silenced
+
+    with stderr_silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner: not ours
+        interp = Interpreter(model_content=data)
+        interp.allocate_tensors()
+        for det in interp.get_input_details():
+            interp.set_tensor(det["index"], np.zeros(det["shape"], dtype=det["dtype"]))
+        interp.invoke()
+        for det in interp.get_output_details():
+            interp.get_tensor(det["index"])
 
 
 def probe(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:

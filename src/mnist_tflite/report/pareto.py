@@ -86,6 +86,29 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any
     return rows
 
 
+def _competitors(
+    rows: list[dict[str, Any]], key: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]], bool]:
+    """(the rows that compete on the chart, (name, why) of the others, whether TFLM decided)."""
+    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy")]
+    excluded = [(r["name"], r.get("error") or "failed") for r in rows if r not in ok]
+    tflm = any(r.get("arena_bytes") for r in ok)
+    if not tflm:
+        return ok, excluded, False
+    # flash is a microcontroller's budget: only what TFLM runs competes
+    excluded += [(r["name"], "does not run in TFLM") for r in ok if not r.get("arena_bytes")]
+    return [r for r in ok if r.get("arena_bytes")], excluded, True
+
+
+def _out_dir(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise fail(out, "exists and is not a directory")
+    if (out / "pareto.md").exists() and not force:
+        raise fail(out / "pareto.md", "already exists (pass --force to overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def write_pareto(
     run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False
 ) -> dict[str, Any]:
@@ -95,21 +118,10 @@ def write_pareto(
         >>> write_pareto(["runs/seed", "runs/tiny"], "runs/pareto")
     """
     rows = merge_runs(run_dirs)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise fail(out, "exists and is not a directory")
-    if (out / "pareto.md").exists() and not force:
-        raise fail(out / "pareto.md", "already exists (pass --force to overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(Path(out), force)
 
     key = "flash_bytes" if any(r.get("flash_bytes") for r in rows) else "size_bytes"
-    ok = [r for r in rows if r.get("status", "ok") == "ok" and r.get(key) and r.get("accuracy")]
-    excluded = [(r["name"], r.get("error") or "failed") for r in rows if r not in ok]
-    tflm = any(r.get("arena_bytes") for r in ok)
-    plotted = ok
-    if tflm:  # flash is a microcontroller's budget: only what TFLM runs competes
-        plotted = [r for r in ok if r.get("arena_bytes")]
-        excluded += [(r["name"], "does not run in TFLM") for r in ok if not r.get("arena_bytes")]
+    plotted, excluded, tflm = _competitors(rows, key)
     left_out = "; ".join(f"{name} ({why})" for name, why in excluded)
     front = plot_accuracy_vs_size(
         plotted,
@@ -131,8 +143,8 @@ def write_pareto(
         "",
         report_mod.markdown_table(table_rows),
         "",
-        "Pareto front (nothing else is both smaller and at least as accurate; exact accuracies, "
-        "no tie rule): " + ", ".join(r["name"] for r in front),
+        f"Pareto front (each more than {report_mod.TIE_POINTS:g} points more accurate than every smaller "
+        "one; closer is a tie, which the smaller wins): " + ", ".join(r["name"] for r in front),
         "",
         report_mod.BUDGET_TITLE,
         "",

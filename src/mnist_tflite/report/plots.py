@@ -16,7 +16,7 @@ import numpy as np
 
 from mnist_tflite.core import atomic
 
-__all__ = ["pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
+__all__ = ["TIE_POINTS", "pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
 
 KB = 1024
 MIN_SPAN_POINTS = 1.0  # the y axis spans at least this many accuracy points
@@ -37,11 +37,19 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.959964) -> tuple[float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by another that is at most as large and at least as accurate."""
-    front = []
-    for x, y in points:
-        if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
+TIE_POINTS = 0.05  # accuracy points treated as a tie (5 of 10,000 test images)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], tie: float = 0.0) -> list[tuple[float, float]]:
+    """Points not beaten by a smaller one, smallest first: each is more than ``tie`` more accurate
+    than every smaller point kept (``tie`` 0: the strict front).
+
+    With a tie, a larger variant 0.01-0.02 points "better" (a test image or two, far inside the
+    95 % intervals) is not ranked above a smaller one: the smaller wins, as in the budget table.
+    """
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(set(points), key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1] + tie:
             front.append((x, y))
     return front
 
@@ -186,7 +194,7 @@ def _draw_points(
 
 def _draw_front(ax: Any, pts: Sequence[dict[str, Any]], size_key: str) -> tuple[list[dict[str, Any]], Any]:
     """The Pareto front's rows (smallest first) and the step line drawn for it."""
-    front_xy = set(pareto_front([(r[size_key], 100 * r["accuracy"]) for r in pts]))
+    front_xy = set(pareto_front([(r[size_key], 100 * r["accuracy"]) for r in pts], tie=TIE_POINTS))
     on_front = (r for r in pts if (r[size_key], 100 * r["accuracy"]) in front_xy)
     front = sorted(on_front, key=lambda r: r[size_key])
     # the front as explicit steps (not drawstyle="steps-post"), so the label placer sees the
@@ -195,8 +203,16 @@ def _draw_front(ax: Any, pts: Sequence[dict[str, Any]], size_key: str) -> tuple[
     fy = [100 * r["accuracy"] for r in front]
     sx = [v for i in range(len(fy)) for v in (fx[i], fx[i + 1])]
     sy = [v for y in fy for v in (y, y)]
-    (step,) = ax.plot(sx, sy, color="tab:red", alpha=0.6, label="Pareto front")
+    label = f"Pareto front (within {TIE_POINTS:g} points: a tie, the smaller wins)"
+    (step,) = ax.plot(sx, sy, color="tab:red", alpha=0.6, label=label)
     return front, step
+
+
+SIZE_AXES = {  # row key -> what the x axis measures
+    "size_bytes": "model file size",
+    "flash_bytes": "flash (model bytes)",
+    "arena_bytes": "TFLM tensor arena (RAM)",
+}
 
 
 def plot_accuracy_vs_size(
@@ -236,8 +252,7 @@ def plot_accuracy_vs_size(
         counts = ", ".join(f"{n:,}" for n in sorted({int(r.get("test_images") or test_images) for r in pts}))
         ax.plot([], [], " ", label=f"bars: 95 % interval (Wilson, {counts} images)")
         legend = ax.legend(loc="best", fontsize=8)
-    what = {"size_bytes": "model file size", "flash_bytes": "flash (model bytes)"}.get(size_key, size_key)
-    ax.set_xlabel(f"{what} (KB = 1,024 bytes; log scale)")
+    ax.set_xlabel(f"{SIZE_AXES.get(size_key, size_key)} (KB = 1,024 bytes; log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)

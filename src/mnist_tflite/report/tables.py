@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic
+from mnist_tflite.core.errors import printable
 from mnist_tflite.edge.evaluate import VariantResult
-from mnist_tflite.report.plots import pareto_front, plot_accuracy_vs_size, plot_confusion
+from mnist_tflite.report.plots import TIE_POINTS, pareto_front, plot_accuracy_vs_size, plot_confusion
 
 __all__ = [
     "budget_table",
@@ -79,14 +80,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """A GitHub-flavoured table; failed rows show their reason."""
     headers, cells = table_cells(rows)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines += ["| " + " | ".join(printable(c) for c in row) + " |" for row in cells]  # names from files
     return "\n".join(lines)
 
 
 BUDGETS_KB = (8, 10, 16, 32, 48, 64, 128, 256)
 
 
-TIE_POINTS = 0.05  # accuracy points treated as a tie (5 of 10,000 test images)
 BUDGET_TITLE = (
     "Which variant to choose for a flash budget (KB = 1,024 bytes). Rule: among the variants "
     "that fit, the most accurate wins, except that accuracies within 0.05 points (5 of 10,000 "

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic
+from mnist_tflite.core.errors import plural
 
 FOLDER = "finalists"
 
@@ -188,7 +189,7 @@ def refit(
     for r in front:
         folder = _folder(out, r)
         jobs.append((refit_one, (r["config"], settings, str(folder / "model.tflite")), folder / "refit.json"))
-    log(f"tune: training the {len(front)} models of the front on all the training data")
+    log(f"tune: training the {plural(len(front), 'model')} of the front on all the training data")
 
     def describe(i: int, result: dict[str, Any] | None, error: str | None) -> str:
         if error:

@@ -104,7 +104,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     try:
         _refuse_or_done(out, fp, config, replace)
         ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
-        with rundir.transaction(out, log=log) as staging:
+        with rundir.transaction(out, log=log, foreign=rundir.run_foreign) as staging:
             # again, under the lock: another run may have finished into ``out`` meanwhile
             _refuse_or_done(out, fp, config, replace)
             resume = rundir.resumable(out, fp, ds) if config.resume else None
@@ -127,9 +127,9 @@ def _refuse_or_done(out: Path, fp: dict[str, Any], config: RunConfig, replace: b
     done = None if replace else rundir.finished_report(out, fp)
     if done is not None:
         raise _AlreadyDone(done)
+    rundir.check_out_dir(out, replace)  # first: what run did not write is named before anything else
     if config.resume:
         rundir.resumable(out, fp)
-    rundir.check_out_dir(out, replace)
 
 
 def build(
@@ -307,7 +307,11 @@ def micro_stage(
 def plot_stage(
     table_rows: list[dict[str, Any]], confusion: dict[str, np.ndarray], class_names: Any, out: Path
 ) -> dict[str, str]:
-    """The PNGs a reader looks at first: where int8 errs, and what each variant costs in size."""
+    """The PNGs a reader looks at first: where int8 errs, and what each variant costs in flash and RAM.
+
+    Flash is the model file's size for every variant (TFLM maps the flatbuffer as it is), so
+    the second plot shows the other cost a microcontroller pays: the TFLM tensor arena.
+    """
     plots = {}
     cm_name = "int8" if "int8" in confusion else next(iter(confusion), None)
     if cm_name:
@@ -319,12 +323,12 @@ def plot_stage(
     plots["size vs accuracy"] = "size_vs_accuracy.png"
     report_mod.plot_accuracy_vs_size(
         [r for r in table_rows if r.get("arena_bytes")],  # only what TFLM can run
-        out / "flash_vs_accuracy.png",
-        size_key="flash_bytes",
-        title="Flash vs accuracy (variants that run in TFLM)",
+        out / "ram_vs_accuracy.png",
+        size_key="arena_bytes",
+        title="RAM vs accuracy (TFLM tensor arena; variants that run in TFLM)",
         test_images=n,
     )
-    plots["flash vs accuracy"] = "flash_vs_accuracy.png"
+    plots["RAM (TFLM arena) vs accuracy"] = "ram_vs_accuracy.png"
     return plots
 
 
@@ -370,8 +374,10 @@ def next_steps(rows: list[dict[str, Any]], out: Path) -> list[str]:
         f"  mnist-tflite serve {shlex.quote(str(out))}                  # draw digits in a browser",
     ]
     if best == "int8":
-        fw = shlex.quote(str(out / "firmware"))
+        # beside the run folder, not in it: `run --force` replaces the run folder whole
+        base = out if out.name else out.resolve()
+        fw = shlex.quote(str(base.parent / f"{base.name}-firmware"))
         steps.append(f"  mnist-tflite export-micro {model} --out {fw} --verify   # C sources for TFLM")
-        c = shlex.quote(str(out / "compiled"))
+        c = shlex.quote(str(base.parent / f"{base.name}-compiled"))
         steps.append(f"  mnist-tflite compile {model} --out {c}   # plain C + Cortex-M4 firmware (QEMU)")
     return steps

@@ -20,12 +20,12 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError, fail, plural
 from mnist_tflite.edge.flatbuffer import ModelInfo, parse
 from mnist_tflite.micro.tflm.interpreter import (
     ChildResult,
@@ -234,21 +234,38 @@ def disagreement(v: dict[str, Any] | None) -> str | None:
     )
 
 
+def first_disagreement(checked: Mapping[object, dict[str, Any] | None]) -> str | None:
+    """The exit rule of ``run`` and ``export-micro`` over their models: ``FILE: why`` or None.
+
+    ``checked`` maps each model file to its verification (or None when it was not checked);
+    the first that ``disagreement`` fails is named.
+    """
+    for path, v in checked.items():
+        problem = disagreement(v)
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
 def verification_line(name: str, v: dict[str, Any]) -> str:
     """One line for a report: TFLM accuracy and agreement with both LiteRT paths, as counts."""
     b, x, n = v["vs_litert_builtin"], v["vs_litert_xnnpack"], v["images"]
-    unit = " step(s)" if v["output_dtype"].startswith(("int", "uint")) else ""
+    integer = v["output_dtype"].startswith(("int", "uint"))
+
+    def most(d: float) -> str:  # "1 step", "2 steps"; float outputs differ by a plain number
+        return plural(float(d), "step") if integer else f"{d:g}"
+
     differ = (
-        f" ({b['rows_differing']:,} differ by at most {b['max_abs_diff']:g}{unit}, "
-        f"{b['predictions_differing']} prediction(s))"
+        f" ({b['rows_differing']:,} differ by at most {most(b['max_abs_diff'])}, "
+        f"{plural(b['predictions_differing'], 'prediction')})"
         if b["rows_differing"]
         else ""
     )
     return (
         f"{name} in TFLM: {100 * v['accuracy']:.2f} % on {images_phrase(v)} ({v['tflm_seconds']:.1f} s); "
         f"vs LiteRT builtin kernels: {n - b['rows_differing']:,}/{n:,} output rows identical{differ}; "
-        f"vs LiteRT XNNPACK: {x['rows_differing']:,} rows differ (max {x['max_abs_diff']:g}{unit}), "
-        f"{x['predictions_differing']} prediction(s) differ"
+        f"vs LiteRT XNNPACK: {plural(x['rows_differing'], 'row')} differ (max {most(x['max_abs_diff'])}), "
+        f"{plural(x['predictions_differing'], 'prediction')} differ"
     )
 
 

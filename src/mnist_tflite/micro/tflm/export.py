@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic, rundir
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError, fail, printable
 from mnist_tflite.edge.flatbuffer import ModelInfo
 from mnist_tflite.micro.tflm import c_source as c_text
 from mnist_tflite.micro.tflm.check import (
@@ -168,7 +168,7 @@ def summary_text(s: dict[str, Any], out: object = None) -> str:
         return f"{t['dtype']} {t['shape']}{q}"
 
     lines = [
-        f"{s['name']}: {s['model']}" + (f" -> {out}" if out else ""),
+        f"{s['name']}: {printable(s['model'])}" + (f" -> {out}" if out else ""),
         f"  flash   {s['flash_bytes']:,} bytes (const array {s['name']}[] in {s['name']}_data.cc)",
         f"  arena   {a['recommended_bytes']:,} bytes to allocate = smallest that works in TFLM "
         f"{a['min_bytes']:,} bytes {a['margin']}",
