@@ -214,7 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mnist_tflite.scale.tune import TuneOptions, parse_size, search, summary_text
+    from mnist_tflite.scale.front import summary_text
+    from mnist_tflite.scale.tune import TuneOptions, parse_size, search
 
     options = TuneOptions(
         out=args.out,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from mnist_tflite.core import atomic
 __all__ = ["pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
 
 KB = 1024
+_T = TypeVar("_T")
 MIN_SPAN_POINTS = 1.0  # the y axis spans at least this many accuracy points
 
 
@@ -37,13 +38,28 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.959964) -> tuple[float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by another that is at most as large and at least as accurate."""
-    front = []
-    for x, y in points:
-        if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
-            front.append((x, y))
-    return front
+def _size_then_error(point: Any) -> tuple[float, float]:
+    size, accuracy = point
+    return (size, -accuracy)
+
+
+def pareto_front(items: Sequence[_T], key: Callable[[_T], Sequence[float]] = _size_then_error) -> list[_T]:
+    """The items no other item dominates, in their order.
+
+    ``key`` gives each item's costs, smaller is better; another item dominates when its costs
+    are at most as large in every coordinate and not all equal. The default takes
+    ``(size, accuracy)`` pairs. Tune's front uses ``(flash, arena, -accuracy)``.
+
+    Example:
+        >>> pareto_front([(10, 90.0), (20, 95.0), (30, 94.0)])
+        [(10, 90.0), (20, 95.0)]
+    """
+    costs = [tuple(key(item)) for item in items]
+    return [
+        item
+        for item, mine in zip(items, costs, strict=True)
+        if not any(other != mine and all(a <= b for a, b in zip(other, mine, strict=True)) for other in costs)
+    ]
 
 
 def _pyplot() -> Any:

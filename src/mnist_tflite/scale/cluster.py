@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError, first_line
 
 INSTALL_HINT = "pip install 'mnist-tflite[scale]'"
 CONNECT_TIMEOUT_S = 4.0
@@ -131,9 +131,8 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
                 # "local": a new private instance, even when `ray start` left a cluster on this machine
                 ray.init(address=address or "local", **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
                 raise MnistTfliteError(
-                    f"--address {address}: cannot connect to Ray ({first[:160]})"
+                    f"--address {address}: cannot connect to Ray ({first_line(exc, 160)})"
                 ) from None
         try:
             yield ray
