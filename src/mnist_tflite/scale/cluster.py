@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mnist_tflite.core.errors import MnistTfliteError, first_line
+from mnist_tflite.core.reaper import reaping
 
 INSTALL_HINT = "pip install 'mnist-tflite[scale]'"
 CONNECT_TIMEOUT_S = 4.0
@@ -27,6 +28,7 @@ NOISE = (
 )
 
 
+_GCS_PROBE = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # every Ray GCS answers it
 _START_HINT = "start one with `ray start --head --port PORT`, or leave out --address to run on this machine"
 # HTTP/2 client connection preface + an empty SETTINGS frame
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -100,17 +102,55 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise MnistTfliteError(
             f"--address {address}: something answers there, but not a Ray cluster (no gRPC); {_START_HINT}"
         )
+    why = _not_ray_gcs(hp, timeout_s)
+    if why:
+        raise MnistTfliteError(
+            f"--address {address}: something answers there, but not a Ray cluster ({why}); {_START_HINT}"
+        )
+
+
+def _not_ray_gcs(host_port: tuple[str, int], timeout_s: float) -> str | None:
+    """Why the gRPC server at ``host_port`` is not Ray's GCS, or None when it answers as one.
+
+    A proxy or another gRPC server also speaks HTTP/2 (this network's egress proxy answers
+    every address); ray.init would then retry for 20 s or more. A GCS answers the call
+    ``GetClusterId``, possibly refusing a missing token (then it is still a GCS).
+    """
+    import grpc
+
+    host, port = host_port
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(_GCS_PROBE, request_serializer=bytes, response_deserializer=bytes)
+        try:
+            call(b"", timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                return f"gRPC {code.name.lower()}: {first_line(str(exc.details()), 80)}"  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no gRPC answer within {timeout_s:g} s"
+    return None
 
 
 @contextlib.contextmanager
-def connected(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
+def connected(
+    address: str | None = None, *, num_cpus: int | None = None, temp_prefixes: tuple[str, ...] = ()
+) -> Iterator[Any]:
     """Ray, initialized: the cluster at ``address``, or a private local instance; shut down after.
 
+    Even after ``kill -9`` of this process, what Ray started here ends within a second or two
+    and the temp folders ``<prefix>-<pid>-*`` of the workers are swept (:mod:`core.reaper`).
     Yields the ``ray`` module.
     """
     require_ray()
     if address:
         check_reachable(address)
+    with reaping(temp_prefixes):
+        yield from _connected(address, num_cpus)
+
+
+def _connected(address: str | None, num_cpus: int | None) -> Iterator[Any]:
     ray = _import_ray(local=not address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray's start-up chatter ("Started a local Ray instance", deprecation notes) is not ours

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core import procs
 from mnist_tflite.scale import space
 
 # the search's objective: accuracy first; +0.2 percentage points per halving of the flash
@@ -35,6 +35,7 @@ SIZE_BONUS_PER_HALVING = 0.002
 # test hook, read by the driver: the trial of the point so named (or labelled) raises
 CRASH_ENV = "MNIST_TFLITE_TUNE_CRASH"
 CALIBRATION_IMAGES = 500
+TEMP_PREFIXES = ("mnist-tflite-trial", "mnist-tflite-val")  # <prefix>-<pid>-*: swept once the pid is gone
 
 
 def score(val_accuracy: float, flash: int, flash_budget: int) -> float:
@@ -183,7 +184,7 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     val_correct, val_images = _int8_val_correct(fb, ds, cfg)
     val_int8 = val_correct / val_images if val_images else 0.0
     status_reason = over_budget(len(fb), arena, settings) or tflm_error
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-trial-") as tmp:
+    with procs.temp_dir(TEMP_PREFIXES[0]) as tmp:  # pid in the name: swept if we are killed
         _write_model(os.path.join(tmp, "model.tflite"), fb, config, settings, cfg, "training split")
         report(
             {
@@ -213,7 +214,7 @@ def _int8_val_correct(flatbuffer: bytes, ds: Any, cfg: Any) -> tuple[int, int]:
     _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed, cfg.val_block)
     if not len(x_val):
         return 0, 0
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-val-") as tmp:
+    with procs.temp_dir(TEMP_PREFIXES[1]) as tmp:
         path = os.path.join(tmp, "m.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)

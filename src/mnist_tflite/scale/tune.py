@@ -18,27 +18,26 @@ No TensorFlow in this process: trials run in Ray workers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mnist_tflite.core import atomic
+from mnist_tflite.core import atomic, procs, rundir
 from mnist_tflite.core import data as data_mod
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.reaper import reaping
 from mnist_tflite.report.plots import pareto_front
 from mnist_tflite.scale import front as report
 from mnist_tflite.scale import space
 from mnist_tflite.scale.cluster import cluster_cpus, connected, require_ray
 from mnist_tflite.scale.front import FORMAT, budget_text, budgets
+from mnist_tflite.scale.options import EXPERIMENT, SETTINGS_FILE, TuneOptions, prepare
 from mnist_tflite.scale.space import kib
-
-SETTINGS_FILE = "search.json"
-EXPERIMENT = "ray"
+from mnist_tflite.scale.trial import TEMP_PREFIXES
 
 
 class Interrupted(MnistTfliteError):
@@ -53,61 +52,7 @@ class NothingFits(MnistTfliteError):
     exit_code = 1
 
 
-DEFAULTS: dict[str, Any] = {
-    "trials": 30,
-    "max_epochs": 30,
-    "seed": 0,
-    "data": "embedded",
-    "ram": None,
-    "folds": 3,  # a trial holds out fold 0: 1,667 of the 5k sample; finalists are scored on all 3
-    "finalists": 10,
-}
-MAX_FOLDS = 10
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of a budget cell at each rung (a third: too noisy)
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """``mnist-tflite tune``'s options; sizes in bytes. None: the default (or, with
-    ``resume``, the value the search was started with)."""
-
-    out: Path
-    flash: int | None = None
-    ram: int | None = None
-    trials: int | None = None
-    max_epochs: int | None = None
-    address: str | None = None
-    resume: bool = False
-    seed: int | None = None
-    data: str | None = None
-    folds: int | None = None
-    finalists: int | None = None
-
-    def settings(self) -> dict[str, Any]:
-        """What the trials need, and what ``--resume`` restores."""
-        return {
-            "flash": self.flash,
-            "ram": self.ram,
-            "trials": self.trials,
-            "max_epochs": self.max_epochs,
-            "seed": self.seed,
-            "data": self.data,
-            "folds": self.folds,
-            "finalists": self.finalists,
-            "val_fraction": 1 / self.folds if self.folds else None,
-        }
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str, option: str = "--flash") -> int:
-    """``16KB`` / ``16k`` / ``16KiB`` -> 16384 (1 KB = 1,024 bytes); ``9000`` -> 9000 bytes."""
-    m = _SIZE.match(str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise MnistTfliteError(f"{option} {text!r}: expected a positive size such as 16KB, 512KB or 9000")
-    unit = (m.group(2) or "b").lower()[0]
-    return int(float(m.group(1)) * {"b": 1, "k": 1024, "m": 1024 * 1024}[unit])
 
 
 # -- the trainable (runs in Ray workers) ------------------------------------------------------
@@ -135,85 +80,31 @@ def _smallest_footprint(settings: dict[str, Any]) -> dict[str, Any]:
 # -- the search -----------------------------------------------------------------------------
 
 
-def _prepare(options: TuneOptions) -> tuple[TuneOptions, Path]:
-    """Options with every value set (from the saved search on --resume), and the output dir."""
-    out = Path(options.out)
-    settings_path = out / SETTINGS_FILE
-    keys = ("flash", "ram", "trials", "max_epochs", "seed", "data", "folds", "finalists")
-    if options.resume:
-        if not settings_path.is_file():
-            raise fail(out, f"no search to resume (no {SETTINGS_FILE}); start one without --resume")
-        try:
-            saved = json.loads(settings_path.read_text(encoding="utf-8"))["settings"]
-            saved = {k: saved[k] for k in keys}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise fail(settings_path, f"unreadable search settings ({exc})") from None
-        changed = [k for k in keys if getattr(options, k) is not None and getattr(options, k) != saved[k]]
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise MnistTfliteError(
-                f"--resume continues the search as it was started: {flags} differ from {settings_path} "
-                "(leave them out)"
-            )
-        return replace(options, **saved), out
-    if options.flash is None:
-        raise MnistTfliteError("--flash is required (e.g. --flash 16KB), unless --resume")
-    options = replace(options, **{k: v for k, v in DEFAULTS.items() if getattr(options, k) is None})
-    if min(options.trials, options.max_epochs, options.finalists) < 1:
-        raise MnistTfliteError(
-            f"--trials, --max-epochs and --finalists must be >= 1, received: {options.trials}, "
-            f"{options.max_epochs} and {options.finalists}"
-        )
-    if not 2 <= options.folds <= MAX_FOLDS:
-        raise MnistTfliteError(f"--folds must be 2 to {MAX_FOLDS}, received: {options.folds}")
-    if out.exists() and not out.is_dir():
-        raise fail(out, "exists and is not a directory")
-    if settings_path.exists() or (out / EXPERIMENT).exists():
-        raise fail(out, "already holds a search; pass --resume to continue it, or choose another --out")
-    return options, out
-
-
 def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the search and write the outputs; returns the ``front.json`` document.
 
+    ``kill PID`` stops it as Ctrl-C does (exit 130, ``--resume`` continues); after ``kill -9``
+    what Ray started ends too, and ``--out`` holds the previous complete outputs or none.
+
     Raises:
+        Interrupted: Ctrl-C or SIGTERM.
         NothingFits: no trial met the budget (the outputs are still written).
 
     Example:
         >>> search(TuneOptions(out=Path("runs/tune"), flash=16 * 1024, ram=8 * 1024))
     """
     require_ray()  # before anything else: without Ray, one line naming the pip command
-    options, out = _prepare(options)
-    ds = data_mod.load(options.data, log=log)
-    settings = options.settings()
-    if options.data in ("auto", "keras"):  # every trial, on every node, must train on the same data
-        cache = data_mod.keras_cache_path()
-        settings["data"] = str(cache) if ds.source.startswith("Keras") else "embedded"
-    t0 = time.perf_counter()
-    with connected(options.address) as ray:
-        cpus = cluster_cpus(ray)
-        where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"
-        log(
-            f"tune: {options.trials} trials on {where} ({cpus} CPUs, one trial per CPU), "
-            f"budget flash {budget_text(options.flash, options.ram)}; data: {ds.source}"
-        )
-        if not options.resume:
-            smallest = ray.get(ray.remote(num_cpus=1)(_smallest_footprint).remote(settings))
-            problem = _over(smallest, options)
-            if problem:
-                raise MnistTfliteError(
-                    f"nothing in the search space fits {budget_text(options.flash, options.ram)}: "
-                    f"its smallest model ({space.SMALLEST.label()}) needs {smallest['flash']:,} B flash and "
-                    f"{smallest['arena']:,} B TFLM arena ({problem})"
-                )
-            out.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(out / SETTINGS_FILE, {"format": FORMAT, "settings": settings})
-        results, algorithm = _fit(ray, options, settings, out, cpus, log)
-        searched = time.perf_counter() - t0
-        rows = report.rows(results, options.max_epochs)
-        front = _select(ray, rows, options, settings, out, log)
-    how = search_info(options, algorithm, cpus, (searched, time.perf_counter() - t0))
-    doc = report.finish(rows, front, options.settings(), ds, out, how, log)
+    options, out = prepare(options)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # kill -9 in the swap of the report: the watcher removes the half-built copy
+        with procs.sigterm_as_ctrl_c(), rundir.lock(out), reaping(TEMP_PREFIXES, [rundir.staging_path(out)]):
+            rundir.sweep(out, log)  # a publish that a kill -9 cut short
+            rows, doc = _search(options, out, log)
+    except KeyboardInterrupt:
+        if not (out / SETTINGS_FILE).is_file():
+            raise Interrupted("interrupted before the search started; nothing to resume") from None
+        raise Interrupted(f"interrupted; continue with: mnist-tflite tune --out {out} --resume") from None
     if not doc["best"]:
         from mnist_tflite.scale.progress import describe  # imports Ray: only once the search ran
 
@@ -228,6 +119,77 @@ def search(options: TuneOptions, log: Callable[[str], None] = print) -> dict[str
             f"no model met {budget_text(options.flash, options.ram)} in {len(rows)} trials; {found}"
         )
     return doc
+
+
+def _search(options: TuneOptions, out: Path, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict]:
+    """The trials, the finalists and the report; returns the rows and ``front.json``."""
+    ds = data_mod.load(options.data, log=log)
+    settings = options.settings()
+    if options.data in ("auto", "keras"):  # every trial, on every node, must train on the same data
+        cache = data_mod.keras_cache_path()
+        settings["data"] = str(cache) if ds.source.startswith("Keras") else "embedded"
+    t0 = time.perf_counter()
+    with connected(options.address, temp_prefixes=TEMP_PREFIXES) as ray:
+        cpus = cluster_cpus(ray)
+        where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"
+        log(
+            f"tune: {options.trials} trials on {where} ({cpus} CPUs, one trial per CPU), "
+            f"budget flash {budget_text(options.flash, options.ram)}; data: {ds.source}"
+        )
+        if not options.resume:
+            _check_smallest_fits(ray, options, settings)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(out / SETTINGS_FILE, {"format": FORMAT, "settings": settings})
+        results, algorithm = _fit(ray, options, settings, out, cpus, log)
+        searched = time.perf_counter() - t0
+        rows = report.rows(results, options.max_epochs)
+        front = _select(ray, rows, options, settings, out, log)
+    how = search_info(options, algorithm, cpus, (searched, time.perf_counter() - t0))
+    doc = _publish(out, lambda staging: report.finish(rows, front, options.settings(), ds, staging, how, log))
+    return rows, doc
+
+
+def _check_smallest_fits(ray: Any, options: TuneOptions, settings: dict[str, Any]) -> None:
+    smallest = ray.get(ray.remote(num_cpus=1)(_smallest_footprint).remote(settings))
+    problem = _over(smallest, options)
+    if problem:
+        raise MnistTfliteError(
+            f"nothing in the search space fits {budget_text(options.flash, options.ram)}: "
+            f"its smallest model ({space.SMALLEST.label()}) needs {smallest['flash']:,} B flash and "
+            f"{smallest['arena']:,} B TFLM arena ({problem})"
+        )
+
+
+_REPORT_FILE = re.compile(r"^(front\.(json|md|png)|best-.+\.(tflite|json))$")
+
+
+def _publish(out: Path, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Write the report into a copy of ``out`` and swap it in whole (:mod:`core.rundir`): at every
+    instant ``out`` holds the previous report or the new one, never a mix. The search's state
+    (search.json, ray/, finalists/) and anything else in ``out`` come along as hard links."""
+    staging = rundir.staging_path(out)
+    try:
+        staging.mkdir()
+        for entry in out.iterdir():
+            if _REPORT_FILE.match(entry.name):
+                continue  # the previous report: replaced as a whole
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link)
+            else:
+                _link(entry, staging / entry.name)
+        doc = write(staging)
+        rundir.publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return doc
+
+
+def _link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _select(
