@@ -288,7 +288,7 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
     if out is not None:
         check_output(out)  # before the job: a bad --output must not cost the whole run
     t0 = time.perf_counter()
-    with connected(args.address) as ray:
+    with connected(args.address, temp_prefixes=(TEMP_PREFIX,)) as ray:  # swept even after kill -9
         rows = predict_ray(
             args.model,
             list(args.inputs),
