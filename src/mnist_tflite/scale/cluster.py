@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -164,6 +166,7 @@ def _connected(address: str | None, num_cpus: int | None) -> Iterator[Any]:
         kwargs.pop("include_dashboard")
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    ours = signal.getsignal(signal.SIGTERM)
     with stderr_filtered():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -174,10 +177,18 @@ def _connected(address: str | None, num_cpus: int | None) -> Iterator[Any]:
                 raise MnistTfliteError(
                     f"--address {address}: cannot connect to Ray ({first_line(exc, 160)})"
                 ) from None
+        _take_back_sigterm(ours)
         try:
             yield ray
         finally:
             ray.shutdown()
+
+
+def _take_back_sigterm(ours: Any) -> None:
+    """``ray.init`` replaces the SIGTERM handler twice (its C++ core: dump a stack and abort, exit
+    -6; its Python side: ``sys.exit``); put back the one we had (the CLI's: clean up, exit 130)."""
+    if ours is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, ours)
 
 
 @contextlib.contextmanager
@@ -187,8 +198,6 @@ def stderr_filtered(drop: tuple[str, ...] = NOISE) -> Iterator[None]:
     Ray's C++ core worker logs harmless warnings straight to fd 2 (not through Python's
     logging), e.g. about Ray Data's own actor settings; they are not the user's problem.
     """
-    import threading
-
     sys.stderr.flush()
     saved = os.dup(2)
     read_fd, write_fd = os.pipe()

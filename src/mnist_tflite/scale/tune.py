@@ -18,11 +18,14 @@ No TensorFlow in this process: trials run in Ray workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,16 +243,56 @@ def _fit(
     tuner, algorithm = _tuner(options, settings, out, cpus, log)
     progress.SINK["log"] = log
     try:
-        grid = tuner.fit()
+        with _stop_gracefully() as stopped:
+            grid = tuner.fit()
     finally:
         progress.SINK["log"] = None
     finished = grid.num_terminated + grid.num_errors
-    if finished < options.trials:  # Ctrl-C: Tune stopped and saved its state
+    results = [grid[i] for i in range(len(grid))]
+    if stopped or finished < options.trials:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
+        done = sum(
+            r.error is not None or (r.metrics or {}).get("status") in ("ok", "infeasible") for r in results
+        )
         raise Interrupted(
-            f"interrupted after {finished} of {options.trials} trials; continue with: "
+            f"interrupted with {done} of {options.trials} trials finished; continue with: "
             f"mnist-tflite tune --out {out} --resume"
         )
-    return [grid[i] for i in range(len(grid))], algorithm
+    return results, algorithm
+
+
+@contextlib.contextmanager
+def _stop_gracefully() -> Iterator[list[int]]:
+    """During ``fit``, Ctrl-C or SIGTERM asks Tune to stop and save its state (a second one stops
+    at once); yields the signals received. Tune's own Ctrl-C handler is kept out: it cannot say
+    that it fired, and the trials it stops then look finished."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's "stop and save", set by fit
+        if callable(tune_stop):
+            tune_stop(signum, frame)
+
+    before = os.environ.get(_NO_TUNE_SIGINT)
+    os.environ[_NO_TUNE_SIGINT] = "1"
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if before is None:
+            os.environ.pop(_NO_TUNE_SIGINT, None)
+        else:
+            os.environ[_NO_TUNE_SIGINT] = before
+
+
+_NO_TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 def _tuner(
