@@ -594,6 +594,45 @@ def test_predict_ray_refuses_an_output_it_cannot_write_before_the_job(tmp_path, 
         subprocess.run(["umount", str(ro)], check=False)
 
 
+def test_the_report_is_swapped_in_whole_and_the_users_files_stay(tmp_path):
+    from mnist_tflite.scale.tune import _publish
+
+    out = tmp_path / "tune"
+    (out / "ray" / "trial_a").mkdir(parents=True)
+    (out / "ray" / "trial_a" / "result.json").write_text("{}")
+    for name, text in {
+        "search.json": "{}",
+        "notes.txt": "mine",
+        "front.json": "old",
+        "best-flash8KB.tflite": "old",
+    }.items():
+        (out / name).write_text(text)
+
+    def fails(staging: Path) -> dict:
+        (staging / "front.json").write_text("half")
+        raise RuntimeError("killed here")
+
+    with pytest.raises(RuntimeError):
+        _publish(out, fails)
+    assert (out / "front.json").read_text() == "old" and not list(tmp_path.glob(".tune.staging-*"))
+
+    def writes(staging: Path) -> dict:
+        (staging / "front.json").write_text("new")
+        (staging / "best-flash16KB.tflite").write_text("new")
+        return {}
+
+    _publish(out, writes)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best-flash16KB.tflite",
+        "front.json",
+        "notes.txt",
+        "ray",
+        "search.json",
+    ]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "ray" / "trial_a" / "result.json").exists()
+    assert (out / "front.json").read_text() == "new" and not list(tmp_path.glob(".tune.*"))
+
+
 def _temp_folders(pids: set[int] | None = None) -> list[Path]:
     """Our workers' temp folders (``<prefix>-<pid>-*``) of ``pids``, or of owners that are gone."""
     from mnist_tflite.core.procs import pid_alive

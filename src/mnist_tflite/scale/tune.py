@@ -163,7 +163,7 @@ def _check_smallest_fits(ray: Any, options: TuneOptions, settings: dict[str, Any
         )
 
 
-_REPORT_FILE = re.compile(r"^(front\.(json|md|png)|best-.+\.(tflite|json))$")
+_REPORT_FILE = re.compile(r"^(front\.(json|md|png)|best-flash[\d.]+KB(-ram[\d.]+KB)?\.(tflite|json))$")
 
 
 def _publish(out: Path, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
