@@ -203,7 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = ", ".join(str(p) for p in args.inputs)
         raise MnistTfliteError(
             f"{names}: no input found; expected image files (PNG, JPEG, BMP, GIF, WebP, TIFF), "
-            ".npy or IDX files, or directories holding them"
+            ".npy, IDX or Parquet files, or directories holding them"
         )
     if args.json:
         doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
@@ -212,7 +212,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mnist_tflite.scale.tune import TuneOptions, parse_size, search, summary_text
+    from mnist_tflite.scale.front import summary_text
+    from mnist_tflite.scale.options import TuneOptions, parse_size
+    from mnist_tflite.scale.tune import search
 
     options = TuneOptions(
         out=args.out,

@@ -189,7 +189,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="the .tflite model (its .json sidecar is checked) or a run folder (its int8)",
     )
     p.add_argument(
-        "inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy/IDX, dirs"
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="images (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy/IDX/Parquet, dirs",
     )
     p.add_argument("--top-k", type=int, default=1, help="show the k most probable classes (default: 1)")
     _flag(p, "--json", "print the results as one JSON document")

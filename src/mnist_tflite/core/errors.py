@@ -43,6 +43,29 @@ def fail(path: object, problem: str) -> MnistTfliteError:
     return MnistTfliteError(f"{printable(path)}: {problem}")
 
 
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message, stripped and cut to ``limit`` characters.
+
+    Libraries (Keras, the converter, LiteRT, Pillow, JSON) put the reason on the first line
+    and details below it. A message with no text gives the exception's type name.
+
+    Example:
+        >>> first_line(ValueError("Expecting value: line 1 column 1\\n  details"))
+        'Expecting value: line 1 column 1'
+    """
+    text = str(exc)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        line = type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"
+    return line[:limit]
+
+
+def last_line(text: str | None, limit: int = 200) -> str:
+    """The last non-blank line of ``text``: the message of an exception Ray wrapped in its traceback."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown error")[:limit]
+
+
 MAX_USER_FILE = 1 << 30  # models, images, IDX files: far above any real one, below exhausting memory
 
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PARENT_PID_ENV = "MNIST_TFLITE_PARENT_PID"  # set for a `python -m` child: whom to die with
 _PR_SET_PDEATHSIG = 1
@@ -139,6 +140,33 @@ def sigterm_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
     _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While the block runs, SIGTERM does what Ctrl-C does: whatever handles SIGINT now handles it.
+
+    For a library with its own graceful Ctrl-C (Ray Tune stops its trials and saves its state),
+    ``kill PID`` then stops as gently as Ctrl-C does; where nothing else handles SIGINT, Python
+    raises KeyboardInterrupt. Unlike :func:`sigterm_as_interrupt`, :func:`terminated` stays
+    False: the command ends as after Ctrl-C, with its own message.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if callable(on_sigint):
+            on_sigint(signal.SIGINT, frame)
+        else:  # SIGINT ignored (started in the background by a shell): stop all the same
+            raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -23,7 +23,7 @@ import numpy as np
 
 from mnist_tflite.core import atomic
 from mnist_tflite.core.data import PIXEL_SCALE
-from mnist_tflite.core.errors import fail, os_error
+from mnist_tflite.core.errors import fail, first_line, os_error
 from mnist_tflite.core.values import MAX_IMAGES, SEED_MAX
 
 # --- the declared schema ------------------------------------------------------------
@@ -310,8 +310,7 @@ def read(model_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except RecursionError:
         raise fail(path, f"metadata sidecar nested too deeply to read; expected {expected}") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError; ints over 4,300 digits
-        problem = str(exc).splitlines()[0][:200]
-        raise fail(path, f"unreadable metadata sidecar ({problem}); expected {expected}") from None
+        raise fail(path, f"unreadable metadata sidecar ({first_line(exc)}); expected {expected}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise fail(path, f'not an mnist-tflite metadata sidecar; expected "format": "{FORMAT}"')
     validate(meta, path)

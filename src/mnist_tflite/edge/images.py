@@ -6,7 +6,7 @@ import io
 import os
 import warnings
 
-from mnist_tflite.core.errors import fail, read_user_file
+from mnist_tflite.core.errors import fail, first_line, read_user_file
 
 # A 50-megapixel photo is fine; a 100,000 x 100,000 PNG of a few KB is a decompression bomb.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -26,11 +26,6 @@ _SIGNATURES = {
     b"MM\0*": "TIFF",
     b"RIFF": "WebP",
 }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:200] if text else "") or type(exc).__name__
 
 
 def load_image(
@@ -83,7 +78,7 @@ def load_image(
         except Image.DecompressionBombError as exc:
             raise fail(label, f"over the pixel limit, possible decompression bomb ({exc})") from None
         except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault
-            raise fail(label, f"corrupt image header ({_first_line(exc)})") from None
+            raise fail(label, f"corrupt image header ({first_line(exc)})") from None
         width, height = image.size
         if width * height > max_pixels:
             raise fail(
@@ -101,5 +96,5 @@ def load_image(
             image.load()
             image = ImageOps.exif_transpose(image)
         except Exception as exc:  # truncated data, bad CRC, broken EXIF...
-            raise fail(label, f"corrupt or truncated {kind} ({_first_line(exc)})") from None
+            raise fail(label, f"corrupt or truncated {kind} ({first_line(exc)})") from None
     return image

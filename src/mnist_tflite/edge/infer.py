@@ -30,7 +30,7 @@ import numpy as np
 
 from mnist_tflite.core import sidecar
 from mnist_tflite.core.data import MNIST_CLASSES
-from mnist_tflite.core.errors import fail, read_user_file
+from mnist_tflite.core.errors import fail, first_line, read_user_file
 from mnist_tflite.edge.flatbuffer import Node, output_kind, tensor_summary
 from mnist_tflite.edge.probe import probe
 from mnist_tflite.edge.quiet import stderr_silenced
@@ -211,7 +211,7 @@ class TfliteModel:
         try:
             first = _Worker(self._new_interpreter())
         except (ValueError, RuntimeError) as exc:
-            raise fail(self.path, f"LiteRT cannot load it: {str(exc).strip().splitlines()[0]}") from None
+            raise fail(self.path, f"LiteRT cannot load it: {first_line(exc, 2000)}") from None
         self.size_bytes = len(data)
         self.kernels = kernels
         ins, outs = first.interp.get_input_details(), first.interp.get_output_details()

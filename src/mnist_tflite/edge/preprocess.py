@@ -20,11 +20,13 @@ import numpy as np
 from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from mnist_tflite.edge.ink import MIN_CONTRAST, BlankImageError, ink_map, running
+from mnist_tflite.edge.parquet import ParquetImages, is_parquet, read_parquet
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "BlankImageError",
+    "array_rows",
     "image_to_mnist",
     "is_array_file",
     "iter_file",
@@ -249,12 +251,16 @@ def to_mnist(image) -> np.ndarray:
 # --- files ------------------------------------------------------------------------------
 
 
-def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A ``.npy`` or IDX file of MNIST-shaped images -> its raw (N, 28, 28) array, checked.
+def open_array_file(path: str | os.PathLike[str]) -> np.ndarray | ParquetImages:
+    """A ``.npy``, IDX or Parquet file of MNIST-shaped images -> its raw (N, 28, 28) rows, checked.
 
-    A ``.npy`` is memory-mapped, so a huge batch is read only as it is used.
+    A ``.npy`` is memory-mapped, so a huge batch is read only as it is used. The file's shape
+    and type are checked here; a row's values (NaN, a blank image, a Parquet row of 783
+    numbers) when the row is used, so that one bad row fails alone (:func:`array_rows`).
     """
     path = Path(path)
+    if is_parquet(path):
+        return read_parquet(path)
     if path.suffix.lower() == ".npy":
         if path.exists() and not path.is_file():  # a FIFO would block, a device never end
             raise fail(path, "not a regular file; expected a .npy array of MNIST-format images")
@@ -277,27 +283,52 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         raise fail(path, f"array of shape {a.shape}; expected (N, 28, 28) or (28, 28) MNIST-format images")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
         raise fail(path, f"array of type {a.dtype}; expected numbers (uint8 0..255 or float 0..1)")
-    if np.issubdtype(a.dtype, np.floating):
-        for start in range(0, len(a), 4096):  # in chunks: a memory-mapped batch stays unread
-            bad = ~np.isfinite(a[start : start + 4096]).reshape(-1, FIELD * FIELD).all(axis=1)
-            if bad.any():
-                row = start + int(np.argmax(bad))
-                raise fail(path, f"image {row} holds NaN or infinity; expected finite pixel values")
     return a
 
 
 def read_array_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A ``.npy`` or IDX file of MNIST-shaped images -> float32 (N, 28, 28) in [0, 1].
+    """A ``.npy``, IDX or Parquet file of MNIST-shaped images -> float32 (N, 28, 28) in [0, 1].
+
+    The whole batch or nothing: a row that cannot be read (NaN, a Parquet row of 783 numbers)
+    is an error naming it.
 
     Example:
         >>> batch = read_array_file("digits.npy")
     """
-    return _scale(np.asarray(open_array_file(path)))
+    raw = open_array_file(path)
+    if isinstance(raw, ParquetImages):
+        bad = raw.problems()
+        if bad:
+            i = min(bad)
+            raise fail(path, f"row {i}: {bad[i]}")
+        raw = np.stack([raw[i] for i in range(len(raw))]) if len(raw) else np.zeros((0, FIELD, FIELD))
+    elif np.issubdtype(raw.dtype, np.floating):
+        for start in range(0, len(raw), 4096):  # in chunks: a memory-mapped batch stays unread
+            bad_rows = ~np.isfinite(raw[start : start + 4096]).reshape(-1, FIELD * FIELD).all(axis=1)
+            if bad_rows.any():
+                row = start + int(np.argmax(bad_rows))
+                raise fail(path, f"image {row} holds NaN or infinity; expected finite pixel values")
+    return _scale(np.asarray(raw))
 
 
 def is_array_file(path: str | os.PathLike[str]) -> bool:
+    """``.npy``, IDX (``.idx``, ``-ubyte``, gzipped or not) or Parquet: a file of many images."""
     name = Path(path).name.lower()
-    return name.endswith((".npy", ".idx", "-ubyte", "-ubyte.gz", ".idx.gz"))
+    return name.endswith((".npy", ".idx", "-ubyte", "-ubyte.gz", ".idx.gz")) or is_parquet(name)
+
+
+def array_rows(
+    raw: np.ndarray | ParquetImages, path: str | os.PathLike[str], start: int = 0, stop: int | None = None
+) -> Iterator[tuple[str, np.ndarray | str]]:
+    """(``path[i]``, (28, 28) image in [0, 1]) for rows ``start`` to ``stop`` of an opened array
+    file; a row that fails (blank, NaN, a bad Parquet row) gives (``path[i]``, problem) and the
+    rows after it are still read. The one per-row reader of ``predict`` and ``predict --ray``."""
+    for i in range(start, len(raw) if stop is None else stop):
+        source = f"{path}[{i}]"
+        try:
+            yield source, to_mnist(np.asarray(raw[i]))
+        except MnistTfliteError as exc:
+            yield source, f"{source}: {exc}"
 
 
 def image_to_mnist(
@@ -328,13 +359,7 @@ def iter_file(
         >>> for source, x in iter_file("digits.npy"): ...
     """
     if is_array_file(path):
-        raw = open_array_file(path)
-        for i in range(len(raw)):
-            source = f"{path}[{i}]"
-            try:
-                yield source, to_mnist(np.asarray(raw[i]))
-            except BlankImageError as exc:
-                yield source, f"{source}: {exc}"
+        yield from array_rows(open_array_file(path), path)
         return
     yield str(path), image_to_mnist(path, max_pixels=max_pixels)
 

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from mnist_tflite.core.errors import first_line
+
 PROBE_TIMEOUT_S = 30.0
 
 
@@ -44,8 +46,7 @@ def probe(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         try:
             _load_and_invoke(data)
         except BaseException as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            os.write(write_fd, first.encode("utf-8", "replace")[:2000])
+            os.write(write_fd, first_line(exc, 2000).encode("utf-8", "replace")[:2000])
             code = 1
         os._exit(code)
     os.close(write_fd)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic
-from mnist_tflite.core.errors import fail
+from mnist_tflite.core.errors import fail, first_line
 from mnist_tflite.report import tables as report_mod
 from mnist_tflite.report.plots import plot_accuracy_vs_size
 
@@ -43,7 +43,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except RecursionError:
         raise fail(path, "JSON nested too deeply; expected a report written by `mnist-tflite run`") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: also ints over 4,300 digits
-        raise fail(path, f"not readable JSON ({str(exc).splitlines()[0][:200]})") from None
+        raise fail(path, f"not readable JSON ({first_line(exc)})") from None
     if not isinstance(report, dict) or not isinstance(report.get("variants"), list):
         raise fail(path, "has no 'variants' list; expected a report written by `mnist-tflite run`")
     bad = next((v for v in report["variants"] if not isinstance(v, dict)), None)

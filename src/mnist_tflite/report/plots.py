@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from mnist_tflite.core import atomic
 __all__ = ["TIE_POINTS", "pareto_front", "plot_accuracy_vs_size", "plot_confusion", "wilson_interval"]
 
 KB = 1024
+_T = TypeVar("_T")
 MIN_SPAN_POINTS = 1.0  # the y axis spans at least this many accuracy points
 
 
@@ -40,18 +41,46 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.959964) -> tuple[float
 TIE_POINTS = 0.05  # accuracy points treated as a tie (5 of 10,000 test images)
 
 
-def pareto_front(points: Sequence[tuple[float, float]], tie: float = 0.0) -> list[tuple[float, float]]:
-    """Points not beaten by a smaller one, smallest first: each is more than ``tie`` more accurate
-    than every smaller point kept (``tie`` 0: the strict front).
+def _size_then_error(point: Any) -> tuple[float, float]:
+    size, accuracy = point
+    return (size, -accuracy)
 
-    With a tie, a larger variant 0.01-0.02 points "better" (a test image or two, far inside the
-    95 % intervals) is not ranked above a smaller one: the smaller wins, as in the budget table.
+
+def pareto_front(
+    items: Sequence[_T], key: Callable[[_T], Sequence[float]] = _size_then_error, tie: float = 0.0
+) -> list[_T]:
+    """The items no other item dominates, in their order.
+
+    ``key`` gives each item's costs, smaller is better; another item dominates when its costs
+    are at most as large in every coordinate and not all equal. The default takes
+    ``(size, accuracy)`` pairs. Tune's front uses ``(flash, arena, -accuracy)``.
+
+    With ``tie`` > 0, walking the front from the cheapest, an item is kept only when its last
+    cost beats every item kept before it by more than ``tie``: a larger variant 0.01-0.02 points
+    "better" (a test image or two, far inside the 95 % intervals) is not ranked above a smaller
+    one; the smaller wins, as in the budget table.
+
+    Example:
+        >>> pareto_front([(10, 90.0), (20, 95.0), (30, 94.0)])
+        [(10, 90.0), (20, 95.0)]
+        >>> pareto_front([(1, 90.0), (2, 90.04), (3, 90.1)], tie=0.05)
+        [(1, 90.0), (3, 90.1)]
     """
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(set(points), key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1] + tie:
-            front.append((x, y))
-    return front
+    costs = [tuple(key(item)) for item in items]
+    front = [
+        (item, mine)
+        for item, mine in zip(items, costs, strict=True)
+        if not any(other != mine and all(a <= b for a, b in zip(other, mine, strict=True)) for other in costs)
+    ]
+    if tie <= 0:
+        return [item for item, _ in front]
+    kept: list[_T] = []
+    best = math.inf
+    for item, mine in sorted(front, key=lambda pair: pair[1]):
+        if mine[-1] < best - tie:
+            kept.append(item)
+            best = mine[-1]
+    return kept
 
 
 def _pyplot() -> Any:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.core.errors import MnistTfliteError, first_line
+from mnist_tflite.core.reaper import reaping
 
 INSTALL_HINT = "pip install 'mnist-tflite[scale]'"
 CONNECT_TIMEOUT_S = 4.0
@@ -27,6 +30,7 @@ NOISE = (
 )
 
 
+_GCS_PROBE = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # every Ray GCS answers it
 _START_HINT = "start one with `ray start --head --port PORT`, or leave out --address to run on this machine"
 # HTTP/2 client connection preface + an empty SETTINGS frame
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -100,17 +104,55 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise MnistTfliteError(
             f"--address {address}: something answers there, but not a Ray cluster (no gRPC); {_START_HINT}"
         )
+    why = _not_ray_gcs(hp, timeout_s)
+    if why:
+        raise MnistTfliteError(
+            f"--address {address}: something answers there, but not a Ray cluster ({why}); {_START_HINT}"
+        )
+
+
+def _not_ray_gcs(host_port: tuple[str, int], timeout_s: float) -> str | None:
+    """Why the gRPC server at ``host_port`` is not Ray's GCS, or None when it answers as one.
+
+    A proxy or another gRPC server also speaks HTTP/2 (this network's egress proxy answers
+    every address); ray.init would then retry for 20 s or more. A GCS answers the call
+    ``GetClusterId``, possibly refusing a missing token (then it is still a GCS).
+    """
+    import grpc
+
+    host, port = host_port
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(_GCS_PROBE, request_serializer=bytes, response_deserializer=bytes)
+        try:
+            call(b"", timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                return f"gRPC {code.name.lower()}: {first_line(str(exc.details()), 80)}"  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no gRPC answer within {timeout_s:g} s"
+    return None
 
 
 @contextlib.contextmanager
-def connected(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
+def connected(
+    address: str | None = None, *, num_cpus: int | None = None, temp_prefixes: tuple[str, ...] = ()
+) -> Iterator[Any]:
     """Ray, initialized: the cluster at ``address``, or a private local instance; shut down after.
 
+    Even after ``kill -9`` of this process, what Ray started here ends within a second or two
+    and the temp folders ``<prefix>-<pid>-*`` of the workers are swept (:mod:`core.reaper`).
     Yields the ``ray`` module.
     """
     require_ray()
     if address:
         check_reachable(address)
+    with reaping(temp_prefixes):
+        yield from _connected(address, num_cpus)
+
+
+def _connected(address: str | None, num_cpus: int | None) -> Iterator[Any]:
     ray = _import_ray(local=not address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray's start-up chatter ("Started a local Ray instance", deprecation notes) is not ours
@@ -124,6 +166,7 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
         kwargs.pop("include_dashboard")
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    ours = signal.getsignal(signal.SIGTERM)
     with stderr_filtered():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,14 +174,21 @@ def connected(address: str | None = None, *, num_cpus: int | None = None) -> Ite
                 # "local": a new private instance, even when `ray start` left a cluster on this machine
                 ray.init(address=address or "local", **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
                 raise MnistTfliteError(
-                    f"--address {address}: cannot connect to Ray ({first[:160]})"
+                    f"--address {address}: cannot connect to Ray ({first_line(exc, 160)})"
                 ) from None
+        _take_back_sigterm(ours)
         try:
             yield ray
         finally:
             ray.shutdown()
+
+
+def _take_back_sigterm(ours: Any) -> None:
+    """``ray.init`` replaces the SIGTERM handler twice (its C++ core: dump a stack and abort, exit
+    -6; its Python side: ``sys.exit``); put back the one we had (the CLI's: clean up, exit 130)."""
+    if ours is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, ours)
 
 
 @contextlib.contextmanager
@@ -148,8 +198,6 @@ def stderr_filtered(drop: tuple[str, ...] = NOISE) -> Iterator[None]:
     Ray's C++ core worker logs harmless warnings straight to fd 2 (not through Python's
     logging), e.g. about Ray Data's own actor settings; they are not the user's problem.
     """
-    import threading
-
     sys.stderr.flush()
     saved = os.dup(2)
     read_fd, write_fd = os.pipe()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_tflite.core import atomic
-from mnist_tflite.core.errors import plural
+from mnist_tflite.core.errors import last_line, plural
 
 FOLDER = "finalists"
 
@@ -84,8 +84,6 @@ def _run(
 ) -> list[dict[str, Any] | str]:
     """Run ``(function, args, cache file)`` jobs as one-CPU Ray tasks, skipping those whose cache
     file exists; one progress line per job. Returns each job's result, or its error's last line."""
-    from mnist_tflite.scale.progress import first_line
-
     results: list[dict[str, Any] | str] = [""] * len(jobs)
     pending: dict[Any, int] = {}
     remote: dict[Any, Any] = {}
@@ -103,7 +101,7 @@ def _run(
         try:
             result = ray.get(ready[0])
         except Exception as exc:  # a crashed job is recorded, the others go on
-            results[i] = first_line(str(exc))
+            results[i] = last_line(str(exc))
             line = describe(i, None, results[i])
         else:
             results[i] = result

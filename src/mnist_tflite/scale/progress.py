@@ -13,6 +13,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mnist_tflite.core.errors import last_line
+
 SINK: dict[str, Any] = {"log": None}
 FINISHED = ("TERMINATED", "ERROR")
 
@@ -24,12 +26,6 @@ def describe(m: dict[str, Any]) -> str:
     if m.get("flash"):
         figures = f"{m['flash']:,} B flash" + (f", {m['arena']:,} B arena" if m.get("arena") else "")
     return f"{name}{m.get('arch', '?')}" + (f" ({figures})" if figures else "")
-
-
-def first_line(text: str | None) -> str:
-    """The message of an exception that Ray wrapped (its last non-empty line)."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return (lines[-1] if lines else "unknown error")[:200]
 
 
 class Progress(Callback):
@@ -87,7 +83,7 @@ class Progress(Callback):
         self._line(text)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(f"FAILED: {first_line(_error_text(trial))}")
+        self._line(f"FAILED: {last_line(_error_text(trial))}")
 
 
 def _error_text(trial: Any) -> str:

@@ -32,12 +32,8 @@ import numpy as np
 from mnist_tflite.core import sidecar
 from mnist_tflite.core.errors import PROG, MnistTfliteError, fail
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
-
-
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in PARQUET_SUFFIXES
+TEMP_PREFIX = "mnist-tflite-ray"  # an actor's copy of the model: <prefix>-<pid>-*, swept when the pid is gone
 
 
 def work_units(paths: list[Path], batch_size: int) -> Iterator[dict[str, Any]]:
@@ -74,15 +70,15 @@ def work_units(paths: list[Path], batch_size: int) -> Iterator[dict[str, Any]]:
             yield unit("images", paths=list(pending))
             pending.clear()
 
-    for p in _expand(paths, expand_inputs):
-        if not (preprocess.is_array_file(p) or _is_parquet(p)):
+    for p in expand_inputs(paths):
+        if not preprocess.is_array_file(p):
             pending.append(str(p))
             if len(pending) >= batch_size:
                 yield from flush()
             continue
         yield from flush()
         try:
-            n = len(parquet_images(p)) if _is_parquet(p) else len(preprocess.open_array_file(p))
+            n = len(preprocess.open_array_file(p))
         except MnistTfliteError as exc:
             yield unit("error", path=str(p), error=str(exc))
             continue
@@ -91,77 +87,32 @@ def work_units(paths: list[Path], batch_size: int) -> Iterator[dict[str, Any]]:
     yield from flush()
 
 
-def _expand(paths: list[Path], expand_inputs: Any) -> Iterator[Path]:
-    """expand_inputs, plus the Parquet files of a directory (the local runner does not read those)."""
-    for p in paths:
-        if p.is_dir():
-            yield from sorted(
-                {*expand_inputs([p]), *(q for q in p.iterdir() if q.is_file() and _is_parquet(q))}
-            )
-        else:
-            yield p
-
-
-def parquet_images(path: str | os.PathLike[str]) -> np.ndarray:
-    """A Parquet file's images: its ``image`` column (or its only column) of 784 or 28x28 numbers.
-
-    Returns:
-        The raw (N, 28, 28) array (uint8 0..255 or float 0..1), as ``.npy`` inputs are read.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise fail(path, "no such file") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise fail(path, f"not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
-    names = table.column_names
-    name = "image" if "image" in names else names[0] if len(names) == 1 else None
-    if name is None:
-        raise fail(path, f"columns {names}; expected an 'image' column (or a single column) of 28x28 arrays")
-    col = table.column(name).combine_chunks()
-    while (
-        pa.types.is_list(col.type)
-        or pa.types.is_fixed_size_list(col.type)
-        or pa.types.is_large_list(col.type)
-    ):
-        col = col.flatten()
-    values = col.to_numpy(zero_copy_only=False) if len(col) else np.zeros(0, np.uint8)
-    if values.dtype == object or len(values) % 784:
-        raise fail(
-            path, f"column {name!r} does not hold 28x28 = 784 numbers per row; expected MNIST-format images"
-        )
-    return values.reshape(-1, 28, 28)
-
-
 class ModelActor:
     """A Ray Data actor: one single-threaded classifier; a unit of work in, result rows out."""
 
     def __init__(
         self, model_bytes: bytes, sidecar_doc: dict[str, Any] | None, top_k: int, allow_modified: bool
     ) -> None:
+        from mnist_tflite.core.procs import sweep_temp
         from mnist_tflite.edge.predict import Classifier
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="mnist-tflite-ray-")
+        sweep_temp(TEMP_PREFIX)  # the folders of actors that were killed
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}-{os.getpid()}-")
         path = Path(self._tmp.name) / "model.tflite"
         path.write_bytes(model_bytes)
         if sidecar_doc is not None:
             sidecar.write(path, {k: v for k, v in sidecar_doc.items() if k != "format"})
         self.clf = Classifier(path, allow_modified=allow_modified, num_threads=1)
         self.top_k = top_k
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, Any] = {}
 
-    def _array(self, path: str) -> np.ndarray:
+    def _array(self, path: str) -> Any:
         from mnist_tflite.edge import preprocess
 
         if path not in self._arrays:
             if len(self._arrays) > 4:
                 self._arrays.clear()
-            p = Path(path)
-            self._arrays[path] = parquet_images(p) if _is_parquet(p) else preprocess.open_array_file(p)
+            self._arrays[path] = preprocess.open_array_file(path)
         return self._arrays[path]
 
     def _items(self, unit: dict[str, Any]) -> Iterator[tuple[str, np.ndarray | str]]:
@@ -178,8 +129,7 @@ class ModelActor:
                     yield path, str(exc)
         else:
             raw = self._array(unit["path"])
-            for i in range(int(unit["start"]), int(unit["stop"])):
-                yield f"{unit['path']}[{i}]", preprocess.to_mnist(np.asarray(raw[i]))
+            yield from preprocess.array_rows(raw, unit["path"], int(unit["start"]), int(unit["stop"]))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items: list[tuple[str, np.ndarray | str]] = []
@@ -335,10 +285,10 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
     if args.show_input:
         raise MnistTfliteError("--show-input is not available with --ray")
     out = args.output
-    if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise fail(out, f"unsupported --output type {out.suffix or '(none)'!r}; expected .parquet or .csv")
+    if out is not None:
+        check_output(out)  # before the job: a bad --output must not cost the whole run
     t0 = time.perf_counter()
-    with connected(args.address) as ray:
+    with connected(args.address, temp_prefixes=(TEMP_PREFIX,)) as ray:  # swept even after kill -9
         rows = predict_ray(
             args.model,
             list(args.inputs),
@@ -363,6 +313,20 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
             file=sys.stderr if args.json else sys.stdout,
         )
     return 1 if failed else 0
+
+
+def check_output(out: Path) -> None:
+    """Refuse an ``--output`` that could not be written: wrong type, a directory, a path under
+    a file, a read-only place (one line, exit 2)."""
+    from mnist_tflite.core.values import check_out_dir
+
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise fail(out, f"unsupported --output type {out.suffix or '(none)'!r}; expected .parquet or .csv")
+    if out.is_dir():
+        raise fail(out, "--output is a directory; expected a file path such as results.parquet")
+    if out.exists() and not out.is_file():
+        raise fail(out, "--output exists and is not a regular file; expected a file path")
+    check_out_dir(out.parent)
 
 
 def _report_failures(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

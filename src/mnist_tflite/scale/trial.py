@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core import procs
 from mnist_tflite.scale import space
 
 # the search's objective: accuracy first; +0.2 percentage points per halving of the flash
@@ -35,6 +35,7 @@ SIZE_BONUS_PER_HALVING = 0.002
 # test hook, read by the driver: the trial of the point so named (or labelled) raises
 CRASH_ENV = "MNIST_TFLITE_TUNE_CRASH"
 CALIBRATION_IMAGES = 500
+TEMP_PREFIXES = ("mnist-tflite-trial", "mnist-tflite-val")  # <prefix>-<pid>-*: swept once the pid is gone
 
 
 def score(val_accuracy: float, flash: int, flash_budget: int) -> float:
@@ -115,41 +116,27 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     if crash and crash in (name, spec.label()):
         raise RuntimeError(f"injected crash ({CRASH_ENV}={crash})")
 
+    def send(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        metrics = {**base, **metrics, "seconds": time.perf_counter() - t0}
+        report(metrics, checkpoint_dir=checkpoint_dir)
+
     def infeasible(reason: str, **figures: Any) -> None:
-        report(
-            {
-                **base,
-                **figures,
-                "status": "infeasible",
-                "reason": reason,
-                "feasible": False,
-                "score": 0.0,
-                "epoch": 0,
-                "seconds": time.perf_counter() - t0,
-            }
+        send(
+            {**figures, "status": "infeasible", "reason": reason, "feasible": False, "score": 0.0, "epoch": 0}
         )
 
-    problem = spec.problem()
+    problem = _problem_before_building(spec, settings)
     if problem:
-        return infeasible(f"cannot be built: {problem}")
-    if spec.params() > settings["flash"]:
-        return infeasible(
-            f"{spec.params():,} int8 weights alone exceed the flash budget {settings['flash']:,} B"
-        )
-    if settings.get("ram") and spec.min_activation_bytes() > settings["ram"]:
-        return infeasible(
-            f"its largest layer input + output, {spec.min_activation_bytes():,} B, exceeds the RAM budget"
-        )
+        return infeasible(problem)
 
     from mnist_tflite.edge.flatbuffer import parse
     from mnist_tflite.training import search as tf_search
 
     ds, rep = _setup(settings)
-    arch = spec.architecture(name or "tuned")
-    recipe = int8_recipe()
-
     # exact flash and arena before any training
-    fb0 = tf_search.untrained_flatbuffer(arch, recipe, rep, settings["seed"])
+    fb0 = tf_search.untrained_flatbuffer(
+        spec.architecture(name or "tuned"), int8_recipe(), rep, settings["seed"]
+    )
     arena0, tflm_error = measure_tflm(fb0)
     figures = {"flash": len(fb0), "arena": arena0, "macs": parse(fb0).macs}
     if tflm_error:
@@ -157,23 +144,45 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     why = over_budget(len(fb0), arena0, settings)
     if why:
         return infeasible(why, **figures)
+    return _train_and_report(config, settings, ds, figures, send)
+
+
+def _problem_before_building(spec: space.ArchSpec, settings: dict[str, Any]) -> str | None:
+    """Why ``spec`` cannot meet the budget whatever its training, from its shape alone."""
+    problem = spec.problem()
+    if problem:
+        return f"cannot be built: {problem}"
+    if spec.params() > settings["flash"]:
+        return f"{spec.params():,} int8 weights alone exceed the flash budget {settings['flash']:,} B"
+    if settings.get("ram") and spec.min_activation_bytes() > settings["ram"]:
+        return f"its largest layer input + output, {spec.min_activation_bytes():,} B, exceeds the RAM budget"
+    return None
+
+
+def _train_and_report(
+    config: dict[str, Any],
+    settings: dict[str, Any],
+    ds: Any,
+    figures: dict[str, Any],
+    send: Callable[..., None],
+) -> None:
+    """Train (each epoch but the last reported for ASHA), convert to int8, measure and report."""
+    from mnist_tflite.edge.flatbuffer import parse
 
     max_epochs = int(settings["max_epochs"])
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         if epoch < max_epochs:  # the last epoch is reported with the model, below
             val = logs.get("val_accuracy", 0.0)
-            report(
+            send(
                 {
-                    **base,
                     **figures,
                     "status": "training",
                     "feasible": True,
                     "epoch": epoch,
                     "keras_val_accuracy": val,
                     "rung_score": -logs.get("val_loss", math.inf),
-                    "score": score(val, len(fb0), settings["flash"]),
-                    "seconds": time.perf_counter() - t0,
+                    "score": score(val, figures["flash"], settings["flash"]),
                 }
             )
 
@@ -183,26 +192,22 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
     val_correct, val_images = _int8_val_correct(fb, ds, cfg)
     val_int8 = val_correct / val_images if val_images else 0.0
     status_reason = over_budget(len(fb), arena, settings) or tflm_error
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-trial-") as tmp:
+    with procs.temp_dir(TEMP_PREFIXES[0]) as tmp:  # pid in the name: swept if we are killed
         _write_model(os.path.join(tmp, "model.tflite"), fb, config, settings, cfg, "training split")
-        report(
-            {
-                **base,
-                **figures,
-                "status": "infeasible" if status_reason else "ok",
-                "reason": status_reason,
-                "feasible": status_reason is None,
-                "epoch": max_epochs,
-                "keras_val_accuracy": result.history.get("val_accuracy", [0.0])[-1],
-                "rung_score": -result.history.get("val_loss", [math.inf])[-1],
-                "val_accuracy": val_int8,
-                "val_correct": val_correct,
-                "val_images": val_images,
-                "score": 0.0 if status_reason else score(val_int8, len(fb), settings["flash"]),
-                "seconds": time.perf_counter() - t0,
-            },
-            checkpoint_dir=tmp,
-        )
+        metrics = {
+            **figures,
+            "status": "infeasible" if status_reason else "ok",
+            "reason": status_reason,
+            "feasible": status_reason is None,
+            "epoch": max_epochs,
+            "keras_val_accuracy": result.history.get("val_accuracy", [0.0])[-1],
+            "rung_score": -result.history.get("val_loss", [math.inf])[-1],
+            "val_accuracy": val_int8,
+            "val_correct": val_correct,
+            "val_images": val_images,
+            "score": 0.0 if status_reason else score(val_int8, len(fb), settings["flash"]),
+        }
+        send(metrics, checkpoint_dir=str(tmp))
 
 
 def _int8_val_correct(flatbuffer: bytes, ds: Any, cfg: Any) -> tuple[int, int]:
@@ -213,7 +218,7 @@ def _int8_val_correct(flatbuffer: bytes, ds: Any, cfg: Any) -> tuple[int, int]:
     _, _, x_val, y_val = split_validation(ds.x_train, ds.y_train, cfg.val_fraction, cfg.seed, cfg.val_block)
     if not len(x_val):
         return 0, 0
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-val-") as tmp:
+    with procs.temp_dir(TEMP_PREFIXES[1]) as tmp:
         path = os.path.join(tmp, "m.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)

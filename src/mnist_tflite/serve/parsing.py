@@ -413,7 +413,8 @@ def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
             "for progressive JPEGs (slow to decode); send a baseline JPEG or a smaller file",
         )
     try:
-        image = preprocess.load_image(data, name="upload", max_pixels=max_pixels)
+        return preprocess.image_to_mnist(data, name="upload", max_pixels=max_pixels)
+    except preprocess.BlankImageError:
+        raise  # the caller answers 422 "blank"
     except MnistTfliteError as exc:
         raise ApiError(400, "bad_image", str(exc)) from None
-    return preprocess.to_mnist(image)

@@ -13,7 +13,7 @@ import numpy as np
 
 from mnist_tflite.core import atomic, sidecar
 from mnist_tflite.core import data as data_mod
-from mnist_tflite.core.errors import ConversionError, fail
+from mnist_tflite.core.errors import ConversionError, fail, first_line
 from mnist_tflite.core.recipes import Recipe
 from mnist_tflite.edge.infer import io_details
 from mnist_tflite.training.model import logits_copy
@@ -41,8 +41,7 @@ def load_model_source(path: str | os.PathLike[str]) -> Any:
         with quiet_stdout():
             return keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for a file that is not a model
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise fail(path, f"not a loadable Keras model ({msg[:160]})") from None
+        raise fail(path, f"not a loadable Keras model ({first_line(exc, 160)})") from None
 
 
 def _converter(source: Any) -> Any:
@@ -101,8 +100,7 @@ def convert(
         with quiet_stdout():
             return bytes(conv.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise ConversionError(f"recipe {recipe.name!r} failed: {first[:200]}") from None
+        raise ConversionError(f"recipe {recipe.name!r} failed: {first_line(exc)}") from None
 
 
 def versions() -> dict[str, str]:
