@@ -1,8 +1,8 @@
 """``mnist-tflite compile``: an int8 ``.tflite`` as dependency-free C, built, run and checked.
 
 ``compile_model`` (compiler.py) turns the flatbuffer into layers and a memory plan,
-codegen.py writes ``<name>.c``/``<name>.h``, firmware.py builds the test program (Cortex-M4
-firmware for QEMU's mps2-an386, or a host program) and runs it on embedded test images;
+codegen.py writes ``<name>.c``/``<name>.h``, firmware.py builds the test program (Cortex-M
+firmware for a QEMU board of targets.py, or a host program) and runs it on test images;
 here the pieces are put together: the output directory appears whole or not at all,
 ``compile.json`` records the figures, and the rows are compared with the TFLM interpreter.
 """
@@ -23,19 +23,27 @@ import numpy as np
 
 from mnist_tflite.core import atomic
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import codegen, firmware
+from mnist_tflite.micro.aot import codegen, firmware, targets
 from mnist_tflite.micro.aot.compiler import Program, compile_model
 from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
-TARGETS = ("cortex-m4", "host")
+TARGETS = targets.NAMES
 MAX_IMAGES = 10_000
 TFLM_ARENA = 4 << 20  # generous: the reference run only needs to work, not to be small
 NOT_MEASURED = f"not measured: {firmware.INSTALL_HINT}"
-METHOD = (
-    "QEMU mps2-an386 with -icount shift=0 (1 ns of virtual time per instruction); the firmware "
-    "reads SysTick (25 MHz: one tick per 40 instructions) before and after each invoke"
-)
+
+
+def method(t: targets.Target) -> str:
+    """How the instructions of ``t`` were counted (compile.json and the reports say it)."""
+    return (
+        f"QEMU {t.board} with -icount shift=0 (1 ns of virtual time per instruction); the firmware "
+        f"reads SysTick ({t.systick_hz / 1e6:g} MHz: one tick per {t.instructions_per_tick:g} instructions) "
+        "before and after each invoke"
+    )
+
+
+METHOD = method(targets.get("cortex-m4"))
 # TFLM figures for the default seed int8 model (42,080-byte flatbuffer), measured earlier on
 # this project's machines: TFLM built for Cortex-M4 and run in QEMU mps2-an386 (issue 10).
 TFLM_REFERENCE = {
@@ -62,7 +70,7 @@ def check_options(opts: CompileOptions) -> None:
     if problem:
         raise MnistTfliteError(f"--name {opts.name!r} {problem}")
     if opts.target not in TARGETS:
-        raise MnistTfliteError(f"--target must be one of {', '.join(TARGETS)}, received: {opts.target!r}")
+        raise MnistTfliteError(f"unknown --target {opts.target!r}; the targets: {', '.join(TARGETS)}")
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
     check_out(Path(opts.out), opts.force)
@@ -85,6 +93,26 @@ def check_out(out: Path, force: bool) -> None:
         ours = False
     if not ours and any(out.iterdir()):
         raise fail(out, "exists and was not written by compile (no compile.json); not replacing it")
+
+
+def check_fits(program: Program, t: targets.Target) -> None:
+    """A model whose weights or activation buffer alone exceed the board: one line, before any file.
+
+    (Code, harness and stack are checked by the linker, whose overflow firmware.build reports.)
+    """
+    if t.flash is None or t.ram is None:
+        return
+    weights, ram = program.weight_bytes(), program.plan.arena_bytes + t.stack_bytes
+    if weights > t.flash.length:
+        raise MnistTfliteError(
+            f"the model does not fit --target {t.name}: its weights need {weights:,} bytes of flash, "
+            f"the {t.board} board has {t.flash.length:,}"
+        )
+    if ram > t.ram.length:
+        raise MnistTfliteError(
+            f"the model does not fit --target {t.name}: its activation buffer and stack need {ram:,} bytes "
+            f"of RAM, the {t.board} board has {t.ram.length:,}"
+        )
 
 
 def quantize_images(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -189,13 +217,14 @@ def _write_sources(
     tmp: Path, program: Program, opts: CompileOptions, sha256: str, inputs: np.ndarray
 ) -> list[str]:
     n = opts.name
+    images = targets.get(opts.target).images
     files = {
         f"{n}.h": codegen.header(program, n),
         f"{n}.c": codegen.source(program, n, Path(opts.model).name, sha256),
         **codegen.kernel_sources(),
         **firmware.board_sources(opts.target),
-        "main.c": firmware.harness_main(n, len(inputs)),
-        "test_images.S": firmware.images_asm(),
+        "main.c": firmware.harness_main(n, len(inputs), images),
+        **({"test_images.S": firmware.images_asm()} if images == "embedded" else {}),
         "Makefile": firmware.makefile(n, opts.target),
     }
     for fname, text in files.items():
@@ -238,7 +267,9 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     from mnist_tflite.micro.aot.compiler import load_program
 
     check_options(opts)
+    t = targets.get(opts.target)
     raw, program = load_program(opts.model)
+    check_fits(program, t)
     sha256 = sha256_bytes(raw)
     summary = describe(program, opts, sha256)
     ds = data_mod.load(opts.data, log=log)
@@ -258,39 +289,12 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
         files = _write_sources(tmp, program, opts, sha256, inputs)
         log(f"building the {opts.target} test program ({count} test images)")
         firmware.build(tmp, opts.name, opts.target)
-        if opts.target == "cortex-m4":
-            sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), opts.name)
-            log(f"running firmware.elf in {firmware.QEMU} ({firmware.BOARD}, -icount shift=0)")
-            result = firmware.run_firmware(tmp, count, program.output.size)
+        if t.is_arm:
+            log(f"running firmware.elf in {firmware.QEMU} ({t.board}, -icount shift=0)")
+            result, sizes = _run_measured(tmp, t, program, count, opts.name)
             files += ["firmware.elf", "firmware.map"]
-            ins = result.instructions()
-            static_ram = sizes["ram_data"] + result.stack_bytes
-            summary["flash"] = {
-                "code_bytes": sizes["code"] + sizes["libgcc"],
-                "model_data_bytes": sizes["model_data"],
-                "libgcc_bytes": sizes["libgcc"],
-                "harness_bytes": sizes["harness"],
-                "test_images_bytes": sizes["test_images"],
-                "functions": sizes["functions"],
-                "compiler": " ".join((firmware.ARM_GCC, *firmware.ARM_CFLAGS)),
-            }
-            summary["memory"].update(
-                stack_bytes=result.stack_bytes,
-                static_ram_bytes=static_ram,
-                static_data_bytes=sizes["ram_data"],
-                stack_method="painted with a pattern before each invoke; the deepest word overwritten, after",
-            )
-            summary["cortex_m4"] = {
-                "instructions_per_inference": round(ins["mean"]),
-                "instructions_min": round(ins["min"]),
-                "instructions_max": round(ins["max"]),
-                "resolution_instructions": ins["resolution"],
-                "times_smlad_bound": round(ins["mean"] / summary["macs"]["smlad_bound_instructions"], 2),
-                "method": METHOD,
-                "images": count,
-                "qemu_seconds": round(result.seconds, 2),
-            }
-            program_label = "firmware.elf in QEMU mps2-an386"
+            _add_firmware_figures(summary, t, result, sizes, count)
+            program_label = f"firmware.elf in QEMU {t.board}"
         else:
             result = firmware.run_host(tmp, count, program.output.size)
             files += ["firmware_host"]
@@ -319,6 +323,56 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _run_measured(
+    tmp: Path, t: targets.Target, program: Program, count: int, name: str
+) -> tuple[firmware.RunResult, dict[str, Any]]:
+    """Run the built firmware.elf of ``t`` in QEMU; its result and its sizes from the linker map."""
+    sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), name)
+    return firmware.run_firmware(tmp, count, program.output.size, t.name), sizes
+
+
+def _add_firmware_figures(
+    summary: dict[str, Any], t: targets.Target, result: firmware.RunResult, sizes: dict[str, Any], count: int
+) -> None:
+    """compile.json's flash, memory and ``<target>`` sections for a firmware run in QEMU."""
+    ins = result.instructions()
+    bound = t.bound(summary["macs"]["model"])
+    summary["flash"] = {
+        "code_bytes": sizes["code"] + sizes["libgcc"],
+        "model_data_bytes": sizes["model_data"],
+        "libgcc_bytes": sizes["libgcc"],
+        "harness_bytes": sizes["harness"],
+        "test_images_bytes": sizes["test_images"],
+        "functions": sizes["functions"],
+        "compiler": " ".join((firmware.ARM_GCC, *firmware.arm_cflags(t))),
+    }
+    summary["memory"].update(
+        stack_bytes=result.stack_bytes,
+        static_ram_bytes=sizes["ram_data"] + result.stack_bytes,
+        static_data_bytes=sizes["ram_data"],
+        stack_method="painted with a pattern before each invoke; the deepest word overwritten, after",
+    )
+    figures = {
+        "core": t.core,
+        "board": t.board,
+        "kernels": t.kernel_isa,
+        "test_images": t.images,
+        "instructions_per_inference": round(ins["mean"]),
+        "instructions_min": round(ins["min"]),
+        "instructions_max": round(ins["max"]),
+        "resolution_instructions": ins["resolution"],
+        "bound_instructions": bound,
+        "bound_rule": t.bound_rule,
+        "times_bound": round(ins["mean"] / bound, 2),
+        "method": method(t),
+        "images": count,
+        "qemu_seconds": round(result.seconds, 2),
+    }
+    if t.name == "cortex-m4":  # the name `run` and earlier compile.json files use
+        figures["times_smlad_bound"] = figures["times_bound"]
+    summary[t.key] = figures
 
 
 def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str = "mnist_model") -> tuple:
@@ -387,7 +441,10 @@ def _kb(n: int | None) -> str:
 
 def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     """What ``compile`` prints (without --json)."""
-    mem, flash, m4 = s["memory"], s.get("flash", {}), s.get("cortex_m4", {})
+    mem, flash = s["memory"], s.get("flash", {})
+    t = targets.get(s["target"]) if s["target"] in TARGETS else targets.get("cortex-m4")
+    core = s.get(t.key, {}) if t.is_arm else s.get("cortex_m4", {})
+    label = f"{t.core if t.is_arm else 'Cortex-M4':<9}"
     lines = [f"{s['name']}: {s['model']} -> {out or ''} (target {s['target']}, output {s['output']['kind']})"]
     for layer in s["layers"]:
         lines.append(
@@ -412,13 +469,14 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
         f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
         + (f" + stack {mem['stack_bytes']:,} bytes = {_kb(ram)} static RAM" if ram is not None else "")
     )
-    if "instructions_per_inference" in m4:
+    if "instructions_per_inference" in core:
         lines.append(
-            f"  Cortex-M4 {m4['instructions_per_inference']:,} instructions per inference "
-            f"({m4['times_smlad_bound']}x the SMLAD bound of {s['macs']['smlad_bound_instructions']:,})"
+            f"  {label} {core['instructions_per_inference']:,} instructions per inference "
+            f"({core['times_bound']}x the bound of {core['bound_instructions']:,}: {core['bound_rule']}; "
+            f"{core['kernels']} kernels, QEMU {core['board']})"
         )
     else:
-        lines.append(f"  Cortex-M4 {m4.get('not_measured', NOT_MEASURED)}")
+        lines.append(f"  {label} {core.get('not_measured', NOT_MEASURED)}")
     for part in (s.get("verification") or {}).values():
         if not isinstance(part, dict):
             continue
@@ -437,15 +495,15 @@ def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, i
     """Compile one model for the Cortex-M4, run it on ``images`` in QEMU, and measure it."""
     from mnist_tflite.micro.aot.compiler import load_program
 
+    t = targets.get("cortex-m4")
     _, program = load_program(path)
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-compile-") as tmp_name:
         tmp = Path(tmp_name)
         inputs = quantize_images(images, program.input.scale, program.input.zero_point)
-        opts = CompileOptions(Path(path), tmp / "out", target="cortex-m4", images=len(inputs))
+        opts = CompileOptions(Path(path), tmp / "out", target=t.name, images=len(inputs))
         _write_sources(tmp, program, opts, "", inputs)
-        firmware.build(tmp, opts.name, "cortex-m4")
-        sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), opts.name)
-        result = firmware.run_firmware(tmp, len(inputs), program.output.size)
+        firmware.build(tmp, opts.name, t.name)
+        result, sizes = _run_measured(tmp, t, program, len(inputs), opts.name)
     return {
         "compiled_code_bytes": sizes["code"] + sizes["libgcc"],
         "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,
