@@ -1,0 +1,153 @@
+"""`mnist-tflite compile --target`: every Cortex-M that QEMU emulates builds, runs and answers bit
+for bit like the TFLM interpreter; the target table, the clock check and the refusals."""
+
+from __future__ import annotations
+
+from tests.conftest import one_error_line, require
+
+require("tflite_micro")
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mnist_tflite import cli
+from mnist_tflite.micro.aot import firmware, targets
+from mnist_tflite.micro.aot.targets import Region
+
+ARM = [t for t in targets.TARGETS if t.is_arm]
+HAVE_ARM = firmware.toolchain_problem("cortex-m4") is None
+needs_arm = pytest.mark.skipif(not HAVE_ARM, reason=firmware.INSTALL_HINT)
+IMAGES = 100  # per target here; benchmarks/bench_targets.py runs 1,000
+
+
+def _compile(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(["compile", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@needs_arm
+@pytest.mark.parametrize("target", [t.name for t in ARM if t.name != "cortex-m4"])  # M4: test_compile
+def test_every_cortex_m_runs_in_qemu_bit_exact_with_tflm(target, models_dir, tmp_path, capsys):
+    t = targets.get(target)
+    out = tmp_path / target
+    code, stdout, _ = _compile(
+        capsys, str(models_dir / "int8.tflite"), "--out", str(out), "--target", target,
+        "--images", str(IMAGES), "--json",
+    )  # fmt: skip
+    assert code == 0
+    s = json.loads(stdout)
+    v = s["verification"]["target"]
+    assert v["rows_identical"] == IMAGES and v["program"] == f"firmware.elf in QEMU {t.board}"
+    core = s[t.key]
+    assert core["board"] == t.board and core["images"] == IMAGES
+    # never below what the multiply instruction allows, and steady from image to image
+    assert core["bound_instructions"] < core["instructions_per_inference"]
+    assert core["instructions_max"] - core["instructions_min"] < 0.01 * core["instructions_per_inference"]
+    assert s["memory"]["static_ram_bytes"] <= t.ram.length
+    assert (out / t.linker_file).is_file() and (out / t.startup).is_file()
+    assert ((out / "test_images.S").exists()) == (t.images == "embedded")
+    if t.images == "semihosting":  # the micro:bit: the images stay on the host
+        assert s["flash"]["test_images_bytes"] == 0
+        assert (out / firmware.IMAGES_BIN).stat().st_size == IMAGES * 784
+
+
+@needs_arm
+def test_make_run_in_the_output_directory_runs_the_micro_bit_firmware(models_dir, tmp_path, capsys):
+    """The Makefile's `make run` is the QEMU command compile used (semihosting input included)."""
+    out = tmp_path / "m0"
+    code, _, _ = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out), "--target", "cortex-m0",
+                          "--images", "3")  # fmt: skip
+    assert code == 0
+    res = subprocess.run(["make", "-s", "run"], cwd=out, capture_output=True, text=True, timeout=120)
+    run = firmware.parse_output(res.stdout + res.stderr, 3, 10, "make run")
+    assert (run.rows == firmware.parse_output((out / "run.txt").read_text(), 3, 10, "run.txt").rows).all()
+
+
+def test_unknown_target_is_one_line_listing_the_targets(models_dir, tmp_path, capsys):
+    code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
+                            "--target", "cortex-m7")  # fmt: skip
+    line = one_error_line(err)
+    assert code == 2 and all(name in line for name in targets.NAMES)
+    assert not (tmp_path / "fw").exists()
+
+
+@pytest.mark.parametrize("target", [t.name for t in ARM])
+def test_missing_toolchain_names_the_apt_command(target, models_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(firmware.shutil, "which", lambda tool: None)
+    code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
+                            "--target", target)  # fmt: skip
+    line = one_error_line(err)
+    assert code == 2 and f"--target {target}" in line and firmware.APT_COMMAND in line
+
+
+def _shrunk(monkeypatch, name: str, **regions: Region) -> None:
+    t = dataclasses.replace(targets.get(name), **regions)
+    monkeypatch.setitem(targets.BY_NAME, name, t)
+
+
+@needs_arm
+@pytest.mark.parametrize(
+    "regions, expected",
+    [
+        # the activation buffer (7,136 B) and the 2 KB stack do not fit: refused before building
+        ({"ram": Region(0x2000_0000, 8 * 1024)}, "need 9,184 bytes of RAM, the microbit board has 8,192"),
+        # the weights fit, weights + code do not: the linker's overflow, as one line
+        ({"flash": Region(0, 37 * 1024)}, "bytes of flash, the microbit board has 37,888"),
+    ],
+)
+def test_a_model_too_large_for_the_board_is_one_line_and_writes_nothing(
+    regions, expected, models_dir, tmp_path, capsys, monkeypatch
+):
+    _shrunk(monkeypatch, "cortex-m0", **regions)
+    out = tmp_path / "fw"
+    model = str(models_dir / "int8.tflite")
+    code, _, err = _compile(capsys, model, "--out", str(out), "--target", "cortex-m0", "--images", "2")
+    line = one_error_line(err)
+    assert code == 2 and "does not fit --target cortex-m0" in line and expected in line
+    assert not out.exists() and not list(tmp_path.glob(".fw*"))
+
+
+def test_a_clock_other_than_the_table_says_is_an_error():
+    t = targets.get("cortex-m4")  # 25 MHz: 40 instructions per tick
+    firmware.check_clock(t, (5000, 200_000))
+    with pytest.raises(firmware.MnistTfliteError, match="expected 5,000"):
+        firmware.check_clock(t, (4000, 200_000))
+    with pytest.raises(firmware.MnistTfliteError, match="no clock calibration"):
+        firmware.check_clock(t, None)
+
+
+def test_the_target_table():
+    """Bounds follow each core's widest multiply; linker scripts carry the table's regions."""
+    macs = 2_440_960  # the seed model's
+    bounds = {t.name: t.bound(macs) for t in ARM}
+    assert bounds == {
+        "cortex-m0": 2 * macs, "cortex-m3": macs, "cortex-m4": macs // 2, "cortex-m33": macs // 2,
+        "cortex-m55": macs // 16,
+    }  # fmt: skip
+    assert targets.get("cortex-m55").bound(17) == 2  # rounds up
+    for t in ARM:
+        script = targets.linker_script(t)
+        assert f"ORIGIN = 0x{t.flash.origin:08X}, LENGTH = {t.flash.length}" in script
+        assert f"ORIGIN = 0x{t.ram.origin:08X}, LENGTH = {t.ram.length}" in script
+        assert ("IMAGES" in script) == (t.image_region is not None)
+    m0 = targets.get("cortex-m0")
+    assert m0.ram.length == 16 * 1024 and m0.images == "semihosting"
+    assert len(set(targets.NAMES)) == len(targets.NAMES) and "host" in targets.NAMES
+
+
+@needs_arm
+def test_every_board_in_the_table_is_one_qemu_emulates():
+    res = subprocess.run([firmware.QEMU, "-M", "help"], capture_output=True, text=True, timeout=60)
+    boards = {line.split()[0] for line in res.stdout.splitlines()[1:] if line.strip()}
+    assert {t.board for t in ARM} <= boards
+
+
+def test_generated_makefile_runs_the_board_of_the_target(tmp_path: Path):
+    for t in ARM:
+        text = firmware.makefile("m", t.name)
+        assert f"-M {t.board} " in text and " ".join(t.cpu_flags) in text and f"-T {t.linker_file}" in text
