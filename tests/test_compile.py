@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mnist_tflite import cli
-from mnist_tflite.micro.aot import build, firmware
+from mnist_tflite.micro.aot import build, firmware, verify
 from mnist_tflite.micro.aot.compiler import compile_model, quantize_multiplier, softmax_params
 
 HAVE_M4 = firmware.toolchain_problem("cortex-m4") is None
@@ -63,13 +63,13 @@ def quantized(mnist, seed_bytes):
 
 
 def _host_rows(model, tmp_path: Path, inputs: np.ndarray) -> np.ndarray:
-    program, lib = build.host_model(model, tmp_path / "host")
-    return build.run_library(lib, "mnist_model", inputs, program.output.size)
+    program, lib = verify.host_model(model, tmp_path / "host")
+    return verify.run_library(lib, "mnist_model", inputs, program.output.size)
 
 
 def _tflm(model, inputs: np.ndarray) -> np.ndarray:
     raw = model if isinstance(model, bytes) else Path(model).read_bytes()
-    rows = build.tflm_rows(raw, inputs)
+    rows = verify.tflm_rows(raw, inputs)
     assert not isinstance(rows, str), rows
     return rows
 
@@ -147,7 +147,7 @@ def test_requantization_matches_the_reference_rounding(tmp_path, seed_bytes):
         left, right = max(shift, 0), max(-shift, 0)
         return rdpot(srdhm(acc * (1 << left), mult), right)
 
-    _, lib = build.host_model(seed_bytes, tmp_path / "host")
+    _, lib = verify.host_model(seed_bytes, tmp_path / "host")
     fn = lib.i8k_requantize
     fn.argtypes = (ctypes.c_int32, ctypes.c_int32, ctypes.c_int32)
     fn.restype = ctypes.c_int32
@@ -300,7 +300,7 @@ def _unknown_op(data: bytes) -> bytes:
         ("int16", "int16"),
         ("unknown-op", "unsupported op TANH (node 9)"),
         ("truncated", "corrupt model"),
-        ("garbage", "corrupt model"),
+        ("garbage", "not a TFLite flatbuffer"),
         ("empty", "empty file"),
     ],
 )

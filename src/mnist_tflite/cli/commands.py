@@ -268,7 +268,9 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir, differing_rows, summary_text
 
-    fields = ("model", "out", "target", "images", "name", "verify", "force", "data")
+    if args.verify:
+        ending.require("tflite_micro")  # a check that cannot run fails now, with the pip command
+    fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified")
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
     files = f"{len(summary['files'])} files"
     _show(args, summary, f"{summary_text(summary, args.out)}\nwrote {files} into {args.out}/")

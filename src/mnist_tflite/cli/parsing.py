@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from mnist_tflite.cli import commands
 from mnist_tflite.core.errors import PROG
-from mnist_tflite.core.recipes import CALIBRATION_SIZE
+from mnist_tflite.core.recipes import CALIBRATION_SIZE, INT8_RECIPES
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
 from mnist_tflite.micro.aot import targets
 
@@ -307,7 +307,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
         + ") and compile.json",
     )
-    p.add_argument("model", type=Path, help="a fully int8 .tflite (recipes int8, qat-int8, pruned-int8)")
+    p.add_argument("model", type=Path, help=f"a fully int8 .tflite (recipes {', '.join(INT8_RECIPES)})")
     _out(p, "directory to create")
     p.add_argument(
         "--target",
@@ -329,6 +329,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
     )
     _flag(p, "--force", "replace an existing --out written by compile")
+    _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")
     _flag(p, "--json", "print compile.json")
     p.set_defaults(func=commands.cmd_compile)
 

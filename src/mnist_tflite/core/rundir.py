@@ -234,6 +234,23 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise fail(out, f"output directory {what} (pass --force to replace the whole folder)")
 
 
+def check_replaceable(out: Path, force: bool, marker: str, command: str) -> None:
+    """Refuse an ``out`` that is a file, exists without ``force``, or holds files not written by ``command``.
+
+    ``command`` marks its folders with the file ``marker`` (``micro.json``, ``compile.json``);
+    a non-empty folder without it is the user's and is never replaced. Call it before the
+    work and again inside ``transaction`` (under the lock).
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise fail(out, f"exists and is not a directory; expected a new directory for {command}'s output")
+    if not force:
+        raise fail(out, f"already exists (pass --force to replace an earlier {command} output)")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        raise fail(out, f"exists and was not written by {command} (no {marker}); not replacing it")
+
+
 def finished_report(out: Path, fp: dict[str, Any]) -> dict[str, Any] | None:
     """The report of ``out`` if it is a complete run with this configuration, else None."""
     if not (out / "report.json").is_file() or run_problem(out) is not None:

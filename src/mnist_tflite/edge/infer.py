@@ -124,6 +124,17 @@ def read_model_bytes(
     return data, meta, verified
 
 
+def quantize(x: np.ndarray, dtype: Any, scale: float, zero_point: int) -> np.ndarray:
+    """Real values -> an integer tensor: round(x / scale) + zero_point, clipped to ``dtype``.
+
+    The one input quantization of the project (LiteRT runner, compiled C, TFLM checks): float32
+    arithmetic, ties to even, as the TFLite converter's reference does.
+    """
+    info = np.iinfo(dtype)
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
 class _Worker:
     """One interpreter of a model's pool, the batch it is allocated for and its input buffer."""
 
@@ -271,9 +282,7 @@ class TfliteModel:
         x = np.asarray(images, dtype=np.float32)
         if not self.input.quantized:
             return x.astype(self.input.dtype, copy=False)
-        info = np.iinfo(self.input.dtype)
-        q = np.rint(x / np.float32(self.input.scale)) + np.float32(self.input.zero_point)
-        return np.clip(q, info.min, info.max).astype(self.input.dtype)
+        return quantize(x, self.input.dtype, self.input.scale, self.input.zero_point)
 
     def dequantize_output(self, raw: np.ndarray) -> np.ndarray:
         if not self.output.quantized:

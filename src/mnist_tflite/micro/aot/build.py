@@ -2,18 +2,16 @@
 
 ``compile_model`` (compiler.py) turns the flatbuffer into layers and a memory plan,
 codegen.py writes ``<name>.c``/``<name>.h``, firmware.py builds the test program (Cortex-M
-firmware for a QEMU board of targets.py, or a host program) and runs it on test images;
-here the pieces are put together: the output directory appears whole or not at all,
-``compile.json`` records the figures, and the rows are compared with the TFLM interpreter.
+firmware for a QEMU board of targets.py, or a host program) and runs it on test images,
+verify.py compares its rows with the TFLM interpreter. Here the pieces are put together:
+the output folder is built aside and swapped in whole (``core.rundir``), and
+``compile.json`` records the figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core import atomic
+from mnist_tflite.core import atomic, procs, rundir
 from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.micro.aot import codegen, firmware, targets
-from mnist_tflite.micro.aot.compiler import Program, compile_model
+from mnist_tflite.micro.aot.compiler import Program, load_program
+from mnist_tflite.micro.aot.verify import compare, tflm_rows, verify_host
 from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
+MARKER = "compile.json"
 TARGETS = targets.NAMES
 MAX_IMAGES = 10_000
-TFLM_ARENA = 4 << 20  # generous: the reference run only needs to work, not to be small
 NOT_MEASURED = f"not measured: {firmware.INSTALL_HINT}"
 
 
@@ -54,6 +53,8 @@ TFLM_REFERENCE = {
 
 @dataclass(frozen=True)
 class CompileOptions:
+    """Options of ``compile``."""
+
     model: Path
     out: Path
     target: str = "cortex-m4"
@@ -62,6 +63,7 @@ class CompileOptions:
     verify: bool = False
     force: bool = False
     data: str = "embedded"
+    allow_modified: bool = False
 
 
 def check_options(opts: CompileOptions) -> None:
@@ -69,30 +71,18 @@ def check_options(opts: CompileOptions) -> None:
     problem = identifier_problem(opts.name)
     if problem:
         raise MnistTfliteError(f"--name {opts.name!r} {problem}")
+    if opts.name in firmware.SUPPORT_STEMS:
+        raise MnistTfliteError(
+            f"--name {opts.name!r} would overwrite {opts.name}.c, a support file of compile; choose another"
+        )
     if opts.target not in TARGETS:
         raise MnistTfliteError(f"unknown --target {opts.target!r}; the targets: {', '.join(TARGETS)}")
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
-    check_out(Path(opts.out), opts.force)
+    rundir.check_replaceable(Path(opts.out), opts.force, MARKER, "compile")
     problem = firmware.toolchain_problem(opts.target)
     if problem:
         raise MnistTfliteError(problem)
-
-
-def check_out(out: Path, force: bool) -> None:
-    if not out.exists() and not out.is_symlink():
-        return
-    if not out.is_dir():
-        raise fail(out, "exists and is not a directory; expected a new directory for the compiled model")
-    if not force:
-        raise fail(out, "already exists (pass --force to replace an earlier compile output)")
-    marker = out / "compile.json"
-    try:
-        ours = json.loads(marker.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours and any(out.iterdir()):
-        raise fail(out, "exists and was not written by compile (no compile.json); not replacing it")
 
 
 def check_fits(program: Program, t: targets.Target) -> None:
@@ -118,50 +108,17 @@ def check_fits(program: Program, t: targets.Target) -> None:
 def quantize_images(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """uint8 (N, 28, 28) -> the int8 input tensors, as LiteRT's and the project's runners do."""
     from mnist_tflite.core.data import normalize
+    from mnist_tflite.edge.infer import quantize
 
-    x = normalize(images).reshape(len(images), -1)
-    q = np.rint(x / np.float32(scale)) + np.float32(zero_point)
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
-def tflm_rows(data: bytes, inputs: np.ndarray, workers: int | None = None) -> np.ndarray | str:
-    """The TFLM interpreter's output rows for ``inputs`` (int8 (N, size)), or why there are none."""
-    try:
-        import tflite_micro  # noqa: F401
-    except ImportError:
-        return "not run: the tflite-micro package is not installed (pip install tflite-micro)"
-    from mnist_tflite.micro.tflm.interpreter import map_in_children, run_batch
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(inputs)))
-    results = map_in_children(run_batch, [(data, TFLM_ARENA, c) for c in np.array_split(inputs, workers)])
-    for res in results:
-        if not res.ok:
-            lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-            return f"not run: TFLM failed ({res.error or res.signal}{': ' + lines[-1] if lines else ''})"
-    return np.concatenate([r.value for r in results]).reshape(len(inputs), -1)
-
-
-def compare(rows: np.ndarray, reference: np.ndarray | str, labels: np.ndarray, what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"program": what, "images": len(rows)}
-    out["accuracy"] = float((rows.argmax(axis=1) == labels[: len(rows)]).mean()) if len(rows) else None
-    if isinstance(reference, str):
-        out["vs_tflm"] = reference
-        return out
-    same = (rows == reference.astype(rows.dtype)).all(axis=1)
-    out["rows_identical"] = int(same.sum())
-    out["rows_differing"] = int((~same).sum())
-    out["first_differing"] = [int(i) for i in np.flatnonzero(~same)[:5]]
-    return out
+    return quantize(normalize(images).reshape(len(images), -1), np.int8, scale, zero_point)
 
 
 def _layers(program: Program) -> list[dict[str, Any]]:
-    kernels = {"conv": "i8k_conv", "fc": "i8k_fc", "maxpool": "i8k_maxpool", "softmax": "i8k_softmax",
-               "copy": "i8k_copy"}  # fmt: skip
     return [
         {
             "ops": layer.label,
             "nodes": list(layer.nodes),
-            "kernel": kernels[layer.kind],
+            "kernel": layer.kernel,
             "in": list(layer.in_shape),
             "out": list(layer.out_shape),
             "macs_model": layer.macs_model,
@@ -214,7 +171,7 @@ def describe(program: Program, opts: CompileOptions, sha256: str) -> dict[str, A
 
 
 def _write_sources(
-    tmp: Path, program: Program, opts: CompileOptions, sha256: str, inputs: np.ndarray
+    directory: Path, program: Program, opts: CompileOptions, sha256: str, inputs: np.ndarray
 ) -> list[str]:
     n = opts.name
     images = targets.get(opts.target).images
@@ -228,109 +185,38 @@ def _write_sources(
         "Makefile": firmware.makefile(n, opts.target),
     }
     for fname, text in files.items():
-        (tmp / fname).write_text(text, encoding="utf-8")
-    firmware.write_images(tmp, inputs)
+        _write(directory / fname, text)
+    _write(directory / firmware.IMAGES_BIN, np.ascontiguousarray(inputs, dtype=np.int8).tobytes())
     return [*files, firmware.IMAGES_BIN]
 
 
-def _place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp dir onto ``out`` (replacing an earlier compile output)."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+def _write(path: Path, content: str | bytes) -> None:
+    """Write a file of the output; an error (a full disk) names the file."""
     try:
-        os.chmod(tmp, 0o777 & ~atomic._umask())  # mkdtemp makes 0700
-        if out.exists():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)
-            raise
-    except OSError as exc:
-        raise fail(out, f"cannot write it ({exc.strerror})") from None
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Compile ``opts.model`` into ``opts.out``; returns compile.json's content.
-
-    Raises MnistTfliteError (one line, nothing written) for a bad option, an existing
-    ``--out``, a missing toolchain, a model that is not int8 or has an op without a kernel,
-    a corrupt file, or a failed build.
-
-    Example:
-        >>> compile_to_dir(CompileOptions(Path("runs/demo/int8.tflite"), Path("fw")))["cortex_m4"]
-    """
-    from mnist_tflite.core import data as data_mod
-    from mnist_tflite.core.sidecar import sha256_bytes
-    from mnist_tflite.micro.aot.compiler import load_program
-
-    check_options(opts)
-    t = targets.get(opts.target)
-    raw, program = load_program(opts.model)
-    check_fits(program, t)
-    sha256 = sha256_bytes(raw)
-    summary = describe(program, opts, sha256)
-    ds = data_mod.load(opts.data, log=log)
-    count = min(opts.images, len(ds.x_test))
-    if program.input.size != 28 * 28:
-        raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
-    inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
-    labels = np.asarray(ds.y_test)
-
-    out = Path(opts.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise fail(out, f"cannot create it ({exc.strerror})") from None
-    try:
-        files = _write_sources(tmp, program, opts, sha256, inputs)
-        log(f"building the {opts.target} test program ({count} test images)")
-        firmware.build(tmp, opts.name, opts.target)
-        if t.is_arm:
-            log(f"running firmware.elf in {firmware.QEMU} ({t.board}, -icount shift=0)")
-            result, sizes = _run_measured(tmp, t, program, count, opts.name)
-            files += ["firmware.elf", "firmware.map"]
-            _add_firmware_figures(summary, t, result, sizes, count)
-            program_label = f"firmware.elf in QEMU {t.board}"
+        if isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
         else:
-            result = firmware.run_host(tmp, count, program.output.size)
-            files += ["firmware_host"]
-            summary["flash"] = {"host_code_bytes": firmware.host_code_bytes(tmp, opts.name)}
-            summary["memory"].update(
-                stack_bytes=None, static_ram_bytes=None, stack_method="not measured on the host"
-            )
-            summary["cortex_m4"] = {"not_measured": "--target host"}
-            program_label = "firmware_host (this computer)"
-        (tmp / firmware.RUN_OUTPUT).write_text(result.text, encoding="utf-8")
-        files.append(firmware.RUN_OUTPUT)
-        log(f"comparing {count} rows with the TFLM interpreter")
-        verification = {"reference": "tflite-micro Python interpreter (TFLM reference kernels)"}
-        verification["target"] = compare(result.rows, tflm_rows(raw, inputs), labels, program_label)
-        if opts.verify:
-            all_inputs = quantize_images(ds.x_test, program.input.scale, program.input.zero_point)
-            log(f"verifying the host build on all {len(all_inputs):,} test images against TFLM")
-            verification["host_all"] = verify_host(
-                tmp, opts.name, raw, all_inputs, labels, program.output.size
-            )
-        summary["verification"] = verification
-        summary["files"] = sorted([*files, "compile.json"])
-        summary["tools"] = firmware.which_versions()
-        (tmp / "compile.json").write_text(json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
-        _place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return summary
+            path.write_bytes(content)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _run_cortex_m(
+    directory: Path, opts: CompileOptions, program: Program, summary: dict[str, Any], count: int
+):
+    """Run firmware.elf in the target's QEMU board; sizes, stack and instruction counts into ``summary``."""
+    t = targets.get(opts.target)
+    result, sizes = _run_measured(directory, t, program, count, opts.name)
+    _add_firmware_figures(summary, t, result, sizes, count)
+    return result, f"firmware.elf in QEMU {t.board}", ["firmware.elf", "firmware.map"]
 
 
 def _run_measured(
-    tmp: Path, t: targets.Target, program: Program, count: int, name: str
+    directory: Path, t: targets.Target, program: Program, count: int, name: str
 ) -> tuple[firmware.RunResult, dict[str, Any]]:
     """Run the built firmware.elf of ``t`` in QEMU; its result and its sizes from the linker map."""
-    sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), name)
-    return firmware.run_firmware(tmp, count, program.output.size, t.name), sizes
+    sizes = firmware.map_sizes((directory / "firmware.map").read_text(encoding="utf-8"), name)
+    return firmware.run_firmware(directory, count, program.output.size, t.name), sizes
 
 
 def _add_firmware_figures(
@@ -375,59 +261,100 @@ def _add_firmware_figures(
     summary[t.key] = figures
 
 
-def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str = "mnist_model") -> tuple:
-    """Compile a model (a path or flatbuffer bytes) into ``directory`` and build it for this computer.
+def _run_host(directory: Path, opts: CompileOptions, program: Program, summary: dict[str, Any], count: int):
+    """Run firmware_host on this computer; its code size into ``summary``."""
+    result = firmware.run_host(directory, count, program.output.size)
+    summary["flash"] = {"host_code_bytes": firmware.host_code_bytes(directory, opts.name)}
+    summary["memory"].update(stack_bytes=None, static_ram_bytes=None, stack_method="not measured on the host")
+    summary["cortex_m4"] = {"not_measured": "--target host"}
+    return result, "firmware_host (this computer)", ["firmware_host"]
 
-    Returns:
-        ``(program, lib)``: the compiled Program and the ctypes handle of ``lib<name>.so``
-        (call it with ``run_library``). Needs gcc.
+
+def _verification(
+    directory: Path,
+    opts: CompileOptions,
+    program: Program,
+    raw: bytes,
+    rows: np.ndarray,
+    inputs: np.ndarray,
+    ds: Any,
+    log: Callable[[str], None],
+    label: str,
+) -> dict[str, Any]:
+    """The target's rows against TFLM and, with --verify, a host build on every test image."""
+    labels = np.asarray(ds.y_test)
+    log(f"comparing {len(rows)} rows with the TFLM interpreter")
+    verification = {"reference": "tflite-micro Python interpreter (TFLM reference kernels)"}
+    reference = tflm_rows(raw, inputs)
+    if opts.verify and isinstance(reference, str):
+        raise fail(opts.model, f"--verify could not run TFLM: {reference}")
+    verification["target"] = compare(rows, reference, labels, label)
+    if opts.verify:
+        all_inputs = quantize_images(ds.x_test, program.input.scale, program.input.zero_point)
+        log(f"verifying the host build on all {len(all_inputs):,} test images against TFLM")
+        host = verify_host(directory, opts.name, raw, all_inputs, labels, program.output.size)
+        if "vs_tflm" in host:
+            raise fail(opts.model, f"--verify could not run TFLM: {host['vs_tflm']}")
+        verification["host_all"] = host
+    return verification
+
+
+def _build_into(directory: Path, opts: CompileOptions, program: Program, raw: bytes, ds: Any,
+                log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Everything ``--out`` holds, written into ``directory``; returns compile.json's content."""
+    from mnist_tflite.core.sidecar import sha256_bytes
+
+    sha256 = sha256_bytes(raw)
+    summary = describe(program, opts, sha256)
+    count = min(opts.images, len(ds.x_test))
+    inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
+    files = _write_sources(directory, program, opts, sha256, inputs)
+    log(f"building the {opts.target} test program ({count} test images)")
+    firmware.build(directory, opts.name, opts.target)
+    t = targets.get(opts.target)
+    if t.is_arm:
+        log(f"running firmware.elf in {firmware.QEMU} ({t.board}, -icount shift=0)")
+    run = _run_cortex_m if t.is_arm else _run_host
+    result, label, built = run(directory, opts, program, summary, count)
+    _write(directory / firmware.RUN_OUTPUT, result.text)
+    summary["verification"] = _verification(
+        directory, opts, program, raw, result.rows, inputs, ds, log, label
+    )
+    summary["files"] = sorted([*files, *built, firmware.RUN_OUTPUT, MARKER])
+    summary["tools"] = firmware.which_versions()
+    _write(directory / MARKER, json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
+    return summary
+
+
+def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compile ``opts.model`` into ``opts.out``; returns compile.json's content.
+
+    Raises MnistTfliteError (one line, ``--out`` untouched) for a bad option, an existing
+    ``--out`` (without ``force``, or not written by compile), a missing toolchain, a model
+    that is not int8, has an op without a kernel, is corrupt or does not match its sidecar,
+    a failed build, or a ``--verify`` that could not run TFLM. A kill at any moment leaves
+    ``--out`` holding the previous output or the new one, whole.
+
+    Example:
+        >>> compile_to_dir(CompileOptions(Path("runs/demo/int8.tflite"), Path("fw")))["cortex_m4"]
     """
-    from mnist_tflite.micro.aot.compiler import load_program
+    from mnist_tflite.core import data as data_mod
 
-    if isinstance(model, bytes):
-        raw, label = model, "model"
-        program = compile_model(raw, label)
-    else:
-        raw, program = load_program(model)
-        label = Path(model).name
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.h").write_text(codegen.header(program, name), encoding="utf-8")
-    (directory / f"{name}.c").write_text(codegen.source(program, name, label, ""), encoding="utf-8")
-    for fname, text in codegen.kernel_sources().items():
-        (directory / fname).write_text(text, encoding="utf-8")
-    return program, host_library(directory, name, directory)
-
-
-def host_library(directory: Path, name: str, into: Path) -> Any:
-    """Build ``<name>.c`` and the kernels as a shared library in ``into``; returns the ctypes handle."""
-    import ctypes
-
-    lib = firmware.build_host_library(directory, name, into / f"lib{name}.so")
-    return ctypes.CDLL(str(lib))
-
-
-def run_library(lib: Any, name: str, inputs: np.ndarray, outputs: int) -> np.ndarray:
-    """Call ``<name>_invoke`` once per input row (int8 (N, size)); returns int8 (N, outputs)."""
-    import ctypes
-
-    invoke = getattr(lib, f"{name}_invoke")
-    invoke.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
-    rows = np.zeros((len(inputs), outputs), dtype=np.int8)
-    x = np.ascontiguousarray(inputs, dtype=np.int8)
-    for i in range(len(x)):
-        invoke(x[i].ctypes.data, rows[i].ctypes.data)
-    return rows
-
-
-def verify_host(directory: Path, name: str, raw: bytes, inputs: np.ndarray, labels: np.ndarray, outputs: int):
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-host-") as lib_dir:
-        t = time.perf_counter()
-        rows = run_library(host_library(directory, name, Path(lib_dir)), name, inputs, outputs)
-        seconds = time.perf_counter() - t
-    t = time.perf_counter()
-    result = compare(rows, tflm_rows(raw, inputs), labels, f"lib{name}.so (host build)")
-    result.update(host_seconds=round(seconds, 2), tflm_seconds=round(time.perf_counter() - t, 2))
-    return result
+    check_options(opts)
+    raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
+    check_fits(program, targets.get(opts.target))
+    if program.input.size != 28 * 28:
+        raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
+    ds = data_mod.load(opts.data, log=log)
+    out = Path(opts.out)
+    with rundir.transaction(out) as staging:
+        rundir.check_replaceable(out, opts.force, MARKER, "compile")  # again, under the lock
+        try:
+            summary = _build_into(staging, opts, program, raw, ds, log)
+        except OSError as exc:
+            doing = f"cannot write {Path(exc.filename).name}" if exc.filename else "cannot write it"
+            raise fail(out, f"{doing} ({exc.strerror or type(exc).__name__})") from None
+    return summary
 
 
 def differing_rows(summary: Mapping[str, Any]) -> int:
@@ -475,31 +402,33 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
             f"({core['times_bound']}x the bound of {core['bound_instructions']:,}: {core['bound_rule']}; "
             f"{core['kernels']} kernels, QEMU {core['board']})"
         )
+    elif core.get("not_measured") == "--target host":
+        lines.append(f"  {label} not measured (built for this computer: --target host)")
     else:
         lines.append(f"  {label} {core.get('not_measured', NOT_MEASURED)}")
     for part in (s.get("verification") or {}).values():
         if not isinstance(part, dict):
             continue
-        acc = f", accuracy {100 * part['accuracy']:.2f} %" if part.get("accuracy") is not None else ""
+        acc = f"{100 * part['accuracy']:.2f} %" if part.get("accuracy") is not None else "?"
         if "rows_identical" in part:
             lines.append(
                 f"  vs TFLM   {part['rows_identical']:,}/{part['images']:,} rows identical "
-                f"({part['program']}){acc}"
+                f"({part['program']}), accuracy {acc}"
             )
         else:
-            lines.append(f"  vs TFLM   {part['vs_tflm']} ({part['program']}){acc}")
+            lines.append(
+                f"  accuracy  {acc} on {part['images']:,} test images ({part['program']}); "
+                f"TFLM comparison {part['vs_tflm']}"
+            )
     return "\n".join(lines)
 
 
 def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, int]:
     """Compile one model for the Cortex-M4, run it on ``images`` in QEMU, and measure it."""
-    from mnist_tflite.micro.aot.compiler import load_program
-
-    t = targets.get("cortex-m4")
     _, program = load_program(path)
-    with tempfile.TemporaryDirectory(prefix="mnist-tflite-compile-") as tmp_name:
-        tmp = Path(tmp_name)
+    with procs.temp_dir("mnist-tflite-compile") as tmp:  # swept by the next run if we are killed
         inputs = quantize_images(images, program.input.scale, program.input.zero_point)
+        t = targets.get("cortex-m4")
         opts = CompileOptions(Path(path), tmp / "out", target=t.name, images=len(inputs))
         _write_sources(tmp, program, opts, "", inputs)
         firmware.build(tmp, opts.name, t.name)

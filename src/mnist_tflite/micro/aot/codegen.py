@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import fields, is_dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
-from mnist_tflite.micro.aot.compiler import Layer, Program
+from mnist_tflite.micro.aot.compiler import Program
+from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
+from mnist_tflite.micro.aot.plan import align
 
 KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h")
-_STRUCTS = {"conv": "i8k_conv_t", "fc": "i8k_fc_t", "maxpool": "i8k_pool_t", "softmax": "i8k_softmax_t"}
 _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t", np.dtype(np.uint8): "uint8_t"}
-# struct field order, as declared in int8_kernels.h
-_FIELDS = {
-    "conv": ("weights", "bias", "mult", "shift", "in_h", "in_w", "in_c", "out_c", "k_pad", "kh", "kw",
-             "sh", "sw", "pad_t", "pad_l", "conv_h", "conv_w", "ph", "pw", "psh", "psw", "ppad_t", "ppad_l",
-             "out_h", "out_w", "in_zp", "out_zp", "act_min", "act_max"),
-    "fc": ("weights", "bias", "mult", "shift", "in_n", "out_n", "k_pad", "per_channel", "out_zp", "act_min",
-           "act_max"),
-    "maxpool": ("in_h", "in_w", "c", "out_h", "out_w", "ph", "pw", "psh", "psw", "ppad_t", "ppad_l",
-                "act_min", "act_max"),
-    "softmax": ("rows", "depth", "in_mult", "in_left_shift", "diff_min"),
-}  # fmt: skip
 
 
 def kernel_sources() -> dict[str, str]:
@@ -137,43 +129,60 @@ def _preamble(program: Program, name: str, model_label: str, sha256: str) -> lis
     return out
 
 
+def initializer(params: Any, prefix: str, top: bool = True) -> str:
+    """A parameter struct as a C designated initializer; array members point at ``<prefix>_<member>``.
+
+    Members are named, never placed: their order lives only in int8_kernels.h.
+    """
+    parts = []
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, np.ndarray):
+            text = f"{prefix}_{f.name}"
+        elif is_dataclass(value):
+            text = initializer(value, prefix, top=False)
+        else:
+            text = str(int(value))
+        parts.append(f".{f.name} = {text}")
+    if not top:
+        return "{" + ", ".join(parts) + "}"
+    return "{\n" + "".join(f"    {part},\n" for part in parts) + "}"
+
+
+def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list[str], str]:
+    """The definitions of one layer (arrays, parameter struct, scratch check) and its call in invoke()."""
+    out = [f"/* layer {i}: {_describe(layer)} */"]
+    prefix = f"{name}_l{i}"
+    for key, arr in layer.arrays.items():
+        out.append(f"static const {_CTYPES[arr.dtype]} {prefix}_{key}[{arr.size}] I8K_ALIGNED(4) = {{")
+        out.append(c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8))
+        out.append("};")
+    src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
+    p = layer.params
+    if isinstance(p, CopyParams):
+        return [*out, ""], f"    {p.KERNEL}({src}, {dst}, {p.n}u); /* {_describe(layer)} */"
+    out.append(f"static const {p.C_TYPE} {prefix} = {initializer(p, prefix)};")
+    args = [f"&{prefix}", src, dst]
+    if isinstance(p, ConvParams):
+        planned = align(layer.scratch_bytes)
+        out.append(
+            f"_Static_assert(I8K_CONV_SCRATCH_BYTES({p.filter.k_pad}, {p.conv.c}, {int(p.pool.pooling)}) <= "
+            f'{planned}, "layer {i}: i8k_conv needs more scratch than was planned");'
+        )
+        args.append(f"{name}_arena + {program.plan.scratch[i]}")
+    return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
+
+
 def source(program: Program, name: str, model_label: str, sha256: str) -> str:
     """``<name>.c``: constant arrays, layer parameter structs, the buffer and invoke()."""
     out = _preamble(program, name, model_label, sha256)
     calls = []
     for i, layer in enumerate(program.layers):
-        out.append(f"/* layer {i}: {_describe(layer)} */")
-        prefix = f"{name}_l{i}"
-        for key, arr in layer.arrays.items():
-            ctype = _CTYPES[arr.dtype]
-            out.append(f"static const {ctype} {prefix}_{key}[{arr.size}] I8K_ALIGNED(4) = {{")
-            out.append(c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8))
-            out.append("};")
-        src = _pointer(program, layer.src, name)
-        dst = _pointer(program, layer.dst, name)
-        if layer.kind == "copy":
-            calls.append(f"    i8k_copy({src}, {dst}, {layer.fields['n']}u); /* {_describe(layer)} */")
-            out.append("")
-            continue
-        values = []
-        for f in _FIELDS[layer.kind]:
-            values.append(f"{prefix}_{f}" if f in layer.arrays else str(int(layer.fields[f])))
-        out.append(f"static const {_STRUCTS[layer.kind]} {prefix} = {{")
-        out.append(c_array_text(values))
-        out.append("};")
-        out.append("")
-        if layer.kind == "conv":
-            scratch = f"{name}_arena + {program.plan.scratch[i]}"
-            calls.append(f"    i8k_conv(&{prefix}, {src}, {dst}, {scratch});")
-        elif layer.kind == "fc":
-            calls.append(f"    i8k_fc(&{prefix}, {src}, {dst});")
-        elif layer.kind == "maxpool":
-            calls.append(f"    i8k_maxpool(&{prefix}, {src}, {dst});")
-        elif layer.kind == "softmax":
-            calls.append(f"    i8k_softmax(&{prefix}, {src}, {dst});")
+        definitions, call = _layer_code(program, i, layer, name)
+        out += definitions
+        calls.append(call)
     size = max(program.plan.arena_bytes, 4)
-    out.append(f"static int8_t {name}_arena[{size}] I8K_ALIGNED(8);")
-    out.append("")
+    out += [f"static int8_t {name}_arena[{size}] I8K_ALIGNED(8);", ""]
     out.append(
         f"int {name}_invoke(const int8_t input[{program.input.size}], int8_t output[{program.output.size}])"
     )
@@ -181,13 +190,5 @@ def source(program: Program, name: str, model_label: str, sha256: str) -> str:
     if not any("input" in c for c in calls):
         out.append("    (void)input;")
     out += calls
-    out.append("    return 0;")
-    out.append("}")
-    text = "\n".join(out) + "\n"
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text
-
-
-def c_array_text(values: list[str], per_line: int = 8) -> str:
-    lines = ["    " + ", ".join(values[i : i + per_line]) + "," for i in range(0, len(values), per_line)]
-    return "\n".join(lines)
+    out += ["    return 0;", "}"]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out) + "\n")

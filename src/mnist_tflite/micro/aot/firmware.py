@@ -18,6 +18,8 @@ not match the target table is an error, not a figure.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import shlex
 import shutil
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.core import procs
 from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.micro.aot import targets
 from mnist_tflite.micro.aot.targets import Target
@@ -46,8 +49,20 @@ ARM_COMMON_CFLAGS = (
 )  # fmt: skip
 # (no libc is linked: gcc must not turn loops, such as startup's memset, into libc calls)
 HOST_CFLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra")
+BOARD_FILES = ("board.h", "startup_cortex_m.c", "board_host.c")  # every ARM target: `make host` works
 IMAGES_BIN = "test_images.bin"
 RUN_OUTPUT = "run.txt"  # what the test program printed, kept beside it
+# file names (without suffix) compile writes besides <name>.c/.h: --name may not be one of them
+SUPPORT_STEMS = frozenset(
+    Path(f).stem
+    for f in (
+        *BOARD_FILES,
+        *(t.linker_file for t in targets.TARGETS if t.is_arm),
+        "int8_kernels.c",
+        "main.c",
+        "test_images.S",
+    )
+)
 
 
 def arm_cflags(t: Target) -> tuple[str, ...]:
@@ -279,7 +294,7 @@ def makefile(name: str, target: str) -> str:
             arm,
             "",
             f"run: firmware.elf{' ' + IMAGES_BIN if t.images == 'semihosting' else ''}",
-            f"\t{' '.join(qemu_command(t))}",
+            f"\t{' '.join(qemu_command(t))} 2>&1",  # the semihosting console is QEMU's stderr
             "",
         ]
     else:
@@ -320,6 +335,7 @@ def _run(
             stderr=subprocess.STDOUT if merge else subprocess.PIPE,
             text=True,
             timeout=timeout,
+            preexec_fn=functools.partial(procs.die_with_parent, os.getpid()),  # even if we are SIGKILLed
         )
     except subprocess.TimeoutExpired:
         raise MnistTfliteError(f"{what} did not finish within {timeout:.0f} s") from None
@@ -465,7 +481,7 @@ def run_host(directory: Path, count: int, outputs: int) -> RunResult:
     import time
 
     t = time.perf_counter()
-    text = _run([str(directory / "firmware_host")], directory, "running the host test program")
+    text = _run(["./firmware_host"], directory, "running the host test program")  # cwd: a relative --out too
     result = parse_output(text, count, outputs, "host test program")
     result.text = text
     result.seconds = time.perf_counter() - t
@@ -526,11 +542,6 @@ def host_code_bytes(directory: Path, name: str) -> int | None:
         return total
     except (MnistTfliteError, OSError):
         return None
-
-
-def write_images(directory: Path, inputs: np.ndarray) -> None:
-    """``test_images.bin``: the int8 input tensors, one after the other (embedded or read by the firmware)."""
-    (directory / IMAGES_BIN).write_bytes(np.ascontiguousarray(inputs, dtype=np.int8).tobytes())
 
 
 def which_versions() -> dict[str, str | None]:

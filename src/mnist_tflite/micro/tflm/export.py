@@ -79,14 +79,7 @@ def describe(path: object, data: bytes, info: ModelInfo, name: str, arena: dict[
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise fail(out, "exists and is not a directory; expected a new directory for the C sources")
-    if not force:
-        raise fail(out, "already exists (pass --force to replace it)")
-    if any(out.iterdir()) and not (out / "micro.json").exists():
-        raise fail(out, "exists and was not written by export-micro (no micro.json); not replacing it")
+    rundir.check_replaceable(out, force, "micro.json", "export-micro")
 
 
 def _write_dir(out: Path, files: dict[str, str], force: bool) -> None:

@@ -123,16 +123,16 @@ static void expand4(uint32_t v, int16_t *dst)
 /* The patch of convolution output (cy, cx) into patch slot dst (scratch + 4 * slot). */
 static void im2col(const i8k_conv_t *p, const int8_t *in, int cy, int cx, int16_t *dst)
 {
-    const int iy0 = cy * p->sh - p->pad_t, ix0 = cx * p->sw - p->pad_l;
-    const int c = p->in_c;
+    const int iy0 = cy * p->kernel.stride_h - p->kernel.pad_top, ix0 = cx * p->kernel.stride_w - p->kernel.pad_left;
+    const int c = p->input.c;
     if ((c & 3) == 0) { /* whole words: 4 channels at a time */
         const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
-        for (int ky = 0; ky < p->kh; ky++) {
+        for (int ky = 0; ky < p->kernel.h; ky++) {
             const int iy = iy0 + ky;
-            for (int kx = 0; kx < p->kw; kx++) {
+            for (int kx = 0; kx < p->kernel.w; kx++) {
                 const int ix = ix0 + kx;
-                if (iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
-                    const int8_t *src = in + (iy * p->in_w + ix) * c;
+                if (iy >= 0 && iy < p->input.h && ix >= 0 && ix < p->input.w) {
+                    const int8_t *src = in + (iy * p->input.w + ix) * c;
                     for (int i = 0; i < c; i += 4, dst += 8) {
                         expand4(load32(src + i), dst);
                     }
@@ -148,12 +148,12 @@ static void im2col(const i8k_conv_t *p, const int8_t *in, int cy, int cx, int16_
     /* any channel count: gather 4 values at a time, then expand them as a word */
     uint32_t word = 0;
     int bits = 0;
-    const int run = p->kw * c; /* bytes of one patch row, contiguous when it is all inside */
-    const int cols_inside = ix0 >= 0 && ix0 + p->kw <= p->in_w;
-    for (int ky = 0; ky < p->kh; ky++) {
+    const int run = p->kernel.w * c; /* bytes of one patch row, contiguous when it is all inside */
+    const int cols_inside = ix0 >= 0 && ix0 + p->kernel.w <= p->input.w;
+    for (int ky = 0; ky < p->kernel.h; ky++) {
         const int iy = iy0 + ky;
-        const int row_inside = iy >= 0 && iy < p->in_h;
-        const int8_t *src = row_inside ? in + (iy * p->in_w + ix0) * c : in;
+        const int row_inside = iy >= 0 && iy < p->input.h;
+        const int8_t *src = row_inside ? in + (iy * p->input.w + ix0) * c : in;
         if (row_inside && cols_inside) {
             for (int i = 0; i < run; i++) {
                 word |= (uint32_t)(uint8_t)src[i] << bits;
@@ -168,7 +168,7 @@ static void im2col(const i8k_conv_t *p, const int8_t *in, int cy, int cx, int16_
         }
         for (int i = 0; i < run; i++) { /* part of the row is padding */
             const int ix = ix0 + i / c;
-            const int8_t v = row_inside && ix >= 0 && ix < p->in_w ? src[i] : p->in_zp;
+            const int8_t v = row_inside && ix >= 0 && ix < p->input.w ? src[i] : p->in_zp;
             word |= (uint32_t)(uint8_t)v << bits;
             if ((bits += 8) == 32) {
                 expand4(word, dst);
@@ -249,27 +249,27 @@ static void output_pairs(const uint32_t *P, const uint32_t *W, const int32_t *bi
 static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, int first, int32_t *sums0,
                           int32_t *sums1)
 {
-    const int groups = p->k_pad >> 2;
+    const int groups = p->filter.k_pad >> 2;
     int c = 0;
 #if I8K_DSP
-    const int pairs = p->out_c >> 1;
+    const int pairs = p->conv.c >> 1;
     if (npx == 2 && pairs) { /* the hot path */
         const uint32_t *P = (const uint32_t *)(const void *)patches;
-        const uint32_t *W = (const uint32_t *)(const void *)p->weights;
+        const uint32_t *W = (const uint32_t *)(const void *)p->filter.weights;
         if (sums1) {
-            output_pairs(P, W, p->bias, sums0, sums1, pairs, groups);
+            output_pairs(P, W, p->filter.bias, sums0, sums1, pairs, groups);
         } else {
-            pool_pairs(P, W, p->bias, sums0, pairs, groups, first);
+            pool_pairs(P, W, p->filter.bias, sums0, pairs, groups, first);
         }
         c = 2 * pairs;
     }
 #endif
     /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
-    for (; c < p->out_c; c++) {
-        const int in_pair = (c & ~1) + 1 < p->out_c; /* weights interleaved with a neighbour */
-        const int8_t *w = p->weights + (c & ~1) * p->k_pad + (in_pair && (c & 1) ? 4 : 0);
+    for (; c < p->conv.c; c++) {
+        const int in_pair = (c & ~1) + 1 < p->conv.c; /* weights interleaved with a neighbour */
+        const int8_t *w = p->filter.weights + (c & ~1) * p->filter.k_pad + (in_pair && (c & 1) ? 4 : 0);
         const int stride = in_pair ? 8 : 4;
-        int32_t a0 = p->bias[c], a1 = a0;
+        int32_t a0 = p->filter.bias[c], a1 = a0;
         for (int g = 0; g < groups; g++, w += stride) {
             const int16_t *x = patches + g * 8, *y = x + 4; /* x0, x2, x1, x3 */
             a0 += x[0] * w[0] + x[2] * w[1] + x[1] * w[2] + x[3] * w[3];
@@ -288,9 +288,9 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
 
 static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out)
 {
-    const int32_t *mult = p->mult;
-    const int8_t *shift = p->shift;
-    const int n = p->out_c, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    const int32_t *mult = p->quant.mult;
+    const int8_t *shift = p->quant.shift;
+    const int n = p->conv.c, zp = p->out_zp, lo = p->act.min, hi = p->act.max;
     for (int c = 0; c < n; c++) {
         const int32_t v = requantize(sums[c], mult[c], shift[c]) + zp;
         out[c] = (int8_t)(v < lo ? lo : v > hi ? hi : v);
@@ -300,18 +300,19 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
     int16_t *patches = (int16_t *)scratch;
-    int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->k_pad);
-    const int out_c = p->out_c;
-    const int pooled = p->ph * p->pw > 1;
+    /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */
+    int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->filter.k_pad);
+    const int out_c = p->conv.c;
+    const int pooled = p->pool.h * p->pool.w > 1;
     /* Requantization is monotonic (positive multipliers), so the max pool compares the
      * int32 sums and requantizes only the largest: the same bits as pooling int8 outputs. */
-    for (int oy = 0; oy < p->out_h; oy++) {
-        for (int ox = 0; ox < p->out_w; ox++) {
-            int8_t *o = out + (oy * p->out_w + ox) * out_c;
-            if (!pooled && ox + 1 < p->out_w) { /* no pool: two outputs at a time */
-                const int cy = oy * p->psh - p->ppad_t, cx = ox * p->psw - p->ppad_l;
+    for (int oy = 0; oy < p->output.h; oy++) {
+        for (int ox = 0; ox < p->output.w; ox++) {
+            int8_t *o = out + (oy * p->output.w + ox) * out_c;
+            if (!pooled && ox + 1 < p->output.w) { /* no pool: two outputs at a time */
+                const int cy = oy * p->pool.stride_h - p->pool.pad_top, cx = ox * p->pool.stride_w - p->pool.pad_left;
                 im2col(p, in, cy, cx, patches);
-                im2col(p, in, cy, cx + p->psw, patches + 4);
+                im2col(p, in, cy, cx + p->pool.stride_w, patches + 4);
                 conv_channels(p, patches, 2, 1, sums, sums + out_c);
                 requantize_row(p, sums, o);
                 requantize_row(p, sums + out_c, o + out_c);
@@ -319,14 +320,14 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
                 continue;
             }
             int n = 0, first = 1;
-            for (int wy = 0; wy < p->ph; wy++) {
-                const int cy = oy * p->psh - p->ppad_t + wy;
-                if (cy < 0 || cy >= p->conv_h) {
+            for (int wy = 0; wy < p->pool.h; wy++) {
+                const int cy = oy * p->pool.stride_h - p->pool.pad_top + wy;
+                if (cy < 0 || cy >= p->conv.h) {
                     continue;
                 }
-                for (int wx = 0; wx < p->pw; wx++) {
-                    const int cx = ox * p->psw - p->ppad_l + wx;
-                    if (cx < 0 || cx >= p->conv_w) {
+                for (int wx = 0; wx < p->pool.w; wx++) {
+                    const int cx = ox * p->pool.stride_w - p->pool.pad_left + wx;
+                    if (cx < 0 || cx >= p->conv.w) {
                         continue;
                     }
                     im2col(p, in, cy, cx, patches + 4 * n);
@@ -350,8 +351,8 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
 {
     const int words = p->in_n >> 2;
     for (int o = 0; o < p->out_n; o++) {
-        const int8_t *w = p->weights + o * p->k_pad;
-        int32_t acc = p->bias[o];
+        const int8_t *w = p->filter.weights + o * p->filter.k_pad;
+        int32_t acc = p->filter.bias[o];
 #if I8K_DSP
         const uint32_t *W = (const uint32_t *)(const void *)w;
         for (int i = 0; i < words; i++) {
@@ -368,7 +369,7 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
             acc += (int32_t)in[i] * w[i];
         }
         const int q = p->per_channel ? o : 0;
-        out[o] = clamp8(requantize(acc, p->mult[q], p->shift[q]) + p->out_zp, p->act_min, p->act_max);
+        out[o] = clamp8(requantize(acc, p->quant.mult[q], p->quant.shift[q]) + p->out_zp, p->act.min, p->act.max);
     }
 }
 
@@ -376,23 +377,23 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
 
 void i8k_maxpool(const i8k_pool_t *p, const int8_t *in, int8_t *out)
 {
-    for (int oy = 0; oy < p->out_h; oy++) {
-        for (int ox = 0; ox < p->out_w; ox++) {
-            for (int c = 0; c < p->c; c++) {
+    for (int oy = 0; oy < p->output.h; oy++) {
+        for (int ox = 0; ox < p->output.w; ox++) {
+            for (int c = 0; c < p->input.c; c++) {
                 int32_t m = -128;
-                for (int wy = 0; wy < p->ph; wy++) {
-                    const int iy = oy * p->psh - p->ppad_t + wy;
-                    if (iy < 0 || iy >= p->in_h) {
+                for (int wy = 0; wy < p->pool.h; wy++) {
+                    const int iy = oy * p->pool.stride_h - p->pool.pad_top + wy;
+                    if (iy < 0 || iy >= p->input.h) {
                         continue;
                     }
-                    for (int wx = 0; wx < p->pw; wx++) {
-                        const int ix = ox * p->psw - p->ppad_l + wx;
-                        if (ix >= 0 && ix < p->in_w && in[(iy * p->in_w + ix) * p->c + c] > m) {
-                            m = in[(iy * p->in_w + ix) * p->c + c];
+                    for (int wx = 0; wx < p->pool.w; wx++) {
+                        const int ix = ox * p->pool.stride_w - p->pool.pad_left + wx;
+                        if (ix >= 0 && ix < p->input.w && in[(iy * p->input.w + ix) * p->input.c + c] > m) {
+                            m = in[(iy * p->input.w + ix) * p->input.c + c];
                         }
                     }
                 }
-                *out++ = clamp8(m, p->act_min, p->act_max);
+                *out++ = clamp8(m, p->act.min, p->act.max);
             }
         }
     }

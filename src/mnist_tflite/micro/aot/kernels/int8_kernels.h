@@ -21,52 +21,91 @@
 extern "C" {
 #endif
 
+/* ---- parameters, grouped by meaning (the generator fills them by member name) ---------- */
+
+/* An activation tensor's height, width and channels (batch 1, NHWC order). */
+typedef struct {
+    uint16_t h, w, c;
+} i8k_dims_t;
+
+/* A window sliding over rows and columns: its size, its stride, and how many positions
+ * lie before the first row and column (a convolution reads them as zero padding, i.e. the
+ * input zero point; a max pool skips them). */
+typedef struct {
+    uint8_t h, w;
+    uint8_t stride_h, stride_w;
+    uint8_t pad_top, pad_left;
+} i8k_window_t;
+
+/* Constant weights and bias. Rows are k_pad bytes: the row's inputs padded with zeros to a
+ * multiple of 4. The bias is the model's int32 bias minus the input zero point times the
+ * sum of the row's weights, so inputs are multiplied as stored. */
+typedef struct {
+    const int8_t *weights;
+    const int32_t *bias;
+    uint16_t k_pad;
+} i8k_filter_t;
+
+/* Requantization of the int32 sums: out = sum * mult * 2^shift / 2^31, rounded. */
+typedef struct {
+    const int32_t *mult; /* fixed-point multipliers in [2^30, 2^31), or 0 */
+    const int8_t *shift; /* > 0 shifts left */
+} i8k_channel_quant_t;
+
+/* The int8 clamp of the fused activation (and of the int8 range). */
+typedef struct {
+    int8_t min, max;
+} i8k_clamp_t;
+
+/* ---- kernels ----------------------------------------------------------------------------- */
+
 /* A convolution (stride, zero padding), optionally followed by a max pool that is
  * computed on the fly: the full-resolution convolution output never exists.
  *
  * Weights: output channels in pairs; within a pair, for each group of 4 inputs of the
- * patch (order ky, kx, c; padded with zeros to k_pad, a multiple of 4), 4 bytes of the
- * first channel then 4 bytes of the second. A last odd channel has its k_pad bytes alone.
- * Bias: the model's int32 bias minus in_zp times the sum of the channel's weights, so
- * the patch is multiplied as stored (padding positions hold in_zp, which then adds 0).
- * Scratch: 4 * k_pad bytes for two expanded patches plus 4 * out_c for the pool maxima,
- * 4-byte aligned. */
+ * patch (order ky, kx, c; padded with zeros to k_pad), 4 bytes of the first channel then
+ * 4 bytes of the second. A last odd channel has its k_pad bytes alone. Padding positions
+ * of the patch hold in_zp, which the folded bias cancels. mult/shift: one per output
+ * channel. */
 typedef struct {
-    const int8_t *weights;
-    const int32_t *bias;
-    const int32_t *mult; /* per output channel */
-    const int8_t *shift; /* per output channel; > 0 shifts left */
-    uint16_t in_h, in_w, in_c, out_c;
-    uint16_t k_pad;            /* kh * kw * in_c rounded up to a multiple of 4 */
-    uint8_t kh, kw, sh, sw;    /* kernel and stride */
-    uint8_t pad_t, pad_l;      /* zero padding before the first row and column */
-    uint16_t conv_h, conv_w;   /* convolution output size */
-    uint8_t ph, pw, psh, psw;  /* pool window and stride; 1, 1, 1, 1 when there is no pool */
-    uint8_t ppad_t, ppad_l;    /* pool padding (positions outside are skipped) */
-    uint16_t out_h, out_w;     /* the layer's output size (after the pool) */
-    int8_t in_zp, out_zp, act_min, act_max;
+    i8k_dims_t input;
+    i8k_dims_t conv;    /* the convolution's output: rows, columns, output channels */
+    i8k_dims_t output;  /* the layer's output, after the pool (c == conv.c) */
+    i8k_window_t kernel;
+    i8k_window_t pool;  /* 1x1, stride 1, no padding when there is no pool */
+    i8k_filter_t filter;
+    i8k_channel_quant_t quant;
+    int8_t in_zp, out_zp;
+    i8k_clamp_t act;
 } i8k_conv_t;
 
-/* Fully connected: weights [out_n][k_pad] (rows padded with zeros to a multiple of 4),
- * bias folded as for convolutions; mult/shift per output, or one for all (per_channel 0). */
+/* Scratch bytes i8k_conv needs (4-byte aligned): two expanded patches (2 * k_pad int16),
+ * then int32 sums: of two neighbouring positions (8 * out_c) without a pool, one running
+ * maximum per channel (4 * out_c) with one (pooled: pool.h * pool.w > 1). The compiler
+ * plans this much; the generated code checks it with _Static_assert. */
+#define I8K_CONV_SCRATCH_BYTES(k_pad, out_c, pooled) \
+    (4u * (uint32_t)(k_pad) + ((pooled) ? 4u : 8u) * (uint32_t)(out_c))
+
+/* Fully connected: weights [out_n][k_pad]; mult/shift per output, or one for all
+ * (per_channel 0). No scratch. */
 typedef struct {
-    const int8_t *weights;
-    const int32_t *bias;
-    const int32_t *mult;
-    const int8_t *shift;
-    uint16_t in_n, out_n, k_pad;
+    uint16_t in_n, out_n;
+    i8k_filter_t filter;
+    i8k_channel_quant_t quant;
     uint8_t per_channel;
-    int8_t out_zp, act_min, act_max;
+    int8_t out_zp;
+    i8k_clamp_t act;
 } i8k_fc_t;
 
-/* Max pool on its own (when it does not follow a convolution). */
+/* Max pool on its own (when it does not follow a convolution). No scratch. */
 typedef struct {
-    uint16_t in_h, in_w, c, out_h, out_w;
-    uint8_t ph, pw, psh, psw, ppad_t, ppad_l;
-    int8_t act_min, act_max;
+    i8k_dims_t input, output;
+    i8k_window_t pool;
+    i8k_clamp_t act;
 } i8k_pool_t;
 
-/* Softmax over the last axis, int8 in, int8 out (scale 1/256, zero point -128). */
+/* Softmax over the last axis, int8 in, int8 out (scale 1/256, zero point -128). No scratch;
+ * the output may be the input. */
 typedef struct {
     uint16_t rows, depth;
     int32_t in_mult; /* beta * input scale, as a fixed-point multiplier */
