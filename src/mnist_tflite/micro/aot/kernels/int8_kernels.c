@@ -263,6 +263,56 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
         }
         c = 2 * pairs;
     }
+#else
+    const int pairs = p->conv.c >> 1;
+    if (npx == 2 && pairs) { /* two patches by two channels: each value loaded feeds two MACs */
+        const int8_t *w = p->filter.weights;
+        const int32_t *bias = p->filter.bias;
+        for (int k = 0; k < pairs; k++, bias += 2) {
+            int32_t a0 = bias[0], a1 = bias[1], a2 = a0, a3 = a1;
+            const int16_t *x = patches;
+            for (int g = 0; g < groups; g++, w += 8, x += 8) {
+                const int32_t x0 = x[0], x2 = x[1], x1 = x[2], x3 = x[3]; /* stored x0, x2, x1, x3 */
+                const int32_t y0 = x[4], y2 = x[5], y1 = x[6], y3 = x[7];
+                int32_t u = w[0], v = w[1];
+                a0 += x0 * u;
+                a2 += y0 * u;
+                a0 += x1 * v;
+                a2 += y1 * v;
+                u = w[2];
+                v = w[3];
+                a0 += x2 * u;
+                a2 += y2 * u;
+                a0 += x3 * v;
+                a2 += y3 * v;
+                u = w[4];
+                v = w[5];
+                a1 += x0 * u;
+                a3 += y0 * u;
+                a1 += x1 * v;
+                a3 += y1 * v;
+                u = w[6];
+                v = w[7];
+                a1 += x2 * u;
+                a3 += y2 * u;
+                a1 += x3 * v;
+                a3 += y3 * v;
+            }
+            int32_t *s = sums0 + 2 * k;
+            if (sums1) {
+                s[0] = a0;
+                s[1] = a1;
+                sums1[2 * k] = a2;
+                sums1[2 * k + 1] = a3;
+                continue;
+            }
+            a0 = a2 > a0 ? a2 : a0;
+            a1 = a3 > a1 ? a3 : a1;
+            s[0] = first || a0 > s[0] ? a0 : s[0];
+            s[1] = first || a1 > s[1] ? a1 : s[1];
+        }
+        c = 2 * pairs;
+    }
 #endif
     /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
     for (; c < p->conv.c; c++) {
