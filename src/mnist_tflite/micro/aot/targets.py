@@ -106,7 +106,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "cortex-m55", "Cortex-M55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=softfp"), "mps3-an547",
-        "DSP",
+        "MVE",
         # secure aliases of the ITCM, the DTCM and the DDR
         flash=Region(0x1000_0000, 512 * KB), ram=Region(0x3000_0000, 512 * KB),
         image_region=Region(0x7000_0000, 16 * MB), systick_hz=32_000_000,

@@ -1,7 +1,7 @@
 /* int8 inference kernels for code written by `mnist-tflite compile`; see int8_kernels.h. */
 #include "int8_kernels.h"
 
-#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C)
+#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C) && !I8K_MVE /* (the M55 has both: MVE wins) */
 #include <arm_acle.h>
 #define I8K_DSP 1
 /* One group of 4 patch values for two patches and two channels: 16 multiply-accumulates. */
@@ -94,6 +94,7 @@ static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
     return (int8_t)(v < lo ? lo : v > hi ? hi : v);
 }
 
+#if !I8K_MVE /* the plain and DSP convolution, on int16 patches */
 static uint32_t load32(const int8_t *p)
 {
     uint32_t v;
@@ -347,8 +348,15 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
     }
 }
 
+#else
+#include "int8_conv_mve.h"
+#endif
+
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
+#if I8K_MVE
+    conv_mve(p, in, out, scratch);
+#else
     int16_t *patches = (int16_t *)scratch;
     /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */
     int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->filter.k_pad);
@@ -393,6 +401,7 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
             requantize_row(p, sums, o);
         }
     }
+#endif
 }
 
 /* ---- fully connected -------------------------------------------------------------------- */
@@ -403,7 +412,14 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
     for (int o = 0; o < p->out_n; o++) {
         const int8_t *w = p->filter.weights + o * p->filter.k_pad;
         int32_t acc = p->filter.bias[o];
-#if I8K_DSP
+        int done = 4 * words;
+#if I8K_MVE
+        for (int i = 0; i < p->in_n; i += 16) { /* predicated: the row's tail, no padding read */
+            const mve_pred16_t q = vctp8q((uint32_t)(p->in_n - i));
+            acc = vmladavaq_p_s8(acc, vldrbq_z_s8(in + i, q), vldrbq_z_s8(w + i, q), q);
+        }
+        done = p->in_n;
+#elif I8K_DSP
         const uint32_t *W = (const uint32_t *)(const void *)w;
         for (int i = 0; i < words; i++) {
             const uint32_t x = load32(in + 4 * i), wv = W[i];
@@ -415,7 +431,7 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
             acc += (int32_t)in[i] * w[i];
         }
 #endif
-        for (int i = 4 * words; i < p->in_n; i++) {
+        for (int i = done; i < p->in_n; i++) {
             acc += (int32_t)in[i] * w[i];
         }
         const int q = p->per_channel ? o : 0;
