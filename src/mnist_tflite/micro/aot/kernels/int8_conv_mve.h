@@ -115,11 +115,12 @@ static inline __attribute__((always_inline)) void requantize4(const i8k_conv_t *
  * only, so the sums are pinned to r0..r14 (the compiler's allocation of the same loop in
  * intrinsics costs a third more). */
 static inline __attribute__((always_inline)) void dot_2x4(const int8_t **w, const int8_t **v, const int8_t *x,
-                                                          int n, int32_t a[4], int32_t b[4])
+                                                          int n, int32_t a, int32_t b, int32_t (*sums)[4], int j,
+                                                          int two)
 {
-    register int32_t r0 __asm__("r0") = a[0], r2 __asm__("r2") = a[1], r4 __asm__("r4") = a[2];
-    register int32_t r6 __asm__("r6") = a[3], r8 __asm__("r8") = b[0], r10 __asm__("r10") = b[1];
-    register int32_t r12 __asm__("r12") = b[2], r14 __asm__("r14") = b[3];
+    register int32_t r0 __asm__("r0") = a, r2 __asm__("r2") = a, r4 __asm__("r4") = a;
+    register int32_t r6 __asm__("r6") = a, r8 __asm__("r8") = b, r10 __asm__("r10") = b;
+    register int32_t r12 __asm__("r12") = b, r14 __asm__("r14") = b;
     register const int8_t *r1 __asm__("r1") = *w, *r3 __asm__("r3") = *v, *r5 __asm__("r5") = x;
     register int r9 __asm__("r9") = n;
     __asm__ volatile("1:\n\t"
@@ -144,7 +145,10 @@ static inline __attribute__((always_inline)) void dot_2x4(const int8_t **w, cons
                        [n] "+r"(r9)
                      :
                      : "cc", "memory", "d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7");
-    a[0] = r0, a[1] = r2, a[2] = r4, a[3] = r6, b[0] = r8, b[1] = r10, b[2] = r12, b[3] = r14;
+    sums[0][j] = r0, sums[1][j] = r2, sums[2][j] = r4, sums[3][j] = r6;
+    if (two) {
+        sums[0][j + 1] = r8, sums[1][j + 1] = r10, sums[2][j + 1] = r12, sums[3][j + 1] = r14;
+    }
     *w = r1, *v = r3;
 }
 
@@ -174,15 +178,9 @@ static void conv_block_mve(const i8k_conv_t *p, const int8_t *P, int npx, int po
         for (int j = 0; j < group && n > 1; j += 2) {
             const int two = j + 1 < group;
             const int8_t *v = two ? w + k16 : w;
-            int32_t a[4], b[4];
-            a[0] = a[1] = a[2] = a[3] = p->filter.bias[c0 + j];
-            b[0] = b[1] = b[2] = b[3] = p->filter.bias[c0 + j + two];
-            dot_2x4(&w, &v, P, n, a, b);
+            const int32_t *bias = p->filter.bias + c0 + j;
+            dot_2x4(&w, &v, P, n, bias[0], bias[two], sums, j, two);
             w = v; /* past the second row (or the only one) */
-            for (int i = 0; i < 4; i++) {
-                sums[i][j] = a[i];
-                sums[i][j + two] = two ? b[i] : a[i];
-            }
         }
         const mve_pred16_t q = vctp32q((uint32_t)group);
         if (pool) {
@@ -227,14 +225,11 @@ static void conv_mve(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *s
                 ox += npx;
                 continue;
             }
-            int n = 0, first = 1, left = 0; /* positions of the window inside the convolution output */
-            for (int wy = 0; wy < pool->h; wy++) {
-                const int cy = oy * pool->stride_h - pool->pad_top + wy;
-                for (int wx = 0; wx < pool->w; wx++) {
-                    const int cx = ox * pool->stride_w - pool->pad_left + wx;
-                    left += cy >= 0 && cy < p->conv.h && cx >= 0 && cx < p->conv.w;
-                }
-            }
+            /* the window's positions inside the convolution output */
+            const int cy0 = oy * pool->stride_h - pool->pad_top, cx0 = ox * pool->stride_w - pool->pad_left;
+            const int rows = (cy0 + pool->h < p->conv.h ? cy0 + pool->h : p->conv.h) - (cy0 > 0 ? cy0 : 0);
+            const int cols = (cx0 + pool->w < p->conv.w ? cx0 + pool->w : p->conv.w) - (cx0 > 0 ? cx0 : 0);
+            int n = 0, first = 1, left = rows * cols;
             for (int wy = 0; wy < pool->h; wy++) {
                 const int cy = oy * pool->stride_h - pool->pad_top + wy;
                 for (int wx = 0; cy >= 0 && cy < p->conv.h && wx < pool->w; wx++) {
