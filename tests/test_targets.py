@@ -57,6 +57,18 @@ def test_every_cortex_m_runs_in_qemu_bit_exact_with_tflm(target, models_dir, tmp
 
 
 @needs_arm
+@pytest.mark.parametrize("target", ["cortex-m0", "cortex-m55"])  # the plain C and the MVE kernels
+def test_the_tiny_model_without_pool_and_with_softmax_is_bit_exact(target, models_dir, tmp_path, capsys):
+    """tiny_int8: a convolution without a pool (the MVE path's four outputs in a row), 8 and 16
+    channels, SOFTMAX on the device."""
+    code, stdout, _ = _compile(capsys, str(models_dir / "tiny_int8.tflite"), "--out", str(tmp_path / "t"),
+                               "--target", target, "--images", str(IMAGES), "--json")  # fmt: skip
+    s = json.loads(stdout)
+    assert code == 0 and s["verification"]["target"]["rows_identical"] == IMAGES
+    assert s[targets.get(target).key]["kernels"] == targets.get(target).kernel_isa
+
+
+@needs_arm
 def test_make_run_in_the_output_directory_runs_the_micro_bit_firmware(models_dir, tmp_path, capsys):
     """The Makefile's `make run` is the QEMU command compile used (semihosting input included)."""
     out = tmp_path / "m0"
