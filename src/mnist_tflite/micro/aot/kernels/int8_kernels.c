@@ -97,9 +97,14 @@ static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
 #if !I8K_MVE /* the plain and DSP convolution, on int16 patches */
 static uint32_t load32(const int8_t *p)
 {
+#if defined(__arm__) && !defined(__ARM_FEATURE_UNALIGNED) /* ARMv6-M (M0): no unaligned LDR */
+    const uint8_t *b = (const uint8_t *)p; /* (memcpy would be a call into our byte loop) */
+    return b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+#else
     uint32_t v;
     __builtin_memcpy(&v, p, 4); /* one LDR where unaligned loads are allowed */
     return v;
+#endif
 }
 
 /* ---- convolution (+ max pool) ----------------------------------------------------------- */
