@@ -12,6 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnist_tflite import cli
@@ -163,3 +164,68 @@ def test_generated_makefile_runs_the_board_of_the_target(tmp_path: Path):
     for t in ARM:
         text = firmware.makefile("m", t.name)
         assert f"-M {t.board} " in text and " ".join(t.cpu_flags) in text and f"-T {t.linker_file}" in text
+
+
+def _odd_conv_sources(rng: np.random.Generator) -> tuple[dict[str, str], int, int]:
+    """A convolution the seed model does not have, as a test program's model: 3 input and 5
+    output channels (a channel pair and an odd one), SAME padding, a 3x3 pool of stride 2 with
+    padding (windows of 4, 6 and 9 positions, more than the MVE kernel's 4 slots)."""
+    from mnist_tflite.micro.aot import codegen, lower
+    from mnist_tflite.micro.aot.params import ChannelQuant, Clamp, ConvParams, Dims, Filter, Window
+
+    oc, kh, kw, ic, h, w = 5, 3, 3, 3, 7, 9
+    weights = rng.integers(-127, 128, (oc, kh, kw, ic), dtype=np.int8)
+    k_pad = lower._k_pad(kh * kw * ic)
+    packed = lower._conv_weights(weights)
+    params = ConvParams(
+        input=Dims(h, w, ic), conv=Dims(h, w, oc), output=Dims(4, 5, oc),
+        kernel=Window(kh, kw, 1, 1, 1, 1), pool=Window(3, 3, 2, 2, 1, 1),
+        filter=Filter(packed, rng.integers(-5000, 5000, oc).astype(np.int32), k_pad),
+        quant=ChannelQuant(rng.integers(1 << 30, (1 << 31) - 1, oc).astype(np.int32),
+                           rng.integers(-9, 2, oc).astype(np.int8)),
+        in_zp=-3, out_zp=7, act=Clamp(-128, 127),
+    )  # fmt: skip
+    mve = lower.conv_weights_mve(packed, oc, k_pad)
+    arrays = ["#if I8K_MVE", *codegen._array("m_weights", mve, 16), "#else"]
+    arrays += [*codegen._array("m_weights", packed, 4), "#endif"]
+    others = {"bias": params.filter.bias, "mult": params.quant.mult, "shift": params.quant.shift}
+    for key, arr in others.items():
+        arrays += codegen._array(f"m_{key}", arr, 4)
+    size_in, size_out = h * w * ic, 4 * 5 * oc
+    c = [
+        '#include "m.h"', '#include "int8_kernels.h"', "#define I8K_ALIGNED(n) __attribute__((aligned(n)))",
+        *arrays, f"static const i8k_conv_t m = {codegen.initializer(params, 'm')};",
+        f"static int8_t scratch[I8K_CONV_SCRATCH_BYTES({k_pad}, {oc}, 1)] I8K_ALIGNED(8);",
+        f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}])",
+        "{", "    i8k_conv(&m, input, output, scratch);", "    return 0;", "}",
+    ]  # fmt: skip
+    header = f"#include <stdint.h>\n#define M_INPUT_SIZE {size_in}\n#define M_OUTPUT_SIZE {size_out}\n"
+    header += f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}]);\n"
+    return {"m.c": "\n".join(c) + "\n", "m.h": header}, size_in, size_out
+
+
+@needs_arm
+def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(tmp_path):
+    """The plain C (M0, host), DSP (M4) and MVE (M55) kernels on odd channel counts, padding and
+    a pool window larger than 4: the same output bytes everywhere."""
+    from mnist_tflite.micro.aot import codegen
+
+    rng = np.random.default_rng(21)
+    sources, size_in, size_out = _odd_conv_sources(rng)
+    inputs = rng.integers(-128, 128, (8, size_in), dtype=np.int8)
+    rows = {}
+    for target in ("host", "cortex-m0", "cortex-m4", "cortex-m55"):
+        d = tmp_path / target
+        d.mkdir()
+        files = {**sources, **codegen.kernel_sources(), **firmware.board_sources(target)}
+        files["main.c"] = firmware.harness_main("m", len(inputs), targets.get(target).images)
+        files["test_images.S"] = firmware.images_asm()
+        for name, text in files.items():
+            (d / name).write_text(text)
+        (d / firmware.IMAGES_BIN).write_bytes(inputs.tobytes())
+        firmware.build(d, "m", target)
+        run = firmware.run_host if target == "host" else firmware.run_firmware
+        args = (d, len(inputs), size_out) + (() if target == "host" else (target,))
+        rows[target] = run(*args).rows
+    assert len({r.tobytes() for r in rows.values()}) == 1, {t: r[0][:10] for t, r in rows.items()}
+    assert len(np.unique(rows["host"])) > 20  # not a constant output that agrees trivially
