@@ -38,6 +38,12 @@ static void fill_s8(int8_t *d, int8_t v, int n)
 /* n bytes at patch positions k..k+n of a slot (split where the 16-byte chunks end). */
 static inline __attribute__((always_inline)) void put_run(int8_t *slot, int k, const int8_t *src, int n)
 {
+    if (((k | n) & 15) == 0) { /* whole chunks (channels a multiple of 16): one load, one store each */
+        for (int8_t *d = slot + (k >> 4) * 64; n > 0; n -= 16, d += 64, src += 16) {
+            vstrbq_s8(d, vldrbq_s8(src));
+        }
+        return;
+    }
     while (n > 0) {
         const int at = k & 15, m = 16 - at < n ? 16 - at : n;
         copy_s8(slot + (k >> 4) * 64 + at, src, m);
