@@ -100,6 +100,34 @@ static inline __attribute__((always_inline)) void im2col_s8(const i8k_conv_t *p,
     }
 }
 
+/* Byte offsets of a patch's K <= 16 values from its first input byte (0 after K), when they all
+ * fit a gather's 8-bit offsets: one VLDRB gather then builds a patch that lies inside. */
+static int gather_offsets(const i8k_conv_t *p, uint8x16_t *offsets)
+{
+    const int c = p->input.c, run = p->kernel.w * c, row = p->input.w * c, k = p->kernel.h * run;
+    if (k > 16 || (p->kernel.h - 1) * row + run - 1 > 255) {
+        return 0;
+    }
+    uint8_t o[16] = {0};
+    for (int i = 0; i < k; i++) {
+        o[i] = (uint8_t)(i / run * row + i % run);
+    }
+    *offsets = vldrbq_u8(o);
+    return 1;
+}
+
+static inline __attribute__((always_inline)) void patch(const i8k_conv_t *p, const int8_t *in, int cy, int cx,
+                                                        int8_t *slot, int gather, uint8x16_t offsets)
+{
+    const i8k_window_t *k = &p->kernel;
+    const int iy0 = cy * k->stride_h - k->pad_top, ix0 = cx * k->stride_w - k->pad_left;
+    if (gather && ix0 >= 0 && ix0 + k->w <= p->input.w && iy0 >= 0 && iy0 + k->h <= p->input.h) {
+        vstrbq_s8(slot, vldrbq_gather_offset_s8(in + (iy0 * p->input.w + ix0) * p->input.c, offsets));
+        return;
+    }
+    im2col_s8(p, in, cy, cx, slot);
+}
+
 /* Requantize 4 channels' sums at once, with the two roundings of requantize(): VQRDMULH is
  * mul_high; VRSHL rounds half up, so negative values first step down by one (only where the
  * shift is to the right), which makes ties round away from zero as rdpot does. */
@@ -218,6 +246,8 @@ static void conv_mve(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *s
     int32_t *best = (int32_t *)(void *)(slots + 4 * k16_of(p));
     const i8k_window_t *pool = &p->pool;
     const int out_c = p->conv.c, pooled = pool->h * pool->w > 1;
+    uint8x16_t offsets = vdupq_n_u8(0);
+    const int gather = gather_offsets(p, &offsets);
     for (int oy = 0; oy < p->output.h; oy++) {
         for (int ox = 0; ox < p->output.w;) {
             int8_t *o = out + (oy * p->output.w + ox) * out_c;
@@ -225,7 +255,7 @@ static void conv_mve(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *s
                 const int cy = oy * pool->stride_h - pool->pad_top;
                 const int npx = p->output.w - ox < 4 ? p->output.w - ox : 4;
                 for (int j = 0; j < npx; j++) {
-                    im2col_s8(p, in, cy, (ox + j) * pool->stride_w - pool->pad_left, slots + 16 * j);
+                    patch(p, in, cy, (ox + j) * pool->stride_w - pool->pad_left, slots + 16 * j, gather, offsets);
                 }
                 conv_block_mve(p, slots, npx, 0, o, best, 1, 1);
                 ox += npx;
@@ -243,7 +273,7 @@ static void conv_mve(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *s
                     if (cx < 0 || cx >= p->conv.w) {
                         continue;
                     }
-                    im2col_s8(p, in, cy, cx, slots + 16 * n++);
+                    patch(p, in, cy, cx, slots + 16 * n++, gather, offsets);
                     if (n == 4 || n == left) {
                         conv_block_mve(p, slots, n, 1, o, best, first, n == left);
                         left -= n;
