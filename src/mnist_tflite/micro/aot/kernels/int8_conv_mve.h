@@ -189,17 +189,20 @@ static inline __attribute__((always_inline)) void dot_2x4(const int8_t **w, cons
 /* The int8 outputs of npx (1..4) patches in the slots at P, every channel: without pool,
  * patch i's to out + i * out_c; with pool, the largest of their sums and (unless first) of
  * best[], requantized to out if last, else kept in best[] (pool windows of more than 4). */
-static void conv_block_mve(const i8k_conv_t *p, const int8_t *P, int npx, int pool, int8_t *out, int32_t *best,
-                           int first, int last)
+static inline __attribute__((always_inline)) void conv_block(const i8k_conv_t *p, const int8_t *P, int npx,
+                                                             int pool, int8_t *out, int32_t *best, int first,
+                                                             int last, int small)
 {
     const int k16 = k16_of(p), n = k16 >> 4, out_c = p->conv.c;
     const int8_t *w = p->filter.weights;
     int32_t sums[4][4] __attribute__((aligned(8))); /* [patch][channel of the group of 4] */
+    int8x16_t u0 = vdupq_n_s8(0), u1 = u0, u2 = u0, u3 = u0;
+    if (small) { /* one vector per patch (K <= 16): the patches stay in registers */
+        u0 = vldrbq_s8(P), u1 = vldrbq_s8(P + 16), u2 = vldrbq_s8(P + 32), u3 = vldrbq_s8(P + 48);
+    }
     for (int c0 = 0; c0 < out_c; c0 += 4) {
         const int group = out_c - c0 < 4 ? out_c - c0 : 4;
-        if (n == 1) { /* one vector per patch (K <= 16): the patches stay in registers */
-            const int8x16_t u0 = vldrbq_s8(P), u1 = vldrbq_s8(P + 16), u2 = vldrbq_s8(P + 32);
-            const int8x16_t u3 = vldrbq_s8(P + 48);
+        if (small) {
             for (int j = 0; j < group; j++, w += 16) {
                 const int8x16_t f = vldrbq_s8(w);
                 const int32_t b = p->filter.bias[c0 + j];
@@ -209,7 +212,7 @@ static void conv_block_mve(const i8k_conv_t *p, const int8_t *P, int npx, int po
                 sums[3][j] = vmladavaq_s8(b, u3, f);
             }
         }
-        for (int j = 0; j < group && n > 1; j += 2) {
+        for (int j = 0; j < group && !small; j += 2) {
             const int two = j + 1 < group;
             const int8_t *v = two ? w + k16 : w;
             const int32_t *bias = p->filter.bias + c0 + j;
@@ -236,6 +239,23 @@ static void conv_block_mve(const i8k_conv_t *p, const int8_t *P, int npx, int po
             }
         }
     }
+}
+
+/* conv_block for K <= 16 (no pinned registers: the patches stay in vector registers), and for more */
+static void conv_block_small(const i8k_conv_t *p, const int8_t *P, int npx, int pool, int8_t *out, int32_t *best,
+                             int first, int last)
+{
+    conv_block(p, P, npx, pool, out, best, first, last, 1);
+}
+
+static void conv_block_mve(const i8k_conv_t *p, const int8_t *P, int npx, int pool, int8_t *out, int32_t *best,
+                           int first, int last)
+{
+    if (k16_of(p) == 16) {
+        conv_block_small(p, P, npx, pool, out, best, first, last);
+        return;
+    }
+    conv_block(p, P, npx, pool, out, best, first, last, 0);
 }
 
 /* i8k_conv with Helium: each pool window's patches (up to 4) at once, or 4 outputs in a row.
