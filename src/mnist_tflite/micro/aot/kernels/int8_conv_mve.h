@@ -65,8 +65,8 @@ static inline __attribute__((always_inline)) void put_fill(int8_t *slot, int k, 
 
 /* The patch of convolution output (cy, cx) into a slot, in (ky, kx, c) order. Positions
  * K..k16 keep whatever they hold: their weights are 0. */
-static inline __attribute__((always_inline)) void im2col_s8(const i8k_conv_t *p, const int8_t *in, int cy,
-                                                            int cx, int8_t *slot)
+static __attribute__((noinline)) void im2col_s8(const i8k_conv_t *p, const int8_t *in, int cy, int cx,
+                                                int8_t *slot) /* (out of line: most patches are gathered) */
 {
     const i8k_window_t *k = &p->kernel;
     const int iy0 = cy * k->stride_h - k->pad_top, ix0 = cx * k->stride_w - k->pad_left;
