@@ -221,9 +221,10 @@ static inline __attribute__((always_inline)) void conv_block(const i8k_conv_t *p
         }
         const mve_pred16_t q = vctp32q((uint32_t)group);
         if (pool) {
-            int32x4_t m = vldrwq_s32(sums[0]);
-            for (int i = 1; i < npx; i++) {
-                m = vmaxq_s32(m, vldrwq_s32(sums[i]));
+            /* npx <= 4: the maximum of slots 0..npx-1, unrolled (a slot taken twice changes nothing) */
+            int32x4_t m = vmaxq_s32(vldrwq_s32(sums[0]), vldrwq_s32(sums[npx > 1]));
+            if (npx > 2) {
+                m = vmaxq_s32(m, vmaxq_s32(vldrwq_s32(sums[2]), vldrwq_s32(sums[npx > 3 ? 3 : 2])));
             }
             if (!first) {
                 m = vmaxq_s32(m, vldrwq_z_s32(best + c0, q));
