@@ -15,6 +15,7 @@ from mnist_tflite.cli import commands
 from mnist_tflite.core.errors import PROG
 from mnist_tflite.core.recipes import CALIBRATION_SIZE, INT8_RECIPES
 from mnist_tflite.edge.evaluate import LATENCY_SAMPLES
+from mnist_tflite.micro.aot import targets
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -307,19 +308,21 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "compile",
-        "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M4 firmware",
+        "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M firmware",
         "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
+        "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
         "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
-        "firmware.elf (cortex-m4: runs in qemu-system-arm -M mps2-an386) and compile.json",
+        "firmware.elf (runs in qemu-system-arm: "
+        + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
+        + ") and compile.json",
     )
     p.add_argument("model", type=Path, help=f"a fully int8 .tflite (recipes {', '.join(INT8_RECIPES)})")
     _out(p, "directory to create")
     p.add_argument(
         "--target",
         default="cortex-m4",
-        choices=("cortex-m4", "host"),
-        help="what to build for (default: cortex-m4)",
+        help=f"what to build for: {', '.join(targets.NAMES)} (default: cortex-m4)",
     )
     p.add_argument(
         "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"

@@ -1,8 +1,8 @@
 """``mnist-tflite compile``: an int8 ``.tflite`` as dependency-free C, built, run and checked.
 
 ``compile_model`` (compiler.py) turns the flatbuffer into layers and a memory plan,
-codegen.py writes ``<name>.c``/``<name>.h``, firmware.py builds the test program (Cortex-M4
-firmware for QEMU's mps2-an386, or a host program) and runs it on embedded test images,
+codegen.py writes ``<name>.c``/``<name>.h``, firmware.py builds the test program (Cortex-M
+firmware for a QEMU board of targets.py, or a host program) and runs it on test images,
 verify.py compares its rows with the TFLM interpreter. Here the pieces are put together:
 the output folder is built aside and swapped in whole (``core.rundir``), and
 ``compile.json`` records the figures.
@@ -21,20 +21,28 @@ import numpy as np
 
 from mnist_tflite.core import atomic, procs, rundir
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import codegen, firmware
+from mnist_tflite.micro.aot import codegen, firmware, targets
 from mnist_tflite.micro.aot.compiler import Program, load_program
 from mnist_tflite.micro.aot.verify import compare, tflm_rows, verify_host
 from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
 MARKER = "compile.json"
-TARGETS = ("cortex-m4", "host")
+TARGETS = targets.NAMES
 MAX_IMAGES = 10_000
 NOT_MEASURED = f"not measured: {firmware.INSTALL_HINT}"
-METHOD = (
-    "QEMU mps2-an386 with -icount shift=0 (1 ns of virtual time per instruction); the firmware "
-    "reads SysTick (25 MHz: one tick per 40 instructions) before and after each invoke"
-)
+
+
+def method(t: targets.Target) -> str:
+    """How the instructions of ``t`` were counted (compile.json and the reports say it)."""
+    return (
+        f"QEMU {t.board} with -icount shift=0 (1 ns of virtual time per instruction); the firmware "
+        f"reads SysTick ({t.systick_hz / 1e6:g} MHz: one tick per {t.instructions_per_tick:g} instructions) "
+        "before and after each invoke"
+    )
+
+
+METHOD = method(targets.get("cortex-m4"))
 # TFLM figures for the default seed int8 model (42,080-byte flatbuffer), measured earlier on
 # this project's machines: TFLM built for Cortex-M4 and run in QEMU mps2-an386 (issue 10).
 TFLM_REFERENCE = {
@@ -68,13 +76,33 @@ def check_options(opts: CompileOptions) -> None:
             f"--name {opts.name!r} would overwrite {opts.name}.c, a support file of compile; choose another"
         )
     if opts.target not in TARGETS:
-        raise MnistTfliteError(f"--target must be one of {', '.join(TARGETS)}, received: {opts.target!r}")
+        raise MnistTfliteError(f"unknown --target {opts.target!r}; the targets: {', '.join(TARGETS)}")
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
     rundir.check_replaceable(Path(opts.out), opts.force, MARKER, "compile")
     problem = firmware.toolchain_problem(opts.target)
     if problem:
         raise MnistTfliteError(problem)
+
+
+def check_fits(program: Program, t: targets.Target) -> None:
+    """A model whose weights or activation buffer alone exceed the board: one line, before any file.
+
+    (Code, harness and stack are checked by the linker, whose overflow firmware.build reports.)
+    """
+    if t.flash is None or t.ram is None:
+        return
+    weights, ram = program.weight_bytes(), program.plan.arena_bytes + t.stack_bytes
+    if weights > t.flash.length:
+        raise MnistTfliteError(
+            f"the model does not fit --target {t.name}: its weights need {weights:,} bytes of flash, "
+            f"the {t.board} board has {t.flash.length:,}"
+        )
+    if ram > t.ram.length:
+        raise MnistTfliteError(
+            f"the model does not fit --target {t.name}: its activation buffer and stack need {ram:,} bytes "
+            f"of RAM, the {t.board} board has {t.ram.length:,}"
+        )
 
 
 def quantize_images(images: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -146,13 +174,14 @@ def _write_sources(
     directory: Path, program: Program, opts: CompileOptions, sha256: str, inputs: np.ndarray
 ) -> list[str]:
     n = opts.name
+    images = targets.get(opts.target).images
     files = {
         f"{n}.h": codegen.header(program, n),
         f"{n}.c": codegen.source(program, n, Path(opts.model).name, sha256),
         **codegen.kernel_sources(),
-        **firmware.board_sources(),
-        "main.c": firmware.harness_main(n, len(inputs)),
-        "test_images.S": firmware.images_asm(),
+        **firmware.board_sources(opts.target),
+        "main.c": firmware.harness_main(n, len(inputs), images),
+        **({"test_images.S": firmware.images_asm()} if images == "embedded" else {}),
         "Makefile": firmware.makefile(n, opts.target),
     }
     for fname, text in files.items():
@@ -172,13 +201,30 @@ def _write(path: Path, content: str | bytes) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
-def _run_cortex_m4(
+def _run_cortex_m(
     directory: Path, opts: CompileOptions, program: Program, summary: dict[str, Any], count: int
 ):
-    """Run firmware.elf in QEMU; its sizes, stack and instruction counts into ``summary``."""
-    sizes = firmware.map_sizes((directory / "firmware.map").read_text(encoding="utf-8"), opts.name)
-    result = firmware.run_firmware(directory, count, program.output.size)
+    """Run firmware.elf in the target's QEMU board; sizes, stack and instruction counts into ``summary``."""
+    t = targets.get(opts.target)
+    result, sizes = _run_measured(directory, t, program, count, opts.name)
+    _add_firmware_figures(summary, t, result, sizes, count)
+    return result, f"firmware.elf in QEMU {t.board}", ["firmware.elf", "firmware.map"]
+
+
+def _run_measured(
+    directory: Path, t: targets.Target, program: Program, count: int, name: str
+) -> tuple[firmware.RunResult, dict[str, Any]]:
+    """Run the built firmware.elf of ``t`` in QEMU; its result and its sizes from the linker map."""
+    sizes = firmware.map_sizes((directory / "firmware.map").read_text(encoding="utf-8"), name)
+    return firmware.run_firmware(directory, count, program.output.size, t.name), sizes
+
+
+def _add_firmware_figures(
+    summary: dict[str, Any], t: targets.Target, result: firmware.RunResult, sizes: dict[str, Any], count: int
+) -> None:
+    """compile.json's flash, memory and ``<target>`` sections for a firmware run in QEMU."""
     ins = result.instructions()
+    bound = t.bound(summary["macs"]["model"])
     summary["flash"] = {
         "code_bytes": sizes["code"] + sizes["libgcc"],
         "model_data_bytes": sizes["model_data"],
@@ -186,7 +232,7 @@ def _run_cortex_m4(
         "harness_bytes": sizes["harness"],
         "test_images_bytes": sizes["test_images"],
         "functions": sizes["functions"],
-        "compiler": " ".join((firmware.ARM_GCC, *firmware.ARM_CFLAGS)),
+        "compiler": " ".join((firmware.ARM_GCC, *firmware.arm_cflags(t))),
     }
     summary["memory"].update(
         stack_bytes=result.stack_bytes,
@@ -194,17 +240,25 @@ def _run_cortex_m4(
         static_data_bytes=sizes["ram_data"],
         stack_method="painted with a pattern before each invoke; the deepest word overwritten, after",
     )
-    summary["cortex_m4"] = {
+    figures = {
+        "core": t.core,
+        "board": t.board,
+        "kernels": t.kernel_isa,
+        "test_images": t.images,
         "instructions_per_inference": round(ins["mean"]),
         "instructions_min": round(ins["min"]),
         "instructions_max": round(ins["max"]),
         "resolution_instructions": ins["resolution"],
-        "times_smlad_bound": round(ins["mean"] / summary["macs"]["smlad_bound_instructions"], 2),
-        "method": METHOD,
+        "bound_instructions": bound,
+        "bound_rule": t.bound_rule,
+        "times_bound": round(ins["mean"] / bound, 2),
+        "method": method(t),
         "images": count,
         "qemu_seconds": round(result.seconds, 2),
     }
-    return result, "firmware.elf in QEMU mps2-an386", ["firmware.elf", "firmware.map"]
+    if t.name == "cortex-m4":  # the name `run` and earlier compile.json files use
+        figures["times_smlad_bound"] = figures["times_bound"]
+    summary[t.key] = figures
 
 
 def _run_host(directory: Path, opts: CompileOptions, program: Program, summary: dict[str, Any], count: int):
@@ -257,9 +311,10 @@ def _build_into(directory: Path, opts: CompileOptions, program: Program, raw: by
     files = _write_sources(directory, program, opts, sha256, inputs)
     log(f"building the {opts.target} test program ({count} test images)")
     firmware.build(directory, opts.name, opts.target)
-    if opts.target == "cortex-m4":
-        log(f"running firmware.elf in {firmware.QEMU} ({firmware.BOARD}, -icount shift=0)")
-    run = _run_cortex_m4 if opts.target == "cortex-m4" else _run_host
+    t = targets.get(opts.target)
+    if t.is_arm:
+        log(f"running firmware.elf in {firmware.QEMU} ({t.board}, -icount shift=0)")
+    run = _run_cortex_m if t.is_arm else _run_host
     result, label, built = run(directory, opts, program, summary, count)
     _write(directory / firmware.RUN_OUTPUT, result.text)
     summary["verification"] = _verification(
@@ -287,6 +342,7 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
 
     check_options(opts)
     raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
+    check_fits(program, targets.get(opts.target))
     if program.input.size != 28 * 28:
         raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
     ds = data_mod.load(opts.data, log=log)
@@ -312,7 +368,10 @@ def _kb(n: int | None) -> str:
 
 def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     """What ``compile`` prints (without --json)."""
-    mem, flash, m4 = s["memory"], s.get("flash", {}), s.get("cortex_m4", {})
+    mem, flash = s["memory"], s.get("flash", {})
+    t = targets.get(s["target"]) if s["target"] in TARGETS else targets.get("cortex-m4")
+    core = s.get(t.key, {}) if t.is_arm else s.get("cortex_m4", {})
+    label = f"{t.core if t.is_arm else 'Cortex-M4':<9}"
     lines = [f"{s['name']}: {s['model']} -> {out or ''} (target {s['target']}, output {s['output']['kind']})"]
     for layer in s["layers"]:
         lines.append(
@@ -337,15 +396,16 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
         f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
         + (f" + stack {mem['stack_bytes']:,} bytes = {_kb(ram)} static RAM" if ram is not None else "")
     )
-    if "instructions_per_inference" in m4:
+    if "instructions_per_inference" in core:
         lines.append(
-            f"  Cortex-M4 {m4['instructions_per_inference']:,} instructions per inference "
-            f"({m4['times_smlad_bound']}x the SMLAD bound of {s['macs']['smlad_bound_instructions']:,})"
+            f"  {label} {core['instructions_per_inference']:,} instructions per inference "
+            f"({core['times_bound']}x the bound of {core['bound_instructions']:,}: {core['bound_rule']}; "
+            f"{core['kernels']} kernels, QEMU {core['board']})"
         )
-    elif m4.get("not_measured") == "--target host":
-        lines.append("  Cortex-M4 not measured (built for this computer: --target host)")
+    elif core.get("not_measured") == "--target host":
+        lines.append(f"  {label} not measured (built for this computer: --target host)")
     else:
-        lines.append(f"  Cortex-M4 {m4.get('not_measured', NOT_MEASURED)}")
+        lines.append(f"  {label} {core.get('not_measured', NOT_MEASURED)}")
     for part in (s.get("verification") or {}).values():
         if not isinstance(part, dict):
             continue
@@ -368,11 +428,11 @@ def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, i
     _, program = load_program(path)
     with procs.temp_dir("mnist-tflite-compile") as tmp:  # swept by the next run if we are killed
         inputs = quantize_images(images, program.input.scale, program.input.zero_point)
-        opts = CompileOptions(Path(path), tmp / "out", target="cortex-m4", images=len(inputs))
+        t = targets.get("cortex-m4")
+        opts = CompileOptions(Path(path), tmp / "out", target=t.name, images=len(inputs))
         _write_sources(tmp, program, opts, "", inputs)
-        firmware.build(tmp, opts.name, "cortex-m4")
-        sizes = firmware.map_sizes((tmp / "firmware.map").read_text(encoding="utf-8"), opts.name)
-        result = firmware.run_firmware(tmp, len(inputs), program.output.size)
+        firmware.build(tmp, opts.name, t.name)
+        result, sizes = _run_measured(tmp, t, program, len(inputs), opts.name)
     return {
         "compiled_code_bytes": sizes["code"] + sizes["libgcc"],
         "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,

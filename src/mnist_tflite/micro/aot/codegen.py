@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tflite.micro.aot import lower
 from mnist_tflite.micro.aot.compiler import Program
 from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
 
-KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h")
+KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h")
 _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t", np.dtype(np.uint8): "uint8_t"}
 
 
@@ -149,16 +150,24 @@ def initializer(params: Any, prefix: str, top: bool = True) -> str:
     return "{\n" + "".join(f"    {part},\n" for part in parts) + "}"
 
 
+def _array(c_name: str, arr: np.ndarray, align: int) -> list[str]:
+    head = f"static const {_CTYPES[arr.dtype]} {c_name}[{arr.size}] I8K_ALIGNED({align}) = {{"
+    return [head, c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8), "};"]
+
+
 def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list[str], str]:
     """The definitions of one layer (arrays, parameter struct, scratch check) and its call in invoke()."""
     out = [f"/* layer {i}: {_describe(layer)} */"]
     prefix = f"{name}_l{i}"
-    for key, arr in layer.arrays.items():
-        out.append(f"static const {_CTYPES[arr.dtype]} {prefix}_{key}[{arr.size}] I8K_ALIGNED(4) = {{")
-        out.append(c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8))
-        out.append("};")
-    src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
     p = layer.params
+    for key, arr in layer.arrays.items():
+        if isinstance(p, ConvParams) and key == "weights":  # the MVE kernels read rows of 16s
+            mve = lower.conv_weights_mve(arr, p.conv.c, p.filter.k_pad)
+            out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16), "#else"]
+            out += [*_array(f"{prefix}_{key}", arr, 4), "#endif"]
+            continue
+        out += _array(f"{prefix}_{key}", arr, 4)
+    src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
     if isinstance(p, CopyParams):
         return [*out, ""], f"    {p.KERNEL}({src}, {dst}, {p.n}u); /* {_describe(layer)} */"
     out.append(f"static const {p.C_TYPE} {prefix} = {initializer(p, prefix)};")

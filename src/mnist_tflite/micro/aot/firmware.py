@@ -1,15 +1,19 @@
-"""Build the generated C into test programs and run them: Cortex-M4 firmware in QEMU, or the host.
+"""Build the generated C into test programs and run them: Cortex-M firmware in QEMU, or the host.
 
-The firmware is ours end to end: ``startup_m4.c`` (vector table, reset handler,
-semihosting console and exit, SysTick, stack painting), the linker script for QEMU's
-``mps2-an386`` board, and ``main.c``, which runs the embedded test images through
-``<name>_invoke`` and prints ``row <index> <o0> ... <oN>`` per image, then ``done``.
+The firmware is ours end to end: ``startup_cortex_m.c`` (vector table, reset handler,
+semihosting console, file input and exit, SysTick, stack painting), a linker script written
+from the target table (targets.py), and ``main.c``, which runs the test images through
+``<name>_invoke`` and prints ``row <index> <o0> ... <oN>`` per image, then ``done``. The
+images are embedded in the firmware, or, where the board cannot hold them (the micro:bit's
+256 KB of flash), read one at a time from ``test_images.bin`` on the host over semihosting.
 It links no C library.
 
 Instructions are counted with QEMU's ``-icount shift=0``: the virtual clock advances exactly
-1 ns per executed instruction, and SysTick, clocked at the board's 25 MHz, then ticks once
-every 40 instructions. The firmware reads SysTick just before and after each invoke, so
-each inference is counted to within 40 instructions.
+1 ns per executed instruction, and SysTick, clocked at the board's processor clock (25 MHz on
+the MPS2 boards: one tick per 40 instructions), ticks once every 1e9 / clock instructions. The
+firmware reads SysTick just before and after each invoke, so each inference is counted to
+within one tick; it first times a loop of a known 200,000 instructions, and a clock that does
+not match the target table is an error, not a figure.
 """
 
 from __future__ import annotations
@@ -29,51 +33,72 @@ import numpy as np
 
 from mnist_tflite.core import procs
 from mnist_tflite.core.errors import MnistTfliteError
+from mnist_tflite.micro.aot import targets
+from mnist_tflite.micro.aot.targets import Target
 
-BOARD = "mps2-an386"
-QEMU_ARGS = ("-M", BOARD, "-nographic", "-monitor", "none", "-semihosting-config", "enable=on,target=native")
+QEMU_ARGS = ("-nographic", "-monitor", "none", "-semihosting-config", "enable=on,target=native")
 ICOUNT_SHIFT = 0
-SYSTICK_HZ = 25_000_000  # mps2-an386 system clock, SysTick with CLKSOURCE = processor clock
-INSTRUCTIONS_PER_TICK = 1e9 / SYSTICK_HZ / (1 << ICOUNT_SHIFT)  # icount: 2^shift ns per instruction
+CALIBRATION_LOOPS = 100_000  # board_spin(n): 2 n instructions
 INSTALL_HINT = "install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 APT_COMMAND = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 ARM_GCC, QEMU, HOST_GCC = "arm-none-eabi-gcc", "qemu-system-arm", "gcc"
 
-ARM_CFLAGS = (
-    "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft", "-O2", "-std=c11", "-Wall", "-Wextra",
+ARM_COMMON_CFLAGS = (
+    "-O2", "-std=c11", "-Wall", "-Wextra",
     "-ffunction-sections", "-fdata-sections", "-fno-tree-loop-distribute-patterns",
 )  # fmt: skip
 # (no libc is linked: gcc must not turn loops, such as startup's memset, into libc calls)
-ARM_LDFLAGS = (
-    "-nostdlib",
-    "-nostartfiles",
-    "-T",
-    "mps2_an386.ld",
-    "-Wl,--gc-sections",
-    "-Wl,-Map=firmware.map",
-)
 HOST_CFLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra")
-BOARD_FILES = ("board.h", "startup_m4.c", "mps2_an386.ld", "board_host.c")  # both targets: `make host` works
+BOARD_FILES = ("board.h", "startup_cortex_m.c", "board_host.c")  # every ARM target: `make host` works
 IMAGES_BIN = "test_images.bin"
 RUN_OUTPUT = "run.txt"  # what the test program printed, kept beside it
 # file names (without suffix) compile writes besides <name>.c/.h: --name may not be one of them
-SUPPORT_STEMS = frozenset(Path(f).stem for f in (*BOARD_FILES, "int8_kernels.c", "main.c", "test_images.S"))
+SUPPORT_STEMS = frozenset(
+    Path(f).stem
+    for f in (
+        *BOARD_FILES,
+        *(t.linker_file for t in targets.TARGETS if t.is_arm),
+        "int8_kernels.c",
+        "main.c",
+        "test_images.S",
+    )
+)
 
 
-def board_sources() -> dict[str, str]:
+def arm_cflags(t: Target) -> tuple[str, ...]:
+    return (*t.cpu_flags, *ARM_COMMON_CFLAGS)
+
+
+def arm_ldflags(t: Target) -> tuple[str, ...]:
+    return ("-nostdlib", "-nostartfiles", "-T", t.linker_file, "-Wl,--gc-sections", "-Wl,-Map=firmware.map")
+
+
+def qemu_command(t: Target) -> tuple[str, ...]:
+    icount = ("-icount", f"shift={ICOUNT_SHIFT}")
+    return (QEMU, "-M", str(t.board), *QEMU_ARGS, *icount, "-kernel", "firmware.elf")
+
+
+def board_sources(target: str) -> dict[str, str]:
+    """The harness's board files for ``target`` (start-up code and linker script, or the host's)."""
+    t = targets.get(target)
     root = resources.files("mnist_tflite.micro.aot") / "board"
-    return {name: (root / name).read_text(encoding="utf-8") for name in BOARD_FILES}
+    names = ("board.h", t.startup, "board_host.c") if t.is_arm else ("board.h", "board_host.c")  # make host
+    out = {name: (root / name).read_text(encoding="utf-8") for name in names}
+    if t.is_arm:
+        out[t.linker_file] = targets.linker_script(t)
+    return out
 
 
 def toolchain_problem(target: str) -> str | None:
     """One line naming the missing tool and the apt command, or None if all are there."""
-    need = (ARM_GCC, QEMU) if target == "cortex-m4" else (HOST_GCC,)
+    arm = targets.get(target).is_arm
+    need = (ARM_GCC, QEMU) if arm else (HOST_GCC,)
     missing = [t for t in need if shutil.which(t) is None]
     if not missing:
         return None
-    if target == "cortex-m4":
+    if arm:
         return (
-            f"--target cortex-m4 needs {' and '.join(missing)}, not found on PATH; "
+            f"--target {target} needs {' and '.join(missing)}, not found on PATH; "
             f"install with: {APT_COMMAND} (or use --target host)"
         )
     return (
@@ -119,20 +144,45 @@ static char *put_int(char *p, int32_t v)
 """  # no printf: a few bytes of code, no libc
 
 
-def harness_main(name: str, count: int) -> str:
-    """``main.c``: runs the embedded test images through ``<name>_invoke``, prints one row each."""
+def harness_main(name: str, count: int, images: str = "embedded") -> str:
+    """``main.c``: runs the test images through ``<name>_invoke``, prints one row each.
+
+    ``images`` "embedded": the images are linked in (``test_images.S``); "semihosting":
+    read one at a time from ``test_images.bin`` on the host (boards with little flash).
+    """
     upper = name.upper()
+    if images == "semihosting":
+        source = f"read one at a time over semihosting from {IMAGES_BIN} on the host"
+        decl = f"static int8_t image[{upper}_INPUT_SIZE];"
+        setup = f"""    const int file = board_open("{IMAGES_BIN}");
+    if (file < 0) {{
+        board_write("fault: cannot open {IMAGES_BIN} over semihosting\\n");
+        return 1;
+    }}
+"""
+        fetch = f"""        if (board_read(file, image, {upper}_INPUT_SIZE) != 0) {{
+            board_write("fault: {IMAGES_BIN} is short\\n");
+            return 1;
+        }}
+"""
+        arg = "image"
+    else:
+        source = f"embedded from {IMAGES_BIN}"
+        decl = f"extern const int8_t mtc_test_inputs[TEST_COUNT][{upper}_INPUT_SIZE];"
+        setup = fetch = ""
+        arg = "mtc_test_inputs[i]"
     return f"""/* Test program for {name}, generated by `mnist-tflite compile`: runs the first {count}
- * official MNIST test images (quantized, embedded from {IMAGES_BIN}) through {name}_invoke and
- * prints `row <index> <output 0> ... <output N-1>` per image, then the instruction clock
- * (`ticks <total> <min> <max>`), the stack the invoke used (`stack <bytes>`) and `done`. */
+ * official MNIST test images (quantized, {source}) through {name}_invoke and
+ * prints the clock check (`calib <ticks> <instructions>`), `row <index> <output 0> ... <output N-1>`
+ * per image, then the instruction clock (`ticks <total> <min> <max>`), the stack the invoke used
+ * (`stack <bytes>`) and `done`. */
 #include <stdint.h>
 
 #include "board.h"
 #include "{name}.h"
 
 #define TEST_COUNT {count}u
-extern const int8_t mtc_test_inputs[TEST_COUNT][{upper}_INPUT_SIZE];
+{decl}
 
 {_PRINT_HELPERS}int main(void)
 {{
@@ -141,11 +191,17 @@ extern const int8_t mtc_test_inputs[TEST_COUNT][{upper}_INPUT_SIZE];
     uint32_t total = 0, least = 0xFFFFFFFFu, most = 0, stack = 0;
     board_init();
     const uint32_t mask = board_ticks_mask();
-    for (uint32_t i = 0; i < TEST_COUNT; i++) {{
-        board_paint_stack();
+    const uint32_t c0 = board_ticks();
+    board_spin({CALIBRATION_LOOPS}u);
+    const uint32_t calib = (board_ticks() - c0) & mask;
+    char *c = put_uint(put_text(put_uint(put_text(line, "calib "), calib), " "), {2 * CALIBRATION_LOOPS}u);
+    put_text(c, "\\n")[0] = 0;
+    board_write(line);
+{setup}    for (uint32_t i = 0; i < TEST_COUNT; i++) {{
+{fetch}        board_paint_stack();
         const uintptr_t sp = board_sp();
         const uint32_t t0 = board_ticks();
-        {name}_invoke(mtc_test_inputs[i], output);
+        {name}_invoke({arg}, output);
         const uint32_t ticks = (board_ticks() - t0) & mask;
         const uint32_t used = board_stack_used(sp);
         total += ticks;
@@ -181,20 +237,28 @@ mtc_test_inputs:
 """
 
 
-def arm_steps(name: str) -> list[tuple[str, ...]]:
+def _harness_sources(t: Target) -> tuple[str, ...]:
+    """The harness's C/asm files for ``t`` (without the model's and the kernels')."""
+    board = t.startup if t.is_arm else "board_host.c"
+    return (board, "main.c") + (("test_images.S",) if t.images == "embedded" else ())
+
+
+def arm_steps(name: str, target: str) -> list[tuple[str, ...]]:
     """The commands that build firmware.elf (also written into the Makefile)."""
+    t = targets.get(target)
     objs = []
     steps = []
-    for src in (f"{name}.c", "int8_kernels.c", "startup_m4.c", "main.c", "test_images.S"):
+    for src in (f"{name}.c", "int8_kernels.c", *_harness_sources(t)):
         obj = f"build/{Path(src).stem}.o"
         objs.append(obj)
-        steps.append((ARM_GCC, *ARM_CFLAGS, "-c", src, "-o", obj))
-    steps.append((ARM_GCC, *ARM_CFLAGS, *ARM_LDFLAGS, "-o", "firmware.elf", *objs, "-lgcc"))
+        steps.append((ARM_GCC, *arm_cflags(t), "-c", src, "-o", obj))
+    steps.append((ARM_GCC, *arm_cflags(t), *arm_ldflags(t), "-o", "firmware.elf", *objs, "-lgcc"))
     return steps
 
 
-def host_steps(name: str) -> list[tuple[str, ...]]:
-    srcs = (f"{name}.c", "int8_kernels.c", "board_host.c", "main.c", "test_images.S")
+def host_steps(name: str, images: str = "embedded") -> list[tuple[str, ...]]:
+    srcs = (f"{name}.c", "int8_kernels.c", "board_host.c", "main.c")
+    srcs += ("test_images.S",) if images == "embedded" else ()
     return [(HOST_GCC, *HOST_CFLAGS, "-o", "firmware_host", *srcs)]
 
 
@@ -206,46 +270,48 @@ def makefile(name: str, target: str) -> str:
     def cmd(argv: tuple[str, ...]) -> str:
         return "\t" + " ".join(shlex.quote(a) for a in argv)
 
-    host = "\n".join(cmd(s) for s in host_steps(name))
+    t = targets.get(target)
+    host = "\n".join(cmd(s) for s in host_steps(name, t.images))
     lib = cmd(host_library_step(name, f"lib{name}.so"))
-    qemu = " ".join((QEMU, *QEMU_ARGS, "-icount", f"shift={ICOUNT_SHIFT}", "-kernel", "firmware.elf"))
+    model_deps = f"{name}.c {name}.h int8_kernels.c int8_kernels.h int8_conv_mve.h"
     text = [
-        f"# Generated by `mnist-tflite compile` for {name}.",
+        f"# Generated by `mnist-tflite compile` for {name} ({target}).",
         "#   make            the test program for the target",
         "#   make run        run it (prints one `row` line per test image, then `done`)",
         "#   make host       the same test program for this computer (system gcc)",
         f"#   make lib{name}.so   the model alone as a shared library (for ctypes)",
         "",
     ]
-    if target == "cortex-m4":
-        arm = "\n".join(cmd(s) for s in arm_steps(name))
+    if t.is_arm:
+        arm = "\n".join(cmd(s) for s in arm_steps(name, target))
+        deps = " ".join((model_deps, "board.h", *_harness_sources(t), t.linker_file))
+        deps += f" {IMAGES_BIN}" if t.images == "embedded" else ""
         text += [
             "all: firmware.elf",
             "",
-            f"firmware.elf: {name}.c {name}.h int8_kernels.c int8_kernels.h startup_m4.c board.h main.c "
-            f"test_images.S {IMAGES_BIN} mps2_an386.ld",
+            f"firmware.elf: {deps}",
             "\tmkdir -p build",
             arm,
             "",
-            "run: firmware.elf",
-            f"\t{qemu} 2>&1",  # the semihosting console is QEMU's stderr
+            f"run: firmware.elf{' ' + IMAGES_BIN if t.images == 'semihosting' else ''}",
+            f"\t{' '.join(qemu_command(t))} 2>&1",  # the semihosting console is QEMU's stderr
             "",
         ]
     else:
         text += ["all: firmware_host", "", "run: firmware_host", "\t./firmware_host", ""]
+    embedded = ("test_images.S",) if t.images == "embedded" else ()
+    host_deps = " ".join((model_deps, "board_host.c board.h main.c", *embedded, IMAGES_BIN))
     text += [
         "host: firmware_host",
         "",
-        f"firmware_host: {name}.c {name}.h int8_kernels.c int8_kernels.h board_host.c board.h main.c "
-        f"test_images.S {IMAGES_BIN}",
+        f"firmware_host: {host_deps}",
         host,
         "",
-        f"lib{name}.so: {name}.c {name}.h int8_kernels.c int8_kernels.h",
+        f"lib{name}.so: {model_deps}",
         lib,
         "",
         "clean:",
-        f"\trm -rf build firmware_host lib{name}.so"
-        + (" firmware.elf firmware.map" if target == "cortex-m4" else ""),
+        f"\trm -rf build firmware_host lib{name}.so" + (" firmware.elf firmware.map" if t.is_arm else ""),
         "",
         ".PHONY: all run host clean",
         "",
@@ -282,16 +348,43 @@ def _run(
     return res.stdout
 
 
+_OVERFLOW = re.compile(r"region `(\w+)' overflowed by (\d+) bytes")
+
+
 def build(directory: Path, name: str, target: str) -> None:
-    """Build the test program in ``directory`` (firmware.elf or firmware_host)."""
-    if target == "cortex-m4":
-        (directory / "build").mkdir(exist_ok=True)
-        for step in arm_steps(name):
-            _run(step, directory, "building the Cortex-M4 firmware")
-        shutil.rmtree(directory / "build", ignore_errors=True)
-    else:
-        for step in host_steps(name):
+    """Build the test program in ``directory`` (firmware.elf or firmware_host).
+
+    A firmware that does not fit the board is one line naming the region, what it needs and
+    what the board has (from the linker's "region overflowed" message).
+    """
+    t = targets.get(target)
+    if not t.is_arm:
+        for step in host_steps(name, t.images):
             _run(step, directory, "building the host test program")
+        return
+    (directory / "build").mkdir(exist_ok=True)
+    for step in arm_steps(name, target):
+        try:
+            _run(step, directory, f"building the {t.core} firmware")
+        except MnistTfliteError as exc:
+            raise _overflow(exc, t) from None
+    shutil.rmtree(directory / "build", ignore_errors=True)
+
+
+def _overflow(exc: MnistTfliteError, t: Target) -> MnistTfliteError:
+    found = _OVERFLOW.search(str(exc))
+    if not found:
+        return exc
+    region = {"FLASH": t.flash, "RAM": t.ram, "IMAGES": t.image_region}.get(found[1])
+    if region is None:
+        return exc
+    have = region.length
+    need = have + int(found[2])
+    what = "flash" if found[1] == "FLASH" else found[1].lower()
+    return MnistTfliteError(
+        f"the model does not fit --target {t.name}: the firmware needs {need:,} bytes of {what}, "
+        f"the {t.board} board has {have:,}"
+    )
 
 
 def build_host_library(directory: Path, name: str, out: Path) -> Path:
@@ -308,10 +401,12 @@ class RunResult:
     stack_bytes: int
     seconds: float
     text: str = ""  # what the program printed
+    calibration: tuple[int, int] | None = None  # (ticks, instructions) of the known loop
+    instructions_per_tick: float = 0.0
 
     def instructions(self) -> dict[str, float]:
         n = max(len(self.rows), 1)
-        k = INSTRUCTIONS_PER_TICK
+        k = self.instructions_per_tick
         return {
             "mean": self.ticks_total * k / n,
             "min": self.ticks_min * k,
@@ -324,7 +419,7 @@ def parse_output(text: str, count: int, outputs: int, what: str) -> RunResult:
     """Parse the test program's lines; anything missing or malformed is an error."""
     rows = np.zeros((count, outputs), dtype=np.int8)
     seen = 0
-    ticks = stack = None
+    ticks = stack = calib = None
     done = False
     for line in text.splitlines():
         parts = line.split()
@@ -338,29 +433,47 @@ def parse_output(text: str, count: int, outputs: int, what: str) -> RunResult:
             seen += 1
         elif parts[0] == "ticks" and len(parts) == 4:
             ticks = tuple(int(v) for v in parts[1:])
+        elif parts[0] == "calib" and len(parts) == 3:
+            calib = (int(parts[1]), int(parts[2]))
         elif parts[0] == "stack" and len(parts) == 2:
             stack = int(parts[1])
         elif parts[0] == "done":
             done = True
         elif parts[0] == "fault":
-            raise MnistTfliteError(f"{what}: the program faulted after {seen} rows")
+            raise MnistTfliteError(f"{what}: the program faulted after {seen} rows ({line.strip()})")
     if not done or seen != count or ticks is None or stack is None:
         tail = " / ".join(text.strip().splitlines()[-2:])
         raise MnistTfliteError(f"{what}: incomplete output ({seen} of {count} rows; last lines: {tail!r})")
-    return RunResult(rows, ticks[0], ticks[1], ticks[2], stack, 0.0)
+    return RunResult(rows, ticks[0], ticks[1], ticks[2], stack, 0.0, calibration=calib)
 
 
-def run_firmware(directory: Path, count: int, outputs: int) -> RunResult:
+def check_clock(t: Target, calibration: tuple[int, int] | None) -> None:
+    """The firmware's timed loop must take as many ticks as the table's SysTick clock says."""
+    if calibration is None:
+        raise MnistTfliteError(f"firmware in QEMU {t.board}: no clock calibration line")
+    ticks, instructions = calibration
+    expected = instructions / t.instructions_per_tick
+    if not ticks or abs(ticks - expected) > 0.01 * expected:
+        raise MnistTfliteError(
+            f"firmware in QEMU {t.board}: {instructions:,} instructions took {ticks:,} SysTick ticks, "
+            f"expected {expected:,.0f} ({t.systick_hz:,} Hz); the instruction counts would be wrong"
+        )
+
+
+def run_firmware(directory: Path, count: int, outputs: int, target: str = "cortex-m4") -> RunResult:
     """Run firmware.elf in QEMU (icount mode) and parse what it prints."""
     import time
 
-    argv = (QEMU, *QEMU_ARGS, "-icount", f"shift={ICOUNT_SHIFT}", "-kernel", "firmware.elf")
-    t = time.perf_counter()
-    # QEMU writes semihosting console output to its stderr
-    text = _run(argv, directory, f"running the firmware in {QEMU}", timeout=120 + 0.2 * count, merge=True)
-    result = parse_output(text, count, outputs, "firmware in QEMU")
+    t = targets.get(target)
+    start = time.perf_counter()
+    # QEMU writes semihosting console output to its stderr; the micro:bit's M0 runs ~2x longer
+    what = f"running the firmware in {QEMU}"
+    text = _run(qemu_command(t), directory, what, timeout=120 + 0.5 * count, merge=True)
+    result = parse_output(text, count, outputs, f"firmware in QEMU {t.board}")
+    check_clock(t, result.calibration)
+    result.instructions_per_tick = t.instructions_per_tick
     result.text = text
-    result.seconds = time.perf_counter() - t
+    result.seconds = time.perf_counter() - start
     return result
 
 

@@ -164,6 +164,18 @@ def _conv_weights(w: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.int8)
 
 
+def conv_weights_mve(packed: np.ndarray, out_c: int, k_pad: int) -> np.ndarray:
+    """The MVE kernels' layout of weights packed by ``_conv_weights``: one row per output channel,
+    its k_pad bytes then zeros up to a multiple of 16 (one VMLADAVA.S8 per 16)."""
+    flat = np.zeros((out_c, -(-k_pad // 16) * 16), dtype=np.int8)
+    pairs = out_c // 2
+    interleaved = packed[: 2 * pairs * k_pad].reshape(pairs, k_pad // 4, 2, 4)
+    flat[: 2 * pairs, :k_pad] = interleaved.transpose(0, 2, 1, 3).reshape(2 * pairs, k_pad)
+    if out_c % 2:
+        flat[-1, :k_pad] = packed[2 * pairs * k_pad :]
+    return flat.reshape(-1)
+
+
 def _conv(op: Op, graph: Graph, path: object) -> Layer:
     o = _options(op, path)
     if len(graph.tensors[op.inputs[1]].shape) != 4:

@@ -150,8 +150,10 @@ Params = ConvParams | FcParams | PoolParams | SoftmaxParams | CopyParams
 
 
 def conv_scratch_bytes(k_pad: int, out_c: int, pooled: bool) -> int:
-    """What ``I8K_CONV_SCRATCH_BYTES`` in int8_kernels.h says (the generated C asserts they agree)."""
-    return 4 * k_pad + (4 if pooled else 8) * out_c
+    """What ``I8K_CONV_SCRATCH_BYTES`` in int8_kernels.h says, for whichever instruction set the C
+    is built for (plain/DSP or MVE: the larger; the generated C asserts it is enough)."""
+    mve = 4 * (-(-k_pad // 16) * 16) + 4 * out_c
+    return max(4 * k_pad + (4 if pooled else 8) * out_c, mve)
 
 
 def array_members(params: Any) -> dict[str, np.ndarray]:

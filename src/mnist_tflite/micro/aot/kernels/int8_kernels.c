@@ -1,7 +1,7 @@
 /* int8 inference kernels for code written by `mnist-tflite compile`; see int8_kernels.h. */
 #include "int8_kernels.h"
 
-#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C)
+#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C) && !I8K_MVE /* (the M55 has both: MVE wins) */
 #include <arm_acle.h>
 #define I8K_DSP 1
 /* One group of 4 patch values for two patches and two channels: 16 multiply-accumulates. */
@@ -94,11 +94,17 @@ static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
     return (int8_t)(v < lo ? lo : v > hi ? hi : v);
 }
 
+#if !I8K_MVE /* the plain and DSP convolution, on int16 patches */
 static uint32_t load32(const int8_t *p)
 {
+#if defined(__arm__) && !defined(__ARM_FEATURE_UNALIGNED) /* ARMv6-M (M0): no unaligned LDR */
+    const uint8_t *b = (const uint8_t *)p; /* (memcpy would be a call into our byte loop) */
+    return b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+#else
     uint32_t v;
     __builtin_memcpy(&v, p, 4); /* one LDR where unaligned loads are allowed */
     return v;
+#endif
 }
 
 /* ---- convolution (+ max pool) ----------------------------------------------------------- */
@@ -263,6 +269,56 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
         }
         c = 2 * pairs;
     }
+#else
+    const int pairs = p->conv.c >> 1;
+    if (npx == 2 && pairs) { /* two patches by two channels: each value loaded feeds two MACs */
+        const int8_t *w = p->filter.weights;
+        const int32_t *bias = p->filter.bias;
+        for (int k = 0; k < pairs; k++, bias += 2) {
+            int32_t a0 = bias[0], a1 = bias[1], a2 = a0, a3 = a1;
+            const int16_t *x = patches;
+            for (int g = 0; g < groups; g++, w += 8, x += 8) {
+                const int32_t x0 = x[0], x2 = x[1], x1 = x[2], x3 = x[3]; /* stored x0, x2, x1, x3 */
+                const int32_t y0 = x[4], y2 = x[5], y1 = x[6], y3 = x[7];
+                int32_t u = w[0], v = w[1];
+                a0 += x0 * u;
+                a2 += y0 * u;
+                a0 += x1 * v;
+                a2 += y1 * v;
+                u = w[2];
+                v = w[3];
+                a0 += x2 * u;
+                a2 += y2 * u;
+                a0 += x3 * v;
+                a2 += y3 * v;
+                u = w[4];
+                v = w[5];
+                a1 += x0 * u;
+                a3 += y0 * u;
+                a1 += x1 * v;
+                a3 += y1 * v;
+                u = w[6];
+                v = w[7];
+                a1 += x2 * u;
+                a3 += y2 * u;
+                a1 += x3 * v;
+                a3 += y3 * v;
+            }
+            int32_t *s = sums0 + 2 * k;
+            if (sums1) {
+                s[0] = a0;
+                s[1] = a1;
+                sums1[2 * k] = a2;
+                sums1[2 * k + 1] = a3;
+                continue;
+            }
+            a0 = a2 > a0 ? a2 : a0;
+            a1 = a3 > a1 ? a3 : a1;
+            s[0] = first || a0 > s[0] ? a0 : s[0];
+            s[1] = first || a1 > s[1] ? a1 : s[1];
+        }
+        c = 2 * pairs;
+    }
 #endif
     /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
     for (; c < p->conv.c; c++) {
@@ -297,8 +353,15 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
     }
 }
 
+#else
+#include "int8_conv_mve.h"
+#endif
+
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
+#if I8K_MVE
+    conv_mve(p, in, out, scratch);
+#else
     int16_t *patches = (int16_t *)scratch;
     /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */
     int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->filter.k_pad);
@@ -343,6 +406,7 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
             requantize_row(p, sums, o);
         }
     }
+#endif
 }
 
 /* ---- fully connected -------------------------------------------------------------------- */
@@ -353,7 +417,14 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
     for (int o = 0; o < p->out_n; o++) {
         const int8_t *w = p->filter.weights + o * p->filter.k_pad;
         int32_t acc = p->filter.bias[o];
-#if I8K_DSP
+        int done = 4 * words;
+#if I8K_MVE
+        for (int i = 0; i < p->in_n; i += 16) { /* predicated: the row's tail, no padding read */
+            const mve_pred16_t q = vctp8q((uint32_t)(p->in_n - i));
+            acc = vmladavaq_p_s8(acc, vldrbq_z_s8(in + i, q), vldrbq_z_s8(w + i, q), q);
+        }
+        done = p->in_n;
+#elif I8K_DSP
         const uint32_t *W = (const uint32_t *)(const void *)w;
         for (int i = 0; i < words; i++) {
             const uint32_t x = load32(in + 4 * i), wv = W[i];
@@ -365,7 +436,7 @@ void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out)
             acc += (int32_t)in[i] * w[i];
         }
 #endif
-        for (int i = 4 * words; i < p->in_n; i++) {
+        for (int i = done; i < p->in_n; i++) {
             acc += (int32_t)in[i] * w[i];
         }
         const int q = p->per_channel ? o : 0;

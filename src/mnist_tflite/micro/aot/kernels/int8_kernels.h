@@ -17,6 +17,15 @@
 
 #include <stdint.h>
 
+/* The kernels' instruction set, chosen by the compiler flags: Helium (MVE: Cortex-M55),
+ * else DSP (SMLAD: M4, M33), else plain C (M0, M3, the host). All give the same bits.
+ * I8K_PLAIN_C forces plain C. The generated file lays out convolution weights for it. */
+#if defined(__ARM_FEATURE_MVE) && !defined(I8K_PLAIN_C)
+#define I8K_MVE 1
+#else
+#define I8K_MVE 0
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -81,10 +90,16 @@ typedef struct {
 
 /* Scratch bytes i8k_conv needs (4-byte aligned): two expanded patches (2 * k_pad int16),
  * then int32 sums: of two neighbouring positions (8 * out_c) without a pool, one running
- * maximum per channel (4 * out_c) with one (pooled: pool.h * pool.w > 1). The compiler
- * plans this much; the generated code checks it with _Static_assert. */
+ * maximum per channel (4 * out_c) with one (pooled: pool.h * pool.w > 1). With MVE: four
+ * int8 patches of k_pad rounded up to 16, then one running maximum per channel. The
+ * compiler plans the larger of the two; the generated code checks it with _Static_assert. */
+#if I8K_MVE
+#define I8K_CONV_SCRATCH_BYTES(k_pad, out_c, pooled) \
+    (4u * (((uint32_t)(k_pad) + 15u) & ~15u) + 4u * (uint32_t)(out_c))
+#else
 #define I8K_CONV_SCRATCH_BYTES(k_pad, out_c, pooled) \
     (4u * (uint32_t)(k_pad) + ((pooled) ? 4u : 8u) * (uint32_t)(out_c))
+#endif
 
 /* Fully connected: weights [out_n][k_pad]; mult/shift per output, or one for all
  * (per_channel 0). No scratch. */

@@ -1,6 +1,9 @@
-/* Start-up code for the test firmware on QEMU's mps2-an386 (Cortex-M4): the vector table,
- * the reset handler, console output and exit over semihosting, SysTick as the
- * instruction clock, and stack painting. Written for `mnist-tflite compile`; no CMSIS. */
+/* Start-up code for the test firmware on QEMU's Cortex-M boards (microbit M0, mps2-an385 M3,
+ * mps2-an386 M4, mps2-an505 M33, mps3-an547 M55): the vector table, the reset handler (which
+ * also turns on the FPU/MVE coprocessors where the core has them), console, file input and
+ * exit over semihosting, SysTick as the instruction clock, and stack painting. The same file
+ * serves every core: only ARMv6-M instructions, plus the CPACR write on cores with CP10/CP11.
+ * Written for `mnist-tflite compile`; no CMSIS. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +17,7 @@ int main(void);
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
 #define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define CPACR (*(volatile uint32_t *)0xE000ED88u)
 
 /* ARM semihosting: operation in r0, argument in r1, BKPT 0xAB traps to the debugger (QEMU). */
 static int semihost(int op, const void *arg)
@@ -35,6 +39,28 @@ void board_exit(int status)
     semihost(0x18, (const void *)(uintptr_t)(status == 0 ? 0x20026u : 0x20023u));
     for (;;) {
     }
+}
+
+int board_open(const char *path)
+{
+    uint32_t n = 0;
+    while (path[n]) {
+        n++;
+    }
+    const uint32_t args[3] = {(uint32_t)(uintptr_t)path, 1u /* "rb" */, n};
+    return semihost(0x01, args); /* SYS_OPEN: a handle, or -1 */
+}
+
+int board_read(int handle, void *dst, uint32_t n)
+{
+    const uint32_t args[3] = {(uint32_t)handle, (uint32_t)(uintptr_t)dst, n};
+    return semihost(0x06, args) == 0 ? 0 : -1; /* SYS_READ: the bytes it did not read */
+}
+
+/* 2 n + a few instructions: a SUBS/BNE loop that lets the harness check board_ticks' rate. */
+__attribute__((noinline)) void board_spin(uint32_t n)
+{
+    __asm__ volatile(".syntax unified\n1:\tsubs %0, %0, #1\n\tbne 1b" : "+l"(n));
 }
 
 void board_init(void)
@@ -117,6 +143,10 @@ void *memset(void *dst, int c, size_t n)
 
 void Reset_Handler(void)
 {
+#if defined(__ARM_FP) || defined(__ARM_FEATURE_MVE)
+    CPACR |= 0xFu << 20; /* CP10 and CP11 (FPU and MVE) full access, before any of their code */
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+#endif
     uint32_t *src = &__data_load, *dst = &__data_start;
     while (dst < &__data_end) {
         *dst++ = *src++;

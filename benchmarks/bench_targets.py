@@ -1,0 +1,154 @@
+"""`mnist-tflite compile` on every Cortex-M target: code, static RAM, instructions, bound, exactness.
+
+Compiles the seed int8 model (tests/models/int8.tflite) for each target of the table
+(micro/aot/targets.py), runs the firmware in its QEMU board (-icount shift=0) on the first N
+official test images, and checks every row against the TFLM interpreter. Prints one table and
+writes benchmarks/results/targets.json, with issue 21's aims and the TFLM anchors beside.
+
+Instructions come from QEMU's instruction count, not from a cycle model, so they do not depend
+on the load of the machine (wall times do, and are only recorded).
+
+Usage:
+    python benchmarks/bench_targets.py [--images 1000] [--targets cortex-m0 cortex-m55 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-written JSON
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "targets.json"
+SEED = ROOT / "tests" / "models" / "int8.tflite"
+# issue 21's aims for the seed model: instructions per inference; code <= 4 KB everywhere
+AIM_INSTRUCTIONS = {
+    "cortex-m0": 11_000_000, "cortex-m3": 6_500_000, "cortex-m4": 2_000_000, "cortex-m33": 2_200_000,
+    "cortex-m55": 600_000,
+}  # fmt: skip
+AIM_CODE_BYTES = 4 * 1024
+
+
+def measure(target: str, images: int) -> dict:
+    from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir
+    from mnist_tflite.micro.aot.targets import get
+
+    t = get(target)
+    with tempfile.TemporaryDirectory(prefix="bench-targets-") as tmp:
+        t0 = time.perf_counter()
+        s = compile_to_dir(
+            CompileOptions(SEED, Path(tmp) / "fw", target=target, images=images), log=lambda m: None
+        )
+        wall = time.perf_counter() - t0
+    core, mem, flash = s[t.key], s["memory"], s["flash"]
+    v = s["verification"]["target"]
+    row = {
+        "target": target,
+        "core": t.core,
+        "board": t.board,
+        "kernels": t.kernel_isa,
+        "test_images": t.images,
+        "compiler_flags": " ".join(t.cpu_flags),
+        "code_bytes": flash["code_bytes"],
+        "libgcc_bytes": flash["libgcc_bytes"],
+        "model_data_bytes": flash["model_data_bytes"],
+        "static_ram_bytes": mem["static_ram_bytes"],
+        "arena_bytes": mem["arena_bytes"],
+        "stack_bytes": mem["stack_bytes"],
+        "board_ram_bytes": t.ram.length,
+        "board_flash_bytes": t.flash.length,
+        "instructions_per_inference": core["instructions_per_inference"],
+        "instructions_min_max": [core["instructions_min"], core["instructions_max"]],
+        "bound_instructions": core["bound_instructions"],
+        "bound_rule": core["bound_rule"],
+        "times_bound": core["times_bound"],
+        "rows_identical": v.get("rows_identical"),
+        "images": images,
+        "accuracy": v.get("accuracy"),
+        "method": core["method"],
+        "qemu_seconds": core["qemu_seconds"],
+        "compile_wall_s": round(wall, 1),
+    }
+    row["aims"] = {
+        "instructions": AIM_INSTRUCTIONS[target],
+        "meets_instructions": row["instructions_per_inference"] <= AIM_INSTRUCTIONS[target],
+        "meets_code": row["code_bytes"] <= AIM_CODE_BYTES,
+        "fits_board_ram": row["static_ram_bytes"] <= t.ram.length,
+        "exact": row["rows_identical"] == images,
+    }
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mnist_tflite.micro.aot import firmware, targets
+    from mnist_tflite.micro.aot.build import TFLM_REFERENCE
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000, help="test images per target (default: 1000)")
+    parser.add_argument(
+        "--targets", nargs="*", default=list(targets.ARM_NAMES), help="default: every Cortex-M"
+    )
+    args = parser.parse_args(argv)
+    problem = firmware.toolchain_problem("cortex-m4")
+    if problem:
+        print(f"bench_targets: {problem}", file=sys.stderr)
+        return 2
+    unknown = [t for t in args.targets if t not in targets.ARM_NAMES]
+    if unknown:
+        print(
+            f"bench_targets: unknown targets {unknown}; the targets: {', '.join(targets.ARM_NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
+
+    head = (
+        f"{'target':<11} {'kernels':<8} {'QEMU board':<11} {'code B':>7} {'RAM B':>6} {'instructions':>12} "
+        f"{'bound':>10} {'x bound':>7} {'aim':>10}  rows identical to TFLM"
+    )
+    print(head)
+    rows = []
+    for name in args.targets:
+        r = measure(name, args.images)
+        rows.append(r)
+        print(
+            f"{name:<11} {r['kernels']:<8} {r['board']:<11} {r['code_bytes']:>7,} "
+            f"{r['static_ram_bytes']:>6,} "
+            f"{r['instructions_per_inference']:>12,} {r['bound_instructions']:>10,} {r['times_bound']:>7} "
+            f"{r['aims']['instructions']:>10,}  {r['rows_identical']:,}/{args.images:,}"
+        )
+    ref, cmsis = TFLM_REFERENCE["reference_kernels"], TFLM_REFERENCE["cmsis_nn"]
+    print(
+        f"anchors (TFLM on the Cortex-M4, seed model): reference kernels {ref['instructions']:,} "
+        f"instructions, with CMSIS-NN {cmsis['instructions']:,}; arena {ref['arena_bytes']:,} B"
+    )
+    doc = {
+        "what": "mnist-tflite compile of the seed int8 model for every Cortex-M target, run in QEMU",
+        "model": str(SEED.relative_to(ROOT)),
+        "instructions": "QEMU -icount shift=0 counts executed instructions (1 ns of virtual time each); "
+        "QEMU has no cycle model, so these are instructions, not cycles (an M55 takes about two cycles "
+        "per 128-bit MVE instruction; an M0 two or more per load and branch)",
+        "aims": {"instructions": AIM_INSTRUCTIONS, "code_bytes": AIM_CODE_BYTES},
+        "tflm_anchors": {**TFLM_REFERENCE, "note": "TFLM built for Cortex-M4, QEMU mps2-an386 (issue 10)"},
+        "images_per_target": args.images,
+        "rows": rows,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tools": firmware.which_versions(),
+        },
+        "conditions": "shared machine (2 vCPU, other sessions running): instruction counts are not "
+        "affected by load, wall times are",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS, doc)
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0 if all(r["aims"]["exact"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
