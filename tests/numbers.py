@@ -154,8 +154,8 @@ def render_number(
         d = np.cos(theta) * (xx - w * rng.uniform(0.3, 0.7)) + np.sin(theta) * (
             yy - h * rng.uniform(0.3, 0.7)
         )
-        edge = max(2.0, 0.03 * w)
-        shade = 1.0 - float(rng.uniform(0.3, 0.55)) / (1.0 + np.exp(-d / edge))
+        edge = max(2.0, 0.08 * w)  # a penumbra: a hand or phone held above the sheet
+        shade = 1.0 - float(rng.uniform(0.25, 0.45)) / (1.0 + np.exp(-d / edge))
     data, suffix, look = appearance(a, rng, paper_marks=marks, shade=shade)
     text = " ".join("".join(str(v) for v in line) for line in labels)
     spacing = "touching" if gap is None else "gap"

@@ -25,14 +25,15 @@ __all__ = ["MAX_DIGITS", "Digit", "SegmentError", "find_digits"]
 
 MAX_DIGITS = 64  # more marks than this is a page of text, not a number
 INK_LEVEL = 0.4  # ink above this (of the ink map's 0..1) connects a component
-RULE_LENGTH = 0.5  # a horizontal run this long (fraction of the width) is a ruled line, not ink
+RULE_LENGTH = 0.75  # a horizontal run this long (fraction of the width) is a ruled line, not ink
 WHOLE_PICTURE = 0.9  # one component over this fraction of both sides: a table or frame
 JOIN_OVERLAP = 0.5  # parts of one digit overlap this much of the narrower part's width...
-JOIN_HEIGHT = 1.35  # ... and together are at most this many digit heights tall
-WIDE = 1.3  # a component wider than this many line heights holds touching digits
-DIGIT_WIDTH = (0.55, 0.85)  # a digit's width, in line heights (measured on composed numbers)
-SPECK = 0.25  # a component below this fraction of the line height and ...
-SPECK_AREA = 0.08  # ... of the median digit's ink is a speck, not a digit
+JOIN_HEIGHT = 1.7  # ... and together are at most this many digit heights tall
+WIDE = 1.35  # a component wider than this many line heights holds touching digits...
+WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it pays no width penalty
+WIDE_JUDGED = 1.0  # ... or, with the model to judge, may hold them: the model decides
+DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
+FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
 PIECE = 0.9  # a digit cut from touching digits is at most this many line heights wide
 MAX_CUTS = 24  # candidate cuts tried in one component of touching digits
@@ -166,10 +167,11 @@ def _without_rules(ink: np.ndarray) -> np.ndarray:
 
 
 def _typical_height(parts: list[_Part]) -> float:
-    """The height of a digit here: the median of the components with a good share of ink."""
+    """The height of a digit here: the median of the tall components with a good share of ink
+    (a loose flag of a 5 has ink, but it is not a digit's height)."""
     top = max(p.area for p in parts)
     heights = [p.height for p in parts if p.area >= 0.3 * top]
-    return float(np.median(heights))
+    return float(np.median([v for v in heights if v >= 0.75 * max(heights)]))
 
 
 def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
@@ -188,10 +190,13 @@ def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
                 if j == i:
                     continue
                 both = small.joined(other)
-                if both.height > JOIN_HEIGHT * height or both.width > height:
-                    continue
                 overlap = min(small.x1, other.x1) - max(small.x0, other.x0)
                 stacked = overlap >= JOIN_OVERLAP * min(small.width, other.width)
+                # halves of one digit overlap in rows too; two lines of digits leave a gap
+                entwined = stacked and min(small.y1, other.y1) > max(small.y0, other.y0)
+                tall = both.height > JOIN_HEIGHT * height and not entwined
+                if tall or both.width > (1.2 if entwined else 0.95) * max(height, both.height):
+                    continue
                 if small.height >= 0.6 * height and other.height >= 0.6 * height and not stacked:
                     continue
                 gap = max(other.x0 - small.x1, small.x0 - other.x1, other.y0 - small.y1, small.y0 - other.y1)
@@ -283,7 +288,7 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
         (i, j)
         for i in range(len(edges))
         for j in range(i + 1, len(edges))
-        if 0.15 * height <= edges[j] - edges[i] <= PIECE * height
+        if 0.15 * height <= edges[j] - edges[i] <= PIECE * height or (i, j) == (0, len(edges) - 1)
     ]
     inks = [_between(patch, bounds[i], bounds[j]) for i, j in spans]
     keep = [k for k, a in enumerate(inks) if float(a.sum()) > 0.5]
@@ -294,10 +299,13 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
         sure = np.asarray(judge(np.stack([ink_to_mnist(a) for a in inks])), dtype=np.float64)
     widths = np.array([edges[j] - edges[i] for i, j in spans], dtype=np.float64)
     scores = -np.abs(widths - width) / width
+    whole = spans.index((0, len(edges) - 1)) if (0, len(edges) - 1) in spans else None
+    if whole is not None and widths[whole] <= WIDEST * height:
+        scores[whole] = 0.0  # uncut, a wide digit is still a digit: only the model judges it
     if judge is not None:
-        scores = scores * 0.5 + np.log(np.maximum(sure, 1e-6))
+        scores = scores * 3.0 + np.log(np.maximum(sure, 1e-6))
     # crossing a stroke (about a tenth of the height in ink) costs about a unit
-    crossing = [0.0, *[float(cost[x]) * 10.0 / (height * height) for x in spaced], 0.0]
+    crossing = [0.0, *[float(cost[x]) * 1.0 / height for x in spaced], 0.0]
     best = np.full(len(edges), -np.inf)
     best[0] = 0.0
     back = [-1] * len(edges)
@@ -317,7 +325,7 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
 def _line_width(line: list[_Part], height: float) -> float:
     """The width of one digit in this line: the median of the parts that hold one digit."""
     single = [p.width for p in line if p.width <= WIDE * height and p.width >= DIGIT_WIDTH[0] * height]
-    guess = float(np.median(single)) if single else 0.72 * height
+    guess = float(np.median(single)) if single else 0.55 * height
     return float(np.clip(guess, DIGIT_WIDTH[0] * height, DIGIT_WIDTH[1] * height))
 
 
@@ -365,10 +373,9 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
     parts = _parts(labels, count, full)
     for p in parts:
         if p.width >= WHOLE_PICTURE * w and p.height >= WHOLE_PICTURE * h:
-            raise SegmentError(
-                f"one mark spans the whole picture ({p.width / w:.0%} of its width, {p.height / h:.0%} of its "
-                "height): a table, a grid or a frame, not handwritten digits"
-            )
+            share = f"{p.width / w:.0%} of its width, {p.height / h:.0%} of its height"
+            what = "a table, a grid or a frame, not digits"
+            raise SegmentError(f"one mark spans the whole picture ({share}): {what}")
     ink = _without_rules(full)
     if ink is not full:
         labels, count = _label(ink > INK_LEVEL)
@@ -377,8 +384,7 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
         return [Digit((0.0, 0.0, 1.0, 1.0), 0, ink_to_mnist(full))]
     height = _typical_height(parts)
     parts = _join_pieces(parts, height)
-    biggest = float(np.median(sorted(p.area for p in parts)[-max(1, len(parts) // 2) :]))
-    parts = [p for p in parts if p.height >= SPECK * height or p.area >= SPECK_AREA * biggest]
+    parts = [p for p in parts if p.height >= FRAGMENT * height]  # specks, dashes, stray strokes
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
     found: list[tuple[tuple[float, float, float, float], int, np.ndarray]] = []  # (box, line, ink)
@@ -387,7 +393,7 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
         digit_width = _line_width(line, line_height)
         for p in line:
             patch = _ink_of(p, ink, labels)
-            if p.width > WIDE * max(line_height, p.height):
+            if p.width > (WIDE_JUDGED if judge else WIDE) * max(line_height, p.height):
                 pieces = _split(patch, line_height, digit_width, judge)
             else:
                 pieces = [patch]
