@@ -31,7 +31,8 @@ JOIN_OVERLAP = 0.5  # parts of one digit overlap this much of the narrower part'
 JOIN_HEIGHT = 1.7  # ... and together are at most this many digit heights tall
 WIDE = 1.35  # a component wider than this many line heights holds touching digits...
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it pays no width penalty
-WIDE_JUDGED = 1.0  # ... or, with the model to judge, may hold them: the model decides
+WHOLE_PENALTY = 1.0  # per line height of width over one: what an uncut wide component pays
+WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
@@ -301,7 +302,8 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     scores = -np.abs(widths - width) / width
     whole = spans.index((0, len(edges) - 1)) if (0, len(edges) - 1) in spans else None
     if whole is not None and widths[whole] <= WIDEST * height:
-        scores[whole] = 0.0  # uncut, a wide digit is still a digit: only the model judges it
+        # uncut, a wide digit is still a digit, but ever less likely one as it widens
+        scores[whole] = -WHOLE_PENALTY * max(0.0, widths[whole] / height - 1.0)
     if judge is not None:
         scores = scores * 3.0 + np.log(np.maximum(sure, 1e-6))
     # crossing a stroke (about a tenth of the height in ink) costs about a unit
@@ -324,7 +326,7 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
 
 def _line_width(line: list[_Part], height: float) -> float:
     """The width of one digit in this line: the median of the parts that hold one digit."""
-    single = [p.width for p in line if p.width <= WIDE * height and p.width >= DIGIT_WIDTH[0] * height]
+    single = [p.width for p in line if DIGIT_WIDTH[0] * height <= p.width <= WIDE_JUDGED * height]
     guess = float(np.median(single)) if single else 0.55 * height
     return float(np.clip(guess, DIGIT_WIDTH[0] * height, DIGIT_WIDTH[1] * height))
 
