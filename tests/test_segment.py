@@ -206,3 +206,25 @@ def test_cli_a_grid_fails_and_the_others_are_read(models_dir, sure_digits, tmp_p
     errors = [e for e in err.strip().splitlines() if e.startswith("mnist-tflite")]
     assert len(errors) == 1 and "table.png" in errors[0] and "spans the whole picture" in errors[0]
     assert load_image(path).size[0] > 0
+
+
+def test_serve_answers_the_digits_of_a_number(models_dir, sure_digits, tmp_path):
+    from tests.conftest import require
+
+    require("fastapi", "uvicorn")
+    from fastapi.testclient import TestClient
+
+    from mnist_tflite.serve.app import create_app
+
+    path, _ = _number(sure_digits, "2026", 1, tmp_path, gap=(8, 12), slant=0.0)
+    with TestClient(create_app(models_dir / "int8.tflite")) as client:
+        doc = client.post("/api/predict", files={"image": ("n.png", path.read_bytes(), "image/png")}).json()
+        assert doc["number"] == "2026" and len(doc["digits"]) == 4 and "label" in doc
+        assert all(len(d["box"]) == 4 and np.asarray(d["image"]).shape == (28, 28) for d in doc["digits"])
+        # an MNIST 28x28 array is one digit; a blank canvas gives no number, with the reason
+        one = client.post("/api/predict", json={"pixels": sure_digits[3][0].tolist()}).json()
+        assert one["number"] == "3" and len(one["digits"]) == 1
+        pad = np.zeros((80, 220), np.uint8)  # a drawing pad with two digits drawn on it
+        pad[10:38, 20:48], pad[40:68, 150:178] = sure_digits[4][0], sure_digits[7][0]
+        two = client.post("/api/predict", json={"pixels": pad.tolist()}).json()
+        assert two["number"] == "4 7" and [d["line"] for d in two["digits"]] == [0, 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,16 @@ import numpy as np
 from mnist_tflite.core.errors import MnistTfliteError, fail
 from mnist_tflite.edge import preprocess
 
-__all__ = ["MIN_CONFIDENCE", "Classifier", "Failure", "Prediction", "Reading", "expand_inputs", "read_digits"]
+__all__ = [
+    "MIN_CONFIDENCE",
+    "Classifier",
+    "Failure",
+    "Prediction",
+    "Reading",
+    "expand_inputs",
+    "number_fields",
+    "read_digits",
+]
 
 MIN_CONFIDENCE = 0.6  # a digit the model is less sure of is shown as "?" with its two best guesses
 
@@ -183,6 +193,28 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield from sorted(q for q in p.iterdir() if q.is_file() and _is_input_file(q))
         else:
             yield p
+
+
+def number_fields(
+    image: Any, model: Any, *, max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """The number in a picture, as fields of a JSON answer (``serve``'s ``/api/predict``).
+
+    ``image`` is a file's bytes or a pixel array; ``model`` a ``TfliteModel``. Gives
+    ``number`` ("2026", ``?`` for an uncertain digit, lines separated by a space),
+    ``uncertain``, ``digits`` (each: box as fractions of the picture, line, label,
+    confidence, top 2, probabilities, 28x28 image 0..255) and ``number_ms``; when no number
+    can be read, ``number`` is None and ``number_error`` says why.
+    """
+    start = time.perf_counter()
+    try:
+        if isinstance(image, bytes | bytearray):
+            image = preprocess.load_image(image, name="upload", max_pixels=max_pixels)
+        doc = read_digits(image, model.predict_proba, model.class_names, source="upload").to_dict(2)
+        del doc["file"]
+    except MnistTfliteError as exc:
+        doc = {"number": None, "uncertain": False, "digits": [], "number_error": str(exc)}
+    return {**doc, "number_ms": round((time.perf_counter() - start) * 1000, 3)}
 
 
 class Classifier:
