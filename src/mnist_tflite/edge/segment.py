@@ -5,7 +5,8 @@ MNIST's digits were cut out of forms one by one; this is that cut. After the ink
 lines are taken out, the ink falls into connected components, parts of one digit (a 5
 whose flag came loose) are joined, components are grouped into lines, and a component
 wider than a digit (digits that touch) is cut where a slanted cut line crosses the least
-ink. Each digit then becomes a 28x28 image by the very steps a single digit takes
+ink (with the model at hand, where the pieces it is surest of lie). Each digit then
+becomes a 28x28 image by the very steps a single digit takes
 (:func:`mnist_tflite.edge.preprocess.ink_to_mnist`). Pure NumPy: connected components are
 labelled run by run (SciPy's ``ndimage`` would add 0.7 s to ``predict``'s start-up).
 """
@@ -30,9 +31,9 @@ WHOLE_PICTURE = 0.9  # one component over this fraction of both sides: a table o
 JOIN_OVERLAP = 0.5  # parts of one digit overlap this much of the narrower part's width...
 JOIN_HEIGHT = 1.7  # ... and together are at most this many digit heights tall
 WIDE = 1.35  # a component wider than this many line heights holds touching digits...
-WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it pays no width penalty
-WHOLE_PENALTY = 1.0  # per line height of width over one: what an uncut wide component pays
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
+WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
+WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
