@@ -174,8 +174,10 @@ def test_cli_reads_numbers_says_uncertain_and_keeps_single(models_dir, sure_digi
     assert main(["predict", model, str(path)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{path}: 2026 (digits 2 ") and line.count("%") == 4
-    assert main(["predict", model, str(path), "--json"]) == 0
+    shown = tmp_path / "seen"
+    assert main(["predict", model, str(path), "--json", "--show-input", str(shown)]) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert sorted(q.name for q in shown.iterdir()) == [f"{path.stem}_{k}.png" for k in range(4)]
     result = doc["results"][0]
     assert result["number"] == "2026" and not result["uncertain"] and doc["uncertain"] == 0
     for digit in result["digits"]:

@@ -34,6 +34,7 @@ WIDE = 1.35  # a component wider than this many line heights holds touching digi
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
+PRIOR = 3.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
@@ -306,9 +307,9 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
         # uncut, a wide digit is still a digit, but ever less likely one as it widens
         scores[whole] = -WHOLE_PENALTY * max(0.0, widths[whole] / height - 1.0)
     if judge is not None:
-        scores = scores * 3.0 + np.log(np.maximum(sure, 1e-6))
-    # crossing a stroke (about a tenth of the height in ink) costs about a unit
-    crossing = [0.0, *[float(cost[x]) * 1.0 / height for x in spaced], 0.0]
+        scores = scores * PRIOR + np.log(np.maximum(sure, 1e-6))
+    # a cut pays for the ink it crosses, in line heights (a stroke is about 0.1)
+    crossing = [0.0, *[float(cost[x]) / height for x in spaced], 0.0]
     best = np.full(len(edges), -np.inf)
     best[0] = 0.0
     back = [-1] * len(edges)
