@@ -225,7 +225,7 @@ def test_serve_answers_the_digits_of_a_number(models_dir, sure_digits, tmp_path)
         assert all(len(d["box"]) == 4 and np.asarray(d["image"]).shape == (28, 28) for d in doc["digits"])
         # an MNIST 28x28 array is one digit; a blank canvas gives no number, with the reason
         one = client.post("/api/predict", json={"pixels": sure_digits[3][0].tolist()}).json()
-        assert one["number"] == "3" and len(one["digits"]) == 1
+        assert one["number"] == "3" and len(one["digits"]) == 1 and one["label"] == 3  # the int, as before
         pad = np.zeros((80, 220), np.uint8)  # a drawing pad with two digits drawn on it
         pad[10:38, 20:48], pad[40:68, 150:178] = sure_digits[4][0], sure_digits[7][0]
         two = client.post("/api/predict", json={"pixels": pad.tolist()}).json()

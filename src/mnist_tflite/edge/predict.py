@@ -120,7 +120,8 @@ class Reading:
         return f"{self.source}: {self.number} (digits {', '.join(self._guess(d) for d in self.digits)})"
 
     def to_dict(self, top_k: int = 3, *, images: bool = True) -> dict[str, Any]:
-        """JSON-ready: the number, and each digit's box, line, label, probabilities, image."""
+        """JSON-ready: the number, and each digit's box, line, label, probabilities, image
+        (one digit: also ``label``, ``confidence`` and ``top`` as a single digit's answer)."""
         digits = []
         for d, box, line in zip(self.digits, self.boxes, self.lines, strict=True):
             item = {
@@ -134,7 +135,9 @@ class Reading:
             if images:  # the 28x28 the model saw, white on black, 0..255
                 item["image"] = np.rint(d.image * 255).astype(np.uint8).tolist()
             digits.append(item)
-        return {"file": self.source, "number": self.number, "uncertain": self.uncertain, "digits": digits}
+        doc = {"file": self.source, "number": self.number, "uncertain": self.uncertain, "digits": digits}
+        # one digit: the fields a single-digit answer always had come first, as they were
+        return {**self.digits[0].to_dict(top_k), **doc} if len(self.digits) == 1 else doc
 
 
 def read_digits(
@@ -210,8 +213,8 @@ def number_fields(
     try:
         if isinstance(image, bytes | bytearray):
             image = preprocess.load_image(image, name="upload", max_pixels=max_pixels)
-        doc = read_digits(image, model.predict_proba, model.class_names, source="upload").to_dict(2)
-        del doc["file"]
+        full = read_digits(image, model.predict_proba, model.class_names, source="upload").to_dict(2)
+        doc = {key: full[key] for key in ("number", "uncertain", "digits")}
     except MnistTfliteError as exc:
         doc = {"number": None, "uncertain": False, "digits": [], "number_error": str(exc)}
     return {**doc, "number_ms": round((time.perf_counter() - start) * 1000, 3)}
