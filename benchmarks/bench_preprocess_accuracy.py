@@ -28,7 +28,7 @@ from mnist_tflite.core.atomic import write_json  # temp file + rename: no half-w
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mnist_tflite import data  # noqa: E402
+from mnist_tflite.core import data  # noqa: E402
 from mnist_tflite.edge.predict import Classifier, Failure  # noqa: E402
 from tests.photos import Render, make  # noqa: E402
 

@@ -80,6 +80,23 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
     a = np.asarray(canvas, dtype=np.float32) / 255.0
     a = np.clip((a - 0.15) * 1.6, 0.0, 1.0)[..., None]
 
+    data, suffix, look = appearance(a, rng)
+    info = Render(index, label, (w, h), digit_px, round(rotation, 2), stroke=stroke, **look)
+    return data, suffix, info
+
+
+def appearance(
+    a: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    paper_marks: np.ndarray | None = None,
+    shade: np.ndarray | None = None,
+) -> tuple[bytes, str, dict]:
+    """Ink coverage (H, W, 1) in [0, 1] -> (file bytes, suffix, how it looks): paper or board,
+    pen, lighting, noise, blur and file format. ``paper_marks`` (H, W) in [0, 1] draws ruled
+    lines into the paper; ``shade`` (H, W) multiplies the light (a shadow across the sheet).
+    """
+    h, w = a.shape[:2]
     dark_board = rng.random() < 0.25
     if dark_board:
         paper = np.array(BOARDS[rng.integers(len(BOARDS))], np.float32)
@@ -88,6 +105,9 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
     else:
         paper = np.array(PAPERS[rng.integers(len(PAPERS))], np.float32)
         pen = np.array(PENS[rng.integers(len(PENS))], np.float32)
+    if paper_marks is not None and not dark_board:
+        rule = np.array((150, 175, 220), np.float32)  # a ruled line's pale blue
+        paper = paper * (1.0 - paper_marks[..., None]) + rule * paper_marks[..., None]
     img = paper * (1.0 - a) + pen * a
 
     # uneven lighting: a linear gradient in a random direction, times a soft vignette
@@ -98,7 +118,8 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
     lighting = float(rng.choice([0.0, 0.15, 0.3, 0.45]))
     light = 1.0 - lighting * g
     vignette = 1.0 - 0.15 * rng.random() * (((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) * 2)
-    img = img * (light * vignette)[..., None]
+    light = light * vignette if shade is None else light * vignette * shade
+    img = img * light[..., None]
     noise = float(rng.choice([0.0, 2.0, 5.0, 8.0]))
     img = img + rng.normal(0, noise, img.shape).astype(np.float32) if noise else img
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
@@ -126,21 +147,8 @@ def render(digit: np.ndarray, label: int, index: int, rng: np.random.Generator) 
         pil.save(buf, {"png": "PNG", "bmp": "BMP", "webp": "WEBP", "tiff": "TIFF"}[fmt], **kwargs)
     suffix = {"jpeg": ".jpg", "jpeg-gray": ".jpg", "png-gray": ".png", "png-rgba": ".png"}.get(fmt, f".{fmt}")
     polarity = "light-on-dark" if dark_board else "dark-on-light"
-    info = Render(
-        index,
-        label,
-        (w, h),
-        digit_px,
-        round(rotation, 2),
-        polarity,
-        stroke,
-        lighting,
-        round(blur, 2),
-        noise,
-        fmt,
-        quality,
-    )
-    return buf.getvalue(), suffix, info
+    look = {"polarity": polarity, "lighting": lighting, "blur": round(blur, 2), "noise": noise}
+    return buf.getvalue(), suffix, {**look, "fmt": fmt, "quality": quality}
 
 
 def make(

@@ -180,10 +180,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MnistTfliteError("--address and --output go with --ray")
     clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
     check_int_range(args.top_k, "--top-k", 1, len(clf.class_names))
-    results, failed = [], 0
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise MnistTfliteError(f"--min-confidence must be in 0..1, received: {args.min_confidence}")
+    results, failed, uncertain = [], 0, 0
     saver = save_inputs(args.show_input) if args.show_input else None
     seen = 0
-    for r in clf.predict_files(args.inputs):
+    if args.single:
+        answers = clf.predict_files(args.inputs)
+    else:
+        answers = clf.read_files(args.inputs, min_confidence=args.min_confidence)
+    for r in answers:
         seen += 1
         if isinstance(r, Failure):
             failed += 1
@@ -193,12 +199,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         if saver:
             saver(r)
+        uncertain += bool(getattr(r, "uncertain", False))
         if args.json:
             results.append(r.to_dict(args.top_k))
         else:
-            top = ", ".join(f"{printable(n)} {p:.1%}" for n, p in r.top(args.top_k)[1:])
-            line = f"{printable(r.source)}: {printable(r.label)} ({r.confidence:.1%})"
-            print(line + (f"  next: {top}" if top else ""))
+            print(r.line(args.top_k))
     if not seen:
         names = ", ".join(str(p) for p in args.inputs)
         raise MnistTfliteError(
@@ -207,8 +212,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if args.json:
         doc = {"model": str(args.model), "classified": len(results) - failed, "failed": failed}
+        doc = {**doc, "uncertain": uncertain} if not args.single else doc
         print(json.dumps({**doc, "results": results}, indent=2))
-    return 1 if failed else 0
+    return 1 if failed else 3 if uncertain else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

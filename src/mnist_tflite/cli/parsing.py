@@ -178,11 +178,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = _parser(
         sub,
         "predict",
-        "classify photos, scans or MNIST arrays of digits with a .tflite model (no TensorFlow)",
+        "read handwritten numbers or digits from photos, scans or MNIST arrays with a .tflite model",
         "mnist-tflite predict runs/demo/int8.tflite photo.jpg scans/ --top-k 3\n"
+        "  mnist-tflite predict model.tflite meter.jpg   # meter.jpg: 2026 (digits 2 99.1%, 0 98.7%, ...)\n"
         "  mnist-tflite predict model.tflite digits.npy --json\n\n"
-        "exit status: 0 all inputs classified, 1 some inputs could not be read (each reported\n"
-        "on stderr, the others still classified), 2 usage or model error",
+        "A picture may hold several digits, on one or more lines: they are found, read left to\n"
+        "right and answered as a number; a digit the model is less sure of than --min-confidence\n"
+        "is shown as ? with its two best guesses. --single reads each picture as one digit.\n\n"
+        "exit status: 0 all inputs read, 1 some inputs could not be read (each reported on\n"
+        "stderr, the others still read), 2 usage or model error, 3 all inputs read but some\n"
+        "digits uncertain (shown as ?)",
     )
     p.add_argument(
         "model",
@@ -198,6 +203,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=1, help="show the k most probable classes (default: 1)")
     _flag(p, "--json", "print the results as one JSON document")
     p.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
+    _flag(p, "--single", "read each picture as one digit (no search for several digits)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.6,
+        help="below this probability a digit is shown as ? (default: 0.6; not with --single)",
+    )
     _allow_modified(p)
     p.add_argument(
         "--buffer-size",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,23 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError, fail, printable
 from mnist_tflite.edge import preprocess
 
-__all__ = ["RUN_DEFAULT", "Classifier", "Failure", "Prediction", "expand_inputs", "model_file"]
+__all__ = [
+    "MIN_CONFIDENCE",
+    "RUN_DEFAULT",
+    "Classifier",
+    "Failure",
+    "Prediction",
+    "Reading",
+    "expand_inputs",
+    "model_file",
+    "number_fields",
+    "read_digits",
+]
+
+MIN_CONFIDENCE = 0.6  # a digit the model is less sure of is shown as "?" with its two best guesses
 
 RUN_DEFAULT = "int8"  # the variant of a run folder that predict (and serve) use by default
 
@@ -73,6 +87,116 @@ class Prediction:
             "top": [{"label": n, "probability": round(p, 6)} for n, p in self.top(top_k)],
         }
 
+    def line(self, top_k: int = 1) -> str:
+        """The answer as one line of ``predict``'s output: ``photo.jpg: 7 (99.4%)``."""
+        top = ", ".join(f"{printable(n)} {p:.1%}" for n, p in self.top(top_k)[1:])
+        head = f"{printable(self.source)}: {printable(self.label)} ({self.confidence:.1%})"
+        return head + (f"  next: {top}" if top else "")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A number read from one picture: its digits by line, left to right.
+
+    ``boxes`` are (left, top, right, bottom) as fractions of the picture's width and height;
+    ``lines`` the line of writing of each digit. A digit whose confidence is below
+    ``min_confidence`` is uncertain: ``?`` in :attr:`number`.
+    """
+
+    source: str
+    digits: tuple[Prediction, ...]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    lines: tuple[int, ...]
+    min_confidence: float = MIN_CONFIDENCE
+
+    def is_sure(self, digit: Prediction) -> bool:
+        return digit.confidence >= self.min_confidence
+
+    @property
+    def uncertain(self) -> bool:
+        return not all(self.is_sure(d) for d in self.digits)
+
+    @property
+    def number(self) -> str:
+        """The digits as text, ``?`` for an uncertain one, lines separated by a space."""
+        text = ""
+        for i, d in enumerate(self.digits):
+            if i and self.lines[i] != self.lines[i - 1]:
+                text += " "
+            text += printable(d.label) if self.is_sure(d) else "?"
+        return text
+
+    def _guess(self, d: Prediction) -> str:
+        if self.is_sure(d):
+            return f"{printable(d.label)} {d.confidence:.1%}"
+        (a, pa), (b, pb) = d.top(2)
+        return f"? {printable(a)} {pa:.1%} or {printable(b)} {pb:.1%}"
+
+    def line(self, top_k: int = 1) -> str:
+        """The answer as one line of ``predict``'s output.
+
+        ``meter.jpg: 2026 (digits 2 99.1%, 0 98.7%, 2 99.5%, 6 97.9%)``; one digit is
+        answered as :meth:`Prediction.line` does, or ``photo.jpg: ? (7 45.0% or 1 30.1%)``.
+        """
+        if len(self.digits) == 1:
+            d = self.digits[0]
+            return d.line(top_k) if self.is_sure(d) else f"{printable(self.source)}: ? ({self._guess(d)[2:]})"
+        guesses = ", ".join(self._guess(d) for d in self.digits)
+        return f"{printable(self.source)}: {self.number} (digits {guesses})"
+
+    def to_dict(self, top_k: int = 3, *, images: bool = True) -> dict[str, Any]:
+        """JSON-ready: the number, and each digit's box, line, label, probabilities, image
+        (one digit: also ``label``, ``confidence`` and ``top`` as a single digit's answer)."""
+        digits = []
+        for d, box, line in zip(self.digits, self.boxes, self.lines, strict=True):
+            item = {
+                "box": list(box),
+                "line": line,
+                "label": d.label if self.is_sure(d) else "?",
+                "confidence": round(d.confidence, 6),
+                "top": [{"label": n, "probability": round(p, 6)} for n, p in d.top(max(top_k, 2))],
+                "probabilities": [round(float(p), 6) for p in d.probabilities],
+            }
+            if images:  # the 28x28 the model saw, white on black, 0..255
+                item["image"] = np.rint(d.image * 255).astype(np.uint8).tolist()
+            digits.append(item)
+        doc = {"file": self.source, "number": self.number, "uncertain": self.uncertain, "digits": digits}
+        # one digit: the fields a single-digit answer always had come first, as they were
+        return {**self.digits[0].to_dict(top_k), **doc} if len(self.digits) == 1 else doc
+
+
+def read_digits(
+    image: Any,
+    proba: Any,
+    class_names: tuple[str, ...],
+    *,
+    source: str = "image",
+    min_confidence: float = MIN_CONFIDENCE,
+) -> Reading:
+    """Find the digits of a picture and classify them (one model call for all of them).
+
+    Args:
+        image: a ``PIL.Image.Image`` or array (files: :func:`preprocess.load_image` first).
+        proba: (N, 28, 28) images in [0, 1] -> (N, classes) probabilities (the model).
+        class_names: the model's class names.
+
+    Example:
+        >>> read_digits(load_image("meter.jpg"), model.predict_proba, model.class_names).number
+        '2026'
+    """
+    from mnist_tflite.edge.segment import find_digits
+
+    found = find_digits(image, judge=lambda x: np.asarray(proba(x)).max(axis=1))
+    x = np.stack([d.image for d in found]).astype(np.float32)
+    probs = np.asarray(proba(x))
+    names = [source] if len(found) == 1 else [f"{source}[{k}]" for k in range(len(found))]
+    digits = []
+    for name, img, p in zip(names, x, probs, strict=True):
+        i = int(np.argmax(p))
+        digits.append(Prediction(name, class_names[i], i, float(p[i]), p, class_names, img))
+    boxes = tuple(d.box for d in found)
+    return Reading(source, tuple(digits), boxes, tuple(d.line for d in found), min_confidence)
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -97,6 +221,28 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield from sorted(q for q in p.iterdir() if q.is_file() and _is_input_file(q))
         else:
             yield p
+
+
+def number_fields(
+    image: Any, model: Any, *, max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """The number in a picture, as fields of a JSON answer (``serve``'s ``/api/predict``).
+
+    ``image`` is a file's bytes or a pixel array; ``model`` a ``TfliteModel``. Gives
+    ``number`` ("2026", ``?`` for an uncertain digit, lines separated by a space),
+    ``uncertain``, ``digits`` (each: box as fractions of the picture, line, label,
+    confidence, top 2, probabilities, 28x28 image 0..255) and ``number_ms``; when no number
+    can be read, ``number`` is None and ``number_error`` says why.
+    """
+    start = time.perf_counter()
+    try:
+        if isinstance(image, bytes | bytearray):
+            image = preprocess.load_image(image, name="upload", max_pixels=max_pixels)
+        full = read_digits(image, model.predict_proba, model.class_names, source="upload").to_dict(2)
+        doc = {key: full[key] for key in ("number", "uncertain", "digits")}
+    except MnistTfliteError as exc:
+        doc = {"number": None, "uncertain": False, "digits": [], "number_error": str(exc)}
+    return {**doc, "number_ms": round((time.perf_counter() - start) * 1000, 3)}
 
 
 class Classifier:
@@ -150,6 +296,50 @@ class Classifier:
         x = self.preprocess(image, name=name)
         source = name or (str(image) if isinstance(image, str | os.PathLike) else "image")
         return self.classify(x[None], [source])[0]
+
+    def read_number(
+        self, image: Any, *, name: str | None = None, min_confidence: float = MIN_CONFIDENCE
+    ) -> Reading:
+        """Read a number (one or more digits, one or more lines) from one picture.
+
+        Raises:
+            MnistTfliteError: for an unreadable image; ``BlankImageError`` for a blank one;
+                ``SegmentError`` for more than 64 digits or one mark covering the picture.
+
+        Example:
+            >>> Classifier("int8.tflite").read_number("meter.jpg").number
+            '2026'
+        """
+        source = name or (str(image) if isinstance(image, str | os.PathLike) else "image")
+        if isinstance(image, str | os.PathLike | bytes | bytearray):
+            image = preprocess.load_image(image, name=source, max_pixels=self.max_pixels)
+        try:
+            return read_digits(
+                image, self._proba, self.class_names, source=source, min_confidence=min_confidence
+            )
+        except MnistTfliteError as exc:
+            message = str(exc)
+            raise type(exc)(message if message.startswith(source) else f"{source}: {message}") from None
+
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self._model_input(np.asarray(x, dtype=np.float32)))
+
+    def read_files(
+        self, paths: Iterable[str | os.PathLike[str]], *, min_confidence: float = MIN_CONFIDENCE
+    ) -> Iterator[Reading | Prediction | Failure]:
+        """Read a number from each picture; rows of ``.npy``/IDX files are single digits.
+
+        Bad files (and pictures that are not digits) give a :class:`Failure`; the others
+        are still read, in input order.
+        """
+        for path in expand_inputs(paths):
+            if preprocess.is_array_file(path):
+                yield from self.predict_files([path])
+                continue
+            try:
+                yield self.read_number(path, min_confidence=min_confidence)
+            except MnistTfliteError as exc:
+                yield Failure(str(path), str(exc))
 
     # -- batches -------------------------------------------------------------------------
 
@@ -217,7 +407,9 @@ def save_inputs(directory: str | os.PathLike[str]):
         raise fail(out, f"cannot create the --show-input directory ({exc.strerror})") from None
     used: set[str] = set()
 
-    def save(result: Prediction) -> Path:
+    def save(result: Prediction | Reading) -> Path:
+        if isinstance(result, Reading):  # each digit: photo.png, or photo_0.png, photo_1.png...
+            return [save(d) for d in result.digits][-1]
         source = result.source
         if source.endswith("]") and "[" in source:  # digits.npy[3] -> digits_3
             base, index = source[:-1].rsplit("[", 1)

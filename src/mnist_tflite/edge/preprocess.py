@@ -28,10 +28,12 @@ __all__ = [
     "BlankImageError",
     "array_rows",
     "image_to_mnist",
+    "ink_to_mnist",
     "is_array_file",
     "iter_file",
     "load_image",
     "open_array_file",
+    "picture",
     "preprocess_file",
     "read_array_file",
     "to_mnist",
@@ -190,22 +192,11 @@ def _is_field(a: np.ndarray) -> bool:
     return a.shape in ((FIELD, FIELD), (FIELD, FIELD, 1))
 
 
-def to_mnist(image) -> np.ndarray:
-    """A photo, scan or array of one digit -> the model's input, the MNIST way.
+def picture(image) -> np.ndarray:
+    """A PIL image or array -> float32 (H, W, C) in [0, 1], longest side <= ``WORK_SIZE``.
 
-    Args:
-        image: a ``PIL.Image.Image`` (any mode: L, RGB, RGBA, P, 16-bit...) or a NumPy
-            array (H, W), (H, W, 3) or (H, W, 4). An array that is already 28x28 is taken
-            to be an MNIST digit and only scaled (uint8 / 255), not re-centred.
-
-    Returns:
-        float32 (28, 28) in [0, 1], white digit on black, longest side 20 px, centred by mass.
-
-    Raises:
-        BlankImageError: when there is no ink (a blank page); no digit is invented.
-
-    Example:
-        >>> x = to_mnist(load_image("photo.jpg"))  # then model.predict_proba(x[None])
+    An array that is already 28x28 (an MNIST digit) comes back as (28, 28), only scaled,
+    after the blank check that :func:`ink_map` applies to photos.
     """
     if isinstance(image, np.ndarray):
         if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
@@ -234,8 +225,35 @@ def to_mnist(image) -> np.ndarray:
         a = _image_to_array(image)
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"Expected a non-empty image, received: shape={a.shape}")
-    a = _reduce(a, WORK_SIZE)
-    ink = ink_map(a)
+    return _reduce(a, WORK_SIZE)
+
+
+def to_mnist(image) -> np.ndarray:
+    """A photo, scan or array of one digit -> the model's input, the MNIST way.
+
+    Args:
+        image: a ``PIL.Image.Image`` (any mode: L, RGB, RGBA, P, 16-bit...) or a NumPy
+            array (H, W), (H, W, 3) or (H, W, 4). An array that is already 28x28 is taken
+            to be an MNIST digit and only scaled (uint8 / 255), not re-centred.
+
+    Returns:
+        float32 (28, 28) in [0, 1], white digit on black, longest side 20 px, centred by mass.
+
+    Raises:
+        BlankImageError: when there is no ink (a blank page); no digit is invented.
+
+    Example:
+        >>> x = to_mnist(load_image("photo.jpg"))  # then model.predict_proba(x[None])
+    """
+    if isinstance(image, np.ndarray) and _is_field(image):
+        return picture(image)
+    return ink_to_mnist(ink_map(picture(image)))
+
+
+def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
+    """An ink map (H, W) of one digit -> the (28, 28) MNIST image: cropped, strokes evened,
+    scaled to 20 px and centred by mass (the steps after :func:`ink_map` in :func:`to_mnist`).
+    """
     ink = ink[_crop_box(ink)]
     ink = _normalize_strokes(ink)
     ink = ink[_crop_box(ink)]

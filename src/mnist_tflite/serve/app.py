@@ -39,6 +39,7 @@ import numpy as np
 
 from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.edge import preprocess
+from mnist_tflite.edge.predict import number_fields
 from mnist_tflite.serve import middleware
 from mnist_tflite.serve.admission import BODY_TIMEOUT, MAX_WAITING, Admission
 from mnist_tflite.serve.parsing import ApiError, image_to_mnist, split_request
@@ -94,6 +95,8 @@ def _answer(served: _Served, content_type: str, body: bytes, query_model: str | 
         "inference_ms": round((end - t_infer) * 1000, 3),
         "model": variant.name,
     }
+    # issue 22: the digits of a number too (boxes, labels); edge.predict.number_fields documents them
+    result.update(number_fields(payload, variant.model, max_pixels=served.max_pixels))
     return json.dumps(result, separators=(",", ":")).encode()
 
 
