@@ -52,10 +52,10 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist():
-    """The embedded real MNIST sample (5k train, official 10k test)."""
+    """The embedded real MNIST sample (5k train, official 10k test): fast to train on."""
     from mnist_tflite.core import data
 
-    return data.load("embedded")
+    return data.load("sample")
 
 
 @pytest.fixture(scope="session")

@@ -416,7 +416,7 @@ def test_usage_errors(args, message, tmp_path, models_dir, capsys):
                     "trials": 3,
                     "max_epochs": 1,
                     "seed": 0,
-                    "data": "embedded",
+                    "data": "sample",
                     "folds": 5,
                     "finalists": 6,
                 }

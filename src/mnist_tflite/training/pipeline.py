@@ -103,7 +103,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     replace = config.force or config.resume
     try:
         _refuse_or_done(out, fp, config, replace)
-        ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
+        ds = data_mod.load(config.data, downloader=keras_mnist, log=log, need_train=True)
         with rundir.transaction(out, log=log) as staging:
             # again, under the lock: another run may have finished into ``out`` meanwhile
             _refuse_or_done(out, fp, config, replace)

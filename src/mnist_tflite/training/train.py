@@ -40,8 +40,10 @@ class TrainConfig:
 
     @classmethod
     def seed_recipe(cls, **overrides: Any) -> TrainConfig:
-        """The seed's recipe: 5 epochs, Adam defaults, no augmentation, no schedule."""
-        base = dict(epochs=5, batch_size=32, learning_rate=1e-3, cosine_decay=False, augment=False)
+        """The seed's recipe: 5 epochs, batch 32, Adam defaults, no augmentation, no schedule, no hold-out."""
+        base = dict(
+            epochs=5, batch_size=32, learning_rate=1e-3, cosine_decay=False, augment=False, val_fraction=0.0
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
