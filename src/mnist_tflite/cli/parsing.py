@@ -31,7 +31,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from mnist_tflite.training.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--data", default="auto", help="auto (Keras cache, else embedded: all 60k) | embedded | sample (5k) | IDX dir | .npz")
+    p.add_argument(
+        "--data",
+        default="auto",
+        help="auto (Keras cache, else embedded: all 60k) | embedded | sample (5k) | IDX dir | .npz",
+    )
     p.add_argument("--arch", default=d.arch, help=f"model architecture (default: {d.arch})")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {d.epochs}; tiny: 50)")
     p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
