@@ -163,7 +163,8 @@ def test_embedded_is_the_complete_official_set(mnist):
         assert md5 in (data.embedded_dir() / "README.md").read_text()
     full = data.load("embedded")
     assert full.x_train.shape == (60000, 28, 28) and full.x_test.shape == (10000, 28, 28)
-    assert full.source.startswith("embedded MNIST: the official training set (60,000 images)")
+    assert full.source.startswith("embedded MNIST official set (LeCun")
+    assert full.source.endswith(": 60,000 training + 10,000 test images")
     assert full.summary()["train_images"] == 60_000 and "CC BY-SA 3.0" in full.source
     assert np.array_equal(full.x_test, mnist.x_test) and np.array_equal(full.y_test, mnist.y_test)
     # each of the sample's 5,000 digits is one of the 60,000, with the same label
@@ -171,7 +172,8 @@ def test_embedded_is_the_complete_official_set(mnist):
     assert all(
         label_of.get(img.tobytes()) == lab for img, lab in zip(mnist.x_train, mnist.y_train, strict=True)
     )
-    assert "5,000-digit sample" in mnist.source and mnist.summary()["train_images"] == 5000
+    assert mnist.source.startswith("embedded MNIST sample") and mnist.summary()["train_images"] == 5000
+    assert mnist.source.endswith(": 5,000 training + 10,000 test images")
 
 
 def _package_copy(tmp_path: Path, monkeypatch, corrupt: str, edit) -> Path:
@@ -267,7 +269,7 @@ def test_auto_is_the_keras_cache_else_the_embedded_set_and_never_downloads(tmp_p
         data.load("auto")
     monkeypatch.setattr(data, "KERAS_MNIST_SHA256", hashlib.sha256(cache.read_bytes()).hexdigest())
     ds2 = data.load("auto", downloader=lambda: calls.append(1))
-    assert calls == [] and ds2.source == f"Keras MNIST cache {cache}" and len(ds2.x_train) == 10
+    assert calls == [] and ds2.source == f"Keras MNIST cache {cache}: 10 training + 5 test images"
 
 
 def test_keras_spec_downloads_when_there_is_no_cache(tmp_path, monkeypatch):

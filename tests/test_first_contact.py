@@ -83,7 +83,7 @@ def test_convert_json_offline_with_auto_data(tmp_path, trained_model):
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout)
     assert meta["output_kind"] == "logits" and meta["data_source"].startswith("embedded MNIST")
-    assert "official training set (60,000 images)" in meta["data_source"]
+    assert meta["data_source"].endswith(": 60,000 training + 10,000 test images")
     assert _guard(r.stderr)["connects"] == "0"
 
 

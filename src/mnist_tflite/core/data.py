@@ -15,7 +15,7 @@ import sys
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -302,17 +302,8 @@ def embedded_dir() -> Path:
 def load_embedded(sample: bool = False) -> Dataset:
     """The embedded official set (checksums verified); ``sample``: the 5,000-digit training sample."""
     d = load_idx_dir(embedded_dir(), train_prefix="train-5k" if sample else None)
-    train = (
-        f"{len(d.x_train):,}-digit sample of the official training set" if sample else "official training set"
-    )
-    return Dataset(
-        d.x_train,
-        d.y_train,
-        d.x_test,
-        d.y_test,
-        source=f"embedded MNIST: the {train} ({len(d.x_train):,} images) + the official "
-        f"{len(d.x_test):,}-image test set ({MNIST_ATTRIBUTION})",
-    )
+    what = "sample (5,000 training digits of the official set)" if sample else "official set"
+    return replace(d, source=f"embedded MNIST {what} ({MNIST_ATTRIBUTION})")
 
 
 def load_keras_cache(cache: Path) -> Dataset:
@@ -355,7 +346,8 @@ def load(
     ds = _load(spec, downloader)
     if need_train and not len(ds.x_train):
         raise fail(spec, "only a test set (t10k-*), no training images: nothing to train; add train-* files")
-    return ds
+    # every log line, report and sidecar that names the data says how much of it there was
+    return replace(ds, source=f"{ds.source}: {len(ds.x_train):,} training + {len(ds.x_test):,} test images")
 
 
 def _load(spec: str, downloader: Callable[[], object] | None) -> Dataset:

@@ -146,7 +146,7 @@ def build(
     ``resume``: the previous report of ``config.out``, whose ``model.keras`` is reused untrained.
     """
     t_start = time.perf_counter()
-    log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
+    log(f"[1/4] data: {ds.source}")
     trained, keras_probs = train_stage(ds, config, out, log, resume)
     rep = data_mod.normalize(
         data_mod.representative_sample(ds.x_train, config.calibration_size, config.train.seed)
