@@ -37,7 +37,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="auto (Keras cache, else embedded: all 60k) | embedded | sample (5k) | IDX dir | .npz",
     )
     p.add_argument("--arch", default=d.arch, help=f"model architecture (default: {d.arch})")
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {d.epochs}; tiny: 50)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs (default: {d.epochs}; tiny: {d.for_arch('tiny').epochs})",
+    )
     p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument(
