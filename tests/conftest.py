@@ -70,7 +70,7 @@ def trained_model(mnist, tmp_path_factory):
     require("tensorflow")
     from mnist_tflite.training.train import TrainConfig, save_model, train
 
-    result = train(mnist, TrainConfig(epochs=2, augment=False, seed=0), log=lambda m: None)
+    result = train(mnist, TrainConfig(epochs=2, batch_size=64, augment=False, seed=0), log=lambda m: None)
     path = tmp_path_factory.mktemp("trained") / "model.keras"
     save_model(result.model, path)
     return result.model, path
