@@ -47,6 +47,9 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             epochs=6, batch_size=128, learning_rate=2e-3, augment=False, val_fraction=0.0
         ),
         "e6-b128-cos-aug": dict(epochs=6, batch_size=128, learning_rate=2e-3, augment=True),
+        "e6-b128-cos-aug-val0": dict(
+            epochs=6, batch_size=128, learning_rate=2e-3, augment=True, val_fraction=0.0
+        ),
         "e6-b64-cos-aug": dict(epochs=6, batch_size=64, learning_rate=2e-3, augment=True),
         "e6-b256-cos-aug": dict(epochs=6, batch_size=256, learning_rate=4e-3, augment=True),
         "e8-b128-cos-lr3": dict(epochs=8, batch_size=128, learning_rate=3e-3, augment=False),
