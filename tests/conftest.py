@@ -52,10 +52,10 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist():
-    """The embedded real MNIST sample (5k train, official 10k test)."""
+    """The embedded real MNIST sample (5k train, official 10k test): fast to train on."""
     from mnist_tflite.core import data
 
-    return data.load("embedded")
+    return data.load("sample")
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def trained_model(mnist, tmp_path_factory):
     require("tensorflow")
     from mnist_tflite.training.train import TrainConfig, save_model, train
 
-    result = train(mnist, TrainConfig(epochs=2, augment=False, seed=0), log=lambda m: None)
+    result = train(mnist, TrainConfig(epochs=2, batch_size=64, augment=False, seed=0), log=lambda m: None)
     path = tmp_path_factory.mktemp("trained") / "model.keras"
     save_model(result.model, path)
     return result.model, path

@@ -146,30 +146,136 @@ def test_embedded_counts(mnist):
     assert mnist.x_test[:, 0, :].mean() < 1
 
 
-def test_auto_uses_keras_cache_then_embedded(tmp_path, monkeypatch):
+# the published MNIST checksums of the four decompressed files (the package README lists them)
+PUBLISHED_MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def test_embedded_is_the_complete_official_set(mnist):
+    """``embedded``: all 60,000 + 10,000 official images; the 5k sample is drawn from them."""
+    for name, md5 in PUBLISHED_MD5.items():
+        raw = gzip.decompress((data.embedded_dir() / name).read_bytes())
+        assert hashlib.md5(raw).hexdigest() == md5, name
+        assert md5 in (data.embedded_dir() / "README.md").read_text()
+    full = data.load("embedded")
+    assert full.x_train.shape == (60000, 28, 28) and full.x_test.shape == (10000, 28, 28)
+    assert full.source.startswith("embedded MNIST official set (LeCun")
+    assert full.source.endswith(": 60,000 training + 10,000 test images")
+    assert full.summary()["train_images"] == 60_000 and "CC BY-SA 3.0" in full.source
+    assert np.array_equal(full.x_test, mnist.x_test) and np.array_equal(full.y_test, mnist.y_test)
+    # each of the sample's 5,000 digits is one of the 60,000, with the same label
+    label_of = {img.tobytes(): lab for img, lab in zip(full.x_train, full.y_train, strict=True)}
+    assert all(
+        label_of.get(img.tobytes()) == lab for img, lab in zip(mnist.x_train, mnist.y_train, strict=True)
+    )
+    assert mnist.source.startswith("embedded MNIST sample") and mnist.summary()["train_images"] == 5000
+    assert mnist.source.endswith(": 5,000 training + 10,000 test images")
+
+
+def _package_copy(tmp_path: Path, monkeypatch, corrupt: str, edit) -> Path:
+    """The embedded folder with one file edited (the rest linked), installed as ``embedded_dir``."""
+    copy = tmp_path / "mnist"
+    copy.mkdir()
+    for src in data.embedded_dir().iterdir():
+        if src.name == corrupt:
+            (copy / src.name).write_bytes(edit(src.read_bytes()))
+        else:
+            (copy / src.name).symlink_to(src)
+    monkeypatch.setattr(data, "embedded_dir", lambda: copy)
+    return copy / corrupt
+
+
+@pytest.mark.parametrize(
+    ("edit", "spec"),
+    [
+        (lambda raw: raw[: len(raw) // 2], "embedded"),  # truncated
+        (lambda raw: raw[:100] + bytes([raw[100] ^ 1]) + raw[101:], "embedded"),  # one bit flipped
+        (lambda raw: raw[:-1], "sample"),  # the sample's labels come from the same file checks
+    ],
+)
+def test_corrupt_embedded_file_is_named(tmp_path, monkeypatch, edit, spec):
+    name = "t10k-labels-idx1-ubyte.gz"
+    bad = _package_copy(tmp_path, monkeypatch, name, edit)
+    with pytest.raises(MnistTfliteError, match=rf"^{bad}: MD5 [0-9a-f]{{32}} does not match "):
+        data.load(spec)
+
+
+def test_idx_dir_md5sums_are_checked(tmp_path):
+    write_idx_dir(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    sums = {n: hashlib.md5((tmp_path / n).read_bytes()).hexdigest() for n in names}
+    (tmp_path / "md5sums").write_text("".join(f"{sums[n]}  {n}\n" for n in names))
+    assert len(data.load(str(tmp_path)).x_train) == 20  # all match
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(labels.read_bytes())
+    labels.write_bytes(gzip.compress(raw[:-1] + bytes([(raw[-1] + 1) % 10])))  # one label changed
+    with pytest.raises(
+        MnistTfliteError, match=rf"^{labels}: MD5 .* does not match {sums[labels.name]} in md5sums"
+    ):
+        data.load(str(tmp_path))
+
+
+def test_truncated_idx_in_dir_is_named(tmp_path):
+    write_idx_dir(tmp_path, n_train=200)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-300])
+    with pytest.raises(MnistTfliteError, match=rf"^{images}: cannot read gzip data"):
+        data.load(str(tmp_path))
+
+
+def test_npz_with_one_label_missing(tmp_path):
+    bad = tmp_path / "mnist.npz"
+    x = np.zeros((60000, 28, 28), np.uint8)
+    np.savez(bad, x_train=x, y_train=np.zeros(59999, np.uint8), x_test=x[:10], y_test=np.zeros(10, np.uint8))
+    with pytest.raises(
+        MnistTfliteError, match=rf"^{bad}: y_train: expected 60000 integer labels, .*\(59999,\)"
+    ):
+        data.load(str(bad))
+
+
+def test_test_set_only_directory_evaluates_but_trains_nothing(tmp_path, capsys):
+    write_idx_dir(tmp_path)
+    for p in tmp_path.glob("train-*"):
+        p.unlink()
+    ds = data.load(str(tmp_path))  # enough to evaluate a model
+    assert len(ds.x_train) == 0 and len(ds.x_test) == 10
+    with pytest.raises(MnistTfliteError, match=rf"^{tmp_path}: only a test set .* nothing to train"):
+        data.load(str(tmp_path), need_train=True)
+    from mnist_tflite.cli import main
+
+    out = tmp_path / "m.keras"
+    assert main(["train", "--data", str(tmp_path), "--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only a test set" in err[0] and str(tmp_path) in err[0]
+    assert not out.exists()
+
+
+def test_auto_is_the_keras_cache_else_the_embedded_set_and_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    notices: list[str] = []
-    ds = data.load("auto", log=notices.append)  # no downloader: never touches the network
-    # the notice is about training digits: only with a downloader (commands that train), on stderr
-    assert ds.source.startswith("embedded") and notices == []
+    calls: list[int] = []
+    ds = data.load("auto", downloader=lambda: calls.append(1))
+    assert calls == [] and len(ds.x_train) == 60_000 and ds.source.startswith("embedded MNIST")
     cache = tmp_path / "keras" / "datasets" / "mnist.npz"
-    calls = []
+    cache.parent.mkdir(parents=True)
+    np.savez(
+        cache, x_train=ds.x_train[:10], y_train=ds.y_train[:10], x_test=ds.x_test[:5], y_test=ds.y_test[:5]
+    )
+    # not Keras's file: its sha256 does not match the one Keras checks on download
+    with pytest.raises(MnistTfliteError, match=rf"^{cache}: sha256 .* is not that of Keras's mnist.npz"):
+        data.load("auto")
+    monkeypatch.setattr(data, "KERAS_MNIST_SHA256", hashlib.sha256(cache.read_bytes()).hexdigest())
+    ds2 = data.load("auto", downloader=lambda: calls.append(1))
+    assert calls == [] and ds2.source == f"Keras MNIST cache {cache}: 10 training + 5 test images"
 
-    def fake_download() -> None:  # what keras.datasets.mnist.load_data() leaves behind
-        calls.append(1)
-        cache.parent.mkdir(parents=True)
-        np.savez(
-            cache,
-            x_train=ds.x_train[:10],
-            y_train=ds.y_train[:10],
-            x_test=ds.x_test[:5],
-            y_test=ds.y_test[:5],
-        )
 
-    ds2 = data.load("auto", downloader=fake_download, log=notices.append)
-    assert calls == [1] and ds2.source.startswith("Keras MNIST cache") and len(ds2.x_train) == 10
-    ds3 = data.load("auto", downloader=fake_download, log=notices.append)  # cached: no second download
-    assert calls == [1] and len(ds3.x_train) == 10
+def test_keras_spec_downloads_when_there_is_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(MnistTfliteError, match="no Keras MNIST cache and the download failed"):
+        data.load("keras", downloader=lambda: None)
 
 
 def test_split_validation_shuffles_sorted_labels(mnist):

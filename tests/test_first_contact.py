@@ -76,14 +76,15 @@ def test_other_json_commands_print_only_json(args, tmp_path):
 
 
 def test_convert_json_offline_with_auto_data(tmp_path, trained_model):
-    """auto falls back to the embedded sample after a short download attempt; stdout stays JSON."""
+    """auto without a Keras cache is the embedded full set, with no download attempt; stdout stays JSON."""
     _, keras_path = trained_model
     out = tmp_path / "m.tflite"
     r = _offline(tmp_path, "convert", str(keras_path), "--recipe", "int8", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout)
-    assert meta["output_kind"] == "logits" and meta["data_source"].startswith("embedded")
-    assert "embedded MNIST sample" in r.stderr
+    assert meta["output_kind"] == "logits" and meta["data_source"].startswith("embedded MNIST")
+    assert meta["data_source"].endswith(": 60,000 training + 10,000 test images")
+    assert _guard(r.stderr)["connects"] == "0"
 
 
 @pytest.mark.slow

@@ -102,8 +102,8 @@ def full_and_ro(tmp_path) -> dict[str, Path]:
 
 
 DISK_CASES = [
-    ("train", ("train", "--data", "embedded", "--epochs", "1", "--out", "{D}/m.keras")),
-    ("run", ("run", "--data", "embedded", "--epochs", "1", "--out", "{D}/run")),
+    ("train", ("train", "--data", "sample", "--epochs", "1", "--out", "{D}/m.keras")),
+    ("run", ("run", "--data", "sample", "--epochs", "1", "--out", "{D}/run")),
     ("convert", ("convert", "{M}/model.keras", "--recipe", "float32", "--out", "{D}/f.tflite")),
     ("pareto", ("pareto", "{W}/goodrun", "--out", "{D}/pareto")),
     ("export-micro", ("export-micro", "{M}/int8.tflite", "--out", "{D}/micro")),

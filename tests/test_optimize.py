@@ -131,7 +131,9 @@ def test_tiny_architecture_fits_the_smallest_parts(mnist, representative, tmp_pa
     data, info = micro.load(path)
     arena = micro.measure_arena(data, info, path)
     assert arena["min_bytes"] <= 8 * 1024
-    assert TrainConfig.for_arch("tiny").epochs == 50  # the architecture's own training default
+    tiny = TrainConfig.for_arch("tiny")  # the architecture's own training defaults win over the seed's
+    assert (tiny.epochs, tiny.augment) != (TrainConfig().epochs, TrainConfig().augment)
+    assert (tiny.epochs, tiny.learning_rate, tiny.augment) == (10, 3e-3, False)
     assert TrainConfig.for_arch("tiny", epochs=3).epochs == 3
     with pytest.raises(MnistTfliteError, match="unknown architecture 'huge'"):
         TrainConfig.for_arch("huge")

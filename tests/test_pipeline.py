@@ -14,7 +14,7 @@ import pytest
 from mnist_tflite.cli import main
 from tests.conftest import run_cli
 
-FAST = ["--epochs", "1", "--data", "embedded", "--micro-images", "500"]
+FAST = ["--epochs", "1", "--data", "sample", "--micro-images", "500"]
 
 
 def one_line_error(r, code: int = 2) -> str:
@@ -91,7 +91,7 @@ def test_run_refuses_non_empty_out(tmp_path):
 def test_run_bad_options(tmp_path, args, message, capsys):
     """Checked before any training starts: fast, one line, exit 2, nothing written."""
     out = tmp_path / "out"
-    code = main(["run", "--out", str(out), "--data", "embedded", *args])
+    code = main(["run", "--out", str(out), "--data", "sample", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
@@ -112,7 +112,7 @@ def test_help_has_examples(capsys):
 
 def test_evaluate_cli_json(models_dir):
     r = run_cli("evaluate", str(models_dir / "float32.tflite"), str(models_dir / "int8.tflite"),
-                "--data", "embedded", "--latency-samples", "20", "--json")  # fmt: skip
+                "--data", "sample", "--latency-samples", "20", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["variants"]
     assert [row["name"] for row in rows] == ["float32", "int8"]

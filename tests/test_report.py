@@ -77,7 +77,7 @@ def test_converter_refusal_is_a_conversion_error(trained_model):
 def test_failed_recipe_is_a_row_not_an_abort(monkeypatch, tmp_path):
     monkeypatch.setattr(recipes, "RECIPES", (*recipes.RECIPES, BROKEN))
     config = pipeline.RunConfig(
-        out=tmp_path / "run", data="embedded", recipes="float32,int8-uncalibrated",
+        out=tmp_path / "run", data="sample", recipes="float32,int8-uncalibrated",
         train=TrainConfig(epochs=1, augment=False), latency_samples=5,
     )  # fmt: skip
     report = pipeline.run(config, log=lambda m: None)

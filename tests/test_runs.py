@@ -32,7 +32,7 @@ from tests.processes import assert_group_dies, children_of, live_group, wait_unt
 # a fast but complete `run`: every stage, two recipes, a short TFLM check
 FAST_RUN = [
     "--epochs", "1", "--recipes", "float32,int8", "--micro-images", "50",
-    "--data", "embedded", "--latency-samples", "0",
+    "--data", "sample", "--latency-samples", "0",
 ]  # fmt: skip
 
 
@@ -348,7 +348,7 @@ def test_sigkill_during_fine_tuning_kills_the_tf_keras_child(tmp_path):
         str(tmp_path / "q.tflite"),
     ]
     p = subprocess.Popen(
-        cli_argv(*args, "--data", "embedded"),
+        cli_argv(*args, "--data", "sample"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -565,7 +565,7 @@ def test_a_run_that_finished_while_we_loaded_data_is_kept_not_replaced(tmp_path,
     from mnist_tflite.training.train import TrainConfig
 
     out = tmp_path / "demo"
-    config = pipeline.RunConfig(out=out, data="embedded", recipes="float32,int8", train=TrainConfig(seed=0))
+    config = pipeline.RunConfig(out=out, data="sample", recipes="float32,int8", train=TrainConfig(seed=0))
     fp = pipeline.fingerprint(config, config.validate())
 
     def other_run_finishes(*args, **kwargs):  # what another process does while we load the data

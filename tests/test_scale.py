@@ -522,7 +522,7 @@ def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
 def test_usage_errors(args, message, tmp_path, models_dir, capsys):
     from mnist_tflite import cli
 
-    settings = {"flash": 8192, "ram": None, "trials": 3, "max_epochs": 1, "seed": 0, "data": "embedded"}
+    settings = {"flash": 8192, "ram": None, "trials": 3, "max_epochs": 1, "seed": 0, "data": "sample"}
     settings.update(folds=5, finalists=6)
     saved = {
         "search": json.dumps({"settings": settings}),

@@ -41,7 +41,8 @@ def test_same_seed_same_weights(mnist):
 
 def test_seed_recipe_is_the_write_ups():
     cfg = TrainConfig.seed_recipe(seed=3)
-    assert (cfg.epochs, cfg.augment, cfg.cosine_decay, cfg.seed) == (5, False, False, 3)
+    assert (cfg.epochs, cfg.batch_size, cfg.augment, cfg.cosine_decay, cfg.seed) == (5, 32, False, False, 3)
+    assert cfg.val_fraction == 0.0  # the seed's fit() trains on every training image
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_data_spec(args.data)
     # a full disk or read-only folder fails now, not after the training
     check_out_file(args.out, force=args.force, probe_bytes=lambda: keras_file_bytes(config.arch))
-    ds = data.load(args.data, downloader=keras_mnist)
+    ds = data.load(args.data, downloader=keras_mnist, need_train=True)
     result = train(ds, config)
     save_model(result.model, args.out)
     print(f"saved {args.out} ({result.seconds:.0f} s)")

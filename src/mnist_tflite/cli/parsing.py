@@ -32,9 +32,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from mnist_tflite.training.train import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--data", default="auto", help="auto | embedded | IDX directory | .npz (default: auto)")
+    p.add_argument(
+        "--data",
+        default="auto",
+        help="auto (Keras cache, else embedded: all 60k) | embedded | sample (5k) | IDX dir | .npz",
+    )
     p.add_argument("--arch", default=d.arch, help=f"model architecture (default: {d.arch})")
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {d.epochs}; tiny: 50)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs (default: {d.epochs}; tiny: {d.for_arch('tiny').epochs})",
+    )
     p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument(
@@ -266,7 +275,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="HOST:PORT of a Ray cluster (default: a local Ray instance)")
     _flag(p, "--resume", "continue the search in --out after an interruption")
     p.add_argument("--seed", type=int, help="seed of the data split, training and search (default: 0)")
-    p.add_argument("--data", help="training data: embedded (default: the 5k sample) | IDX dir | .npz")
+    p.add_argument(
+        "--data", help="training data: sample (default: the 5k sample) | embedded (all 60k) | IDX dir | .npz"
+    )
     _flag(p, "--json", "print front.json at the end")
     p.set_defaults(func=commands.cmd_tune)
 

@@ -1,4 +1,4 @@
-"""Load and validate MNIST-shaped data: the Keras cache or download, IDX directories, ``.npz``.
+"""Load and validate MNIST-shaped data: the Keras cache, the embedded set, IDX directories, ``.npz``.
 
 Images come back as uint8 arrays of shape (N, 28, 28), white digit on black, labels as
 uint8 (N,). Scaling to [0, 1] happens in :func:`normalize`, the one place that defines
@@ -8,13 +8,14 @@ the model's input normalization.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import sys
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -40,10 +41,9 @@ FASHION_CLASSES = (
 PIXEL_SCALE = 1.0 / 255.0
 MAX_IDX_BYTES = 1 << 30  # decompressed; the full MNIST training images are 47 MB
 IMAGE_SHAPE = (28, 28)
-FULL_SET_HINT = (
-    "for the full 60,000-image training set run once with internet "
-    "(Keras caches it in ~/.keras/datasets/mnist.npz) or pass --data DIR|FILE.npz"
-)
+MNIST_ATTRIBUTION = "LeCun, Cortes, Burges; CC BY-SA 3.0"
+# sha256 of the mnist.npz that keras.datasets.mnist.load_data() downloads and checks
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 _IDX_DTYPES = {
     0x08: np.uint8,
@@ -122,30 +122,57 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _find_idx(directory: Path, split: str, kind: str) -> Path:
+def _idx_candidates(directory: Path, split: str, kind: str) -> list[Path]:
     ndim = 3 if kind == "images" else 1
-    candidates = sorted(
+    return sorted(
         p
         for p in directory.iterdir()
         if p.name.startswith(split)
         and p.name.replace(".", "-").split("-idx")[0].endswith(kind)
         and f"idx{ndim}-ubyte" in p.name.replace(".", "-")
     )
+
+
+def _find_idx(directory: Path, split: str, kind: str, prefix: str | None = None) -> Path:
+    """The ``split`` ``kind`` file; ``prefix`` (e.g. ``train-5k``) picks a named sample instead."""
+    ndim = 3 if kind == "images" else 1
+    if prefix is not None:
+        split = prefix
+    candidates = _idx_candidates(directory, split, kind)
     if not candidates:
         raise fail(
             directory,
             f"no {split} {kind} file, expected e.g. {split}-{kind}-idx{ndim}-ubyte[.gz]",
         )
-    return candidates[0]
+    # the official name first: a directory may also hold a sample (train-5k-images-...)
+    official = (f"{split}-{kind}-idx{ndim}-ubyte", f"{split}-{kind}-idx{ndim}-ubyte.gz")
+    return min(candidates, key=lambda p: (p.name not in official, p.name))
 
 
-def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
-    """Load ``train-*`` and ``t10k-*`` IDX image and label files from one directory."""
+def load_idx_dir(directory: str | os.PathLike[str], *, train_prefix: str | None = None) -> Dataset:
+    """Load ``train-*`` and ``t10k-*`` IDX image and label files from one directory.
+
+    A directory with only ``t10k-*`` files loads with no training images (enough to
+    evaluate; ``load(..., need_train=True)`` refuses it). An ``md5sums`` file beside them
+    (``md5sum`` format) is checked for every file it lists that is loaded.
+
+    Args:
+        train_prefix: load ``<train_prefix>-images-...`` as the training set (e.g. ``train-5k``).
+    """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise fail(directory, "not a directory; expected train-*/t10k-* IDX files")
     splits = {}
+    has_train = any(p.name.startswith("train") and "ubyte" in p.name for p in directory.iterdir())
     for split in ("train", "t10k"):
-        images_path = _find_idx(directory, split, "images")
-        labels_path = _find_idx(directory, split, "labels")
+        prefix = train_prefix if split == "train" else None
+        if split == "train" and not has_train:
+            splits[split] = (np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros(0, np.uint8))
+            continue  # only a test set: enough to evaluate
+        images_path = _find_idx(directory, split, "images", prefix)
+        labels_path = _find_idx(directory, split, "labels", prefix)
+        verify_md5(images_path)
+        verify_md5(labels_path)
         images, labels = read_idx(images_path), read_idx(labels_path)
         _check_pair(images_path, labels_path, images, labels)
         splits[split] = (images, labels)
@@ -157,6 +184,40 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
         name="fashion-mnist" if fashion else "mnist",
         class_names=FASHION_CLASSES if fashion else MNIST_CLASSES,
     )
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest: hash once per process
+
+
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, computed once per process for an unchanged file."""
+    st = path.stat()
+    key = (f"{algorithm}:{path.resolve()}", st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        h = hashlib.new(algorithm)
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _VERIFIED[key] = h.hexdigest()
+    return _VERIFIED[key]
+
+
+def verify_md5(path: Path) -> None:
+    """Check ``path`` against the ``md5sums`` file beside it, when that file lists it."""
+    sums_path = path.parent / "md5sums"
+    if not sums_path.is_file():
+        return
+    sums = {}
+    for line in sums_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            sums[parts[1].lstrip("*")] = parts[0].lower()
+    expected = sums.get(path.name)
+    if expected is None or not path.is_file():
+        return
+    got = file_digest(path)
+    if got != expected:
+        raise fail(path, f"MD5 {got} does not match {expected} in {sums_path.name}: corrupt or replaced")
 
 
 def _check_pair(images_path: Path, labels_path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -224,7 +285,7 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
     )
 
 
-# --- auto: Keras cache, Keras download, embedded sample ---------------------------------
+# --- auto: Keras cache, else the embedded full set ---------------------------------------
 
 
 def keras_cache_path() -> Path:
@@ -234,20 +295,27 @@ def keras_cache_path() -> Path:
 
 
 def embedded_dir() -> Path:
-    """The real MNIST sample shipped in the package (5k train, official 10k test)."""
+    """The MNIST shipped in the package: the official 60k + 10k, and a 5k training sample."""
     return Path(str(resources.files("mnist_tflite") / "_data" / "mnist"))
 
 
-def load_embedded() -> Dataset:
-    d = load_idx_dir(embedded_dir())
-    return Dataset(
-        d.x_train,
-        d.y_train,
-        d.x_test,
-        d.y_test,
-        source="embedded real MNIST sample: 5,000 official training digits + the official "
-        "10,000-image test set (LeCun, Cortes, Burges; CC BY-SA 3.0)",
-    )
+def load_embedded(sample: bool = False) -> Dataset:
+    """The embedded official set (checksums verified); ``sample``: the 5,000-digit training sample."""
+    d = load_idx_dir(embedded_dir(), train_prefix="train-5k" if sample else None)
+    what = "sample (5,000 training digits of the official set)" if sample else "official set"
+    return replace(d, source=f"embedded MNIST {what} ({MNIST_ATTRIBUTION})")
+
+
+def load_keras_cache(cache: Path) -> Dataset:
+    """Keras's ``mnist.npz``, checked against the sha256 Keras itself checks on download."""
+    if cache.is_file() and file_digest(cache, "sha256") != KERAS_MNIST_SHA256:
+        raise fail(
+            cache,
+            f"sha256 {file_digest(cache, 'sha256')[:16]}... is not that of Keras's mnist.npz "
+            f"({KERAS_MNIST_SHA256[:16]}...): corrupt or replaced; delete it, or pass --data embedded",
+        )
+    ds = load_npz(cache)
+    return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")
 
 
 def load(
@@ -255,17 +323,19 @@ def load(
     *,
     downloader: Callable[[], object] | None = None,
     log: Callable[[str], None] = print,
+    need_train: bool = False,
 ) -> Dataset:
-    """Load a data set from ``auto``, ``embedded``, a directory of IDX files or an ``.npz``.
+    """Load a data set from ``auto``, ``embedded``, ``sample``, ``keras``, an IDX directory or ``.npz``.
 
     Args:
-        spec: ``auto`` (Keras cache, then a short Keras download, then the embedded sample),
-            ``embedded``, ``keras``, a directory or a ``.npz`` path.
-        downloader: called in ``auto`` when there is no Keras cache, to fetch it (the
-            training side passes ``training.download.keras_mnist``; commands that need only
-            the test set pass nothing: the embedded copy is the full official test set).
-        log: progress lines (the notice about the embedded sample goes to stderr, and only
-            with a ``downloader``: the commands that train).
+        spec: ``auto`` (the Keras cache when present, else the embedded full set: no network),
+            ``embedded`` (the official 60,000 + 10,000 shipped in the package), ``sample``
+            (its 5,000-digit training sample, for fast experiments), ``keras`` (the Keras
+            cache, downloaded by ``downloader`` if missing), a directory or a ``.npz`` path.
+        downloader: called for ``keras`` when there is no cache (the training side passes
+            ``training.download.keras_mnist``).
+        log: kept for callers; ``auto`` no longer falls back to a sample, so it has nothing to say.
+        need_train: the caller trains or calibrates: data without training images is an error.
 
     Returns:
         A validated :class:`Dataset`.
@@ -273,29 +343,32 @@ def load(
     Example:
         >>> ds = load("/usr/share/datasets/fashion-mnist")
     """
+    ds = _load(spec, downloader)
+    if need_train and not len(ds.x_train):
+        raise fail(spec, "only a test set (t10k-*), no training images: nothing to train; add train-* files")
+    # every log line, report and sidecar that names the data says how much of it there was
+    return replace(ds, source=f"{ds.source}: {len(ds.x_train):,} training + {len(ds.x_test):,} test images")
+
+
+def _load(spec: str, downloader: Callable[[], object] | None) -> Dataset:
     if spec in ("auto", "keras"):
         cache = keras_cache_path()
-        if not cache.exists() and downloader is not None:
+        if spec == "keras" and not cache.exists() and downloader is not None:
             downloader()
         if cache.exists():
-            ds = load_npz(cache)
-            return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")
+            return load_keras_cache(cache)
         if spec == "keras":
-            raise fail(cache, f"no Keras MNIST cache and the download failed; {FULL_SET_HINT}")
-        if downloader is not None:  # about the training digits: only commands that train say it
-            print(
-                f"Using the embedded MNIST sample (5,000 training digits); {FULL_SET_HINT}.", file=sys.stderr
-            )
+            raise fail(cache, "no Keras MNIST cache and the download failed; --data embedded is offline")
         return load_embedded()
-    if spec == "embedded":
-        return load_embedded()
+    if spec in ("embedded", "sample"):
+        return load_embedded(sample=spec == "sample")
     check_data_spec(spec)  # a device or FIFO would block np.load
     path = Path(spec)
     if path.is_dir():
         return load_idx_dir(path)
     if path.suffix == ".npz" or path.is_file():
         return load_npz(path)
-    raise fail(spec, "no such file or directory; expected auto, embedded, an IDX directory or .npz")
+    raise fail(spec, "no such file or directory; expected auto, embedded, sample, an IDX directory or .npz")
 
 
 def split_validation(

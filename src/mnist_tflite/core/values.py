@@ -16,7 +16,7 @@ from pathlib import Path
 from mnist_tflite.core.errors import MnistTfliteError, fail
 
 SEED_MAX = 2**32 - 1  # NumPy's and TF's seeding both take 32-bit values
-DATA_NAMES = ("auto", "embedded", "keras")
+DATA_NAMES = ("auto", "embedded", "sample", "keras")
 MAX_IMAGES = 1_000_000  # --calibration-size, --micro-images: above any MNIST-like split
 
 

@@ -1,7 +1,7 @@
-"""Fetch the full MNIST training set into the Keras cache, when the network allows.
+"""Fetch MNIST into the Keras cache, when the network allows: ``--data keras`` only.
 
-Only training needs it (the embedded copy already holds the full official test set), so
-this lives on the TensorFlow side and ``data.load`` takes it as its ``downloader``.
+The package embeds the complete official set, so ``auto`` never downloads; this lives on
+the TensorFlow side and ``data.load`` takes it as its ``downloader``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mnist_tflite.core.data import keras_cache_path
 
-DOWNLOAD_TIMEOUT_S = 2.0  # offline, give up fast: the embedded sample is the fallback
+DOWNLOAD_TIMEOUT_S = 2.0  # offline, give up fast: --data embedded needs no network
 
 
 def keras_mnist(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path | None:
@@ -21,8 +21,8 @@ def keras_mnist(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path | None:
     Keras prints its progress to stdout, which ``--json`` reserves for the document, so the
     download thread turns Keras's interactive logging off (a thread-local setting: its
     messages go to absl logging on stderr). An attempt still running at ``timeout_s`` is
-    abandoned (a daemon thread: DNS look-ups ignore socket timeouts), and ``auto`` falls back
-    to the embedded sample.
+    abandoned (a daemon thread: DNS look-ups ignore socket timeouts), and ``keras`` fails with
+    one line.
     """
     try:
         from mnist_tflite.training.tfimport import import_tf

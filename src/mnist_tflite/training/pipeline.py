@@ -103,7 +103,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     replace = config.force or config.resume
     try:
         _refuse_or_done(out, fp, config, replace)
-        ds = data_mod.load(config.data, downloader=keras_mnist, log=log)
+        ds = data_mod.load(config.data, downloader=keras_mnist, log=log, need_train=True)
         with rundir.transaction(out, log=log, foreign=rundir.run_foreign) as staging:
             # again, under the lock: another run may have finished into ``out`` meanwhile
             _refuse_or_done(out, fp, config, replace)
@@ -146,7 +146,7 @@ def build(
     ``resume``: the previous report of ``config.out``, whose ``model.keras`` is reused untrained.
     """
     t_start = time.perf_counter()
-    log(f"[1/4] data: {ds.source}: {len(ds.x_train):,} train / {len(ds.x_test):,} test images")
+    log(f"[1/4] data: {ds.source}")
     trained, keras_probs = train_stage(ds, config, out, log, resume)
     rep = data_mod.normalize(
         data_mod.representative_sample(ds.x_train, config.calibration_size, config.train.seed)

@@ -97,7 +97,7 @@ def convert_file(
     ds, rep, calibration = None, None, None
     data_source, classes = "not used (no calibration)", data_mod.MNIST_CLASSES
     if recipe.needs_calibration or recipe.training:
-        ds = data_mod.load(data_spec, downloader=downloader, log=log)
+        ds = data_mod.load(data_spec, downloader=downloader, log=log, need_train=True)
         data_source, classes = ds.source, ds.class_names
     if recipe.needs_calibration and ds is not None:
         rep = data_mod.normalize(data_mod.representative_sample(ds.x_train, calibration_size, seed))
