@@ -837,7 +837,7 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
         sum(f["images"] for f in ok["cv_folds"]) == 5000 and ok["cv_folds"][0]["images"] == ok["val_images"]
     )
     assert ok["cv_accuracy"] == sum(f["correct"] for f in ok["cv_folds"]) / 5000
-    assert "training the 1 models of the front on all the training data" in res.stdout
+    assert "training the 1 model of the front on all the training data" in res.stdout
     assert doc["search"]["cpus"] == 2 and doc["search"]["cluster"] == ray_cluster.address
     assert "Optuna" in doc["search"]["algorithm"]
     best = {b["file"] for b in doc["best"]}

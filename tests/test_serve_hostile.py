@@ -785,12 +785,13 @@ def test_a_model_that_cannot_run_is_refused_at_start_not_per_request(tmp_path):
 
     run = make_run_dir(tmp_path / "run")
     (run / "int8.tflite").write_bytes(edited_model((MODELS / "int8.tflite").read_bytes(), _lying_output))
-    (run / "int8.json").unlink()  # no sidecar to compare with: only running it can tell
+    (run / "int8.json").unlink()  # no sidecar to compare with: the model itself must tell
     c = TestClient(create_app(run), raise_server_exceptions=False)
     doc = c.get("/api/models").json()
     assert [v["name"] for v in doc["variants"]] == ["float32"]
     (entry,) = doc["unavailable"]
-    assert entry["name"] == "int8" and "test inference" in entry["error"], entry
+    # refused on load by the runner's signature check (edge.infer.signature_problem), before any request
+    assert entry["name"] == "int8" and "shape_signature [-1, 7] disagrees" in entry["error"], entry
     r = c.post("/api/predict", content=GOOD_PNG, headers={"content-type": "image/png"})
     assert r.status_code == 200 and r.json()["model"] == "float32"
     with pytest.raises(MnistTfliteError, match=r"int8\.tflite: a test inference fails") as info:
