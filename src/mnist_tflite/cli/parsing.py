@@ -299,7 +299,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "compile",
         "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M4 firmware",
         "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
-        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n\n"
+        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
+        "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (cortex-m4: runs in qemu-system-arm -M mps2-an386) and compile.json",
     )
@@ -308,8 +309,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target",
         default="cortex-m4",
-        choices=("cortex-m4", "host"),
-        help="what to build for (default: cortex-m4)",
+        choices=("cortex-m4", "host", "wasm"),
+        help="what to build for (default: cortex-m4; wasm: .wasm + .mjs for browsers, needs clang and lld)",
     )
     p.add_argument(
         "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"

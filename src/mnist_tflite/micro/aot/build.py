@@ -23,12 +23,12 @@ import numpy as np
 
 from mnist_tflite.core import atomic
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import codegen, firmware
+from mnist_tflite.micro.aot import codegen, firmware, wasm
 from mnist_tflite.micro.aot.compiler import Program, compile_model
 from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
-TARGETS = ("cortex-m4", "host")
+TARGETS = ("cortex-m4", "host", "wasm")
 MAX_IMAGES = 10_000
 TFLM_ARENA = 4 << 20  # generous: the reference run only needs to work, not to be small
 NOT_MEASURED = f"not measured: {firmware.INSTALL_HINT}"
@@ -66,7 +66,7 @@ def check_options(opts: CompileOptions) -> None:
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
     check_out(Path(opts.out), opts.force)
-    problem = firmware.toolchain_problem(opts.target)
+    problem = wasm.toolchain_problem() if opts.target == "wasm" else firmware.toolchain_problem(opts.target)
     if problem:
         raise MnistTfliteError(problem)
 
@@ -238,6 +238,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     from mnist_tflite.micro.aot.compiler import load_program
 
     check_options(opts)
+    if opts.target == "wasm":
+        return wasm.compile_wasm(opts, log)
     raw, program = load_program(opts.model)
     sha256 = sha256_bytes(raw)
     summary = describe(program, opts, sha256)
@@ -407,6 +409,7 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
         lines.append(
             f"  code      {_kb(flash['host_code_bytes'])} on this computer (Cortex-M4: {NOT_MEASURED})"
         )
+    lines += wasm.summary_lines(s)
     ram = mem.get("static_ram_bytes")
     lines.append(
         f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
