@@ -278,6 +278,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_web(args: argparse.Namespace) -> int:
+    from mnist_tflite.serve.web import SiteOptions, export_site, summary_text
+
+    if not 1 <= args.images <= 10_000:
+        raise MnistTfliteError(f"--images must be 1..10000, received: {args.images}")
+    summary = export_site(
+        SiteOptions(**_pick(args, "model", "out", "force", "images", "data")), log=_progress(args)
+    )
+    _show(args, summary, summary_text(summary, args.out))
+    return 0
+
+
 def _show(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     """The command's result on stdout: the JSON document with --json, else the text."""
     print(json.dumps(doc, indent=2) if args.json else text)

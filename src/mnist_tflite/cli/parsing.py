@@ -331,6 +331,28 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_compile)
 
 
+def _add_export_web(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "export-web",
+        "write a static draw-a-digit site that runs an int8 model in the visitor's browser (WebAssembly)",
+        "mnist-tflite export-web runs/demo/int8.tflite --out site/\n"
+        "  python -m http.server -d site 8000    # any static host serves it; works offline once loaded",
+    )
+    p.add_argument("model", type=Path, help="a fully int8 .tflite (recipes int8, qat-int8, pruned-int8)")
+    _out(p, "folder to create for the site")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=100,
+        help="test images checked in Node against TFLM first (default: 100)",
+    )
+    p.add_argument("--data", default="embedded", help="test images: embedded | IDX directory | .npz")
+    _flag(p, "--force", "replace a site written earlier by export-web")
+    _flag(p, "--json", "print site.json")
+    p.set_defaults(func=commands.cmd_export_web)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors in the one-line form of every other error."""
 
@@ -360,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_export_micro,
         _add_compile,
+        _add_export_web,
         _add_tune,
     ):
         add(sub)

@@ -45,6 +45,7 @@ from mnist_tflite.edge import preprocess
 from mnist_tflite.edge.infer import TfliteModel
 from mnist_tflite.serve.parsing import ApiError, BodyBudget, image_to_mnist, read_body, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
+from mnist_tflite.serve.web import MEDIA_TYPES, DeviceBuild
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app", "serve"]
 
@@ -57,7 +58,9 @@ DEFAULT_VARIANT = "int8"
 BODY_TIMEOUT = 30.0  # seconds for a request body to arrive (5 MiB at 175 KB/s)
 MAX_WAITING = 64  # requests queued for a worker beyond this get a 503 at once
 BODY_BUDGET = 128 * 1024 * 1024  # request bodies held in memory at once, all requests together
-_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'"
+_CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' data: blob:; object-src 'none'"
+)
 VARIANT_KEYS = ("recipe", "accuracy", "agreement", "max_prob_diff", "latency_us", "size_ratio")
 
 
@@ -293,6 +296,7 @@ def create_app(
         version=__import__("mnist_tflite").__version__,
     )
     app.state.served = served
+    device = DeviceBuild(served.variants[default].model._data, default)  # the page's in-browser model
 
     def _error(
         request: Request, status: int, code: str, detail: str, headers: dict[str, str]
@@ -347,7 +351,18 @@ def create_app(
             "unavailable": served.unavailable,  # skipped variants, each with the reason
             "report": served.report,
             "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
+            **device.info(),
         }
+
+    @app.get("/wasm/{name}", include_in_schema=False)
+    async def device_file(name: str) -> Response:
+        # compiled on the first request (a second or two), in a thread: the event loop stays free
+        data = await asyncio.get_running_loop().run_in_executor(None, device.file, name)
+        if data is None:
+            raise StarletteHTTPException(404)
+        return Response(
+            data, media_type=MEDIA_TYPES[Path(name).suffix], headers={"Cache-Control": "no-cache"}
+        )
 
     @app.post(
         "/api/predict",
