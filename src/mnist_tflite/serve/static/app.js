@@ -31,7 +31,7 @@ function padPoint(ev) {
 
 pad.addEventListener("pointerdown", (ev) => {
   ev.preventDefault();
-  pad.setPointerCapture(ev.pointerId);
+  if (ev.isTrusted) pad.setPointerCapture(ev.pointerId); // (replayed strokes in tests are not)
   state.drawing = true;
   const [x, y] = padPoint(ev);
   ctx.strokeStyle = ctx.fillStyle = "#000";
