@@ -24,7 +24,7 @@ import pytest
 from mnist_tflite.micro.aot import wasm
 from tests.conftest import run_cli
 from tests.strokes import REPLAY_JS, strokes_of
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, browser, server  # noqa: F401 (fixtures)
+from tests.test_browser import browser, draw, server  # noqa: F401 (fixtures)
 
 pytestmark = [
     pytest.mark.browser,
@@ -78,18 +78,6 @@ def page(browser, host):  # noqa: F811
 
 def png_of(data_url: str) -> bytes:
     return base64.b64decode(data_url.split(",", 1)[1])
-
-
-def draw(page, strokes) -> None:
-    """Real pointer events (Chromium's input pipeline), one pen-down per stroke."""
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        pts = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
-        page.mouse.move(*pts[0])
-        page.mouse.down()
-        for x, y in pts[1:]:
-            page.mouse.move(x, y, steps=3)
-        page.mouse.up()
 
 
 CLASSIFY_ALL_JS = """async ([b64, plain]) => {
