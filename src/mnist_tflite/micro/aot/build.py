@@ -239,7 +239,7 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
 
     check_options(opts)
     if opts.target == "wasm":
-        return wasm.compile_wasm(opts, log)
+        return _compile_wasm(opts, log)
     raw, program = load_program(opts.model)
     sha256 = sha256_bytes(raw)
     summary = describe(program, opts, sha256)
@@ -497,3 +497,42 @@ def compiled_columns(
             f"({METHOD})"
         )
     return report
+
+
+def _compile_wasm(opts: CompileOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """``compile_to_dir`` for ``--target wasm``: both modules built (wasm.py), run in Node, checked."""
+    from mnist_tflite.core import data as data_mod
+    from mnist_tflite.core import rundir
+    from mnist_tflite.core.sidecar import sha256_bytes
+    from mnist_tflite.micro.aot.compiler import load_program
+
+    raw, program = load_program(opts.model)
+    summary = describe(program, opts, sha256_bytes(raw))
+    if program.input.size != 28 * 28:
+        raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
+    ds = data_mod.load(opts.data, log=log)
+    count = len(ds.x_test) if opts.verify else min(opts.images, len(ds.x_test))
+    inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
+    out = Path(opts.out)
+    with rundir.transaction(out) as tmp:
+        check_out(out, opts.force)  # again, under the lock
+        log("building the plain and SIMD128 WebAssembly modules with clang")
+        summary.update(wasm.build_dir(tmp, program, opts.name, Path(opts.model).name, summary["sha256"]))
+        summary["memory"].update(stack_bytes=None, static_ram_bytes=None, stack_method="not measured in wasm")
+        summary["cortex_m4"] = {"not_measured": "--target wasm"}
+        log(f"running both modules in Node on {count:,} test images and comparing with TFLM")
+        runs = wasm.node_runs(tmp, opts.name, inputs, program.output.size)
+        reference = tflm_rows(raw, inputs) if any(r[2] is not None for r in runs.values()) else None
+        verification: dict[str, Any] = {
+            "reference": "tflite-micro Python interpreter (TFLM reference kernels)"
+        }
+        for kind, (what, rows, seconds) in runs.items():
+            if seconds is None:
+                verification[kind] = {"program": what, "vs_tflm": rows}
+                continue
+            verification[kind] = compare(rows, reference, np.asarray(ds.y_test), what)
+            verification[kind]["node_seconds"] = round(seconds, 3)
+        summary["verification"] = verification
+        summary["files"] = sorted([*summary["files"], "compile.json"])
+        (tmp / "compile.json").write_text(json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
+    return summary

@@ -14,15 +14,12 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core import atomic, rundir
-from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.core.errors import MnistTfliteError
 from mnist_tflite.micro.aot import codegen, firmware
 from mnist_tflite.micro.aot.compiler import Program
 
@@ -318,57 +315,29 @@ def run_node(
     return rows, json.loads(out.strip().splitlines()[-1])["ms"] / 1000
 
 
-def compile_wasm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``compile_to_dir`` for ``--target wasm``: build both modules, check them in Node, write compile.json.
+def build_dir(directory: Path, program: Program, name: str, model_label: str, sha256: str) -> dict[str, Any]:
+    """Write the sources into ``directory`` and build both modules; compile.json's wasm entries."""
+    written = write_sources(directory, program, name, model_label, sha256)
+    build(directory, name)
+    f = files(name)
+    return {
+        "wasm": wasm_figures(directory, name, program),
+        "files": sorted([*written, f["plain"], f["simd"]]),
+        "tools": {CLANG: _version(CLANG), NODE: _node_version()},
+    }
 
-    Example:
-        >>> compile_wasm(CompileOptions(Path("int8.tflite"), Path("web"), target="wasm"))["wasm"]
-    """
-    from mnist_tflite.core import data as data_mod
-    from mnist_tflite.core.sidecar import sha256_bytes
-    from mnist_tflite.micro.aot import build as aot
-    from mnist_tflite.micro.aot.compiler import load_program
 
-    raw, program = load_program(opts.model)
-    sha256 = sha256_bytes(raw)
-    summary = aot.describe(program, opts, sha256)
-    if program.input.size != 28 * 28:
-        raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
-    ds = data_mod.load(opts.data, log=log)
-    labels = np.asarray(ds.y_test)
-    count = len(ds.x_test) if opts.verify else min(opts.images, len(ds.x_test))
-    inputs = aot.quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
-    out = Path(opts.out)
-    with rundir.transaction(out) as tmp:
-        aot.check_out(out, opts.force)  # again, under the lock
-        written = write_sources(tmp, program, opts.name, Path(opts.model).name, sha256)
-        log("building the plain and SIMD128 WebAssembly modules with clang")
-        build(tmp, opts.name)
-        f = files(opts.name)
-        summary["wasm"] = wasm_figures(tmp, opts.name, program)
-        summary["memory"].update(stack_bytes=None, static_ram_bytes=None, stack_method="not measured in wasm")
-        summary["cortex_m4"] = {"not_measured": "--target wasm"}
-        verification: dict[str, Any] = {
-            "reference": "tflite-micro Python interpreter (TFLM reference kernels)"
-        }
-        problem = node_problem()
-        reference = aot.tflm_rows(raw, inputs) if problem is None else None
-        for kind in ("plain", "simd"):
-            if problem:
-                verification[kind] = {"program": f"{f[kind]} in Node", "vs_tflm": problem}
-                continue
-            log(f"running {f[kind]} in Node on {count:,} test images and comparing with TFLM")
-            t = time.perf_counter()
-            rows, seconds = run_node(tmp, opts.name, f[kind], inputs, program.output.size)
-            part = aot.compare(rows, reference, labels, f"{f[kind]} in Node ({_node_version()})")
-            part.update(node_seconds=round(seconds, 3), wall_seconds=round(time.perf_counter() - t, 2))
-            verification[kind] = part
-        summary["verification"] = verification
-        summary["files"] = sorted([*written, f["plain"], f["simd"], "compile.json"])
-        summary["tools"] = {CLANG: _version(CLANG), NODE: _node_version()}
-        atomic_json = json.dumps(summary, indent=2, default=atomic._jsonable) + "\n"
-        (tmp / "compile.json").write_text(atomic_json, encoding="utf-8")
-    return summary
+def node_runs(directory: Path, name: str, inputs: np.ndarray, outputs: int) -> dict[str, Any]:
+    """Both builds in Node on ``inputs``: ``{kind: (program label, rows, seconds)}``, or why not run."""
+    problem = node_problem()
+    f = files(name)
+    if problem:
+        return {kind: (f"{f[kind]} in Node", problem, None) for kind in ("plain", "simd")}
+    out: dict[str, Any] = {}
+    for kind in ("plain", "simd"):
+        rows, seconds = run_node(directory, name, f[kind], inputs, outputs)
+        out[kind] = (f"{f[kind]} in Node ({_node_version()})", rows, seconds)
+    return out
 
 
 def wasm_figures(directory: Path, name: str, program: Program) -> dict[str, Any]:
