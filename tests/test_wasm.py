@@ -98,3 +98,39 @@ def test_section_sizes_reads_a_module():
     assert wasm.section_sizes(module) == {"type": 4, "function": 2, "code": 4}
     with pytest.raises(wasm.MnistTfliteError):
         wasm.section_sizes(b"not wasm")
+
+
+def test_export_web_refuses_what_it_did_not_make(models_dir, tmp_path):
+    res = run_cli("export-web", str(models_dir / "float32.tflite"), "--out", str(tmp_path / "site"))
+    line = one_error_line(res.stderr)
+    assert res.returncode == 2 and "not an int8 model" in line and not (tmp_path / "site").exists(), line
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = run_cli("export-web", str(models_dir / "int8.tflite"), "--out", str(mine), "--force")
+    line = one_error_line(res.stderr)
+    assert res.returncode == 2 and "not written by export-web (no site.json)" in line, line
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+@needs_wasm
+def test_serve_hands_the_page_its_compiled_model(tmp_path):
+    require("fastapi", "uvicorn")
+    from fastapi.testclient import TestClient
+
+    from mnist_tflite.serve.app import create_app
+    from tests.test_serve import make_run_dir
+
+    client = TestClient(create_app(make_run_dir(tmp_path / "run")))
+    doc = client.get("/api/models").json()
+    assert doc["device"] == {"variant": "int8", "module": "wasm/mnist_model.mjs"}
+    module = client.get("/wasm/mnist_model.mjs")
+    assert module.status_code == 200 and "export async function load" in module.text
+    assert module.headers["content-type"].startswith("text/javascript")
+    code = client.get("/wasm/mnist_model.simd.code.wasm")
+    data = client.get("/wasm/mnist_model.data.bin")
+    assert code.content[:4] == b"\0asm" and len(data.content) > 30_000
+    assert client.get("/wasm/nothing.wasm").status_code == 404
+    assert "'wasm-unsafe-eval'" in client.get("/").headers["content-security-policy"]
+    float_only = TestClient(create_app(make_run_dir(tmp_path / "f", names=("float32",)))).get("/api/models")
+    assert float_only.json()["device"] is None and "not an int8 model" in float_only.json()["device_note"]
