@@ -150,14 +150,21 @@ def chromium_figures(site: Path, drawings: int) -> dict:
                 print(f"timing 10,000 inferences ({kind} build) in Chromium", flush=True)
                 out[kind] = page.evaluate(TIMING_JS, [b64, kind == "plain"])
             print(f"redrawing {drawings:,} test digits as strokes in the page", flush=True)
-            answer_ms, same, right_page, right_python = [], 0, 0, 0
+            answer_ms, same, shown_same, same_input, right_page, right_python = [], 0, 0, 0, 0, 0
             t = time.perf_counter()
             for i in range(drawings):
                 got = page.evaluate(REPLAY_JS, strokes_of(ds.x_test[i]))
                 png = base64.b64decode(got["png"].split(",", 1)[1])
-                python_label = int(model.predict(to_mnist(load_image(png))[None])[0])
+                python_x = to_mnist(load_image(png))
+                # the page's 28x28 (its #seen canvas: round(255 x), the int8 input + 128) and
+                # Python's, through the same LiteRT model: only the preprocessing differs
+                page_x = np.asarray(got["seen"], np.float32).reshape(1, 28, 28) / np.float32(255)
+                page_label, python_label = (int(model.predict(x)[0]) for x in (page_x, python_x[None]))
                 answer_ms.append(got["answerMs"])
-                same += str(python_label) == got["label"]
+                same += page_label == python_label
+                shown_same += got["label"] == str(python_label)
+                seen = np.asarray(got["seen"], np.float32).reshape(28, 28)
+                same_input += bool(np.array_equal(np.rint(python_x * np.float32(255)), seen))
                 right_page += got["label"] == str(ds.y_test[i])
                 right_python += python_label == int(ds.y_test[i])
             browser.close()
@@ -168,12 +175,17 @@ def chromium_figures(site: Path, drawings: int) -> dict:
         "count": drawings,
         "same_label_page_vs_python": same,
         "agreement": same / drawings,
+        "identical_28x28_at_8_bits": same_input,
+        "shown_label_equals_python_litert_label": shown_same,
         "page_correct": right_page,
         "python_correct": right_python,
         "answer_ms_median": float(np.median(a)),
         "answer_ms_p95": float(np.quantile(a, 0.95)),
         "answer_ms_max": float(a.max()),
         "seconds": round(time.perf_counter() - t, 1),
+        "labels": "same_label: the page's 28x28 and Python's to_mnist of the same PNG, both through LiteRT "
+        "(the preprocessing compared); shown_label: the page's answer (its wasm, = TFLM) against LiteRT on "
+        "Python's 28x28 (preprocessing and runtime together)",
         "method": "test digit i redrawn on the pad as one pen stroke per run of ink per row "
         "(tests/strokes.py), dispatched as pointer events to the page's handlers; answer time = "
         "pointer-up handler start to the answer, bars and 28x28 written to the page (performance.now())",
@@ -258,6 +270,9 @@ def table(doc: dict) -> str:
     rows.append(("pointer-up to answer", answer, "<= 20 ms"))
     rows.append(("page 28x28 vs Python to_mnist, same label",
                  f"{d['same_label_page_vs_python']:,}/{d['count']:,}", ">= 99.5 %"))  # fmt: skip
+    rows.append(("  28x28 identical at 8 bits", f"{d['identical_28x28_at_8_bits']:,}/{d['count']:,}", ""))
+    rows.append(("  page's answer (wasm) vs LiteRT on Python's 28x28",
+                 f"{d['shown_label_equals_python_litert_label']:,}/{d['count']:,}", ""))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:<44}  {t}" for a, b, t in rows)
 
