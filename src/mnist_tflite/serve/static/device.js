@@ -1,13 +1,16 @@
 // The model on this device: the canvas -> the 28x28 MNIST image, in the page, and the
 // compiled model (WebAssembly, from `mnist-tflite compile --target wasm`) run on it.
 //
-// toMnist follows edge/preprocess.py's to_mnist for a drawing (dark ink on a light pad):
-// ink map with the same cuts, the digit's span without specks, hairlines thickened, the
-// longest side scaled to 20 px with Pillow's Lanczos filter, the centre of mass put at
-// (14, 14) of the 28x28 field. An ES module: imported by app.js.
+// toMnist follows edge/preprocess.py's to_mnist step by step (with Pillow's resampling
+// weights), so the page's 28x28 is Python's to a rounding: the ink map (the paper found by
+// the same closing, the same cuts), the digit's span without specks, hairlines thickened,
+// the longest side scaled to 20 px (Lanczos), the centre of mass put at (14, 14) of the
+// 28x28 field. Photos are not its job (no EXIF, no shrinking of large images): on a canvas
+// of at most 320 px it is to_mnist. An ES module: imported by app.js.
 
 const BOX = 20, FIELD = 28, COM_TARGET = 14.0;
-const LOW_CUT = 0.3, HIGH_CUT = 0.75, MIN_CONTRAST = 0.1, MIN_INK_PIXELS = 6;
+const LOW_CUT = 0.3, HIGH_CUT = 0.75, MIN_CONTRAST = 0.1, MIN_INK_PIXELS = 6; // edge/ink.py
+const CLOSING = 0.2, COARSE = 8, NOISE_MARGIN = 10.0, CHROMA = 0.6;
 const TARGET_STROKE = 1.8, MIN_STROKE = 1.2;
 
 /** Python's round(): halves to even. */
@@ -27,14 +30,24 @@ function quantile(a, q) {
     if (v > hi) hi = v;
   }
   if (!(hi > lo)) return lo;
-  const B = 1024, f = B / (hi - lo), counts = new Int32Array(B);
-  const bucket = (v) => Math.min(B - 1, Math.floor((v - lo) * f));
-  for (let i = 0; i < n; i++) counts[bucket(a[i])]++;
+  const B = 1024, f = B / (hi - lo), counts = new Int32Array(B), bucket = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const b = Math.min(B - 1, Math.floor((a[i] - lo) * f));
+    bucket[i] = b;
+    counts[b]++;
+  }
   let b = 0, below = 0;
   while (below + counts[b] <= rank) below += counts[b++];
-  const inside = [];
-  for (let i = 0; i < n; i++) if (bucket(a[i]) === b) inside.push(a[i]);
-  return Float32Array.from(inside).sort()[rank - below];
+  const inside = new Float32Array(counts[b]);
+  for (let i = 0, j = 0; i < n; i++) if (bucket[i] === b) inside[j++] = a[i];
+  return inside.sort()[rank - below];
+}
+
+/** Every third value (NumPy's a.ravel()[::3]). */
+function everyThird(a) {
+  const out = new Float32Array(Math.ceil(a.length / 3));
+  for (let i = 0, j = 0; i < a.length; i += 3) out[j++] = a[i];
+  return out;
 }
 
 /** 3x3 mean, edges repeated (separable: rows of three, then columns of three). */
@@ -51,20 +64,96 @@ function box3(a, w, h) {
   return out;
 }
 
-/** RGBA pixels of a light pad -> ink strength in [0, 1], or null when there is no digit. */
-function inkMap(rgba, w, h) {
-  const ink = new Float32Array(w * h);
-  for (let i = 0, j = 0; i < w * h; i++, j += 4) {
-    const r = rgba[j], g = rgba[j + 1], b = rgba[j + 2];
-    const lum = (0.299 * r + 0.587 * g + 0.114 * b) / 255, least = (r < g ? (r < b ? r : b) : g < b ? g : b) / 255;
-    const d = 1 - lum, c = 0.6 * (1 - least); // a change of brightness, or of one colour (weaker)
-    ink[i] = d > c ? d : c;
+/** Centred running max or min (op) of width k along rows (along = 1) or columns, edges repeated. */
+function running(a, w, h, k, along, op) {
+  const out = new Float32Array(w * h), lo = k >> 1;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      let m = a[y * w + x];
+      for (let j = -lo; j <= k - 1 - lo; j++) {
+        const xx = along ? Math.min(w - 1, Math.max(0, x + j)) : x;
+        const yy = along ? y : Math.min(h - 1, Math.max(0, y + j));
+        m = op(m, a[yy * w + xx]);
+      }
+      out[y * w + x] = m;
+    }
   }
+  return out;
+}
+
+/** The paper without the ink: edge/ink.py's _background (a closing on a coarse grid, light
+ * paper; an opening on a dark board), interpolated back with Pillow's bilinear weights. */
+function background(ch, w, h, light) {
+  const k = Math.max(3, Math.floor(Math.max(w, h) * CLOSING) | 1);
+  const [first, second] = light ? [Math.max, Math.min] : [Math.min, Math.max];
+  const f = Math.max(1, Math.floor(k / COARSE));
+  const sw = Math.ceil(w / f), sh = Math.ceil(h / f);
+  // block extremes (edges repeated to whole blocks: repeated pixels change no extreme)
+  let small = new Float32Array(sw * sh).fill(light ? -Infinity : Infinity);
+  for (let y = 0; y < h; y++) {
+    const row = Math.floor(y / f) * sw;
+    for (let x = 0; x < w; x++) {
+      const i = row + Math.floor(x / f), v = ch[y * w + x];
+      if (light ? v > small[i] : v < small[i]) small[i] = v;
+    }
+  }
+  const kc = Math.max(3, Math.floor(k / f) | 1), pw = sw + 2 * kc, ph = sh + 2 * kc;
+  let bg = new Float32Array(pw * ph); // edges repeated: the picture goes on beyond its frame
+  for (let y = 0; y < ph; y++) {
+    for (let x = 0; x < pw; x++) {
+      bg[y * pw + x] = small[Math.min(sh - 1, Math.max(0, y - kc)) * sw + Math.min(sw - 1, Math.max(0, x - kc))];
+    }
+  }
+  for (const op of [first, second]) bg = running(running(bg, pw, ph, kc, 0, op), pw, ph, kc, 1, op);
+  small = new Float32Array(sw * sh);
+  for (let y = 0; y < sh; y++) small.set(bg.subarray((y + kc) * pw + kc, (y + kc) * pw + kc + sw), y * sw);
+  if (f === 1) return small;
+  small = running(running(small, sw, sh, 3, 0, second), sw, sh, 3, 1, second);
+  const up = resize({ a: small, w: sw, h: sh }, sw * f, sh * f, bilinear, 1, false);
+  const out = new Float32Array(w * h);
+  for (let y = 0; y < h; y++) out.set(up.a.subarray(y * sw * f, y * sw * f + w), y * w);
+  return out;
+}
+
+/** RGBA pixels -> ink strength in [0, 1] (edge/ink.py's ink_map), or null when there is no digit. */
+function inkMap(rgba, w, h) {
+  const n = w * h, r = new Float32Array(n), g = new Float32Array(n), b = new Float32Array(n);
+  const lum = new Float32Array(n);
+  let grey = true;
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    r[i] = rgba[j] / 255;
+    g[i] = rgba[j + 1] / 255;
+    b[i] = rgba[j + 2] / 255;
+    lum[i] = r[i] * 0.299 + g[i] * 0.587 + b[i] * 0.114;
+    grey = grey && rgba[j] === rgba[j + 1] && rgba[j] === rgba[j + 2];
+  }
+  const level = quantile(everyThird(lum), 0.5);
+  const light = level >= 0.65 ? true : level <= 0.35 ? false
+    : level - quantile(lum, 0.005) >= quantile(lum, 0.995) - level;
+  const diffs = (grey ? [r] : [r, g, b]).map((ch) => {
+    const bg = background(ch, w, h, light), d = new Float32Array(n);
+    for (let i = 0; i < n; i++) d[i] = light ? (bg[i] - ch[i]) / Math.max(bg[i], 0.2) : ch[i] - bg[i];
+    return d;
+  });
+  let ink = diffs[0]; // one channel of a grey picture is all three
+  if (diffs.length === 3) {
+    const [dr, dg, db] = diffs; // a change of brightness, or (weaker) of one colour
+    ink = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const most = Math.max(dr[i], dg[i], db[i]);
+      ink[i] = Math.max(dr[i] * 0.299 + dg[i] * 0.587 + db[i] * 0.114, CHROMA * most);
+    }
+  }
+  const sample = everyThird(ink);
+  const base = quantile(sample, 0.5);
+  for (let i = 0; i < sample.length; i++) sample[i] = Math.abs(sample[i] - base);
+  const noise = quantile(sample, 0.5);
+  for (let i = 0; i < n; i++) ink[i] = Math.min(1, Math.max(0, ink[i] - base));
   const smooth = box3(ink, w, h);
   let top = 0;
   for (let i = 0; i < smooth.length; i++) top = smooth[i] > top ? smooth[i] : top;
-  if (top < MIN_CONTRAST) return null; // nothing drawn
   const peak = Math.max(smooth.length > 1000 ? quantile(smooth, 0.999) : top, 0.8 * top);
+  if (peak < Math.max(MIN_CONTRAST, NOISE_MARGIN * noise)) return null; // nothing drawn
   const low = LOW_CUT * peak, high = HIGH_CUT * peak;
   let solid = 0;
   for (let i = 0; i < ink.length; i++) {
@@ -147,18 +236,23 @@ function lanczos(x) {
   return x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0;
 }
 
+function bilinear(x) {
+  x = Math.abs(x);
+  return x < 1 ? 1 - x : 0;
+}
+
 /** Pillow's resampling weights (precompute_coeffs) for inSize -> outSize. */
-function coefficients(inSize, outSize) {
-  const scale = inSize / outSize, filterscale = Math.max(scale, 1), support = 3 * filterscale;
+function coefficients(inSize, outSize, filter, support) {
+  const scale = inSize / outSize, filterscale = Math.max(scale, 1), reach = support * filterscale;
   const out = [];
   for (let xx = 0; xx < outSize; xx++) {
     const center = (xx + 0.5) * scale;
-    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
-    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize);
+    const xmin = Math.max(Math.trunc(center - reach + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + reach + 0.5), inSize);
     const k = [];
     let ww = 0;
     for (let x = xmin; x < xmax; x++) {
-      const v = lanczos((x - center + 0.5) / filterscale);
+      const v = filter((x - center + 0.5) / filterscale);
       k.push(v);
       ww += v;
     }
@@ -167,24 +261,26 @@ function coefficients(inSize, outSize) {
   return out;
 }
 
-/** Resize a float image with Pillow's LANCZOS (horizontal pass, then vertical). */
-function resize(img, outW, outH) {
+/** Resize a float image as Pillow does (horizontal pass, then vertical), clipped to [0, 1] or not. */
+function resize(img, outW, outH, filter = lanczos, support = 3, clip = true) {
   const { a, w, h } = img;
   const tmp = new Float32Array(outW * h);
-  const cx = coefficients(w, outW), cy = coefficients(h, outH);
+  const cx = coefficients(w, outW, filter, support), cy = coefficients(h, outH, filter, support);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < outW; x++) {
+      const { xmin, k } = cx[x];
       let s = 0;
-      cx[x].k.forEach((k, i) => (s += a[y * w + cx[x].xmin + i] * k));
+      for (let i = 0; i < k.length; i++) s += a[y * w + xmin + i] * k[i];
       tmp[y * outW + x] = s;
     }
   }
   const out = new Float32Array(outW * outH);
   for (let y = 0; y < outH; y++) {
     for (let x = 0; x < outW; x++) {
+      const { xmin, k } = cy[y];
       let s = 0;
-      cy[y].k.forEach((k, i) => (s += tmp[(cy[y].xmin + i) * outW + x] * k));
-      out[y * outW + x] = Math.min(1, Math.max(0, s));
+      for (let i = 0; i < k.length; i++) s += tmp[(xmin + i) * outW + x] * k[i];
+      out[y * outW + x] = clip ? Math.min(1, Math.max(0, s)) : s;
     }
   }
   return { a: out, w: outW, h: outH };
