@@ -39,8 +39,13 @@ function quantile(a, q) {
   let b = 0, below = 0;
   while (below + counts[b] <= rank) below += counts[b++];
   const inside = new Float32Array(counts[b]);
-  for (let i = 0, j = 0; i < n; i++) if (bucket[i] === b) inside[j++] = a[i];
-  return inside.sort()[rank - below];
+  let same = true;
+  for (let i = 0, j = 0; i < n; i++) {
+    if (bucket[i] !== b) continue;
+    inside[j++] = a[i];
+    same = same && a[i] === inside[0];
+  }
+  return same ? inside[0] : inside.sort()[rank - below]; // a canvas is mostly ties: no sort for them
 }
 
 /** Every third value (NumPy's a.ravel()[::3]). */
@@ -117,15 +122,17 @@ function background(ch, w, h, light) {
 
 /** RGBA pixels -> ink strength in [0, 1] (edge/ink.py's ink_map), or null when there is no digit. */
 function inkMap(rgba, w, h) {
-  const n = w * h, r = new Float32Array(n), g = new Float32Array(n), b = new Float32Array(n);
-  const lum = new Float32Array(n);
+  const n = w * h, r = new Float32Array(n);
   let grey = true;
+  for (let j = 0; j < 4 * n && grey; j += 4) grey = rgba[j] === rgba[j + 1] && rgba[j] === rgba[j + 2];
+  const g = grey ? r : new Float32Array(n), b = grey ? r : new Float32Array(n);
+  const lum = grey ? r : new Float32Array(n); // (a grey pixel's luminance is its value)
   for (let i = 0, j = 0; i < n; i++, j += 4) {
     r[i] = rgba[j] / 255;
+    if (grey) continue;
     g[i] = rgba[j + 1] / 255;
     b[i] = rgba[j + 2] / 255;
     lum[i] = r[i] * 0.299 + g[i] * 0.587 + b[i] * 0.114;
-    grey = grey && rgba[j] === rgba[j + 1] && rgba[j] === rgba[j + 2];
   }
   const level = quantile(everyThird(lum), 0.5);
   const light = level >= 0.65 ? true : level <= 0.35 ? false
@@ -352,6 +359,6 @@ export async function loadModel(moduleUrl) {
   const model = await m.load();
   const w = 280, rgba = new Uint8ClampedArray(w * w * 4).fill(255);
   for (let y = 60; y < 220; y++) rgba.fill(0, 4 * (y * w + 120 + (y >> 3)), 4 * (y * w + 138 + (y >> 3)));
-  for (let i = 0; i < 8; i++) model.classify(quantize(toMnist(rgba, w, w), model.input));
+  for (let i = 0; i < 20; i++) model.classify(quantize(toMnist(rgba, w, w), model.input));
   return { model, simd: m.hasSimd(), module: m };
 }
