@@ -259,7 +259,18 @@ static void output_pairs(const uint32_t *P, const uint32_t *W, const int32_t *bi
 static void dot_2x2(const int16_t *P, const int8_t *W, int groups, int32_t s[4])
 {
     v128_t acc0 = wasm_i32x4_splat(0), acc1 = acc0;
-    for (int g = 0; g < groups; g++, P += 8, W += 8) {
+    int g = 0;
+    for (; g + 1 < groups; g += 2, P += 16, W += 16) { /* two groups: one 16-byte weight load */
+        const v128_t x0 = wasm_v128_load(P), x1 = wasm_v128_load(P + 8);
+        const v128_t w = wasm_v128_load(W);
+        const v128_t w0 = wasm_i8x16_shuffle(w, w, 0, 2, 1, 3, 0, 2, 1, 3, 4, 6, 5, 7, 4, 6, 5, 7);
+        const v128_t w1 = wasm_i8x16_shuffle(w, w, 8, 10, 9, 11, 8, 10, 9, 11, 12, 14, 13, 15, 12, 14, 13, 15);
+        acc0 = wasm_i32x4_add(acc0, wasm_i32x4_dot_i16x8(x0, wasm_i16x8_extend_low_i8x16(w0)));
+        acc1 = wasm_i32x4_add(acc1, wasm_i32x4_dot_i16x8(x0, wasm_i16x8_extend_high_i8x16(w0)));
+        acc0 = wasm_i32x4_add(acc0, wasm_i32x4_dot_i16x8(x1, wasm_i16x8_extend_low_i8x16(w1)));
+        acc1 = wasm_i32x4_add(acc1, wasm_i32x4_dot_i16x8(x1, wasm_i16x8_extend_high_i8x16(w1)));
+    }
+    if (g < groups) { /* an odd last group */
         const v128_t x = wasm_v128_load(P);
         const v128_t w = wasm_v128_load64_zero(W);
         const v128_t wp = wasm_i8x16_shuffle(w, w, 0, 2, 1, 3, 0, 2, 1, 3, 4, 6, 5, 7, 4, 6, 5, 7);
