@@ -290,6 +290,17 @@ def _tflm_verdict(checked: dict[Any, dict[str, Any] | None]) -> int:
     if problem:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return 1
+
+
+def cmd_export_web(args: argparse.Namespace) -> int:
+    from mnist_tflite.serve.web import SiteOptions, export_site, summary_text
+
+    if not 1 <= args.images <= 10_000:
+        raise MnistTfliteError(f"--images must be 1..10000, received: {args.images}")
+    summary = export_site(
+        SiteOptions(**_pick(args, "model", "out", "force", "images", "data")), log=_progress(args)
+    )
+    _show(args, summary, summary_text(summary, args.out))
     return 0
 
 

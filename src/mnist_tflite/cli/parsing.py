@@ -334,7 +334,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "compile an int8 .tflite ahead of time into dependency-free C, built and run as Cortex-M firmware",
         "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
         "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
-        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n\n"
+        "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
+        "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (runs in qemu-system-arm: "
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
@@ -345,7 +346,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target",
         default="cortex-m4",
-        help=f"what to build for: {', '.join(targets.NAMES)} (default: cortex-m4)",
+        help=f"what to build for: {', '.join(targets.COMPILE_NAMES)} "
+        "(default: cortex-m4; wasm: .wasm + .mjs for browsers, needs clang and lld)",
     )
     p.add_argument(
         "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"
@@ -365,6 +367,28 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")
     _flag(p, "--json", "print compile.json")
     p.set_defaults(func=commands.cmd_compile)
+
+
+def _add_export_web(sub: argparse._SubParsersAction) -> None:
+    p = _parser(
+        sub,
+        "export-web",
+        "write a static draw-a-digit site that runs an int8 model in the visitor's browser (WebAssembly)",
+        "mnist-tflite export-web runs/demo/int8.tflite --out site/\n"
+        "  python -m http.server -d site 8000    # any static host serves it; works offline once loaded",
+    )
+    p.add_argument("model", type=Path, help=f"a fully int8 .tflite (recipes {', '.join(INT8_RECIPES)})")
+    _out(p, "folder to create for the site")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=100,
+        help="test images checked in Node against TFLM first (default: 100)",
+    )
+    p.add_argument("--data", default="embedded", help="test images: embedded | IDX directory | .npz")
+    _flag(p, "--force", "replace a site written earlier by export-web")
+    _flag(p, "--json", "print site.json")
+    p.set_defaults(func=commands.cmd_export_web)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -396,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_export_micro,
         _add_compile,
+        _add_export_web,
         _add_tune,
     ):
         add(sub)

@@ -45,6 +45,7 @@ from mnist_tflite.serve.admission import BODY_TIMEOUT, MAX_WAITING, Admission
 from mnist_tflite.serve.parsing import ApiError, image_to_mnist, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
 from mnist_tflite.serve.variants import Variant, load_variants
+from mnist_tflite.serve.web import MEDIA_TYPES, DeviceBuild
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app", "serve"]
 
@@ -53,7 +54,9 @@ MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # whole request body
 MAX_PIXELS = 16_000_000  # a 12-megapixel phone photo fits; a decompression bomb does not
 STATIC = Path(__file__).parent / "static"
 DEFAULT_VARIANT = "int8"
-_CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'"
+_CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' data: blob:; object-src 'none'"
+)
 
 
 @dataclass
@@ -150,7 +153,8 @@ def create_app(
     )
     app.state.served, app.state.admission = served, admission
     _add_error_handlers(app)
-    _add_routes(app, served, admission)
+    device = DeviceBuild(served.variants[default].model._data, default)  # the page's in-browser model
+    _add_routes(app, served, admission, device)
     app.add_middleware(middleware.Guard, hosts=allowed_hosts)  # Host allow-list; HEAD answered like GET
     return app
 
@@ -192,11 +196,14 @@ def _add_error_handlers(app: Any) -> None:
         )
 
 
-def _add_routes(app: Any, served: _Served, admission: Admission) -> None:
-    """The page, /healthz, /api/models, /api/predict and the static files."""
+def _add_routes(app: Any, served: _Served, admission: Admission, device: DeviceBuild) -> None:
+    """The page, /healthz, /api/models, /wasm/ (the in-browser build), /api/predict, static files."""
+    import asyncio
+
     from fastapi import Request
     from fastapi.responses import FileResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from mnist_tflite.serve.parsing import PREDICT_OPENAPI, PredictResult
 
@@ -218,7 +225,18 @@ def _add_routes(app: Any, served: _Served, admission: Admission) -> None:
             "unavailable": served.unavailable,  # skipped variants, each with the reason
             "report": served.report,
             "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
+            **device.info(),
         }
+
+    @app.get("/wasm/{name}", include_in_schema=False)
+    async def device_file(name: str) -> Response:
+        # compiled on the first request (a second or two), in a thread: the event loop stays free
+        data = await asyncio.get_running_loop().run_in_executor(None, device.file, name)
+        if data is None:
+            raise StarletteHTTPException(404)
+        return Response(
+            data, media_type=MEDIA_TYPES[Path(name).suffix], headers={"Cache-Control": "no-cache"}
+        )
 
     @app.post(
         "/api/predict",

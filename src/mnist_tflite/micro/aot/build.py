@@ -21,14 +21,14 @@ import numpy as np
 
 from mnist_tflite.core import atomic, procs, rundir
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import codegen, firmware, targets
+from mnist_tflite.micro.aot import codegen, firmware, targets, wasm
 from mnist_tflite.micro.aot.compiler import Program, load_program
 from mnist_tflite.micro.aot.verify import compare, tflm_rows, verify_host
 from mnist_tflite.micro.tflm.c_source import identifier_problem
 
 FORMAT = "mnist-tflite-compile/1"
 MARKER = "compile.json"
-TARGETS = targets.NAMES
+TARGETS = targets.COMPILE_NAMES
 MAX_IMAGES = 10_000
 NOT_MEASURED = f"not measured: {firmware.INSTALL_HINT}"
 
@@ -80,7 +80,8 @@ def check_options(opts: CompileOptions) -> None:
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
     rundir.check_replaceable(Path(opts.out), opts.force, MARKER, "compile")
-    problem = firmware.toolchain_problem(opts.target)
+    wasm_target = opts.target == wasm.TARGET
+    problem = wasm.toolchain_problem() if wasm_target else firmware.toolchain_problem(opts.target)
     if problem:
         raise MnistTfliteError(problem)
 
@@ -341,6 +342,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     from mnist_tflite.core import data as data_mod
 
     check_options(opts)
+    if opts.target == wasm.TARGET:
+        return _compile_wasm(opts, log)
     raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
     check_fits(program, targets.get(opts.target))
     if program.input.size != 28 * 28:
@@ -391,6 +394,7 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
         lines.append(
             f"  code      {_kb(flash['host_code_bytes'])} on this computer (Cortex-M4: {NOT_MEASURED})"
         )
+    lines += wasm.summary_lines(s)
     ram = mem.get("static_ram_bytes")
     lines.append(
         f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
@@ -481,3 +485,40 @@ def compiled_columns(
             f"({METHOD})"
         )
     return report
+
+
+def _compile_wasm(opts: CompileOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """``compile_to_dir`` for ``--target wasm``: both modules built (wasm.py), run in Node, checked."""
+    from mnist_tflite.core import data as data_mod
+    from mnist_tflite.core.sidecar import sha256_bytes
+
+    raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
+    summary = describe(program, opts, sha256_bytes(raw))
+    if program.input.size != 28 * 28:
+        raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
+    ds = data_mod.load(opts.data, log=log)
+    count = len(ds.x_test) if opts.verify else min(opts.images, len(ds.x_test))
+    inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
+    out = Path(opts.out)
+    with rundir.transaction(out) as tmp:
+        rundir.check_replaceable(out, opts.force, MARKER, "compile")  # again, under the lock
+        log("building the plain and SIMD128 WebAssembly modules with clang")
+        summary.update(wasm.build_dir(tmp, program, opts.name, Path(opts.model).name, summary["sha256"]))
+        summary["memory"].update(stack_bytes=None, static_ram_bytes=None, stack_method="not measured in wasm")
+        summary["cortex_m4"] = {"not_measured": "--target wasm"}
+        log(f"running both modules in Node on {count:,} test images and comparing with TFLM")
+        runs = wasm.node_runs(tmp, opts.name, inputs, program.output.size)
+        reference = tflm_rows(raw, inputs) if any(r[2] is not None for r in runs.values()) else None
+        verification: dict[str, Any] = {
+            "reference": "tflite-micro Python interpreter (TFLM reference kernels)"
+        }
+        for kind, (what, rows, seconds) in runs.items():
+            if seconds is None:
+                verification[kind] = {"program": what, "vs_tflm": rows}
+                continue
+            verification[kind] = compare(rows, reference, np.asarray(ds.y_test), what)
+            verification[kind]["node_seconds"] = round(seconds, 3)
+        summary["verification"] = verification
+        summary["files"] = sorted([*summary["files"], "compile.json"])
+        _write(tmp / MARKER, json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
+    return summary

@@ -118,6 +118,8 @@ TARGETS: tuple[Target, ...] = (
 BY_NAME = {t.name: t for t in TARGETS}
 NAMES = tuple(BY_NAME)
 ARM_NAMES = tuple(t.name for t in TARGETS if t.is_arm)
+WASM = "wasm"  # not a board: clang's wasm32 target, run in Node and browsers (wasm.py)
+COMPILE_NAMES = (*NAMES, WASM)  # every --target of compile
 
 
 def get(name: str) -> Target:

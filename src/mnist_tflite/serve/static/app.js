@@ -1,6 +1,8 @@
-// mnist-tflite serve: draw a digit, send the canvas as a PNG to /api/predict, show the answer.
-// Plain JS, no build step, no network access beyond this server.
-"use strict";
+// mnist-tflite: draw a digit; the model answers on this device (WebAssembly) when it can, else
+// the server (/api/predict). The same page is served by `serve` and written by `export-web`
+// (a static site: <body data-site="static">, no server, a service worker for offline use).
+// Plain JS modules, no build step, no network access beyond where the page came from.
+import { loadModel, probabilities, quantize, toMnist } from "./device.js";
 
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
@@ -8,7 +10,11 @@ const ctx = pad.getContext("2d");
 const STROKE = 18; // px on the 280 px pad: about MNIST's stroke once scaled to 20 px
 const SEND = 140; // px: the drawing as uploaded
 
-const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false };
+const STATIC_SITE = document.body.dataset.site === "static";
+const MODULE_URL = new URL("wasm/mnist_model.mjs", document.baseURI).href;
+
+const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false,
+  device: null, deviceVariant: null, deviceNote: "" };
 
 // ---- drawing (pointer events cover mouse, touch and pen) -------------------------------
 
@@ -25,7 +31,7 @@ function padPoint(ev) {
 
 pad.addEventListener("pointerdown", (ev) => {
   ev.preventDefault();
-  pad.setPointerCapture(ev.pointerId);
+  if (ev.isTrusted) pad.setPointerCapture(ev.pointerId); // (replayed strokes in tests are not)
   state.drawing = true;
   const [x, y] = padPoint(ev);
   ctx.strokeStyle = ctx.fillStyle = "#000";
@@ -55,19 +61,34 @@ pad.addEventListener("pointermove", (ev) => {
 
 function endStroke(ev) {
   if (!state.drawing) return;
+  const t0 = performance.now();
   state.drawing = false;
   if (pad.hasPointerCapture(ev.pointerId)) pad.releasePointerCapture(ev.pointerId);
+  if (onDevice()) {
+    const answer = classifyOnDevice(t0);
+    if (answer && !STATIC_SITE) padPng((blob) => crossCheck(blob, answer));
+    return;
+  }
+  if (STATIC_SITE) {
+    showError({ detail: state.deviceNote || "the model is still loading" });
+    return;
+  }
+  padPng((blob) => {
+    state.input = blob;
+    state.inputName = "drawing.png";
+    predict();
+  });
+}
+
+/** The pad as a PNG, at half size, for the server. */
+function padPng(then) {
   // sent at half size: to_mnist scales it to 20 px anyway, and 4x fewer pixels is ~4x faster
   const small = document.createElement("canvas");
   small.width = small.height = SEND;
   const g = small.getContext("2d");
   g.imageSmoothingQuality = "high";
   g.drawImage(pad, 0, 0, SEND, SEND);
-  small.toBlob((blob) => {
-    state.input = blob;
-    state.inputName = "drawing.png";
-    predict();
-  }, "image/png");
+  small.toBlob(then, "image/png");
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
@@ -156,6 +177,7 @@ function showIdle() {
   $("label").textContent = "–";
   $("confidence").textContent = "draw a digit";
   $("latency").textContent = "";
+  $("agree").textContent = "";
   $("error").hidden = true;
   $("compare-table").hidden = true;
   for (const li of $("bars").children) {
@@ -183,8 +205,10 @@ function drawSeen(input) {
   seen.putImageData(img, 0, 0);
 }
 
-function showResult(r, roundTrip) {
+/** The answer, the bars and the 28x28 image, from the device or the server. */
+function showAnswer(r) {
   $("error").hidden = true;
+  $("agree").textContent = "";
   $("label").textContent = r.class_name;
   $("confidence").textContent = (100 * r.probabilities[r.label]).toFixed(1) + " % sure";
   if ($("bars").children.length !== r.probabilities.length) buildBars(r.probabilities.map((_, i) => String(i)));
@@ -196,11 +220,95 @@ function showResult(r, roundTrip) {
   });
   drawSeen(r.input);
   $("model-name").textContent = "model " + r.model + " ·";
+  markReportRow(r.model);
+}
+
+function showResult(r, roundTrip) {
+  showAnswer(r);
   $("latency").textContent =
+    (state.device ? "" : state.deviceNote ? state.deviceNote + ": " : "") +
     "server " + r.latency_ms.toFixed(1) + " ms (inference " + r.inference_ms.toFixed(2) + " ms) · round trip " +
     roundTrip.toFixed(0) + " ms";
-  markReportRow(r.model);
   document.body.dataset.state = "done";
+}
+
+// ---- on this device ----------------------------------------------------------------------
+
+function onDevice() {
+  const v = currentVariant();
+  return state.device !== null && (v === null || v === state.deviceVariant);
+}
+
+/** Classify the pad here; the answer (or null for a blank pad). t0: pointer-up. */
+function classifyOnDevice(t0) {
+  state.seq++; // an answer from the server still in flight is superseded
+  const { model, simd } = state.device;
+  const t1 = performance.now();
+  const x = toMnist(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+  if (!x) {
+    showIdle();
+    $("label").textContent = "?";
+    document.body.dataset.state = "blank";
+    return null;
+  }
+  const q = quantize(x, model.input);
+  const t2 = performance.now();
+  const out = model.classify(q);
+  const t3 = performance.now();
+  const p = probabilities(out, model.output);
+  let label = 0;
+  for (let i = 1; i < p.length; i++) if (p[i] > p[label]) label = i;
+  const input = [];
+  for (let y = 0; y < 28; y++) input.push(Array.from(x.subarray(28 * y, 28 * y + 28), (v) => Math.round(255 * v)));
+  const answer = { label, class_name: String(label), probabilities: p, input, model: state.deviceVariant };
+  showAnswer(answer);
+  $("latency").textContent =
+    "ran on this device (WebAssembly" + (simd ? " SIMD" : "") + "): inference " + (t3 - t2).toFixed(2) +
+    " ms, preprocessing " + (t2 - t1).toFixed(1) + " ms";
+  const body = document.body.dataset;
+  body.answerMs = (performance.now() - t0).toFixed(2); // pointer-up to the answer on screen
+  body.inferenceMs = (t3 - t2).toFixed(3);
+  body.state = "done";
+  return answer;
+}
+
+/** Serve mode: the server classifies the same drawing; say whether it agrees. */
+async function crossCheck(blob, answer) {
+  const seq = state.seq;
+  state.input = blob;
+  state.inputName = "drawing.png";
+  try {
+    const { ok, body } = await ask(currentVariant());
+    if (seq !== state.seq) return;
+    $("agree").textContent = !ok
+      ? "server: " + (body.detail || body.error)
+      : body.label === answer.label
+        ? "device and server agree (" + body.class_name + ")"
+        : "device says " + answer.class_name + ", server says " + body.class_name;
+  } catch (err) {
+    if (seq === state.seq) $("agree").textContent = "server not reachable: answered on this device only";
+  }
+}
+
+async function startDevice(variant) {
+  if (typeof WebAssembly !== "object") {
+    state.deviceNote = STATIC_SITE
+      ? "this browser has no WebAssembly and this page has no server: it cannot classify here"
+      : "no WebAssembly in this browser: the server answers";
+    $("where").textContent = state.deviceNote;
+    return;
+  }
+  try {
+    const { model, simd } = await loadModel(MODULE_URL);
+    state.device = { model, simd };
+    state.deviceVariant = variant;
+    $("where").textContent =
+      "the model runs on this device (WebAssembly " + (simd ? "SIMD128" : "without SIMD") + ")" +
+      (STATIC_SITE ? "; nothing you draw leaves the page" : "; the server cross-checks");
+  } catch (err) {
+    state.deviceNote = "cannot run the model here (" + err.message + ")" + (STATIC_SITE ? "" : ": the server answers");
+    $("where").textContent = state.deviceNote;
+  }
 }
 
 function showError(body) {
@@ -286,6 +394,23 @@ async function loadModels() {
     $("report-panel").hidden = false;
   }
   markReportRow(models.default);
+  if (models.device) await startDevice(models.device.variant);
+  else {
+    state.deviceNote = "the server answers";
+    $("where").textContent = "the server answers (" + (models.device_note || "no in-browser build") + ")";
+  }
+  document.body.dataset.ready = "1";
+}
+
+async function startStatic() {
+  for (const el of document.querySelectorAll(".server-only")) el.hidden = true;
+  buildBars(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+  $("model-name").textContent = "model " + document.body.dataset.model;
+  await startDevice(document.body.dataset.model);
+  if ("serviceWorker" in navigator) {
+    // offline: the worker keeps every file of the site; registered once the page works
+    await navigator.serviceWorker.register("sw.js").catch(() => {});
+  }
   document.body.dataset.ready = "1";
 }
 
@@ -297,4 +422,5 @@ $("compare").addEventListener("click", compareAll);
 
 clearPad();
 showIdle();
-loadModels().catch((err) => showError({ detail: "cannot load the model list (" + err.message + ")" }));
+if (STATIC_SITE) startStatic();
+else loadModels().catch((err) => showError({ detail: "cannot load the model list (" + err.message + ")" }));

@@ -32,6 +32,13 @@ static inline uint32_t sxtb16_odd(uint32_t x)
 #define I8K_DSP 0
 #endif
 
+#if defined(__wasm_simd128__) && !defined(I8K_PLAIN_C)
+#include <wasm_simd128.h>
+#define I8K_SIMD128 1
+#else
+#define I8K_SIMD128 0
+#endif
+
 /* ---- fixed-point arithmetic (the TFLite int8 rounding rules) ---------------------------- */
 
 /* round(a * b / 2^31), ties toward +infinity: what the reference's "add a nudge of 2^30
@@ -249,6 +256,43 @@ static void output_pairs(const uint32_t *P, const uint32_t *W, const int32_t *bi
 }
 #endif
 
+#if I8K_SIMD128
+/* WebAssembly SIMD128: the dot products of one channel pair (weights W, group layout as
+ * in the header) with two interleaved patches P: s = {patch 0 . channel 0, patch 0 .
+ * channel 1, patch 1 . channel 0, patch 1 . channel 1}, without the bias. Each group's 8
+ * weight bytes are put in the patches' order (x0, x2, x1, x3) and widened to int16, so one
+ * i32x4.dot_i16x8 multiplies both patches by one channel's 4 weights. */
+static void dot_2x2(const int16_t *P, const int8_t *W, int groups, int32_t s[4])
+{
+    v128_t acc0 = wasm_i32x4_splat(0), acc1 = acc0;
+    int g = 0;
+    for (; g + 1 < groups; g += 2, P += 16, W += 16) { /* two groups: one 16-byte weight load */
+        const v128_t x0 = wasm_v128_load(P), x1 = wasm_v128_load(P + 8);
+        const v128_t w = wasm_v128_load(W);
+        const v128_t w0 = wasm_i8x16_shuffle(w, w, 0, 2, 1, 3, 0, 2, 1, 3, 4, 6, 5, 7, 4, 6, 5, 7);
+        const v128_t w1 = wasm_i8x16_shuffle(w, w, 8, 10, 9, 11, 8, 10, 9, 11, 12, 14, 13, 15, 12, 14, 13, 15);
+        acc0 = wasm_i32x4_add(acc0, wasm_i32x4_dot_i16x8(x0, wasm_i16x8_extend_low_i8x16(w0)));
+        acc1 = wasm_i32x4_add(acc1, wasm_i32x4_dot_i16x8(x0, wasm_i16x8_extend_high_i8x16(w0)));
+        acc0 = wasm_i32x4_add(acc0, wasm_i32x4_dot_i16x8(x1, wasm_i16x8_extend_low_i8x16(w1)));
+        acc1 = wasm_i32x4_add(acc1, wasm_i32x4_dot_i16x8(x1, wasm_i16x8_extend_high_i8x16(w1)));
+    }
+    if (g < groups) { /* an odd last group */
+        const v128_t x = wasm_v128_load(P);
+        const v128_t w = wasm_v128_load64_zero(W);
+        const v128_t wp = wasm_i8x16_shuffle(w, w, 0, 2, 1, 3, 0, 2, 1, 3, 4, 6, 5, 7, 4, 6, 5, 7);
+        acc0 = wasm_i32x4_add(acc0, wasm_i32x4_dot_i16x8(x, wasm_i16x8_extend_low_i8x16(wp)));
+        acc1 = wasm_i32x4_add(acc1, wasm_i32x4_dot_i16x8(x, wasm_i16x8_extend_high_i8x16(wp)));
+    }
+    /* lanes: patch 0 (two halves), patch 1 (two halves); integer sums, any order is exact */
+    acc0 = wasm_i32x4_add(acc0, wasm_i32x4_shuffle(acc0, acc0, 1, 0, 3, 2));
+    acc1 = wasm_i32x4_add(acc1, wasm_i32x4_shuffle(acc1, acc1, 1, 0, 3, 2));
+    s[0] = wasm_i32x4_extract_lane(acc0, 0);
+    s[1] = wasm_i32x4_extract_lane(acc1, 0);
+    s[2] = wasm_i32x4_extract_lane(acc0, 2);
+    s[3] = wasm_i32x4_extract_lane(acc1, 2);
+}
+#endif
+
 /* Every output channel's sum (bias + patch . weights) for the npx patches in scratch.
  * With two patches and sums1 == NULL the larger of the two is kept (a pool window);
  * otherwise patch 1's sums go to sums1. first: set sums0, else keep the larger. */
@@ -268,6 +312,20 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
             pool_pairs(P, W, p->filter.bias, sums0, pairs, groups, first);
         }
         c = 2 * pairs;
+    }
+#elif I8K_SIMD128
+    for (; npx == 2 && c + 1 < p->conv.c; c += 2) { /* channel pairs, as the DSP path */
+        int32_t s[4];
+        dot_2x2(patches, p->filter.weights + c * p->filter.k_pad, groups, s);
+        const int32_t a0 = p->filter.bias[c] + s[0], a1 = p->filter.bias[c + 1] + s[1];
+        const int32_t a2 = p->filter.bias[c] + s[2], a3 = p->filter.bias[c + 1] + s[3];
+        if (sums1) {
+            sums0[c] = a0, sums0[c + 1] = a1, sums1[c] = a2, sums1[c + 1] = a3;
+            continue;
+        }
+        const int32_t m0 = a2 > a0 ? a2 : a0, m1 = a3 > a1 ? a3 : a1;
+        sums0[c] = first || m0 > sums0[c] ? m0 : sums0[c];
+        sums0[c + 1] = first || m1 > sums0[c + 1] ? m1 : sums0[c + 1];
     }
 #else
     const int pairs = p->conv.c >> 1;
@@ -320,7 +378,7 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
         c = 2 * pairs;
     }
 #endif
-    /* the rest (plain C; on the DSP path only one patch, or the last channel of an odd count) */
+    /* the rest (plain C; with two patches only the last channel of an odd count) */
     for (; c < p->conv.c; c++) {
         const int in_pair = (c & ~1) + 1 < p->conv.c; /* weights interleaved with a neighbour */
         const int8_t *w = p->filter.weights + (c & ~1) * p->filter.k_pad + (in_pair && (c & 1) ? 4 : 0);

@@ -8,7 +8,9 @@
  *
  * Plain C by default; where the compiler targets a core with the DSP extension
  * (__ARM_FEATURE_DSP: Cortex-M4, M7, M33 with DSP) the dot products use SMLAD/SXTB16.
- * Both give the same bits: all arithmetic is integer and exact.
+ * Built for WebAssembly with SIMD128 (__wasm_simd128__), the convolutions' dot products
+ * use i32x4.dot_i16x8 on weights widened from int8. All give the same bits: all arithmetic
+ * is integer and exact.
  *
  * No allocation, no globals: every buffer is passed in, every parameter is const data.
  */
