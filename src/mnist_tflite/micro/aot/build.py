@@ -372,7 +372,7 @@ def _kb(n: int | None) -> str:
 def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     """What ``compile`` prints (without --json)."""
     mem, flash = s["memory"], s.get("flash", {})
-    t = targets.get(s["target"]) if s["target"] in TARGETS else targets.get("cortex-m4")
+    t = targets.get(s["target"]) if s["target"] in targets.NAMES else targets.get("cortex-m4")
     core = s.get(t.key, {}) if t.is_arm else s.get("cortex_m4", {})
     label = f"{t.core if t.is_arm else 'Cortex-M4':<9}"
     lines = [f"{s['name']}: {s['model']} -> {out or ''} (target {s['target']}, output {s['output']['kind']})"]
