@@ -322,7 +322,8 @@ class Classifier:
             raise type(exc)(message if message.startswith(source) else f"{source}: {message}") from None
 
     def _proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(self._model_input(np.asarray(x, dtype=np.float32)))
+        # pixel/255, as the sidecar states (sidecar.STANDARD_NORMALIZATION): as classify() does
+        return self.model.predict_proba(np.asarray(x, dtype=np.float32).reshape(-1, 28, 28))
 
     def read_files(
         self, paths: Iterable[str | os.PathLike[str]], *, min_confidence: float = MIN_CONFIDENCE
@@ -346,9 +347,7 @@ class Classifier:
     def classify(self, images: np.ndarray, sources: list[str] | None = None) -> list[Prediction]:
         """Already-preprocessed images (N, 28, 28) in [0, 1] -> predictions, one batched call each."""
         x = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
-        probs = self.model.predict_proba(
-            x
-        )  # pixel/255, as the sidecar states (sidecar.STANDARD_NORMALIZATION)
+        probs = self._proba(x)
         sources = sources or [f"image[{i}]" for i in range(len(x))]
         out = []
         for src, img, p in zip(sources, x, probs, strict=True):
