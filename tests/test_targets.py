@@ -85,17 +85,60 @@ def test_unknown_target_is_one_line_listing_the_targets(models_dir, tmp_path, ca
     code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
                             "--target", "cortex-m7")  # fmt: skip
     line = one_error_line(err)
-    assert code == 2 and all(name in line for name in targets.NAMES)
+    assert code == 2 and all(name in line for name in (*targets.NAMES, "all"))
     assert not (tmp_path / "fw").exists()
 
 
-@pytest.mark.parametrize("target", [t.name for t in ARM])
+@needs_arm
+def test_target_all_builds_every_cortex_m_and_writes_one_table(models_dir, tmp_path, capsys, monkeypatch):
+    # the micro:bit shrunk to 8 KB of RAM: its row says why, every other target is still built
+    _shrunk(monkeypatch, "cortex-m0", ram=Region(0x2000_0000, 8 * 1024))
+    out, images = tmp_path / "fw", 10
+    code, stdout, _ = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out),
+                               "--targets", "all", "--images", str(images), "--json")  # fmt: skip
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc == json.loads((out / "compile.json").read_text(encoding="utf-8"))
+    assert [r["target"] for r in doc["rows"]] == [t.name for t in ARM]
+    m0, *built = doc["rows"]
+    assert "does not fit --target cortex-m0" in m0["not_built"] and not (out / "cortex-m0").exists()
+    for row in built:  # each row is that target's own compile output, run in its board
+        t = targets.get(row["target"])
+        own = json.loads((out / t.name / "compile.json").read_text(encoding="utf-8"))
+        assert own["target"] == t.name and (out / t.name / "firmware.elf").is_file()
+        assert row["instructions_per_inference"] == own[t.key]["instructions_per_inference"]
+        assert row["code_bytes"] == own["flash"]["code_bytes"] > 0
+        assert row["static_ram_bytes"] == own["memory"]["static_ram_bytes"] <= t.ram.length
+        assert row["bound_instructions"] == t.bound(own["macs"]["model"]) < row["instructions_per_inference"]
+        assert row["rows_identical"] == row["images"] == images and row["board"] == t.board
+    code, text, _ = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out),
+                             "--target", "all", "--images", "2", "--force")  # fmt: skip
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  cortex-m")}
+    assert code == 0 and set(lines) == {t.name for t in ARM}
+    assert "not built" in lines["cortex-m0"] and lines["cortex-m55"].endswith("2/2")
+
+
+@needs_arm
+def test_target_all_where_no_board_fits_is_one_line_and_writes_nothing(
+    models_dir, tmp_path, capsys, monkeypatch
+):
+    for t in ARM:
+        _shrunk(monkeypatch, t.name, ram=Region(t.ram.origin, 4 * 1024))
+    out = tmp_path / "fw"
+    code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out), "--target", "all")
+    line = one_error_line(err)
+    assert code == 2 and "no target could be built; cortex-m0:" in line and "the microbit board has 4,096" in line
+    assert not out.exists() and not list(tmp_path.glob(".fw*"))
+
+
+@pytest.mark.parametrize("target", [*(t.name for t in ARM), "all"])
 def test_missing_toolchain_names_the_apt_command(target, models_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(firmware.shutil, "which", lambda tool: None)
     code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
                             "--target", target)  # fmt: skip
     line = one_error_line(err)
-    assert code == 2 and f"--target {target}" in line and firmware.APT_COMMAND in line
+    assert code == 2 and "--target cortex-m" in line and firmware.APT_COMMAND in line
+    assert target == "all" or f"--target {target}" in line
 
 
 def _shrunk(monkeypatch, name: str, **regions: Region) -> None:
