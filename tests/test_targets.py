@@ -127,7 +127,11 @@ def test_target_all_where_no_board_fits_is_one_line_and_writes_nothing(
     out = tmp_path / "fw"
     code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out), "--target", "all")
     line = one_error_line(err)
-    assert code == 2 and "no target could be built; cortex-m0:" in line and "the microbit board has 4,096" in line
+    assert (
+        code == 2
+        and "no target could be built; cortex-m0:" in line
+        and "the microbit board has 4,096" in line
+    )
     assert not out.exists() and not list(tmp_path.glob(".fw*"))
 
 
