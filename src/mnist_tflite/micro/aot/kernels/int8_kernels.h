@@ -25,6 +25,11 @@
 #else
 #define I8K_MVE 0
 #endif
+#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C) && !I8K_MVE /* (the M55 has both: MVE wins) */
+#define I8K_DSP 1
+#else
+#define I8K_DSP 0
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,6 +91,13 @@ typedef struct {
     i8k_channel_quant_t quant;
     int8_t in_zp, out_zp;
     i8k_clamp_t act;
+    /* With the DSP kernels, a 3x3 convolution (stride 1, no padding) whose 2x2 max pool
+     * (stride 2) follows may run as integer-exact Winograd F(2x2, 3x3) (micro/aot/winograd.py):
+     * the transformed weights U = (2G) g (2G)^T, int16, ordered [output quad][tile position
+     * 0..15][input word][channel of the quad][half], where input word 2j holds channels 4j and
+     * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0). 0: the
+     * direct kernel. Scratch: 32 * input.c bytes. */
+    const int16_t *wino;
 } i8k_conv_t;
 
 /* Scratch bytes i8k_conv needs (4-byte aligned): two expanded patches (2 * k_pad int16),
