@@ -189,6 +189,11 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
             f"_Static_assert(I8K_CONV_SCRATCH_BYTES({p.filter.k_pad}, {p.conv.c}, {int(p.pool.pooling)}) <= "
             f'{planned}, "layer {i}: i8k_conv needs more scratch than was planned");'
         )
+        if p.wino is not None:
+            out.append(
+                f"_Static_assert(I8K_WINO_SCRATCH_BYTES({p.input.c}) <= {planned}, "
+                f'"layer {i}: the Winograd kernel needs more scratch than was planned");'
+            )
         args.append(f"{name}_arena + {program.plan.scratch[i]}")
     return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
 

@@ -46,7 +46,7 @@ def eligible(w: np.ndarray, kernel: object, pool: object, in_c: int) -> bool:
 
 
 def kernel_weights(w: np.ndarray) -> np.ndarray:
-    """U in the DSP kernel's order, int16: [output quad][tile position 16][input word][channel of the quad][half].
+    """U in the DSP kernel's order, int16: [output quad][tile position 16][input word][channel][half].
 
     An input word holds two channels as SXTB16 makes them of 4 int8 channels c..c+3:
     word 2g is (4g, 4g+2), word 2g+1 is (4g+1, 4g+3), the first in the low half.

@@ -418,7 +418,7 @@ static void conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *
         for (int tx = 0; tx < p->output.w; tx++) {
             const int8_t *base = in + 2 * ty * row + 2 * tx * ic;
             for (int g = 0; g < ic; g += 4) {
-                uint32_t d0[16], d1[16];
+                uint32_t *d0 = V + 16 * words, *d1 = d0 + 16; /* the sums' space, free until then */
                 for (int k = 0; k < 16; k++) {
                     const uint32_t x = load32(base + (k >> 2) * row + (k & 3) * ic + g);
                     d0[k] = __sxtb16(x);
@@ -430,7 +430,7 @@ static void conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *
             const uint32_t *U = (const uint32_t *)(const void *)p->wino;
             int8_t *o = out + (ty * p->output.w + tx) * oc;
             for (int c = 0; c < oc; c += 4) {
-                int32_t m[4][16];
+                int32_t(*m)[16] = (int32_t(*)[16])(void *)(V + 16 * words); /* after V in the scratch */
                 const uint32_t *v = V;
                 for (int k = 0; k < 16; k++) {
                     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;

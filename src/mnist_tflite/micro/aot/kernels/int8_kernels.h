@@ -96,7 +96,7 @@ typedef struct {
      * the transformed weights U = (2G) g (2G)^T, int16, ordered [output quad][tile position
      * 0..15][input word][channel of the quad][half], where input word 2j holds channels 4j and
      * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0). 0: the
-     * direct kernel. Scratch: 32 * input.c bytes. */
+     * direct kernel. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES). */
     const int16_t *wino;
 } i8k_conv_t;
 
@@ -112,6 +112,8 @@ typedef struct {
 #define I8K_CONV_SCRATCH_BYTES(k_pad, out_c, pooled) \
     (4u * (uint32_t)(k_pad) + ((pooled) ? 4u : 8u) * (uint32_t)(out_c))
 #endif
+
+#define I8K_WINO_SCRATCH_BYTES(in_c) (32u * (uint32_t)(in_c) + 256u)
 
 /* Fully connected: weights [out_n][k_pad]; mult/shift per output, or one for all
  * (per_channel 0). No scratch. */
