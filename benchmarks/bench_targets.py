@@ -60,8 +60,7 @@ def measure(target: str, images: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from mnist_tflite.micro.aot import firmware, targets
-    from mnist_tflite.micro.aot.alltargets import anchors_line, table_lines
-    from mnist_tflite.micro.aot.build import TFLM_REFERENCE
+    from mnist_tflite.micro.aot.alltargets import INSTRUCTIONS_NOTE, TFLM_ANCHORS, anchors_line, table_lines
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="test images per target (default: 1000)")
@@ -86,11 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "what": "mnist-tflite compile of the seed int8 model for every Cortex-M target, run in QEMU",
         "model": str(SEED.relative_to(ROOT)),
-        "instructions": "QEMU -icount shift=0 counts executed instructions (1 ns of virtual time each); "
-        "QEMU has no cycle model, so these are instructions, not cycles (an M55 takes about two cycles "
-        "per 128-bit MVE instruction; an M0 two or more per load and branch)",
+        "instructions": INSTRUCTIONS_NOTE,
         "aims": {"instructions": AIM_INSTRUCTIONS, "code_bytes": AIM_CODE_BYTES},
-        "tflm_anchors": {**TFLM_REFERENCE, "note": "TFLM built for Cortex-M4, QEMU mps2-an386 (issue 10)"},
+        "tflm_anchors": TFLM_ANCHORS,
         "images_per_target": args.images,
         "rows": rows,
         "machine": {
