@@ -261,13 +261,15 @@ def _odd_conv_sources(
     for key, arr in others.items():
         arrays += codegen._array(f"m_{key}", arr, 4)
     size_in, size_out = h * w * ic, out.h * out.w * oc
+    wino_call = ["#if I8K_DSP", "    i8k_conv_wino(&m, input, output, scratch);", "#else"] if wino else []
+    wino_call += ["    i8k_conv(&m, input, output, scratch);", *(["#endif"] if wino else [])]
     c = [
         '#include "m.h"', '#include "int8_kernels.h"', "#define I8K_ALIGNED(n) __attribute__((aligned(n)))",
         *arrays, f"static const i8k_conv_t m = {codegen.initializer(params, 'm')};",
         f"static int8_t scratch[I8K_CONV_SCRATCH_BYTES({k_pad}, {oc}, 1) + I8K_WINO_SCRATCH_BYTES({ic})] "
         "I8K_ALIGNED(8);",
         f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}])",
-        "{", "    i8k_conv(&m, input, output, scratch);", "    return 0;", "}",
+        "{", *wino_call, "    return 0;", "}",
     ]  # fmt: skip
     header = f"#include <stdint.h>\n#define M_INPUT_SIZE {size_in}\n#define M_OUTPUT_SIZE {size_out}\n"
     header += f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}]);\n"

@@ -195,6 +195,9 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
                 f'"layer {i}: the Winograd kernel needs more scratch than was planned");'
             )
         args.append(f"{name}_arena + {program.plan.scratch[i]}")
+        if p.wino is not None:  # the DSP kernels' Winograd convolution; the direct one elsewhere
+            call = f"{p.KERNEL}_wino({', '.join(args)});\n#else\n    {p.KERNEL}({', '.join(args)});"
+            return [*out, ""], f"#if I8K_DSP\n    {call}\n#endif"
     return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
 
 

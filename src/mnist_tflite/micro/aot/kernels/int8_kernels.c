@@ -410,7 +410,7 @@ static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int c)
     return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
 }
 
-static void conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
+void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
     const int ic = p->input.c, words = ic >> 1, oc = p->conv.c, row = p->input.w * ic;
     uint32_t *V = (uint32_t *)scratch; /* [16 positions][words] */
@@ -466,12 +466,6 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 #if I8K_MVE
     conv_mve(p, in, out, scratch);
 #else
-#if I8K_DSP
-    if (p->wino) {
-        conv_wino(p, in, out, scratch);
-        return;
-    }
-#endif
     int16_t *patches = (int16_t *)scratch;
     /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */
     int32_t *sums = (int32_t *)(void *)((int8_t *)scratch + 4 * p->filter.k_pad);

@@ -95,8 +95,8 @@ typedef struct {
      * (stride 2) follows may run as integer-exact Winograd F(2x2, 3x3) (micro/aot/winograd.py):
      * the transformed weights U = (2G) g (2G)^T, int16, ordered [output quad][tile position
      * 0..15][input word][channel of the quad][half], where input word 2j holds channels 4j and
-     * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0). 0: the
-     * direct kernel. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES). */
+     * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0); read by
+     * i8k_conv_wino only. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES). */
     const int16_t *wino;
 } i8k_conv_t;
 
@@ -143,6 +143,11 @@ typedef struct {
 } i8k_softmax_t;
 
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
+#if I8K_DSP
+/* The Winograd kernel of a convolution whose p->wino is set (the generated code calls it under
+ * #if I8K_DSP, so a model without one links none of it). */
+void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
+#endif
 void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out);
 void i8k_maxpool(const i8k_pool_t *p, const int8_t *in, int8_t *out);
 void i8k_softmax(const i8k_softmax_t *p, const int8_t *in, int8_t *out);
