@@ -341,3 +341,24 @@ def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(wino, t
         rows[target] = run(*args).rows
     assert len({r.tobytes() for r in rows.values()}) == 1, {t: r[0][:10] for t, r in rows.items()}
     assert len(np.unique(rows["host"])) > 20  # not a constant output that agrees trivially
+
+
+def test_the_winograd_weights_count_only_where_the_dsp_kernels_link_them(models_dir, monkeypatch):
+    from mnist_tflite.core.errors import MnistTfliteError
+    from mnist_tflite.micro.aot.build import check_fits
+    from mnist_tflite.micro.aot.compiler import load_program
+
+    _, program = load_program(models_dir / "int8.tflite")
+    wino = sum(
+        layer.params.wino.nbytes
+        for layer in program.layers
+        if getattr(layer.params, "wino", None) is not None
+    )
+    assert wino == 64 * 32 * 16 * 2  # 64 out x 32 in channels x 16 positions, int16: 65,536 B
+    assert program.weight_bytes() == program.weight_bytes(dsp=False) + wino
+    flash = Region(0, 64 * 1024)  # holds the direct weights, not the Winograd ones too
+    for name in ("cortex-m0", "cortex-m4"):
+        _shrunk(monkeypatch, name, flash=flash)
+    check_fits(program, targets.get("cortex-m0"))
+    with pytest.raises(MnistTfliteError, match="its weights need 101,306 bytes of flash"):
+        check_fits(program, targets.get("cortex-m4"))

@@ -90,7 +90,8 @@ def check_fits(program: Program, t: targets.Target) -> None:
     """
     if t.flash is None or t.ram is None:
         return
-    weights, ram = program.weight_bytes(), program.plan.arena_bytes + t.stack_bytes
+    weights = program.weight_bytes(dsp=t.kernel_isa == "DSP")
+    ram = program.plan.arena_bytes + t.stack_bytes
     if weights > t.flash.length:
         raise MnistTfliteError(
             f"the model does not fit --target {t.name}: its weights need {weights:,} bytes of flash, "
