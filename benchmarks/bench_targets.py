@@ -2,7 +2,8 @@
 
 Compiles the seed int8 model (tests/models/int8.tflite) for each target of the table
 (micro/aot/targets.py), runs the firmware in its QEMU board (-icount shift=0) on the first N
-official test images, and checks every row against the TFLM interpreter. Prints one table and
+official test images, and checks every row against the TFLM interpreter (`compile --target all`
+builds the same table; its rows and text come from micro/aot/alltargets.py). Prints one table and
 writes benchmarks/results/targets.json, with issue 21's aims and the TFLM anchors beside.
 
 Instructions come from QEMU's instruction count, not from a cycle model, so they do not depend
@@ -35,6 +36,7 @@ AIM_CODE_BYTES = 4 * 1024
 
 
 def measure(target: str, images: int) -> dict:
+    from mnist_tflite.micro.aot.alltargets import target_row
     from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir
     from mnist_tflite.micro.aot.targets import get
 
@@ -45,35 +47,7 @@ def measure(target: str, images: int) -> dict:
             CompileOptions(SEED, Path(tmp) / "fw", target=target, images=images), log=lambda m: None
         )
         wall = time.perf_counter() - t0
-    core, mem, flash = s[t.key], s["memory"], s["flash"]
-    v = s["verification"]["target"]
-    row = {
-        "target": target,
-        "core": t.core,
-        "board": t.board,
-        "kernels": t.kernel_isa,
-        "test_images": t.images,
-        "compiler_flags": " ".join(t.cpu_flags),
-        "code_bytes": flash["code_bytes"],
-        "libgcc_bytes": flash["libgcc_bytes"],
-        "model_data_bytes": flash["model_data_bytes"],
-        "static_ram_bytes": mem["static_ram_bytes"],
-        "arena_bytes": mem["arena_bytes"],
-        "stack_bytes": mem["stack_bytes"],
-        "board_ram_bytes": t.ram.length,
-        "board_flash_bytes": t.flash.length,
-        "instructions_per_inference": core["instructions_per_inference"],
-        "instructions_min_max": [core["instructions_min"], core["instructions_max"]],
-        "bound_instructions": core["bound_instructions"],
-        "bound_rule": core["bound_rule"],
-        "times_bound": core["times_bound"],
-        "rows_identical": v.get("rows_identical"),
-        "images": images,
-        "accuracy": v.get("accuracy"),
-        "method": core["method"],
-        "qemu_seconds": core["qemu_seconds"],
-        "compile_wall_s": round(wall, 1),
-    }
+    row = {**target_row(s, t), "compile_wall_s": round(wall, 1)}
     row["aims"] = {
         "instructions": AIM_INSTRUCTIONS[target],
         "meets_instructions": row["instructions_per_inference"] <= AIM_INSTRUCTIONS[target],
@@ -86,7 +60,7 @@ def measure(target: str, images: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from mnist_tflite.micro.aot import firmware, targets
-    from mnist_tflite.micro.aot.build import TFLM_REFERENCE
+    from mnist_tflite.micro.aot.alltargets import INSTRUCTIONS_NOTE, TFLM_ANCHORS, anchors_line, table_lines
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="test images per target (default: 1000)")
@@ -106,34 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    head = (
-        f"{'target':<11} {'kernels':<8} {'QEMU board':<11} {'code B':>7} {'RAM B':>6} {'instructions':>12} "
-        f"{'bound':>10} {'x bound':>7} {'aim':>10}  rows identical to TFLM"
-    )
-    print(head)
-    rows = []
-    for name in args.targets:
-        r = measure(name, args.images)
-        rows.append(r)
-        print(
-            f"{name:<11} {r['kernels']:<8} {r['board']:<11} {r['code_bytes']:>7,} "
-            f"{r['static_ram_bytes']:>6,} "
-            f"{r['instructions_per_inference']:>12,} {r['bound_instructions']:>10,} {r['times_bound']:>7} "
-            f"{r['aims']['instructions']:>10,}  {r['rows_identical']:,}/{args.images:,}"
-        )
-    ref, cmsis = TFLM_REFERENCE["reference_kernels"], TFLM_REFERENCE["cmsis_nn"]
-    print(
-        f"anchors (TFLM on the Cortex-M4, seed model): reference kernels {ref['instructions']:,} "
-        f"instructions, with CMSIS-NN {cmsis['instructions']:,}; arena {ref['arena_bytes']:,} B"
-    )
+    rows = [measure(name, args.images) for name in args.targets]
+    print("\n".join([*table_lines(rows, AIM_INSTRUCTIONS), anchors_line()]))
     doc = {
         "what": "mnist-tflite compile of the seed int8 model for every Cortex-M target, run in QEMU",
         "model": str(SEED.relative_to(ROOT)),
-        "instructions": "QEMU -icount shift=0 counts executed instructions (1 ns of virtual time each); "
-        "QEMU has no cycle model, so these are instructions, not cycles (an M55 takes about two cycles "
-        "per 128-bit MVE instruction; an M0 two or more per load and branch)",
+        "instructions": INSTRUCTIONS_NOTE,
         "aims": {"instructions": AIM_INSTRUCTIONS, "code_bytes": AIM_CODE_BYTES},
-        "tflm_anchors": {**TFLM_REFERENCE, "note": "TFLM built for Cortex-M4, QEMU mps2-an386 (issue 10)"},
+        "tflm_anchors": TFLM_ANCHORS,
         "images_per_target": args.images,
         "rows": rows,
         "machine": {

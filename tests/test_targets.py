@@ -85,17 +85,64 @@ def test_unknown_target_is_one_line_listing_the_targets(models_dir, tmp_path, ca
     code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
                             "--target", "cortex-m7")  # fmt: skip
     line = one_error_line(err)
-    assert code == 2 and all(name in line for name in targets.NAMES)
+    assert code == 2 and all(name in line for name in (*targets.NAMES, "all"))
     assert not (tmp_path / "fw").exists()
 
 
-@pytest.mark.parametrize("target", [t.name for t in ARM])
+@needs_arm
+def test_target_all_builds_every_cortex_m_and_writes_one_table(models_dir, tmp_path, capsys, monkeypatch):
+    # the micro:bit shrunk to 8 KB of RAM: its row says why, every other target is still built
+    _shrunk(monkeypatch, "cortex-m0", ram=Region(0x2000_0000, 8 * 1024))
+    out, images = tmp_path / "fw", 10
+    code, stdout, _ = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out),
+                               "--targets", "all", "--images", str(images), "--json")  # fmt: skip
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc == json.loads((out / "compile.json").read_text(encoding="utf-8"))
+    assert [r["target"] for r in doc["rows"]] == [t.name for t in ARM]
+    m0, *built = doc["rows"]
+    assert "does not fit --target cortex-m0" in m0["not_built"] and not (out / "cortex-m0").exists()
+    for row in built:  # each row is that target's own compile output, run in its board
+        t = targets.get(row["target"])
+        own = json.loads((out / t.name / "compile.json").read_text(encoding="utf-8"))
+        assert own["target"] == t.name and (out / t.name / "firmware.elf").is_file()
+        assert row["instructions_per_inference"] == own[t.key]["instructions_per_inference"]
+        assert row["code_bytes"] == own["flash"]["code_bytes"] > 0
+        assert row["static_ram_bytes"] == own["memory"]["static_ram_bytes"] <= t.ram.length
+        assert row["bound_instructions"] == t.bound(own["macs"]["model"]) < row["instructions_per_inference"]
+        assert row["rows_identical"] == row["images"] == images and row["board"] == t.board
+    code, text, _ = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out),
+                             "--target", "all", "--images", "2", "--force")  # fmt: skip
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  cortex-m")}
+    assert code == 0 and set(lines) == {t.name for t in ARM}
+    assert "not built" in lines["cortex-m0"] and lines["cortex-m55"].endswith("2/2")
+
+
+@needs_arm
+def test_target_all_where_no_board_fits_is_one_line_and_writes_nothing(
+    models_dir, tmp_path, capsys, monkeypatch
+):
+    for t in ARM:
+        _shrunk(monkeypatch, t.name, ram=Region(t.ram.origin, 4 * 1024))
+    out = tmp_path / "fw"
+    code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(out), "--target", "all")
+    line = one_error_line(err)
+    assert (
+        code == 2
+        and "no target could be built; cortex-m0:" in line
+        and "the microbit board has 4,096" in line
+    )
+    assert not out.exists() and not list(tmp_path.glob(".fw*"))
+
+
+@pytest.mark.parametrize("target", [*(t.name for t in ARM), "all"])
 def test_missing_toolchain_names_the_apt_command(target, models_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(firmware.shutil, "which", lambda tool: None)
     code, _, err = _compile(capsys, str(models_dir / "int8.tflite"), "--out", str(tmp_path / "fw"),
                             "--target", target)  # fmt: skip
     line = one_error_line(err)
-    assert code == 2 and f"--target {target}" in line and firmware.APT_COMMAND in line
+    assert code == 2 and "--target cortex-m" in line and firmware.APT_COMMAND in line
+    assert target == "all" or f"--target {target}" in line
 
 
 def _shrunk(monkeypatch, name: str, **regions: Region) -> None:
@@ -166,53 +213,118 @@ def test_generated_makefile_runs_the_board_of_the_target(tmp_path: Path):
         assert f"-M {t.board} " in text and " ".join(t.cpu_flags) in text and f"-T {t.linker_file}" in text
 
 
-def _odd_conv_sources(rng: np.random.Generator) -> tuple[dict[str, str], int, int]:
+def _odd_conv_sources(
+    rng: np.random.Generator, weights: np.ndarray | None = None, wino: bool = False
+) -> tuple[dict[str, str], int, int]:
     """A convolution the seed model does not have, as a test program's model: 3 input and 5
     output channels (a channel pair and an odd one), SAME padding, a 3x3 pool of stride 2 with
-    padding (windows of 4, 6 and 9 positions, more than the MVE kernel's 4 slots)."""
-    from mnist_tflite.micro.aot import codegen, lower
+    padding (windows of 4, 6 and 9 positions, more than the MVE kernel's 4 slots).
+
+    With ``wino``: ``weights`` [O, 3, 3, I] unpadded, a 2x2 pool of stride 2 on a 9x11 input
+    (the conv's last row is never read), the Winograd layout for the DSP kernels."""
+    from mnist_tflite.micro.aot import codegen, lower, winograd
     from mnist_tflite.micro.aot.params import ChannelQuant, Clamp, ConvParams, Dims, Filter, Window
 
-    oc, kh, kw, ic, h, w = 5, 3, 3, 3, 7, 9
-    weights = rng.integers(-127, 128, (oc, kh, kw, ic), dtype=np.int8)
+    if weights is None:
+        weights = rng.integers(-127, 128, (5, 3, 3, 3), dtype=np.int8)
+    oc, kh, kw, ic = weights.shape
+    h, w = (9, 11) if wino else (7, 9)
+    kernel, pool = (
+        (Window(3, 3), Window(2, 2, 2, 2)) if wino else (Window(3, 3, 1, 1, 1, 1), Window(3, 3, 2, 2, 1, 1))
+    )
+    conv = Dims(h - 2, w - 2, oc) if wino else Dims(h, w, oc)
+    out = Dims(3, 4, oc) if wino else Dims(4, 5, oc)
     k_pad = lower._k_pad(kh * kw * ic)
     packed = lower._conv_weights(weights)
     params = ConvParams(
-        input=Dims(h, w, ic), conv=Dims(h, w, oc), output=Dims(4, 5, oc),
-        kernel=Window(kh, kw, 1, 1, 1, 1), pool=Window(3, 3, 2, 2, 1, 1),
+        input=Dims(h, w, ic), conv=conv, output=out, kernel=kernel, pool=pool,
         filter=Filter(packed, rng.integers(-5000, 5000, oc).astype(np.int32), k_pad),
         quant=ChannelQuant(rng.integers(1 << 30, (1 << 31) - 1, oc).astype(np.int32),
-                           rng.integers(-9, 2, oc).astype(np.int8)),
+                           rng.integers(-18, -14, oc).astype(np.int8) if wino
+                           else rng.integers(-9, 2, oc).astype(np.int8)),
         in_zp=-3, out_zp=7, act=Clamp(-128, 127),
+        wino=winograd.kernel_weights(weights) if wino else None,
     )  # fmt: skip
+    assert not wino or winograd.eligible(weights, kernel, pool, ic)
     mve = lower.conv_weights_mve(packed, oc, k_pad)
     arrays = ["#if I8K_MVE", *codegen._array("m_weights", mve, 16), "#else"]
     arrays += [*codegen._array("m_weights", packed, 4), "#endif"]
     others = {"bias": params.filter.bias, "mult": params.quant.mult, "shift": params.quant.shift}
+    if wino:
+        arrays += [
+            "#if I8K_DSP",
+            *codegen._array("m_wino", params.wino, 8),
+            "#else",
+            "#define m_wino 0",
+            "#endif",
+        ]
     for key, arr in others.items():
         arrays += codegen._array(f"m_{key}", arr, 4)
-    size_in, size_out = h * w * ic, 4 * 5 * oc
+    size_in, size_out = h * w * ic, out.h * out.w * oc
+    wino_call = ["#if I8K_DSP", "    i8k_conv_wino(&m, input, output, scratch);", "#else"] if wino else []
+    wino_call += ["    i8k_conv(&m, input, output, scratch);", *(["#endif"] if wino else [])]
     c = [
         '#include "m.h"', '#include "int8_kernels.h"', "#define I8K_ALIGNED(n) __attribute__((aligned(n)))",
         *arrays, f"static const i8k_conv_t m = {codegen.initializer(params, 'm')};",
-        f"static int8_t scratch[I8K_CONV_SCRATCH_BYTES({k_pad}, {oc}, 1)] I8K_ALIGNED(8);",
+        f"static int8_t scratch[I8K_CONV_SCRATCH_BYTES({k_pad}, {oc}, 1) + I8K_WINO_SCRATCH_BYTES({ic})] "
+        "I8K_ALIGNED(8);",
         f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}])",
-        "{", "    i8k_conv(&m, input, output, scratch);", "    return 0;", "}",
+        "{", *wino_call, "    return 0;", "}",
     ]  # fmt: skip
     header = f"#include <stdint.h>\n#define M_INPUT_SIZE {size_in}\n#define M_OUTPUT_SIZE {size_out}\n"
     header += f"int m_invoke(const int8_t input[{size_in}], int8_t output[{size_out}]);\n"
     return {"m.c": "\n".join(c) + "\n", "m.h": header}, size_in, size_out
 
 
+def _extreme_weights(oc: int, ic: int) -> np.ndarray:
+    """Weights whose Winograd transform is as large as int8 allows: every 3x3 all +127 or all -128
+    per channel pair (|U| = 9 * 128 at the centre), the rest random signs."""
+    rng = np.random.default_rng(7)
+    w = np.where(rng.random((oc, 3, 3, ic)) < 0.5, -128, 127).astype(np.int8)
+    w[: oc // 2] = np.where(rng.random((oc // 2, 1, 1, ic)) < 0.5, -128, 127)
+    return w
+
+
+def test_winograd_sums_are_exactly_four_times_the_convolution():
+    from mnist_tflite.micro.aot import winograd
+    from mnist_tflite.micro.aot.params import Window
+
+    rng = np.random.default_rng(3)
+    for w in (_extreme_weights(8, 16), rng.integers(-128, 128, (4, 3, 3, 8))):
+        x = np.where(rng.random((9, 11, w.shape[3])) < 0.5, -128, 127)
+        direct = np.zeros((7, 9, w.shape[0]), dtype=np.int64)
+        for y in range(7):
+            for xx in range(9):
+                direct[y, xx] = np.einsum("kli,okli->o", x[y : y + 3, xx : xx + 3], w.astype(np.int64))
+        blocks = direct[:6, :8].reshape(3, 2, 4, 2, -1).transpose(0, 2, 4, 1, 3)
+        assert (winograd.reference(x, w) == winograd.SCALE * blocks).all()
+        assert winograd.eligible(w, Window(3, 3), Window(2, 2, 2, 2), w.shape[3])
+        assert np.abs(winograd.kernel_weights(w)).max() <= 9 * 128
+    w = rng.integers(-128, 128, (4, 3, 3, 8))
+    # not for: a stride, padding, another pool, channel counts off the kernel's blocks, an overflow
+    assert not winograd.eligible(w, Window(3, 3, 2, 2), Window(2, 2, 2, 2), 8)
+    assert not winograd.eligible(w, Window(3, 3, 1, 1, 1, 1), Window(2, 2, 2, 2), 8)
+    assert not winograd.eligible(w, Window(3, 3), Window(3, 3, 2, 2), 8)
+    assert not winograd.eligible(w[:3], Window(3, 3), Window(2, 2, 2, 2), 8)
+    assert not winograd.eligible(w[..., :4], Window(3, 3), Window(2, 2, 2, 2), 4)
+    assert not winograd.eligible(_extreme_weights(4, 512), Window(3, 3), Window(2, 2, 2, 2), 512)
+
+
 @needs_arm
-def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(tmp_path):
+@pytest.mark.parametrize("wino", [False, True], ids=["odd", "winograd"])
+def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(wino, tmp_path):
     """The plain C (M0, host), DSP (M4) and MVE (M55) kernels on odd channel counts, padding and
-    a pool window larger than 4: the same output bytes everywhere."""
+    a pool window larger than 4: the same output bytes everywhere. And the M4's Winograd kernel
+    on the largest sums int8 weights and inputs can make, against the direct kernels."""
     from mnist_tflite.micro.aot import codegen
 
     rng = np.random.default_rng(21)
-    sources, size_in, size_out = _odd_conv_sources(rng)
+    sources, size_in, size_out = (
+        _odd_conv_sources(rng, _extreme_weights(8, 16), True) if wino else _odd_conv_sources(rng)
+    )
     inputs = rng.integers(-128, 128, (8, size_in), dtype=np.int8)
+    if wino:  # saturated inputs: the largest transformed tiles
+        inputs[:4] = np.where(rng.random((4, size_in)) < 0.5, -128, 127)
     rows = {}
     for target in ("host", "cortex-m0", "cortex-m4", "cortex-m55"):
         d = tmp_path / target
@@ -229,3 +341,24 @@ def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(tmp_pat
         rows[target] = run(*args).rows
     assert len({r.tobytes() for r in rows.values()}) == 1, {t: r[0][:10] for t, r in rows.items()}
     assert len(np.unique(rows["host"])) > 20  # not a constant output that agrees trivially
+
+
+def test_the_winograd_weights_count_only_where_the_dsp_kernels_link_them(models_dir, monkeypatch):
+    from mnist_tflite.core.errors import MnistTfliteError
+    from mnist_tflite.micro.aot.build import check_fits
+    from mnist_tflite.micro.aot.compiler import load_program
+
+    _, program = load_program(models_dir / "int8.tflite")
+    wino = sum(
+        layer.params.wino.nbytes
+        for layer in program.layers
+        if getattr(layer.params, "wino", None) is not None
+    )
+    assert wino == 64 * 32 * 16 * 2  # 64 out x 32 in channels x 16 positions, int16: 65,536 B
+    assert program.weight_bytes() == program.weight_bytes(dsp=False) + wino
+    flash = Region(0, 64 * 1024)  # holds the direct weights, not the Winograd ones too
+    for name in ("cortex-m0", "cortex-m4"):
+        _shrunk(monkeypatch, name, flash=flash)
+    check_fits(program, targets.get("cortex-m0"))
+    with pytest.raises(MnistTfliteError, match="its weights need 101,306 bytes of flash"):
+        check_fits(program, targets.get("cortex-m4"))

@@ -273,7 +273,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         ending.require("tflite_micro")  # a check that cannot run fails now, with the pip command
     fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified")
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
-    files = f"{len(summary['files'])} files"
+    folders = [f for f in summary["files"] if f.endswith("/")]  # --target all: one per target
+    files = f"{len(folders)} target folders and compile.json" if folders else f"{len(summary['files'])} files"
     out = printable(args.out)  # a newline or escape in the name must not forge lines
     _show(args, summary, f"{summary_text(summary, out)}\nwrote {files} into {out}/")
     if differing_rows(summary):

@@ -335,7 +335,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "mnist-tflite compile runs/demo/int8.tflite --out fw/ --images 1000 --verify\n"
         "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
         "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
-        "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n\n"
+        "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n"
+        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (runs in qemu-system-arm: "
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
@@ -345,9 +346,11 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     _out(p, "directory to create")
     p.add_argument(
         "--target",
+        "--targets",
         default="cortex-m4",
-        help=f"what to build for: {', '.join(targets.COMPILE_NAMES)} "
-        "(default: cortex-m4; wasm: .wasm + .mjs for browsers, needs clang and lld)",
+        help=f"what to build for: {', '.join(targets.COMPILE_NAMES)}, or all (every Cortex-M, one folder "
+        "each, and a table of them in compile.json) (default: cortex-m4; wasm: .wasm + .mjs for browsers, "
+        "needs clang and lld)",
     )
     p.add_argument(
         "--images", type=int, default=100, help="test images embedded in the test program (default: 100)"

@@ -21,7 +21,7 @@ import numpy as np
 
 from mnist_tflite.core import atomic, procs, rundir
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import codegen, firmware, targets, wasm
+from mnist_tflite.micro.aot import alltargets, codegen, firmware, targets, wasm
 from mnist_tflite.micro.aot.compiler import Program, load_program
 from mnist_tflite.micro.aot.verify import compare, tflm_rows, verify_host
 from mnist_tflite.micro.tflm.c_source import identifier_problem
@@ -43,12 +43,7 @@ def method(t: targets.Target) -> str:
 
 
 METHOD = method(targets.get("cortex-m4"))
-# TFLM figures for the default seed int8 model (42,080-byte flatbuffer), measured earlier on
-# this project's machines: TFLM built for Cortex-M4 and run in QEMU mps2-an386 (issue 10).
-TFLM_REFERENCE = {
-    "reference_kernels": {"code_bytes": 63_600, "arena_bytes": 29_348, "instructions": 181_000_000},
-    "cmsis_nn": {"code_bytes": 96_000, "arena_bytes": 29_412, "instructions": 6_140_000},
-}
+TFLM_REFERENCE = alltargets.TFLM_REFERENCE  # (its home is alltargets.py)
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,18 @@ def check_options(opts: CompileOptions) -> None:
         raise MnistTfliteError(
             f"--name {opts.name!r} would overwrite {opts.name}.c, a support file of compile; choose another"
         )
-    if opts.target not in TARGETS:
-        raise MnistTfliteError(f"unknown --target {opts.target!r}; the targets: {', '.join(TARGETS)}")
+    if opts.target not in TARGETS and opts.target != alltargets.ALL:
+        raise MnistTfliteError(
+            f"unknown --target {opts.target!r}; the targets: {', '.join(TARGETS)}, {alltargets.ALL}"
+        )
     if not 1 <= opts.images <= MAX_IMAGES:
         raise MnistTfliteError(f"--images must be 1..{MAX_IMAGES}, received: {opts.images}")
     rundir.check_replaceable(Path(opts.out), opts.force, MARKER, "compile")
-    wasm_target = opts.target == wasm.TARGET
-    problem = wasm.toolchain_problem() if wasm_target else firmware.toolchain_problem(opts.target)
+    if opts.target == wasm.TARGET:
+        problem = wasm.toolchain_problem()
+    else:
+        every = targets.ARM_NAMES if opts.target == alltargets.ALL else (opts.target,)
+        problem = next(filter(None, map(firmware.toolchain_problem, every)), None)
     if problem:
         raise MnistTfliteError(problem)
 
@@ -93,7 +93,8 @@ def check_fits(program: Program, t: targets.Target) -> None:
     """
     if t.flash is None or t.ram is None:
         return
-    weights, ram = program.weight_bytes(), program.plan.arena_bytes + t.stack_bytes
+    weights = program.weight_bytes(dsp=t.kernel_isa == "DSP")
+    ram = program.plan.arena_bytes + t.stack_bytes
     if weights > t.flash.length:
         raise MnistTfliteError(
             f"the model does not fit --target {t.name}: its weights need {weights:,} bytes of flash, "
@@ -334,7 +335,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     ``--out`` (without ``force``, or not written by compile), a missing toolchain, a model
     that is not int8, has an op without a kernel, is corrupt or does not match its sidecar,
     a failed build, or a ``--verify`` that could not run TFLM. A kill at any moment leaves
-    ``--out`` holding the previous output or the new one, whole.
+    ``--out`` holding the previous output or the new one, whole. ``--target all``: every
+    Cortex-M into ``--out/<target>/`` and the table in ``--out/compile.json`` (alltargets.py).
 
     Example:
         >>> compile_to_dir(CompileOptions(Path("runs/demo/int8.tflite"), Path("fw")))["cortex_m4"]
@@ -344,16 +346,27 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     check_options(opts)
     if opts.target == wasm.TARGET:
         return _compile_wasm(opts, log)
+    every = opts.target == alltargets.ALL
     raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
-    check_fits(program, targets.get(opts.target))
+    if not every:
+        check_fits(program, targets.get(opts.target))
     if program.input.size != 28 * 28:
         raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
     ds = data_mod.load(opts.data, log=log)
     out = Path(opts.out)
+
+    def one(folder: Path, target_opts: CompileOptions) -> dict[str, Any]:
+        check_fits(program, targets.get(target_opts.target))
+        return _build_into(folder, target_opts, program, raw, ds, log)
+
     with rundir.transaction(out) as staging:
         rundir.check_replaceable(out, opts.force, MARKER, "compile")  # again, under the lock
         try:
-            summary = _build_into(staging, opts, program, raw, ds, log)
+            if every:
+                summary = {"format": FORMAT, **alltargets.compile_all(opts, staging, one, log)}
+                _write(staging / MARKER, json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
+            else:
+                summary = _build_into(staging, opts, program, raw, ds, log)
         except OSError as exc:
             doing = f"cannot write {Path(exc.filename).name}" if exc.filename else "cannot write it"
             raise fail(out, f"{doing} ({exc.strerror or type(exc).__name__})") from None
@@ -371,6 +384,8 @@ def _kb(n: int | None) -> str:
 
 def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     """What ``compile`` prints (without --json)."""
+    if s["target"] == alltargets.ALL:
+        return alltargets.summary_text(s, out)
     mem, flash = s["memory"], s.get("flash", {})
     t = targets.get(s["target"]) if s["target"] in targets.NAMES else targets.get("cortex-m4")
     core = s.get(t.key, {}) if t.is_arm else s.get("cortex_m4", {})

@@ -22,7 +22,12 @@ from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
 
 KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h")
-_CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t", np.dtype(np.uint8): "uint8_t"}
+_CTYPES = {
+    np.dtype(np.int8): "int8_t",
+    np.dtype(np.int16): "int16_t",
+    np.dtype(np.int32): "int32_t",
+    np.dtype(np.uint8): "uint8_t",
+}
 
 
 def kernel_sources() -> dict[str, str]:
@@ -142,6 +147,8 @@ def initializer(params: Any, prefix: str, top: bool = True) -> str:
             text = f"{prefix}_{f.name}"
         elif is_dataclass(value):
             text = initializer(value, prefix, top=False)
+        elif value is None:  # an optional array: none
+            text = "0"
         else:
             text = str(int(value))
         parts.append(f".{f.name} = {text}")
@@ -166,6 +173,10 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
             out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16), "#else"]
             out += [*_array(f"{prefix}_{key}", arr, 4), "#endif"]
             continue
+        if isinstance(p, ConvParams) and key == "wino":  # only the DSP kernels (M4, M33) read it
+            out += ["#if I8K_DSP", *_array(f"{prefix}_{key}", arr, 8), "#else"]
+            out += [f"#define {prefix}_{key} 0", "#endif"]
+            continue
         out += _array(f"{prefix}_{key}", arr, 4)
     src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
     if isinstance(p, CopyParams):
@@ -178,7 +189,15 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
             f"_Static_assert(I8K_CONV_SCRATCH_BYTES({p.filter.k_pad}, {p.conv.c}, {int(p.pool.pooling)}) <= "
             f'{planned}, "layer {i}: i8k_conv needs more scratch than was planned");'
         )
+        if p.wino is not None:
+            out.append(
+                f"_Static_assert(I8K_WINO_SCRATCH_BYTES({p.input.c}) <= {planned}, "
+                f'"layer {i}: the Winograd kernel needs more scratch than was planned");'
+            )
         args.append(f"{name}_arena + {program.plan.scratch[i]}")
+        if p.wino is not None:  # the DSP kernels' Winograd convolution; the direct one elsewhere
+            call = f"{p.KERNEL}_wino({', '.join(args)});\n#else\n    {p.KERNEL}({', '.join(args)});"
+            return [*out, ""], f"#if I8K_DSP\n    {call}\n#endif"
     return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
 
 

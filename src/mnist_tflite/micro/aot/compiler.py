@@ -79,8 +79,12 @@ class Program:
     def macs_computed(self) -> int:
         return sum(layer.macs_computed for layer in self.layers)
 
-    def weight_bytes(self) -> int:
-        return sum(a.nbytes for layer in self.layers for a in layer.arrays.values())
+    def weight_bytes(self, dsp: bool = True) -> int:
+        """Bytes of constant arrays; ``dsp=False``: without the Winograd weights only the DSP
+        kernels link (a plain C or MVE build does not hold them)."""
+        return sum(
+            a.nbytes for layer in self.layers for key, a in layer.arrays.items() if dsp or key != "wino"
+        )
 
 
 def compile_model(data: bytes, path: object = "model") -> Program:

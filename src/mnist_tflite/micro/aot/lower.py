@@ -21,6 +21,7 @@ import numpy as np
 
 from mnist_tflite.core.errors import fail
 from mnist_tflite.micro.aot import quantization as quant
+from mnist_tflite.micro.aot import winograd
 from mnist_tflite.micro.aot.fold import fold_shape_ops
 from mnist_tflite.micro.aot.params import (
     ConvParams,
@@ -244,12 +245,22 @@ def _maxpool(op: Op, graph: Graph, path: object) -> Layer:
                  (dst.h, dst.w, dst.c), params)  # fmt: skip
 
 
+def _unpacked_weights(p: ConvParams) -> np.ndarray:
+    """The OHWI weights back from the kernels' packed layout."""
+    oc, kp = p.conv.c, p.filter.k_pad
+    rows = conv_weights_mve(p.filter.weights, oc, kp).reshape(oc, -1)
+    return rows[:, : p.kernel.h * p.kernel.w * p.input.c].reshape(oc, p.kernel.h, p.kernel.w, p.input.c)
+
+
 def _fuse(conv: Layer, pool: Layer, pool_op: Op, graph: Graph, path: object) -> Layer:
     """CONV_2D then MAX_POOL_2D as one layer: convolution outputs only where a pool window reads."""
     p = conv.params
     assert isinstance(p, ConvParams) and isinstance(pool.params, PoolParams)
     window, dst = _pool_window(pool_op, p.conv, graph.tensors[pool.dst].shape, path)
     fused = dataclasses.replace(p, output=dst, pool=window, act=p.act.narrowed(pool.params.act))
+    w = _unpacked_weights(p)
+    if winograd.eligible(w, p.kernel, window, p.input.c):
+        fused = dataclasses.replace(fused, wino=winograd.kernel_weights(w))
     return Layer("conv", (*conv.nodes, pool_op.index), (*conv.ops, "MAX_POOL_2D"), conv.src, pool.dst,
                  conv.in_shape, (dst.h, dst.w, dst.c), fused, macs_model=conv.macs_model)  # fmt: skip
 

@@ -95,6 +95,8 @@ class ConvParams:
     in_zp: int
     out_zp: int
     act: Clamp
+    # U of winograd.py in the DSP kernel's order where it applies (3x3 conv + 2x2 pool), else None
+    wino: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,10 @@ class CopyParams:
 Params = ConvParams | FcParams | PoolParams | SoftmaxParams | CopyParams
 
 
+WINO_SCRATCH_PER_CHANNEL = 32  # the transformed 4x4 input tile: 16 int16 per input channel
+WINO_SCRATCH_SUMS = 4 * 16 * 4  # then the 16 sums of 4 output channels, int32
+
+
 def conv_scratch_bytes(k_pad: int, out_c: int, pooled: bool) -> int:
     """What ``I8K_CONV_SCRATCH_BYTES`` in int8_kernels.h says, for whichever instruction set the C
     is built for (plain/DSP or MVE: the larger; the generated C asserts it is enough)."""
@@ -199,5 +205,6 @@ class Layer:
     def scratch_bytes(self) -> int:
         p = self.params
         if isinstance(p, ConvParams):
-            return conv_scratch_bytes(p.filter.k_pad, p.conv.c, p.pool.pooling)
+            wino = 0 if p.wino is None else WINO_SCRATCH_PER_CHANNEL * p.input.c + WINO_SCRATCH_SUMS
+            return max(conv_scratch_bytes(p.filter.k_pad, p.conv.c, p.pool.pooling), wino)
         return 0

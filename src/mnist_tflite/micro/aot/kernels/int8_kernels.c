@@ -1,9 +1,8 @@
 /* int8 inference kernels for code written by `mnist-tflite compile`; see int8_kernels.h. */
 #include "int8_kernels.h"
 
-#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C) && !I8K_MVE /* (the M55 has both: MVE wins) */
+#if I8K_DSP /* (int8_kernels.h chooses) */
 #include <arm_acle.h>
-#define I8K_DSP 1
 /* One group of 4 patch values for two patches and two channels: 16 multiply-accumulates. */
 #define I8K_GROUP                                                                              \
     "ldrd %[wa], %[wb], [%[w]], #8\n\t"                                                         \
@@ -21,6 +20,21 @@
     "smlad %[a2], %[wa], %[x1], %[a2]\n\t"                                                      \
     "smlad %[a3], %[w1], %[x0], %[a3]\n\t"                                                      \
     "smlad %[a3], %[wb], %[x1], %[a3]\n\t"
+/* Two input words (x0, x1) of a tile position times four output channels' U: 16 products. */
+#define I8K_WINO_WORD                                                                          \
+    "ldrd %[x0], %[x1], [%[v]], #8\n\t"                                                         \
+    "ldrd %[u0], %[u1], [%[U]], #8\n\t"                                                         \
+    "smlad %[a0], %[u0], %[x0], %[a0]\n\t"                                                      \
+    "smlad %[a1], %[u1], %[x0], %[a1]\n\t"                                                      \
+    "ldrd %[u0], %[u1], [%[U]], #8\n\t"                                                         \
+    "smlad %[a2], %[u0], %[x0], %[a2]\n\t"                                                      \
+    "smlad %[a3], %[u1], %[x0], %[a3]\n\t"                                                      \
+    "ldrd %[u0], %[u1], [%[U]], #8\n\t"                                                         \
+    "smlad %[a0], %[u0], %[x1], %[a0]\n\t"                                                      \
+    "smlad %[a1], %[u1], %[x1], %[a1]\n\t"                                                      \
+    "ldrd %[u0], %[u1], [%[U]], #8\n\t"                                                         \
+    "smlad %[a2], %[u0], %[x1], %[a2]\n\t"                                                      \
+    "smlad %[a3], %[u1], %[x1], %[a3]\n\t"
 /* SXTB16 of the word rotated right by 8: bytes 1 and 3, sign-extended to two halves */
 static inline uint32_t sxtb16_odd(uint32_t x)
 {
@@ -28,8 +42,6 @@ static inline uint32_t sxtb16_odd(uint32_t x)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
     return r;
 }
-#else
-#define I8K_DSP 0
 #endif
 
 #if defined(__wasm_simd128__) && !defined(I8K_PLAIN_C)
@@ -410,6 +422,98 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
         out[c] = (int8_t)(v < lo ? lo : v > hi ? hi : v);
     }
 }
+
+
+#if I8K_DSP
+/* ---- Winograd F(2x2, 3x3) + 2x2 max pool (see int8_kernels.h, micro/aot/winograd.py) ------- */
+
+/* B^T d B of one 4x4 tile, on words of two int16 channels: d[16] (position 4 * row + column)
+ * in, v[position * stride] out. |values| <= 512: the halves never carry into each other. */
+static void wino_input(const uint32_t *d, uint32_t *v, int stride)
+{
+    uint32_t t[16];
+    for (int c = 0; c < 4; c++) { /* B^T d: down the columns */
+        const uint32_t d0 = d[c], d1 = d[4 + c], d2 = d[8 + c], d3 = d[12 + c];
+        t[c] = __ssub16(d0, d2);
+        t[4 + c] = __sadd16(d1, d2);
+        t[8 + c] = __ssub16(d2, d1);
+        t[12 + c] = __ssub16(d1, d3);
+    }
+    for (int r = 0; r < 4; r++) { /* (B^T d) B: along the rows */
+        const uint32_t *q = t + 4 * r;
+        uint32_t *o = v + 4 * r * stride;
+        o[0] = __ssub16(q[0], q[2]);
+        o[stride] = __sadd16(q[1], q[2]);
+        o[2 * stride] = __ssub16(q[2], q[1]);
+        o[3 * stride] = __ssub16(q[1], q[3]);
+    }
+}
+
+/* A^T m A (4 times the 2x2 block of sums), its maximum (the pool), / 4, + bias, requantized. */
+static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int c)
+{
+    int32_t s0[4], s1[4];
+    for (int b = 0; b < 4; b++) {
+        s0[b] = m[b] + m[4 + b] + m[8 + b];
+        s1[b] = m[4 + b] - m[8 + b] - m[12 + b];
+    }
+    int32_t y = s0[0] + s0[1] + s0[2], t = s0[1] - s0[2] - s0[3];
+    y = t > y ? t : y;
+    t = s1[0] + s1[1] + s1[2];
+    y = t > y ? t : y;
+    t = s1[1] - s1[2] - s1[3];
+    y = t > y ? t : y;
+    /* y is exactly 4 times a sum: the shift is exact */
+    const int32_t v = requantize((y >> 2) + p->filter.bias[c], p->quant.mult[c], p->quant.shift[c]) + p->out_zp;
+    return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
+}
+
+void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
+{
+    const int ic = p->input.c, words = ic >> 1, oc = p->conv.c, row = p->input.w * ic;
+    uint32_t *V = (uint32_t *)scratch; /* [16 positions][words] */
+    for (int ty = 0; ty < p->output.h; ty++) {
+        for (int tx = 0; tx < p->output.w; tx++) {
+            const int8_t *base = in + 2 * ty * row + 2 * tx * ic;
+            for (int g = 0; g < ic; g += 4) {
+                uint32_t *d0 = V + 16 * words, *d1 = d0 + 16; /* the sums' space, free until then */
+                for (int k = 0; k < 16; k++) {
+                    const uint32_t x = load32(base + (k >> 2) * row + (k & 3) * ic + g);
+                    d0[k] = __sxtb16(x);
+                    d1[k] = sxtb16_odd(x);
+                }
+                wino_input(d0, V + (g >> 1), words);
+                wino_input(d1, V + (g >> 1) + 1, words);
+            }
+            const uint32_t *U = (const uint32_t *)(const void *)p->wino;
+            int8_t *o = out + (ty * p->output.w + tx) * oc;
+            for (int c = 0; c < oc; c += 4) {
+                int32_t(*m)[16] = (int32_t(*)[16])(void *)(V + 16 * words); /* after V in the scratch */
+                const uint32_t *v = V;
+                for (int k = 0; k < 16; k++) {
+                    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+                    uint32_t x0, x1, u0, u1;
+                    int n = words >> 2;
+                    __asm__ volatile("1:\n\t" I8K_WINO_WORD I8K_WINO_WORD "subs %[n], %[n], #1\n\t"
+                                     "bne 1b\n\t"
+                                     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
+                                       [v] "+r"(v), [U] "+r"(U), [n] "+r"(n), [x0] "=&r"(x0), [x1] "=&r"(x1),
+                                       [u0] "=&r"(u0), [u1] "=&r"(u1)
+                                     :
+                                     : "cc", "memory");
+                    m[0][k] = a0;
+                    m[1][k] = a1;
+                    m[2][k] = a2;
+                    m[3][k] = a3;
+                }
+                for (int q = 0; q < 4; q++) {
+                    o[c + q] = wino_output(p, m[q], c + q);
+                }
+            }
+        }
+    }
+}
+#endif
 
 #else
 #include "int8_conv_mve.h"

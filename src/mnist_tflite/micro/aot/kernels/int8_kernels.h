@@ -27,6 +27,11 @@
 #else
 #define I8K_MVE 0
 #endif
+#if defined(__ARM_FEATURE_DSP) && !defined(I8K_PLAIN_C) && !I8K_MVE /* (the M55 has both: MVE wins) */
+#define I8K_DSP 1
+#else
+#define I8K_DSP 0
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -88,6 +93,13 @@ typedef struct {
     i8k_channel_quant_t quant;
     int8_t in_zp, out_zp;
     i8k_clamp_t act;
+    /* With the DSP kernels, a 3x3 convolution (stride 1, no padding) whose 2x2 max pool
+     * (stride 2) follows may run as integer-exact Winograd F(2x2, 3x3) (micro/aot/winograd.py):
+     * the transformed weights U = (2G) g (2G)^T, int16, ordered [output quad][tile position
+     * 0..15][input word][channel of the quad][half], where input word 2j holds channels 4j and
+     * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0); read by
+     * i8k_conv_wino only. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES). */
+    const int16_t *wino;
 } i8k_conv_t;
 
 /* Scratch bytes i8k_conv needs (4-byte aligned): two expanded patches (2 * k_pad int16),
@@ -102,6 +114,8 @@ typedef struct {
 #define I8K_CONV_SCRATCH_BYTES(k_pad, out_c, pooled) \
     (4u * (uint32_t)(k_pad) + ((pooled) ? 4u : 8u) * (uint32_t)(out_c))
 #endif
+
+#define I8K_WINO_SCRATCH_BYTES(in_c) (32u * (uint32_t)(in_c) + 256u)
 
 /* Fully connected: weights [out_n][k_pad]; mult/shift per output, or one for all
  * (per_channel 0). No scratch. */
@@ -131,6 +145,11 @@ typedef struct {
 } i8k_softmax_t;
 
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
+#if I8K_DSP
+/* The Winograd kernel of a convolution whose p->wino is set (the generated code calls it under
+ * #if I8K_DSP, so a model without one links none of it). */
+void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
+#endif
 void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out);
 void i8k_maxpool(const i8k_pool_t *p, const int8_t *in, int8_t *out);
 void i8k_softmax(const i8k_softmax_t *p, const int8_t *in, int8_t *out);
