@@ -220,13 +220,15 @@ def test_serve_answers_the_digits_of_a_number(models_dir, sure_digits, tmp_path)
 
     path, _ = _number(sure_digits, "2026", 1, tmp_path, gap=(8, 12), slant=0.0)
     with TestClient(create_app(models_dir / "int8.tflite")) as client:
-        doc = client.post("/api/predict", files={"image": ("n.png", path.read_bytes(), "image/png")}).json()
+        upload = {"image": ("n.png", path.read_bytes(), "image/png")}
+        assert "number" not in client.post("/api/predict", files=upload).json()  # only when asked
+        doc = client.post("/api/predict?number=1", files=upload).json()
         assert doc["number"] == "2026" and len(doc["digits"]) == 4 and "label" in doc
         assert all(len(d["box"]) == 4 and np.asarray(d["image"]).shape == (28, 28) for d in doc["digits"])
         # an MNIST 28x28 array is one digit; a blank canvas gives no number, with the reason
-        one = client.post("/api/predict", json={"pixels": sure_digits[3][0].tolist()}).json()
+        one = client.post("/api/predict?number=1", json={"pixels": sure_digits[3][0].tolist()}).json()
         assert one["number"] == "3" and len(one["digits"]) == 1 and one["label"] == 3  # the int, as before
         pad = np.zeros((80, 220), np.uint8)  # a drawing pad with two digits drawn on it
         pad[10:38, 20:48], pad[40:68, 150:178] = sure_digits[4][0], sure_digits[7][0]
-        two = client.post("/api/predict", json={"pixels": pad.tolist()}).json()
+        two = client.post("/api/predict?number=1", json={"pixels": pad.tolist()}).json()
         assert two["number"] == "4 7" and [d["line"] for d in two["digits"]] == [0, 1]

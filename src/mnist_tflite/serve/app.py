@@ -42,7 +42,7 @@ from mnist_tflite.edge import preprocess
 from mnist_tflite.edge.predict import number_fields
 from mnist_tflite.serve import middleware
 from mnist_tflite.serve.admission import BODY_TIMEOUT, MAX_WAITING, Admission
-from mnist_tflite.serve.parsing import ApiError, image_to_mnist, split_request
+from mnist_tflite.serve.parsing import ApiError, decode_upload, split_request
 from mnist_tflite.serve.protocol import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES
 from mnist_tflite.serve.variants import Variant, load_variants
 from mnist_tflite.serve.web import MEDIA_TYPES, DeviceBuild
@@ -69,16 +69,20 @@ class _Served:
     max_pixels: int
 
 
-def _answer(served: _Served, content_type: str, body: bytes, query_model: str | None) -> bytes:
-    """One request's CPU work, in a worker thread: parse, preprocess, infer, serialize."""
+def _answer(
+    served: _Served, content_type: str, body: bytes, query_model: str | None, number: bool = False
+) -> bytes:
+    """One request's CPU work, in a worker thread: parse, preprocess, infer, serialize; with
+    ``number``, the digits of the number in the picture too (issue 22)."""
     start = time.perf_counter()
     kind, payload, body_model = split_request(content_type, body, served.max_pixels)
     name = query_model or body_model or served.default
     variant = served.variants.get(name)
     if variant is None:
         raise ApiError(404, "unknown_model", f"no variant {name[:64]!r}; served: {sorted(served.variants)}")
+    picture = payload if kind == "pixels" else decode_upload(payload, served.max_pixels)
     try:
-        x = preprocess.to_mnist(payload) if kind == "pixels" else image_to_mnist(payload, served.max_pixels)
+        x = preprocess.to_mnist(picture)
     except preprocess.BlankImageError as exc:
         raise ApiError(422, "blank", str(exc)) from None
     except MnistTfliteError as exc:
@@ -98,8 +102,8 @@ def _answer(served: _Served, content_type: str, body: bytes, query_model: str | 
         "inference_ms": round((end - t_infer) * 1000, 3),
         "model": variant.name,
     }
-    # issue 22: the digits of a number too (boxes, labels); edge.predict.number_fields documents them
-    result.update(number_fields(payload, variant.model, max_pixels=served.max_pixels))
+    if number:  # the digits of a number (boxes, labels): edge.predict.number_fields documents them
+        result.update(number_fields(picture, variant.model, max_pixels=served.max_pixels))
     return json.dumps(result, separators=(",", ":")).encode()
 
 
@@ -248,12 +252,13 @@ def _add_routes(app: Any, served: _Served, admission: Admission, device: DeviceB
         # `?model=` is read by hand (and documented in PREDICT_OPENAPI): FastAPI's parameter
         # machinery costs more than the inference on this hot path
         query_model = request.query_params.get("model") or None
+        number = request.query_params.get("number") == "1"
         if query_model is not None and query_model not in served.variants:
             raise ApiError(
                 404, "unknown_model", f"no variant {query_model[:64]!r}; served: {sorted(served.variants)}"
             )
         content = await admission.answer(
-            request, lambda ctype, body: _answer(served, ctype, body, query_model)
+            request, lambda ctype, body: _answer(served, ctype, body, query_model, number)
         )
         return Response(content, media_type="application/json")
 

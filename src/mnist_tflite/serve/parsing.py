@@ -73,7 +73,15 @@ PREDICT_OPENAPI: dict[str, Any] = {
             "required": False,
             "schema": {"type": "string"},
             "description": "variant name from /api/models (default: int8 when served)",
-        }
+        },
+        {
+            "name": "number",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "enum": [0, 1]},
+            "description": "1: also read the number (several digits, lines): number, uncertain, digits "
+            "with their boxes; costs a segmentation of the picture, so only when asked",
+        },
     ],
     "requestBody": {
         "required": True,
@@ -380,6 +388,12 @@ def _pixel_array(rows: Any, body: bytes, max_pixels: int) -> np.ndarray:
 
 def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
     """Uploaded bytes -> the model's 28x28 input (413 for a pixel bomb, 400 for a broken file)."""
+    return preprocess.to_mnist(decode_upload(data, max_pixels))
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Any:
+    """Uploaded bytes -> the decoded picture, decoded once for the digit and the number
+    (413 for a pixel bomb, 400 for a broken file)."""
     from PIL import Image
 
     too_many = f"image is over the limit of {max_pixels:,} pixels"
@@ -413,8 +427,6 @@ def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
             "for progressive JPEGs (slow to decode); send a baseline JPEG or a smaller file",
         )
     try:
-        return preprocess.image_to_mnist(data, name="upload", max_pixels=max_pixels)
-    except preprocess.BlankImageError:
-        raise  # the caller answers 422 "blank"
+        return preprocess.load_image(data, name="upload", max_pixels=max_pixels)
     except MnistTfliteError as exc:
         raise ApiError(400, "bad_image", str(exc)) from None
