@@ -54,7 +54,7 @@ def main() -> int:
                         ["--json"] if form == "json" else []
                     )
                     t0 = time.perf_counter()
-                    local = _run(argv)
+                    local = _run([*argv, "--single"])  # --ray reads each picture as one digit
                     t1 = time.perf_counter()
                     remote = _run([*argv, "--ray"])
                     t2 = time.perf_counter()

@@ -555,7 +555,7 @@ def test_predict_ray_answers_bad_rows_like_local_predict(tmp_path, models_dir, m
     assert len(files) == 20
     for form in ((), ("--json",)):
         args = ("predict", str(models_dir / "int8.tflite"), *map(str, files), "--top-k", "2", *form)
-        local, ray = _cli(*args), _cli(*args, "--ray")
+        local, ray = _cli(*args, "--single"), _cli(*args, "--ray")  # --ray reads digits: --single
         assert (ray.stdout, ray.stderr, ray.returncode) == (local.stdout, local.stderr, local.returncode)
         assert local.returncode == 1 and local.stderr.count("mnist-tflite: error: ") == 26
         assert "Traceback" not in ray.stderr and "10-null-first.parquet[3]" in local.stdout
@@ -987,6 +987,6 @@ def test_predict_ray_on_the_cluster_gives_the_local_answers(
     # the printed lines are the local runner's, byte for byte
     photos = inputs_2000 / "photos"
     ray_text = ray_cluster.cli("predict", str(model), str(photos), "--ray", "--top-k", "3")
-    local_text = _cli("predict", str(model), str(photos), "--top-k", "3")
+    local_text = _cli("predict", str(model), str(photos), "--top-k", "3", "--single")
     assert ray_text.stdout == local_text.stdout and ray_text.stdout.count("\n") == 100
     assert ray_text.returncode == local_text.returncode == 1

@@ -172,9 +172,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model.is_dir():  # a run folder: its int8 model, as `serve` does
         args.model = model_file(args.model)
         print(f"{PROG}: using {printable(args.model)}", file=sys.stderr)
-    if args.ray:
+    if args.ray:  # bulk classification of digits: each picture is one digit, as with --single
         from mnist_tflite.scale.ray_predict import cmd_predict_ray
 
+        args.single = True
         return cmd_predict_ray(args)
     if args.address or args.output:
         raise MnistTfliteError("--address and --output go with --ray")

@@ -212,7 +212,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=1, help="show the k most probable classes (default: 1)")
     _flag(p, "--json", "print the results as one JSON document")
     p.add_argument("--show-input", type=Path, metavar="DIR", help="save the 28x28 images the model saw")
-    _flag(p, "--single", "read each picture as one digit (no search for several digits)")
+    _flag(p, "--single", "read each picture as one digit (no search for several digits); implied by --ray")
     p.add_argument(
         "--min-confidence",
         type=float,
