@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mnist_tflite import cli
-from mnist_tflite.micro.aot import build, codegen, firmware, params, verify
+from mnist_tflite.micro.aot import build, codegen, columns, firmware, params, verify
 from mnist_tflite.micro.aot.compiler import compile_model, quantize_multiplier, softmax_params
 
 HAVE_M4 = firmware.toolchain_problem("cortex-m4") is None
@@ -406,7 +406,7 @@ def test_help_has_an_example(capsys):
 
 @needs_m4
 def test_compiled_columns_for_the_run_report(models_dir, mnist):
-    report = build.compiled_columns(
+    report = columns.compiled_columns(
         {"int8": models_dir / "int8.tflite", "float32": models_dir / "float32.tflite"},
         mnist.x_test,
         count=3,

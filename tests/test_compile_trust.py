@@ -281,7 +281,7 @@ def test_qemu_dies_with_a_killed_compile(sig, models_dir, tmp_path):
 
 @needs_m4
 def test_temp_folders_carry_the_pid_and_are_swept(models_dir, mnist, monkeypatch):
-    from mnist_tflite.micro.aot import build
+    from mnist_tflite.micro.aot import columns
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -294,7 +294,7 @@ def test_temp_folders_carry_the_pid_and_are_swept(models_dir, mnist, monkeypatch
         real(directory, name, target)
 
     monkeypatch.setattr(firmware, "build", spy)
-    build.compiled_columns({"int8": models_dir / "int8.tflite"}, mnist.x_test, count=2, log=lambda m: None)
+    columns.compiled_columns({"int8": models_dir / "int8.tflite"}, mnist.x_test, count=2, log=lambda m: None)
     assert not left.exists(), "a dead owner's folder is swept"
     assert [p.name.startswith(f"mnist-tflite-compile-{os.getpid()}-") for p in seen[0]] == [True]
     assert not [p for p in _temp_of(os.getpid()) if "compile" in p.name], "removed after use"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mnist_tflite import cli
-from mnist_tflite.micro.aot import firmware, targets
+from mnist_tflite.micro.aot import firmware, harness, targets
 from mnist_tflite.micro.aot.targets import Region
 
 ARM = [t for t in targets.TARGETS if t.is_arm]
@@ -330,8 +330,8 @@ def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(wino, t
         d = tmp_path / target
         d.mkdir()
         files = {**sources, **codegen.kernel_sources(), **firmware.board_sources(target)}
-        files["main.c"] = firmware.harness_main("m", len(inputs), targets.get(target).images)
-        files["test_images.S"] = firmware.images_asm()
+        files["main.c"] = harness.harness_main("m", len(inputs), targets.get(target).images)
+        files["test_images.S"] = harness.images_asm()
         for name, text in files.items():
             (d / name).write_text(text)
         (d / firmware.IMAGES_BIN).write_bytes(inputs.tobytes())

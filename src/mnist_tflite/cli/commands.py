@@ -268,7 +268,8 @@ def cmd_export_micro(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir, differing_rows, summary_text
+    from mnist_tflite.micro.aot.build import CompileOptions, compile_to_dir
+    from mnist_tflite.micro.aot.summary import differing_rows, summary_text
 
     if args.verify:
         ending.require("tflite_micro")  # a check that cannot run fails now, with the pip command

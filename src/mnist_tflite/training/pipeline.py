@@ -286,7 +286,7 @@ def micro_stage(
     rows: list[VariantResult], ds: data_mod.Dataset, config: RunConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """What a microcontroller needs (flash, TFLM arena, MACs, ops), and the int8 model run in TFLM."""
-    from mnist_tflite.micro.aot.build import compiled_columns
+    from mnist_tflite.micro.aot.columns import compiled_columns
     from mnist_tflite.micro.tflm.export import deployer_columns
 
     total = len(ds.x_test)

@@ -11,17 +11,16 @@ the output folder is built aside and swapped in whole (``core.rundir``), and
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_tflite.core import atomic, procs, rundir
+from mnist_tflite.core import atomic, rundir
 from mnist_tflite.core.errors import MnistTfliteError, fail
-from mnist_tflite.micro.aot import alltargets, codegen, firmware, targets, wasm
+from mnist_tflite.micro.aot import alltargets, codegen, firmware, harness, targets, wasm
 from mnist_tflite.micro.aot.compiler import Program, load_program
 from mnist_tflite.micro.aot.verify import compare, tflm_rows, verify_host
 from mnist_tflite.micro.tflm.c_source import identifier_problem
@@ -172,7 +171,7 @@ def describe(program: Program, opts: CompileOptions, sha256: str) -> dict[str, A
     }
 
 
-def _write_sources(
+def write_sources(
     directory: Path, program: Program, opts: CompileOptions, sha256: str, inputs: np.ndarray
 ) -> list[str]:
     n = opts.name
@@ -182,8 +181,8 @@ def _write_sources(
         f"{n}.c": codegen.source(program, n, Path(opts.model).name, sha256),
         **codegen.kernel_sources(),
         **firmware.board_sources(opts.target),
-        "main.c": firmware.harness_main(n, len(inputs), images),
-        **({"test_images.S": firmware.images_asm()} if images == "embedded" else {}),
+        "main.c": harness.harness_main(n, len(inputs), images),
+        **({"test_images.S": harness.images_asm()} if images == "embedded" else {}),
         "Makefile": firmware.makefile(n, opts.target),
     }
     for fname, text in files.items():
@@ -208,12 +207,12 @@ def _run_cortex_m(
 ):
     """Run firmware.elf in the target's QEMU board; sizes, stack and instruction counts into ``summary``."""
     t = targets.get(opts.target)
-    result, sizes = _run_measured(directory, t, program, count, opts.name)
+    result, sizes = run_measured(directory, t, program, count, opts.name)
     _add_firmware_figures(summary, t, result, sizes, count)
     return result, f"firmware.elf in QEMU {t.board}", ["firmware.elf", "firmware.map"]
 
 
-def _run_measured(
+def run_measured(
     directory: Path, t: targets.Target, program: Program, count: int, name: str
 ) -> tuple[firmware.RunResult, dict[str, Any]]:
     """Run the built firmware.elf of ``t`` in QEMU; its result and its sizes from the linker map."""
@@ -310,7 +309,7 @@ def _build_into(directory: Path, opts: CompileOptions, program: Program, raw: by
     summary = describe(program, opts, sha256)
     count = min(opts.images, len(ds.x_test))
     inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
-    files = _write_sources(directory, program, opts, sha256, inputs)
+    files = write_sources(directory, program, opts, sha256, inputs)
     log(f"building the {opts.target} test program ({count} test images)")
     firmware.build(directory, opts.name, opts.target)
     t = targets.get(opts.target)
@@ -371,135 +370,6 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
             doing = f"cannot write {Path(exc.filename).name}" if exc.filename else "cannot write it"
             raise fail(out, f"{doing} ({exc.strerror or type(exc).__name__})") from None
     return summary
-
-
-def differing_rows(summary: Mapping[str, Any]) -> int:
-    v = summary.get("verification") or {}
-    return sum(int(part.get("rows_differing", 0)) for part in v.values() if isinstance(part, dict))
-
-
-def _kb(n: int | None) -> str:
-    return "?" if n is None else f"{n:,} bytes ({n / 1024:.1f} KB)"
-
-
-def summary_text(s: Mapping[str, Any], out: object = None) -> str:
-    """What ``compile`` prints (without --json)."""
-    if s["target"] == alltargets.ALL:
-        return alltargets.summary_text(s, out)
-    mem, flash = s["memory"], s.get("flash", {})
-    t = targets.get(s["target"]) if s["target"] in targets.NAMES else targets.get("cortex-m4")
-    core = s.get(t.key, {}) if t.is_arm else s.get("cortex_m4", {})
-    label = f"{t.core if t.is_arm else 'Cortex-M4':<9}"
-    lines = [f"{s['name']}: {s['model']} -> {out or ''} (target {s['target']}, output {s['output']['kind']})"]
-    for layer in s["layers"]:
-        lines.append(
-            f"  {layer['kernel']:<12} {layer['ops']:<20} {'x'.join(map(str, layer['in']))} -> "
-            f"{'x'.join(map(str, layer['out']))}  {layer['macs_computed']:,} MACs"
-        )
-    if s["folded"]:
-        lines.append(
-            "  folded at compile time: " + ", ".join(f"{f['op']} (node {f['node']})" for f in s["folded"])
-        )
-    if "code_bytes" in flash:
-        lines.append(
-            f"  code      {_kb(flash['code_bytes'])} runtime and kernels; "
-            f"model data {_kb(flash['model_data_bytes'])}"
-        )
-    elif flash.get("host_code_bytes") is not None:
-        lines.append(
-            f"  code      {_kb(flash['host_code_bytes'])} on this computer (Cortex-M4: {NOT_MEASURED})"
-        )
-    lines += wasm.summary_lines(s)
-    ram = mem.get("static_ram_bytes")
-    lines.append(
-        f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
-        + (f" + stack {mem['stack_bytes']:,} bytes = {_kb(ram)} static RAM" if ram is not None else "")
-    )
-    if "instructions_per_inference" in core:
-        lines.append(
-            f"  {label} {core['instructions_per_inference']:,} instructions per inference "
-            f"({core['times_bound']}x the bound of {core['bound_instructions']:,}: {core['bound_rule']}; "
-            f"{core['kernels']} kernels, QEMU {core['board']})"
-        )
-    elif core.get("not_measured") == "--target host":
-        lines.append(f"  {label} not measured (built for this computer: --target host)")
-    else:
-        lines.append(f"  {label} {core.get('not_measured', NOT_MEASURED)}")
-    for part in (s.get("verification") or {}).values():
-        if not isinstance(part, dict):
-            continue
-        acc = f"{100 * part['accuracy']:.2f} %" if part.get("accuracy") is not None else "?"
-        if "rows_identical" in part:
-            lines.append(
-                f"  vs TFLM   {part['rows_identical']:,}/{part['images']:,} rows identical "
-                f"({part['program']}), accuracy {acc}"
-            )
-        else:
-            lines.append(
-                f"  accuracy  {acc} on {part['images']:,} test images ({part['program']}); "
-                f"TFLM comparison {part['vs_tflm']}"
-            )
-    return "\n".join(lines)
-
-
-def _m4_figures(path: str | os.PathLike[str], images: np.ndarray) -> dict[str, int]:
-    """Compile one model for the Cortex-M4, run it on ``images`` in QEMU, and measure it."""
-    _, program = load_program(path)
-    with procs.temp_dir("mnist-tflite-compile") as tmp:  # swept by the next run if we are killed
-        inputs = quantize_images(images, program.input.scale, program.input.zero_point)
-        t = targets.get("cortex-m4")
-        opts = CompileOptions(Path(path), tmp / "out", target=t.name, images=len(inputs))
-        _write_sources(tmp, program, opts, "", inputs)
-        firmware.build(tmp, opts.name, t.name)
-        result, sizes = _run_measured(tmp, t, program, len(inputs), opts.name)
-    return {
-        "compiled_code_bytes": sizes["code"] + sizes["libgcc"],
-        "compiled_static_ram_bytes": sizes["ram_data"] + result.stack_bytes,
-        "compiled_instructions": round(result.instructions()["mean"]),
-    }
-
-
-def compiled_columns(
-    models: Mapping[str, str | os.PathLike[str]],
-    images: np.ndarray,
-    *,
-    count: int = 10,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Columns for ``run``'s report: each int8 model compiled for the Cortex-M4 and run in QEMU.
-
-    Args:
-        models: variant name -> ``.tflite`` path (non-int8 ones are skipped with a note).
-        images: uint8 test images (N, 28, 28); the first ``count`` are run.
-
-    Returns:
-        ``{"columns": {variant: {"compiled_code_bytes", "compiled_static_ram_bytes",
-        "compiled_instructions"}}, "notes": [...]}``; empty columns and a note when the
-        Cortex-M4 toolchain is missing.
-    """
-    report: dict[str, Any] = {"columns": {}, "notes": []}
-    problem = firmware.toolchain_problem("cortex-m4")
-    if problem:
-        report["notes"].append(f"compiled columns {NOT_MEASURED}")
-        return report
-    for variant, path in models.items():
-        try:
-            c = report["columns"][variant] = _m4_figures(path, images[:count])
-        except MnistTfliteError as exc:
-            report["notes"].append(f"{variant}: not compiled: {exc}")
-            continue
-        log(
-            f"      {variant:<10} compiled for Cortex-M4: {c['compiled_code_bytes']:,} bytes of code, "
-            f"{c['compiled_static_ram_bytes']:,} bytes of static RAM, "
-            f"{c['compiled_instructions']:,} instructions per inference (QEMU)"
-        )
-    if report["columns"]:
-        report["notes"].append(
-            "compiled = `mnist-tflite compile` for the Cortex-M4: code = runtime and kernels (weights not "
-            "included), static RAM = activation buffer + measured stack, instructions per inference in QEMU "
-            f"({METHOD})"
-        )
-    return report
 
 
 def _compile_wasm(opts: CompileOptions, log: Callable[[str], None]) -> dict[str, Any]:

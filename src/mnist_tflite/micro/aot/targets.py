@@ -127,6 +127,43 @@ def get(name: str) -> Target:
     return BY_NAME[name]
 
 
+# the sections every board shares: code and constants in flash, then data, bss and the stack
+_SECTIONS = """  .text :
+  {
+    KEEP(*(.vectors))
+    *(.text*)
+    *(.rodata*)
+    . = ALIGN(4);
+  } > FLASH
+
+  .data :
+  {
+    __data_start = .;
+    *(.data*)
+    . = ALIGN(4);
+    __data_end = .;
+  } > RAM AT > FLASH
+  __data_load = LOADADDR(.data);
+
+  .bss (NOLOAD) :
+  {
+    __bss_start = .;
+    *(.bss*)
+    *(COMMON)
+    . = ALIGN(4);
+    __bss_end = .;
+  } > RAM
+
+  .stack (NOLOAD) :
+  {
+    . = ALIGN(8);
+    __stack_limit = .;
+    . += STACK_SIZE;
+    __stack_top = .;
+  } > RAM
+"""
+
+
 def linker_script(t: Target) -> str:
     """The GNU ld script for ``t``'s board: code and constants in flash, data, buffer and stack in
     RAM, the embedded test images (if any) in their own region."""
@@ -159,38 +196,5 @@ ENTRY(Reset_Handler)
 
 SECTIONS
 {{
-  .text :
-  {{
-    KEEP(*(.vectors))
-    *(.text*)
-    *(.rodata*)
-    . = ALIGN(4);
-  }} > FLASH
-
-  .data :
-  {{
-    __data_start = .;
-    *(.data*)
-    . = ALIGN(4);
-    __data_end = .;
-  }} > RAM AT > FLASH
-  __data_load = LOADADDR(.data);
-
-  .bss (NOLOAD) :
-  {{
-    __bss_start = .;
-    *(.bss*)
-    *(COMMON)
-    . = ALIGN(4);
-    __bss_end = .;
-  }} > RAM
-
-  .stack (NOLOAD) :
-  {{
-    . = ALIGN(8);
-    __stack_limit = .;
-    . += STACK_SIZE;
-    __stack_top = .;
-  }} > RAM
-{images}}}
+{_SECTIONS}{images}}}
 """
