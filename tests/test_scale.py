@@ -507,6 +507,10 @@ def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
             "is a directory",
         ),
         (
+            ("predict", "{models}/int8.tflite", "{models}", "--ray", "--output", "{tmp}/old.csv"),
+            "--output already exists; expected a new file name",
+        ),
+        (
             (
                 "predict",
                 "{models}/int8.tflite",
@@ -536,6 +540,7 @@ def test_usage_errors(args, message, tmp_path, models_dir, capsys):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "front.md").write_text("my notes")  # a user's folder: tune overwrote this
     (tmp_path / "d.csv").mkdir()
+    (tmp_path / "old.csv").write_text("a user's results: never replaced\n")
     argv = [a.format(tmp=tmp_path, models=models_dir) for a in args]
     assert cli.main(argv) == 2
     assert message in one_error_line(capsys.readouterr().err)

@@ -324,8 +324,8 @@ def check_output(out: Path) -> None:
         raise fail(out, f"unsupported --output type {out.suffix or '(none)'!r}; expected .parquet or .csv")
     if out.is_dir():
         raise fail(out, "--output is a directory; expected a file path such as results.parquet")
-    if out.exists() and not out.is_file():
-        raise fail(out, "--output exists and is not a regular file; expected a file path")
+    if out.exists() or out.is_symlink():  # never replaced: it may be the user's (or a file of a run)
+        raise fail(out, "--output already exists; expected a new file name (predict never replaces a file)")
     check_out_dir(out.parent)
 
 
