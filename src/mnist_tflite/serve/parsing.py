@@ -386,11 +386,6 @@ def _pixel_array(rows: Any, body: bytes, max_pixels: int) -> np.ndarray:
     return np.rint(a).astype(np.uint8) if a.dtype.kind == "f" else a.astype(np.uint8)
 
 
-def image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
-    """Uploaded bytes -> the model's 28x28 input (413 for a pixel bomb, 400 for a broken file)."""
-    return preprocess.to_mnist(decode_upload(data, max_pixels))
-
-
 def decode_upload(data: bytes, max_pixels: int) -> Any:
     """Uploaded bytes -> the decoded picture, decoded once for the digit and the number
     (413 for a pixel bomb, 400 for a broken file)."""
