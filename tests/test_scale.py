@@ -52,7 +52,8 @@ def test_seed_and_tiny_are_points_of_the_space():
     assert names[:2] == ["seed", "tiny"]
     for name, config in space.starting_points():
         spec, lr = space.from_config(config)
-        assert space.point_name(spec) == name and space.to_config(spec, lr) == config
+        augment = space.augments(config)
+        assert space.point_name(spec) == name and space.to_config(spec, lr, augment) == config
         assert set(config) == set(space.SPACE.names())
 
 
@@ -233,6 +234,40 @@ def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
     assert names(choose(rows, ladder, 100)) == ["m1", "s1", "garbage", "m3", "m2"]
     assert names(choose(rows, ladder, 2)) == ["m1", "s1"]
     assert choose([row("f", 9000, 4000, 0.9, status="failed")], ladder, 8) == []
+
+
+def test_the_search_trains_on_a_seeded_subset_and_every_image_is_one_of_the_training_set(mnist):
+    from mnist_tflite.scale.trial import search_subset
+
+    sub = search_subset(mnist, 1000, seed=0)
+    again, other = search_subset(mnist, 1000, seed=0), search_subset(mnist, 1000, seed=1)
+    assert len(sub.x_train) == len(sub.y_train) == 1000 and len(sub.x_test) == len(mnist.x_test)
+    assert np.array_equal(sub.x_train, again.x_train) and not np.array_equal(sub.x_train, other.x_train)
+    rows = {x.tobytes(): y for x, y in zip(mnist.x_train, mnist.y_train, strict=True)}
+    assert len({x.tobytes() for x in sub.x_train}) == 1000  # no image drawn twice
+    assert all(rows[x.tobytes()] == y for x, y in zip(sub.x_train, sub.y_train, strict=True))
+    assert "a seeded subset of 1,000 of the 5,000 training images" in sub.source
+    assert search_subset(mnist, 5000, seed=0) is mnist and search_subset(mnist, None, seed=0) is mnist
+
+
+def test_tune_defaults_to_all_60k_searched_on_a_subset_and_resumes_older_searches(tmp_path):
+    from mnist_tflite.scale.options import DEFAULTS, MAX_IMAGES, REFIT_EPOCHS, TuneOptions, prepare
+
+    options, _ = prepare(TuneOptions(out=tmp_path / "a", flash=8192))
+    assert options.data == "auto" and options.search_images == DEFAULTS["search_images"] == 12_000
+    assert options.refit_epochs == min(DEFAULTS["max_epochs"], REFIT_EPOCHS)
+    options, _ = prepare(TuneOptions(out=tmp_path / "b", flash=8192, max_epochs=4))
+    assert options.refit_epochs == 4  # never more epochs than a trial unless asked
+    options, _ = prepare(TuneOptions(out=tmp_path / "c", flash=8192, max_epochs=4, refit_epochs=9))
+    assert options.refit_epochs == 9
+    # a search saved before --search-images existed: it trained on all its data, refit as searched
+    old = {"flash": 8192, "ram": None, "trials": 3, "max_epochs": 7, "seed": 0, "data": "sample"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "search.json").write_text(
+        json.dumps({"settings": {**old, "folds": 3, "finalists": 2}})
+    )
+    options, _ = prepare(TuneOptions(out=tmp_path / "old", resume=True))
+    assert options.search_images == MAX_IMAGES and options.refit_epochs == 7 and options.data == "sample"
 
 
 # -- predict --ray: work units and Parquet, without Ray -------------------------------------------
@@ -490,6 +525,15 @@ def test_unreachable_address_is_one_line_within_10_s(tmp_path, models_dir):
             ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--folds", "1"),
             "--folds must be 2 to 10, received: 1",
         ),
+        (
+            ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--search-images", "99"),
+            "--search-images must be >= 100, received: 99",
+        ),
+        (
+            ("tune", "--out", "{tmp}/t", "--flash", "8KB", "--refit-epochs", "0"),
+            "--refit-epochs must be >= 1, received: 0",
+        ),
+        (("tune", "--out", "{tmp}/subset", "--resume"), "'search_images' is '12k'; expected a whole number"),
         (("tune", "--out", "{tmp}/t", "--resume"), "no search to resume"),
         (("tune", "--out", "{tmp}/search", "--flash", "8KB"), "already holds a search; pass --resume"),
         (("tune", "--out", "{tmp}/search", "--resume", "--flash", "9KB"), "--flash differ from"),
@@ -532,6 +576,7 @@ def test_usage_errors(args, message, tmp_path, models_dir, capsys):
         "search": json.dumps({"settings": settings}),
         "text": json.dumps({"settings": {**settings, "flash": "16KB"}}),
         "zero": json.dumps({"settings": {**settings, "trials": 0}}),
+        "subset": json.dumps({"settings": {**settings, "search_images": "12k"}}),
         "deep": '{"settings": ' + "[" * 100_000 + "]" * 100_000 + "}",
     }
     for name, text in saved.items():
@@ -669,6 +714,7 @@ def test_tune_sigterm_then_20_random_kill_9s_then_resume(tmp_path):
 
     out = tmp_path / "tune"
     small = ("--flash", "16KB", "--trials", "2", "--max-epochs", "1", "--folds", "2", "--finalists", "1")
+    small += ("--data", "sample")
     env = cli_env({"TUNE_GLOBAL_CHECKPOINT_S": "0"})
 
     def command() -> list[str]:
@@ -821,6 +867,7 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
         "1",
         "--folds",
         "3",
+        *("--data", "sample", "--search-images", "3000", "--refit-epochs", "2"),
         MNIST_TFLITE_TUNE_CRASH="tiny",
     )
     assert res.returncode == 0, res.stdout + res.stderr
@@ -835,13 +882,14 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
     ok = by_point["micro"]
     assert ok["status"] == "ok" and ok["flash"] <= 16384 and ok["arena"] <= 8192 and ok["epochs"] == 1
     assert ok["front"] and 0 < ok["test_accuracy"] <= 1 and doc["front"] == [ok["trial"]]
-    # the finalist, cross-validated: its own fold 0 and two more trainings, every training image once
+    # the finalist, cross-validated: its own fold 0 and two more trainings, every search image once
+    assert "train on 3,000 of the 5,000 training images (seeded)" in res.stdout
     assert "cross-validating 1 finalists on 3 folds (2 more trainings" in res.stdout
     assert [f["fold"] for f in ok["cv_folds"]] == [0, 1, 2]
     assert (
-        sum(f["images"] for f in ok["cv_folds"]) == 5000 and ok["cv_folds"][0]["images"] == ok["val_images"]
+        sum(f["images"] for f in ok["cv_folds"]) == 3000 and ok["cv_folds"][0]["images"] == ok["val_images"]
     )
-    assert ok["cv_accuracy"] == sum(f["correct"] for f in ok["cv_folds"]) / 5000
+    assert ok["cv_accuracy"] == sum(f["correct"] for f in ok["cv_folds"]) / 3000
     assert "training the 1 model of the front on all the training data" in res.stdout
     assert doc["search"]["cpus"] == 2 and doc["search"]["cluster"] == ray_cluster.address
     assert "Optuna" in doc["search"]["algorithm"]
@@ -852,6 +900,8 @@ def test_tune_on_the_cluster_reports_infeasible_and_failed_trials_and_goes_on(ra
         assert meta["model"] == name and meta["tune"]["trial"] == ok["trial"]
         assert meta["architecture"] == ok["arch"] and meta["size_bytes"] == (out / name).stat().st_size
         assert meta["train"]["val_fraction"] == 0.0 and meta["tune"]["cv_accuracy"] == ok["cv_accuracy"]
+        # the refit: every training image, not only the search's 3,000, for --refit-epochs
+        assert meta["train"]["images"] == 5000 and meta["train"]["epochs"] == 2
     md = (out / "front.md").read_text()
     assert "## Best model under each budget" in md and "injected crash" in md and "★" in md
     assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
@@ -886,7 +936,7 @@ def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
         "--folds",
         "2",
     )
-    args += ("--finalists", "2")
+    args += ("--finalists", "2", "--data", "sample")
     proc = ray_cluster.popen(*args)
     try:
         _read_until(proc, "[  1/4]")
@@ -924,14 +974,24 @@ def test_tune_resumes_after_ctrl_c_and_kill_9(ray_cluster, tmp_path):
 
 
 def test_budgets_nothing_can_meet_say_so_with_the_smallest_model(ray_cluster, tmp_path):
-    res = ray_cluster.cli("tune", "--out", str(tmp_path / "a"), "--flash", "2KB")
+    res = ray_cluster.cli("tune", "--out", str(tmp_path / "a"), "--flash", "2KB", "--data", "sample")
     assert res.returncode == 2
     line = one_error_line(res.stderr)
     assert "nothing in the search space fits <= 2 KB" in line and "its smallest model" in line
     assert not (tmp_path / "a" / "search.json").exists()
     # the smallest point fits, but none of the trials does: the search says so, exit 1
     res = ray_cluster.cli(
-        "tune", "--out", str(tmp_path / "b"), "--flash", "6KB", "--trials", "2", "--max-epochs", "1"
+        "tune",
+        "--out",
+        str(tmp_path / "b"),
+        "--flash",
+        "6KB",
+        "--trials",
+        "2",
+        "--max-epochs",
+        "1",
+        "--data",
+        "sample",
     )
     assert res.returncode == 1, res.stdout + res.stderr
     line = one_error_line(res.stderr)

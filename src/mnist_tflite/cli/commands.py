@@ -235,6 +235,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         data=args.data,
         folds=args.folds,
         finalists=args.finalists,
+        search_images=args.search_images,
+        refit_epochs=args.refit_epochs,
     )
     doc = search(options, log=_progress(args))
     if args.json:

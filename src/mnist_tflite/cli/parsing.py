@@ -276,7 +276,20 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     _flag(p, "--resume", "continue the search in --out after an interruption")
     p.add_argument("--seed", type=int, help="seed of the data split, training and search (default: 0)")
     p.add_argument(
-        "--data", help="training data: sample (default: the 5k sample) | embedded (all 60k) | IDX dir | .npz"
+        "--data",
+        help="training data: auto (default: all 60k, Keras cache or embedded) | embedded | sample (5k) | "
+        "IDX dir | .npz",
+    )
+    p.add_argument(
+        "--search-images",
+        type=int,
+        help="trials and cross-validation train on a seeded subset of this many training images "
+        "(default: 12000); the front is refit on all of them",
+    )
+    p.add_argument(
+        "--refit-epochs",
+        type=int,
+        help="epochs of the front's refit on all the training images (default: --max-epochs, at most 15)",
     )
     _flag(p, "--json", "print front.json at the end")
     p.set_defaults(func=commands.cmd_tune)

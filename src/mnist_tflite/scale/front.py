@@ -59,6 +59,7 @@ def rows(results: list[Any], max_epochs: int | None) -> list[dict[str, Any]]:
             "arch": spec.label(),
             "spec": spec.to_dict(),
             "learning_rate": lr,
+            "augment": space.augments(r.config),
             "params": spec.params(),
             "macs": m.get("macs", spec.macs()),
             "flash": m.get("flash"),
@@ -114,7 +115,7 @@ def finish(
         "data": ds.source,
         "search": {**search, "trials": len(rows), **counts},
         "space": space.SPACE.describe(),
-        "measures": _measures(settings["folds"]),
+        "measures": _measures(settings),
         "trials": [{k: v for k, v in r.items() if k not in ("order", "config", "model")} for r in rows],
         "front": [r["trial"] for r in front],
         "best": best,
@@ -190,20 +191,22 @@ def _export(row: dict[str, Any], path: Path, flash_budget: int, ram_budget: int 
     sidecar.write(path, meta)
 
 
-def _measures(folds: int | None) -> dict[str, str]:
+def _measures(settings: dict[str, Any]) -> dict[str, str]:
     """What each figure of the report is, measured how."""
+    folds, images = settings["folds"], settings.get("search_images")
+    subset = f"the search's {images:,} training images" if images else "the training data"
     return {
         "flash": "bytes of the int8 .tflite (1 KB = 1,024 B)",
         "arena": "the smallest TFLM tensor arena that allocates and runs the model, by bisection on "
         "this 64-bit host (export-micro recommends +10 %)",
         "val_loss": "Keras cross-entropy on the validation split after the last epoch (breaks ties)",
         "val_accuracy": f"the trial's int8 model (LiteRT) on fold 0 of {folds}: the "
-        f"{1 / (folds or 1):.0%} of the training data it held out",
-        "cv_accuracy": f"finalists only: {folds}-fold cross-validation, the int8 models' "
-        "accuracy on every training image once (fold 0 is the trial's own validation); the front "
+        f"{1 / (folds or 1):.0%} of {subset} (at most; all when there are fewer) it held out",
+        "cv_accuracy": f"finalists only: {folds}-fold cross-validation on {subset}, the int8 models' "
+        "accuracy on each of them once (fold 0 is the trial's own validation); the front "
         "and each budget's best are chosen on it",
-        "test_accuracy": "the front only: the architecture trained again on all the training data "
-        "(the model handed out), int8, on the test set",
+        "test_accuracy": f"the front only: the architecture trained again on all the training data for "
+        f"{settings.get('refit_epochs')} epochs (the model handed out), int8, on the test set",
     }
 
 
@@ -299,7 +302,7 @@ def _versus_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-_TRIAL_COLUMNS = ("trial", "point", "architecture", "lr", "status", "params", "MACs")
+_TRIAL_COLUMNS = ("trial", "point", "architecture", "lr", "aug", "status", "params", "MACs")
 _TRIAL_COLUMNS += ("flash (B)", "arena (B)", "epochs", "val", "cv", "test")
 
 
@@ -326,6 +329,7 @@ def _trial_table(rows: list[dict[str, Any]]) -> list[str]:
                 r["point"],
                 r["arch"],
                 f"{r['learning_rate']:.2g}",
+                "yes" if r.get("augment") else "no",
                 status,
                 f"{r['params']:,}",
                 *(_num(r[k]) for k in ("macs", "flash", "arena")),

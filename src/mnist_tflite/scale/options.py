@@ -27,15 +27,22 @@ DEFAULTS: dict[str, Any] = {
     "trials": 30,
     "max_epochs": 30,
     "seed": 0,
-    "data": "sample",  # the 5k sample until tune is re-tuned for 60k
+    "data": "auto",  # all 60,000 training images (the Keras cache or the embedded copy)
     "ram": None,
-    "folds": 3,  # a trial holds out fold 0: 1,667 of the 5k sample; finalists are scored on all 3
+    # trials and cross-validation train on a seeded subset of this many training images (all of
+    # them when there are fewer: the 5k sample); only the front's refit sees the whole set
+    "search_images": 12_000,
+    "folds": 3,  # a trial holds out fold 0 of the search images: 4,000 of 12,000; finalists: all 3
     "finalists": 10,
+    "refit_epochs": None,  # None: min(--max-epochs, REFIT_EPOCHS)
 }
+REFIT_EPOCHS = 15  # on 60,000 images, 7.5 times a trial's 8,000 per epoch
+MIN_SEARCH_IMAGES = 100
 MAX_FOLDS = 10
 MAX_SIZE = 16 << 20  # flash and RAM budgets: above any microcontroller's, below a ladder of 20 equal files
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 10_000
+MAX_IMAGES = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class TuneOptions:
     data: str | None = None
     folds: int | None = None
     finalists: int | None = None
+    search_images: int | None = None
+    refit_epochs: int | None = None
 
     def settings(self) -> dict[str, Any]:
         """What the trials need, and what ``--resume`` restores."""
@@ -66,6 +75,8 @@ class TuneOptions:
             "data": self.data,
             "folds": self.folds,
             "finalists": self.finalists,
+            "search_images": self.search_images,
+            "refit_epochs": self.refit_epochs,
             "val_fraction": 1 / self.folds if self.folds else None,
         }
 
@@ -93,6 +104,8 @@ def prepare(options: TuneOptions) -> tuple[TuneOptions, Path]:
     if options.flash is None:
         raise MnistTfliteError("--flash is required (e.g. --flash 16KB), unless --resume")
     options = replace(options, **{k: v for k, v in DEFAULTS.items() if getattr(options, k) is None})
+    if options.refit_epochs is None:
+        options = replace(options, refit_epochs=min(options.max_epochs or 1, REFIT_EPOCHS))
     _check(options)
     if out.exists() and not out.is_dir():
         raise fail(out, "exists and is not a directory")
@@ -112,7 +125,9 @@ def _resumed(options: TuneOptions, out: Path) -> TuneOptions:
     raw = read_user_file(path, "the search settings tune wrote", max_bytes=1 << 20)
     try:
         saved = json.loads(raw.decode("utf-8"))["settings"]
-        saved = {k: saved[k] for k in _KEYS}
+        # a search saved before these settings existed trained on all its data, refit as searched
+        legacy = {"search_images": MAX_IMAGES, "refit_epochs": saved.get("max_epochs")}
+        saved = {k: saved[k] if k in saved or k not in legacy else legacy[k] for k in _KEYS}
     except RecursionError:
         raise fail(path, "nested too deeply; expected the search settings tune wrote") from None
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
@@ -134,6 +149,7 @@ def _resumed(options: TuneOptions, out: Path) -> TuneOptions:
 
 
 _KEYS = ("flash", "ram", "trials", "max_epochs", "seed", "data", "folds", "finalists")
+_KEYS += ("search_images", "refit_epochs")
 _EXPECTED = {int: "a whole number", str: "a text"}
 
 
@@ -143,8 +159,14 @@ def _check(options: TuneOptions, where: str = "") -> None:
     check_int_range(options.flash or 0, name("flash"), 1, MAX_SIZE)
     if options.ram is not None:
         check_int_range(options.ram, name("ram"), 1, MAX_SIZE)
-    for key, high in (("trials", MAX_TRIALS), ("max_epochs", MAX_EPOCHS), ("finalists", MAX_TRIALS)):
-        check_int_range(getattr(options, key), name(key), 1, high)
+    for key, low, high in (
+        ("trials", 1, MAX_TRIALS),
+        ("max_epochs", 1, MAX_EPOCHS),
+        ("refit_epochs", 1, MAX_EPOCHS),
+        ("finalists", 1, MAX_TRIALS),
+        ("search_images", MIN_SEARCH_IMAGES, MAX_IMAGES),
+    ):
+        check_int_range(getattr(options, key), name(key), low, high)
     if not 2 <= (options.folds or 0) <= MAX_FOLDS:
         raise MnistTfliteError(f"{name('folds')} must be 2 to {MAX_FOLDS}, received: {options.folds}")
     check_seed(options.seed, name("seed"))  # type: ignore[arg-type]

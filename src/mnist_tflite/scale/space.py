@@ -218,6 +218,7 @@ class SearchSpace:
             Dimension("dense", (0, 16, 32), doc="hidden dense units (0: none)"),
             Dimension("batch_norm", (False, True), doc="batch normalization after each conv (folded)"),
             Dimension("fixed_batch", (False, True), doc="batch of one (TFLM's): fewer ops"),
+            Dimension("augment", (False, True), doc="train with small rotations, shifts and zooms"),
             Dimension("learning_rate", low=1e-3, high=1e-2, doc="Adam's peak learning rate (log-uniform)"),
         )
     )
@@ -275,9 +276,17 @@ def from_config(config: dict[str, Any]) -> tuple[ArchSpec, float]:
     return spec, float(config.get("learning_rate", DEFAULT_LEARNING_RATE))
 
 
-def to_config(spec: ArchSpec, learning_rate: float = DEFAULT_LEARNING_RATE) -> dict[str, Any]:
+def augments(config: dict[str, Any]) -> bool:
+    """Whether the point trains with augmentation (a search saved before it was a dimension did)."""
+    return bool(config.get("augment", True))
+
+
+def to_config(
+    spec: ArchSpec, learning_rate: float = DEFAULT_LEARNING_RATE, augment: bool = False
+) -> dict[str, Any]:
     """The flat config of a point (unused blocks get the first choices: Optuna needs every key)."""
     config: dict[str, Any] = {
+        "augment": augment,
         "downsample": spec.downsample,
         "blocks": len(spec.blocks),
         "head": spec.head,
@@ -312,31 +321,47 @@ SMALLEST = ArchSpec(blocks=(Block(FILTERS[0], 5, 2, pool=True),), downsample=2, 
 # keeps the input + first activation (the arena's peak) small; every extra layer costs
 # ~150 B of arena and ~300 B of flash, so at this size depthwise-separable blocks and a
 # third block lose; a fixed batch of one drops three ops; flatten beats global pooling.
-HINTS: tuple[tuple[str, ArchSpec, float], ...] = (
+HINTS: tuple[tuple[str, ArchSpec, float, bool], ...] = (
     # ~98.1 %, 8,120 B, arena 4,072 B
-    ("micro", ArchSpec(blocks=(Block(7, 5, 2, pool=True), Block(18, 3)), fixed_batch=True), 5e-3),
+    ("micro", ArchSpec(blocks=(Block(7, 5, 2, pool=True), Block(18, 3)), fixed_batch=True), 5e-3, False),
     # ~98.4 %, 10,968 B, arena 4,856 B
-    ("small", ArchSpec(blocks=(Block(12, 5, 2, pool=True), Block(24, 3)), fixed_batch=True), 3e-3),
+    ("small", ArchSpec(blocks=(Block(12, 5, 2, pool=True), Block(24, 3)), fixed_batch=True), 3e-3, False),
     # ~98.6 %, 14,704 B, arena 5,528 B
-    ("medium", ArchSpec(blocks=(Block(16, 5, 2, pool=True), Block(32, 3)), fixed_batch=True), 3e-3),
+    ("medium", ArchSpec(blocks=(Block(16, 5, 2, pool=True), Block(32, 3)), fixed_batch=True), 3e-3, True),
     # twice medium's weights (~22 KB): for budgets around the seed's 42 KB
-    ("large", ArchSpec(blocks=(Block(24, 5, 2, pool=True), Block(48, 3)), fixed_batch=True), 3e-3),
+    ("large", ArchSpec(blocks=(Block(24, 5, 2, pool=True), Block(48, 3)), fixed_batch=True), 3e-3, True),
     # a stride-1 first conv and a pooling after each block: 2-5x the MACs for the same flash
     # ~98.5 % (98.6 % trained on all 5k), 9,216 B, arena 7,992 B
-    ("pool8", ArchSpec(blocks=(Block(8, 5, pool=True), Block(16, 3, pool=True)), fixed_batch=True), 3e-3),
+    (
+        "pool8",
+        ArchSpec(blocks=(Block(8, 5, pool=True), Block(16, 3, pool=True)), fixed_batch=True),
+        3e-3,
+        True,
+    ),
     # ~98.6 %, 13,088 B, arena 10,968 B
-    ("pool12", ArchSpec(blocks=(Block(12, 5, pool=True), Block(24, 3, pool=True)), fixed_batch=True), 3e-3),
+    (
+        "pool12",
+        ArchSpec(blocks=(Block(12, 5, pool=True), Block(24, 3, pool=True)), fixed_batch=True),
+        3e-3,
+        True,
+    ),
     # ~98.9 %, 28,176 B, arena 19,896 B
-    ("pool24", ArchSpec(blocks=(Block(24, 5, pool=True), Block(48, 3, pool=True)), fixed_batch=True), 3e-3),
+    (
+        "pool24",
+        ArchSpec(blocks=(Block(24, 5, pool=True), Block(48, 3, pool=True)), fixed_batch=True),
+        3e-3,
+        True,
+    ),
 )
 
 NAMED: dict[str, ArchSpec] = {"seed": SEED, "tiny": TINY}
 
 
 def starting_points() -> list[tuple[str, dict[str, Any]]]:
-    """(name, config) evaluated before the search algorithm proposes its own."""
-    points = [("seed", to_config(SEED, 2e-3)), ("tiny", to_config(TINY, 3e-3))]
-    points += [(name, to_config(spec, lr)) for name, spec, lr in HINTS]
+    """(name, config) evaluated before the search algorithm proposes its own; seed and tiny as
+    ``run`` trains them (seed with augmentation, tiny without)."""
+    points = [("seed", to_config(SEED, 2e-3, True)), ("tiny", to_config(TINY, 3e-3, False))]
+    points += [(name, to_config(spec, lr, augment)) for name, spec, lr, augment in HINTS]
     return points
 
 
@@ -345,7 +370,7 @@ def point_name(spec: ArchSpec, learning_rate: float | None = None) -> str | None
     for name, point in NAMED.items():
         if spec == point:
             return name
-    for name, point, _ in HINTS:
+    for name, point, *_ in HINTS:
         if spec == point:
             return name
     return None

@@ -2,10 +2,12 @@
 
 The search space is data (:mod:`mnist_tflite.scale.space`); each trial (:mod:`trial`)
 measures the point's int8 flash and TFLM arena before training (over budget: infeasible,
-reported, not trained), trains on a training split and reports validation accuracy every
+reported, not trained), trains on a seeded subset of the training images (``--search-images``,
+12,000 of the 60,000 by default, one fold held out) and reports validation accuracy every
 epoch, so that ASHA stops the weak ones early; Optuna's TPE (through Ray Tune) proposes
 the points. Then (:mod:`finalists`) the best trials are cross-validated on every fold, the
-front is chosen on that score and its architectures are trained on all the training data.
+front is chosen on that score and its architectures are trained on all the training data
+(``--refit-epochs``).
 The test set is used once, at the end, for those models.
 
 Writes into ``--out``: ``front.json``, ``front.md``, ``front.png`` and, for each budget
@@ -138,6 +140,11 @@ def _search(options: TuneOptions, out: Path, log: Callable[[str], None]) -> tupl
         log(
             f"tune: {options.trials} trials on {where} ({cpus} CPUs, one trial per CPU), "
             f"budget flash {budget_text(options.flash, options.ram)}; data: {ds.source}"
+        )
+        searched_on = min(options.search_images or 0, len(ds.x_train))
+        log(
+            f"tune: trials and cross-validation train on {searched_on:,} of the {len(ds.x_train):,} "
+            f"training images (seeded); the front is refit on all of them, {options.refit_epochs} epochs"
         )
         if not options.resume:
             _check_smallest_fits(ray, options, settings)
@@ -356,6 +363,8 @@ def search_info(options: TuneOptions, algorithm: str, cpus: int, wall: tuple[flo
         f"{REDUCTION_FACTOR}, max {options.max_epochs}",
         "objective": "int8 validation accuracy + 0.2 points per halving of flash below the budget; "
         "0 when over budget",
+        "search_images": options.search_images,
+        "refit_epochs": options.refit_epochs,
         "cluster": options.address or "local",
         "cpus": cpus,
         "trials_seconds": round(wall[0], 1),
