@@ -200,6 +200,21 @@ def test_sizes_budgets_and_the_front():
     assert [r["id"] for r in front] == ["a", "c", "d"]
 
 
+def test_each_published_point_faces_the_fronts_best_model_of_at_most_its_bytes():
+    from mnist_tflite.scale.front import PUBLISHED, _versus_published
+
+    def row(arch, flash, test):
+        return {"arch": arch, "flash": flash, "arena": 4000, "test_accuracy": test}
+
+    front = [row("a", 2_000, 0.97), row("b", 5_000, 0.985), row("c", 5_400, 0.984), row("d", 7_400, 0.991)]
+    by_bytes = {p["bytes"]: p["ours"] for p in _versus_published(front)}
+    assert len(by_bytes) == len(PUBLISHED) == 3
+    assert by_bytes[5_530]["arch"] == "b"  # the more accurate of b and c, both under 5.4 KB
+    assert by_bytes[7_475] == {"arch": "d", "flash": 7_400, "test_accuracy": 0.991}
+    assert by_bytes[2_867]["arch"] == "a"
+    assert all(p["ours"] is None for p in _versus_published([row("big", 9_000, 0.995)]))
+
+
 def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
     from mnist_tflite.scale.finalists import choose, margin
 
