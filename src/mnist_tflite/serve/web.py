@@ -221,7 +221,7 @@ def _check_in_node(
     problem = wasm.node_problem()
     if problem:
         return {"vs_tflm": problem}
-    ds = data_mod.load(opts.data, log=log)
+    ds = data_mod.load(opts.data, log=log, test_only=True)
     count = max(1, min(opts.images, len(ds.x_test)))
     inputs = aot.quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-web-") as tmp_name:
