@@ -19,7 +19,7 @@ const MODULE_URL = new URL("wasm/mnist_model.mjs", document.baseURI).href;
 
 const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false,
   device: null, deviceVariant: null, deviceNote: "",
-  numberMode: false, askNumber: false, frame: WHOLE, digits: null }; // the number (issue 22)
+  numberMode: false, askNumber: false, frame: WHOLE, digits: null, serverWhy: "" }; // the number (issue 22)
 
 // ---- drawing (pointer events cover mouse, touch and pen) -------------------------------
 
@@ -70,6 +70,7 @@ function endStroke(ev) {
   state.drawing = false;
   if (pad.hasPointerCapture(ev.pointerId)) pad.releasePointerCapture(ev.pointerId);
   state.frame = WHOLE;
+  state.serverWhy = "";
   if (onDevice()) {
     const answer = state.numberMode ? readNumberOnDevice(t0) : classifyOnDevice(t0);
     if (answer && !STATIC_SITE) padPng((blob) => crossCheck(blob, answer));
@@ -260,7 +261,7 @@ function showResult(r, roundTrip) {
   else showAnswer(r);
   if (r.number_error) $("agree").textContent = "no number read: " + r.number_error;
   $("latency").textContent =
-    (state.device ? "" : state.deviceNote ? state.deviceNote + ": " : "") +
+    (state.serverWhy || (state.device ? "" : state.deviceNote ? state.deviceNote + ": " : "")) +
     "server " + r.latency_ms.toFixed(1) + " ms (inference " + r.inference_ms.toFixed(2) + " ms) · round trip " +
     roundTrip.toFixed(0) + " ms";
   document.body.dataset.state = "done";
@@ -335,7 +336,9 @@ function readNumberOnDevice(t0) {
   state.seq++; // an answer from the server still in flight is superseded
   const { model, simd } = state.device;
   const t1 = performance.now();
-  const found = findDigits(padPicture(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height));
+  const sure = (x) => Math.max(...probabilities(model.classify(quantize(x, model.input)), model.output));
+  const picture = padPicture(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+  const found = findDigits(picture, sure);
   if (!found) {
     showIdle();
     $("label").textContent = "?";
@@ -347,7 +350,7 @@ function readNumberOnDevice(t0) {
     return null;
   }
   if (found.defer && !STATIC_SITE) {
-    state.deviceNote = "the server reads this drawing (it has " + found.defer + ")";
+    state.serverWhy = "the server reads this drawing (it has " + found.defer + "): ";
     askServer();
     return null;
   }
@@ -362,7 +365,7 @@ function readNumberOnDevice(t0) {
   $("latency").textContent =
     "read on this device (WebAssembly" + (simd ? " SIMD" : "") + "): " + digits.length + " digit" +
     (digits.length === 1 ? "" : "s") + " found and classified in " + (t2 - t1).toFixed(1) + " ms" +
-    (found.defer ? "; not done here: " + found.defer + " (leave a gap between digits)" : "");
+    (found.defer ? "; not done here: " + found.defer : "");
   const body = document.body.dataset;
   body.answerMs = (performance.now() - t0).toFixed(2);
   body.state = "done";

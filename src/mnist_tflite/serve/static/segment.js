@@ -1,16 +1,19 @@
 // The digits of a number drawn on the pad, found in the page: edge/segment.py's find_digits
 // for what a drawing needs (the picture reduced as preprocess.py's picture() does, the ink
 // map, 8-connected components, the pieces of one digit joined, specks dropped, lines, left to
-// right), rule for rule, so the boxes are Python's (tests/test_browser_number.py checks them).
-// Two steps stay with Python: cutting touching digits apart (the model judges the cut) and
-// taking out ruled lines. A drawing that needs either says so (`defer`); serve's page then
-// asks /api/predict?number=1, a static site reads it as it is and says why.
+// right, a component wider than a digit cut where the model is surest of the pieces), rule
+// for rule, so the boxes are Python's (tests/test_segment_js.py checks them in Node). One
+// step stays with Python: taking out ruled lines (a long horizontal opening). A drawing with
+// such a line says so (`defer`): serve's page then asks /api/predict?number=1, a static site
+// reads it as it is and says why.
 
-import { greyInkMap } from "./device.js";
+import { greyInkMap, inkToMnist } from "./device.js";
 
 const WORK_SIZE = 320; // edge/preprocess.py
 const INK_LEVEL = 0.4, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
 const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6;
+const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 3.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9, MAX_CUTS = 24;
+const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
 export const MAX_DIGITS = 64;
 
 function median(values) {
@@ -167,14 +170,115 @@ function inkOf(part, ink, labels, w) {
   return { a: out, w: pw, h: ph };
 }
 
+/** Python's round(): halves to even. */
+function roundEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** segment.py's _cut_costs: per column, the least ink a slanted cut line through it crosses. */
+function cutCosts(patch) {
+  const { a, w, h } = patch, cost = new Float64Array(w).fill(Infinity), slope = new Float64Array(w);
+  for (const s of SLOPES) {
+    const c = new Float64Array(w);
+    for (let y = 0; y < h; y++) {
+      const dy = y - (h - 1) / 2;
+      for (let x = 0; x < w; x++) {
+        const col = roundEven(x - s * dy);
+        if (col >= 0 && col < w) c[col] += a[y * w + x];
+      }
+    }
+    for (let x = 0; x < w; x++) if (c[x] < cost[x]) [cost[x], slope[x]] = [c[x], s];
+  }
+  return { cost, slope };
+}
+
+/** segment.py's _between: the ink between two cut lines, each [x at the middle row, slope]. */
+function between(patch, left, right) {
+  const { a, w, h } = patch, out = new Float32Array(w * h);
+  let sum = 0;
+  for (let y = 0; y < h; y++) {
+    const dy = y - (h - 1) / 2;
+    for (let x = 0; x < w; x++) {
+      if (x - left[1] * dy >= left[0] && x - right[1] * dy < right[0]) sum += out[y * w + x] = a[y * w + x];
+    }
+  }
+  return { a: out, w, h, sum };
+}
+
+/** segment.py's _split: touching digits cut where slanted lines cross the least ink, the
+ * chain of pieces chosen by width and by how sure the model (judge) is of each piece. */
+function split(patch, lineHeight, digitWidth, judge) {
+  const { cost, slope } = cutCosts(patch), w = patch.w;
+  const order = Array.from({ length: Math.max(0, w - 2) }, (_, i) => i + 1).sort((p, q) => cost[p] - cost[q] || p - q);
+  const spaced = [];
+  for (const x of order) {
+    if (cost[x] > cost[x - 1] || cost[x] > cost[x + 1]) continue;
+    if (spaced.every((y) => Math.abs(x - y) >= 0.15 * lineHeight) && spaced.length < MAX_CUTS) spaced.push(x);
+  }
+  spaced.sort((p, q) => p - q);
+  const edges = [0, ...spaced, w], last = edges.length - 1;
+  const bounds = [[-Infinity, 0], ...spaced.map((x) => [x, slope[x]]), [Infinity, 0]];
+  const spans = [];
+  for (let i = 0; i < edges.length; i++) {
+    for (let j = i + 1; j < edges.length; j++) {
+      const width = edges[j] - edges[i];
+      if ((0.15 * lineHeight <= width && width <= PIECE * lineHeight) || (i === 0 && j === last)) {
+        const ink = between(patch, bounds[i], bounds[j]);
+        if (ink.sum > 0.5) spans.push({ i, j, width, ink });
+      }
+    }
+  }
+  if (!spans.length) return [patch];
+  for (const s of spans) {
+    s.score = -Math.abs(s.width - digitWidth) / digitWidth;
+    if (s.i === 0 && s.j === last && s.width <= WIDEST * lineHeight) {
+      s.score = -WHOLE_PENALTY * Math.max(0, s.width / lineHeight - 1); // a wide digit, uncut
+    }
+    const x = inkToMnist(s.ink);
+    s.score = s.score * PRIOR + Math.log(Math.max(x ? judge(x) : 0, 1e-6));
+  }
+  const crossing = [0, ...spaced.map((x) => cost[x] / lineHeight), 0];
+  const best = new Float64Array(edges.length).fill(-Infinity), back = new Int32Array(edges.length).fill(-1);
+  best[0] = 0;
+  for (const { i, j, score } of spans) {
+    const value = best[i] + score - crossing[j];
+    if (value > best[j]) [best[j], back[j]] = [value, i];
+  }
+  if (!Number.isFinite(best[last])) return [patch];
+  const chosen = [];
+  for (let j = last; j > 0; j = back[j]) chosen.unshift(between(patch, bounds[back[j]], bounds[j]));
+  return chosen;
+}
+
+/** segment.py's _line_width: one digit's width in this line. */
+function lineWidth(line, lineHeight) {
+  const single = line.map(width).filter((v) => DIGIT_WIDTH[0] * lineHeight <= v && v <= WIDE_JUDGED * lineHeight);
+  const guess = single.length ? median(single) : 0.55 * lineHeight;
+  return Math.min(DIGIT_WIDTH[1] * lineHeight, Math.max(DIGIT_WIDTH[0] * lineHeight, guess));
+}
+
+/** segment.py's _box: a piece's box as fractions of the picture (its ink within its part). */
+function boxOf(part, piece, w, h) {
+  let y0 = Infinity, y1 = -1, x0 = Infinity, x1 = -1;
+  for (let y = 0; y < piece.h; y++) {
+    for (let x = 0; x < piece.w; x++) {
+      if (piece.a[y * piece.w + x] === 0) continue;
+      y0 = Math.min(y0, y), y1 = Math.max(y1, y), x0 = Math.min(x0, x), x1 = Math.max(x1, x);
+    }
+  }
+  return [round4((part.x0 + x0) / w), round4((part.y0 + y0) / h), round4((part.x0 + x1 + 1) / w), round4((part.y0 + y1 + 1) / h)];
+}
+
 const round4 = (v) => Math.round(v * 1e4) / 1e4;
 
 /** A grey picture {a, w, h} of a drawn number -> its digits, as segment.py's find_digits.
  *
- * Returns null for a blank picture, {error} for one that is not digits, else {digits, defer}:
- * each digit {box: [left, top, right, bottom] as fractions of the picture, line, ink: {a, w, h}};
- * defer names what only the server does (touching digits to cut, a ruled line), or "". */
-export function findDigits(pic) {
+ * judge: a Float32Array(784) candidate digit -> the model's confidence in it (to choose
+ * where touching digits are cut). Returns null for a blank picture, {error} for one that is
+ * not digits, else {digits, defer}: each digit {box: [left, top, right, bottom] as fractions
+ * of the picture, line, ink: {a, w, h}}; defer names what only the server does, or "". */
+export function findDigits(pic, judge) {
   const { w, h } = pic;
   const full = greyInkMap(pic.a, w, h);
   if (!full) return null;
@@ -193,13 +297,16 @@ export function findDigits(pic) {
   if (parts.length > MAX_DIGITS) return { error: "found " + parts.length + " separate marks; at most " + MAX_DIGITS + " digits are read from one picture" };
   const digits = [];
   lines(parts).forEach((line, number) => {
-    const lineHeight = median(line.map(height));
+    const lineHeight = median(line.map(height)), digitWidth = lineWidth(line, lineHeight);
     for (const p of line) {
-      if (width(p) > WIDE_JUDGED * Math.max(lineHeight, height(p))) defer ||= "digits that touch, to cut apart";
-      const box = [round4(p.x0 / w), round4(p.y0 / h), round4(p.x1 / w), round4(p.y1 / h)];
-      digits.push({ box, line: number, ink: inkOf(p, full, labels, w) });
+      const patch = inkOf(p, full, labels, w);
+      const wide = width(p) > WIDE_JUDGED * Math.max(lineHeight, height(p));
+      for (const piece of wide ? split(patch, lineHeight, digitWidth, judge) : [patch]) {
+        digits.push({ box: boxOf(p, piece, w, h), line: number, ink: piece });
+      }
     }
   });
+  if (digits.length > MAX_DIGITS) return { error: "found " + digits.length + " digits; at most " + MAX_DIGITS + " digits are read from one picture" };
   if (digits.length === 1) digits[0].ink = whole; // one digit: exactly the single-digit path
   return { digits, defer };
 }
