@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mnist_tflite.edge.infer import TfliteModel
-from mnist_tflite.edge.segment import find_digits
+from mnist_tflite.edge.segment import SegmentError, find_digits
 from mnist_tflite.micro.aot import wasm
 from tests.conftest import run_cli
 
@@ -164,16 +164,23 @@ def test_pieces_specks_lines_and_touching_digits(both):
     assert sum(len(page["digits"]) == 4 for page in touching) >= 2
 
 
-def test_blank_a_frame_and_a_ruled_line(module, tmp_path):
-    """A blank pad is blank; a frame round the pad is not a number (segment.py's words); a
-    long line under the digits is left to the server."""
+def test_blank_a_frame_too_many_marks_and_a_ruled_line(module, tmp_path):
+    """A blank pad is blank; a frame round the pad and 70 marks are not a number, in
+    segment.py's words; a long line under the digits is left to the server."""
     blank = np.full(PAD, 255, np.uint8)
     frame = blank.copy()
     frame[5:-5, 5:12] = frame[5:-5, -12:-5] = frame[5:12, 5:-5] = frame[-12:-5, 5:-5] = 0
+    marks = blank.copy()
+    for row in range(5):  # five lines of fourteen strokes: a page of 1s
+        for col in range(14):
+            marks[8 + 55 * row : 48 + 55 * row, 20 + 58 * col : 29 + 58 * col] = 0
     ruled = blank.copy()
     ruled[250:256, 20:-20] = 0
     ruled[40:200, 100:112] = ruled[40:200, 400:412] = 0  # two 1s over the line
-    first, second, third = in_node(module, [blank, frame, ruled], tmp_path)
-    assert first == {"blank": True}
-    assert second["error"].startswith("one mark spans the whole picture (")
-    assert third["defer"] == "a long line (ruled paper?) to take out"
+    got = in_node(module, [blank, frame, marks, ruled], tmp_path)
+    assert got[0] == {"blank": True}
+    for page, a in zip(got[1:3], (frame, marks), strict=True):
+        with pytest.raises(SegmentError) as python:
+            find_digits(a)
+        assert page == {"error": str(python.value)}
+    assert got[3]["defer"] == "a long line (ruled paper?) to take out"

@@ -119,7 +119,8 @@ function setNumberMode(on) {
   state.numberMode = on;
   pad.width = on ? PAD.number : PAD.single;
   document.body.classList.toggle("number-mode", on);
-  pad.setAttribute("aria-label", on ? "drawing pad: write a number, digits side by side" : "drawing pad: draw one digit");
+  pad.setAttribute("aria-label", on ? "drawing pad: write a number, digits side by side"
+    : "drawing pad: draw one digit");
   $("clear").click();
 }
 $("number-mode").addEventListener("change", (ev) => setNumberMode(ev.target.checked));
@@ -133,6 +134,7 @@ $("upload").addEventListener("change", (ev) => {
   state.input = file;
   state.inputName = file.name;
   state.askNumber = true; // a photo may hold a number: its digits, with their boxes
+  state.serverWhy = "";
   state.frame = null; // known once the picture is drawn
   const url = URL.createObjectURL(file);
   const img = new Image();
@@ -142,7 +144,8 @@ $("upload").addEventListener("change", (ev) => {
     const w = img.width * s, h = img.height * s;
     ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
     URL.revokeObjectURL(url);
-    state.frame = { x: (pad.width - w) / 2 / pad.width, y: (pad.height - h) / 2 / pad.height, w: w / pad.width, h: h / pad.height };
+    state.frame = { x: (pad.width - w) / 2 / pad.width, y: (pad.height - h) / 2 / pad.height,
+      w: w / pad.width, h: h / pad.height };
     showBoxes(); // the answer may have come first
   };
   img.onerror = () => URL.revokeObjectURL(url); // the server will say what is wrong with it
@@ -357,11 +360,21 @@ function readNumberOnDevice(t0) {
   const digits = [];
   for (const d of found.digits) {
     const x = inkToMnist(d.ink);
-    if (x) digits.push(digitOf(d.box, d.line, probabilities(model.classify(quantize(x, model.input)), model.output), x));
+    if (!x) continue; // (no ink left at 20 px)
+    const p = probabilities(model.classify(quantize(x, model.input)), model.output);
+    digits.push(digitOf(d.box, d.line, p, x));
   }
   const t2 = performance.now();
-  const answer = { number: numberOf(digits), uncertain: digits.some((d) => d.label === "?"), digits, model: state.deviceVariant };
-  showNumber(answer);
+  if (!digits.length) {
+    showError({ error: "blank", detail: "drawing: no ink left once scaled to 20 px" });
+    return null;
+  }
+  const answer = { number: numberOf(digits), uncertain: digits.some((d) => d.label === "?"), digits,
+    model: state.deviceVariant };
+  if (digits.length === 1) { // one digit: answered as the single-digit pad answers, with its box
+    const { probabilities: p, image } = digits[0], label = best(p);
+    showAnswer({ ...answer, label, class_name: String(label), probabilities: p, input: image });
+  } else showNumber(answer);
   $("latency").textContent =
     "read on this device (WebAssembly" + (simd ? " SIMD" : "") + "): " + digits.length + " digit" +
     (digits.length === 1 ? "" : "s") + " found and classified in " + (t2 - t1).toFixed(1) + " ms" +
@@ -372,8 +385,8 @@ function readNumberOnDevice(t0) {
   return answer;
 }
 
-/** A number's answer (several digits, from the device or the server): the number in words
- * a screen reader says, each digit with its 28x28, and the boxes over the picture. */
+/** A number's answer (several digits, from the device or the server): the number as text
+ * (a live region: screen readers say it), each digit with its 28x28, the boxes on the picture. */
 function showNumber(r) {
   showIdle();
   showDigits(r.digits);
@@ -401,7 +414,8 @@ function showDigits(digits) {
     seen.setAttribute("aria-hidden", "true");
     drawSeen(d.image, seen);
     const [a, b] = d.top;
-    const guess = d.label === "?" ? "? (" + a.label + " " + pct(a.probability) + " or " + b.label + " " + pct(b.probability) + ")" : d.label + " " + pct(d.confidence);
+    const guess = d.label !== "?" ? d.label + " " + pct(d.confidence)
+      : "? (" + a.label + " " + pct(a.probability) + " or " + b.label + " " + pct(b.probability) + ")";
     li.append(seen, Object.assign(document.createElement("span"), { textContent: guess }));
     li.className = d.label === "?" ? "unsure" : "";
     list.append(li);
@@ -419,7 +433,8 @@ function showBoxes() {
     const div = document.createElement("div");
     div.className = "box" + (d.label === "?" ? " unsure" : "");
     div.dataset.box = d.box.join(",");
-    Object.assign(div.style, { left: per(f.x + x0 * f.w), top: per(f.y + y0 * f.h), width: per((x1 - x0) * f.w), height: per((y1 - y0) * f.h) });
+    Object.assign(div.style, { left: per(f.x + x0 * f.w), top: per(f.y + y0 * f.h),
+      width: per((x1 - x0) * f.w), height: per((y1 - y0) * f.h) });
     div.append(Object.assign(document.createElement("span"), { textContent: d.label }));
     layer.append(div);
   }

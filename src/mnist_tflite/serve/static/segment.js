@@ -14,7 +14,7 @@ const INK_LEVEL = 0.4, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.
 const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6;
 const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 3.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9, MAX_CUTS = 24;
 const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
-export const MAX_DIGITS = 64;
+const MAX_DIGITS = 64;
 
 function median(values) {
   const s = Float64Array.from(values).sort(), m = s.length >> 1;
@@ -267,10 +267,13 @@ function boxOf(part, piece, w, h) {
       y0 = Math.min(y0, y), y1 = Math.max(y1, y), x0 = Math.min(x0, x), x1 = Math.max(x1, x);
     }
   }
-  return [round4((part.x0 + x0) / w), round4((part.y0 + y0) / h), round4((part.x0 + x1 + 1) / w), round4((part.y0 + y1 + 1) / h)];
+  const [left, top, right, bottom] = [part.x0 + x0, part.y0 + y0, part.x0 + x1 + 1, part.y0 + y1 + 1];
+  return [round4(left / w), round4(top / h), round4(right / w), round4(bottom / h)];
 }
 
 const round4 = (v) => Math.round(v * 1e4) / 1e4;
+const tooMany = (count, what) =>
+  "found " + count + " " + what + "; at most " + MAX_DIGITS + " digits are read from one picture (a page of text?)";
 
 /** A grey picture {a, w, h} of a drawn number -> its digits, as segment.py's find_digits.
  *
@@ -285,7 +288,8 @@ export function findDigits(pic, judge) {
   const { labels, parts: marks } = components(full, w, h);
   for (const p of marks) {
     if (width(p) >= WHOLE_PICTURE * w && height(p) >= WHOLE_PICTURE * h) {
-      const share = Math.round((100 * width(p)) / w) + "% of its width, " + Math.round((100 * height(p)) / h) + "% of its height";
+      const share = Math.round((100 * width(p)) / w) + "% of its width, " +
+        Math.round((100 * height(p)) / h) + "% of its height";
       return { error: "one mark spans the whole picture (" + share + "): a table, a grid or a frame, not digits" };
     }
   }
@@ -294,7 +298,7 @@ export function findDigits(pic, judge) {
   if (!marks.length) return { digits: [{ box: [0, 0, 1, 1], line: 0, ink: whole }], defer };
   const digitHeight = typicalHeight(marks);
   const parts = joinPieces(marks, digitHeight).filter((p) => height(p) >= FRAGMENT * digitHeight);
-  if (parts.length > MAX_DIGITS) return { error: "found " + parts.length + " separate marks; at most " + MAX_DIGITS + " digits are read from one picture" };
+  if (parts.length > MAX_DIGITS) return { error: tooMany(parts.length, "separate marks") };
   const digits = [];
   lines(parts).forEach((line, number) => {
     const lineHeight = median(line.map(height)), digitWidth = lineWidth(line, lineHeight);
@@ -306,7 +310,7 @@ export function findDigits(pic, judge) {
       }
     }
   });
-  if (digits.length > MAX_DIGITS) return { error: "found " + digits.length + " digits; at most " + MAX_DIGITS + " digits are read from one picture" };
+  if (digits.length > MAX_DIGITS) return { error: tooMany(digits.length, "digits") };
   if (digits.length === 1) digits[0].ink = whole; // one digit: exactly the single-digit path
   return { digits, defer };
 }
