@@ -172,6 +172,52 @@ def test_uploaded_photo_of_a_number_shows_the_apis_boxes(browser, server, test_i
         context.close()
 
 
+def test_an_uncertain_digit_is_shown_as_a_question_mark_with_two_guesses(
+    browser,  # noqa: F811
+    server,  # noqa: F811
+    test_images,
+    models_dir,
+    tmp_path,
+):
+    """A photo of a number with a digit the model is unsure of (found among the test digits it
+    is least sure of): the page shows ``?`` and the two best guesses, as the API does."""
+    from mnist_tflite.edge.infer import TfliteModel
+
+    images, labels = test_images
+    sure = TfliteModel(models_dir / "int8.tflite").predict_proba(images.astype(np.float32) / 255).max(axis=1)
+    one = images[np.flatnonzero((labels == 1) & (sure > 0.99))[0]]
+    rng = np.random.default_rng(3)
+    for i in np.argsort(sure)[:40]:
+        data, suffix, _ = render_number(
+            [[one, images[i]]], [[1, int(labels[i])]], rng, gap=(8, 12), slant=0.0
+        )
+        if suffix not in (".jpg", ".png", ".webp"):
+            continue
+        doc = api_number(server, data, "unsure" + suffix)
+        if doc["uncertain"] and len(doc["digits"]) == 2:
+            break
+    else:
+        pytest.fail("no uncertain digit among the 40 test digits the model is least sure of")
+    photo = tmp_path / ("unsure" + suffix)
+    photo.write_bytes(data)
+    context, page = _open(browser, server)
+    try:
+        page.set_input_files("#upload", str(photo))
+        page.wait_for_selector("#boxes .box >> nth=1", state="attached", timeout=20_000)
+        assert page.inner_text("#label") == doc["number"] and "?" in doc["number"]
+        assert "uncertain (?)" in page.inner_text("#confidence")
+        for item, digit in zip(page.locator("#digits li").all(), doc["digits"], strict=True):
+            if digit["label"] != "?":
+                continue
+            (a, b) = digit["top"][:2]
+            pa, pb = (f"{100 * t['probability']:.1f} %" for t in (a, b))
+            want = f"? ({a['label']} {pa} or {b['label']} {pb})"
+            assert item.inner_text().strip() == want
+        assert page.locator("#boxes .box.unsure").count() == sum(d["label"] == "?" for d in doc["digits"])
+    finally:
+        context.close()
+
+
 def test_without_webassembly_the_server_reads_the_number(browser, server, digits_2026):  # noqa: F811
     context, page = _open(browser, server, "delete globalThis.WebAssembly;")
     try:
