@@ -214,6 +214,8 @@ def test_an_uncertain_digit_is_shown_as_a_question_mark_with_two_guesses(
             want = f"? ({a['label']} {pa} or {b['label']} {pb})"
             assert item.inner_text().strip() == want
         assert page.locator("#boxes .box.unsure").count() == sum(d["label"] == "?" for d in doc["digits"])
+        region = screenshot(page, "serve_number_uncertain.png", tmp_path)
+        assert region("#digits li.unsure").std() > 10  # its 28x28 and its guesses are drawn
     finally:
         context.close()
 
