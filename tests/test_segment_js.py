@@ -11,6 +11,7 @@ broken in two, specks, touching pairs).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,6 +51,34 @@ for (const [h, w] of shapes) {
   console.log(JSON.stringify(out));
 }
 """
+
+
+def _js_constants(path: Path) -> dict[str, object]:
+    """The UPPER_CASE numbers and lists a page script declares with ``const``."""
+    found: dict[str, object] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("const "):
+            code = line.split("//")[0]
+            found |= {
+                n: json.loads(v) for n, v in re.findall(r"\b([A-Z][A-Z_]+) = (\[[^\]]*\]|-?[\d.]+)", code)
+            }
+    return found
+
+
+def test_the_pages_constants_are_pythons():
+    """segment.js repeats segment.py's (and preprocess.py's, predict.py's) constants: the same
+    values, and none of segment.py's missing, so a change to one side fails here."""
+    from mnist_tflite.edge import predict, preprocess, segment
+
+    js = _js_constants(STATIC / "segment.js")
+    python = {n: v for n, v in vars(segment).items() if n.isupper() and isinstance(v, int | float | tuple)}
+    # WIDE: the threshold without a model to judge cuts; the page always has its model
+    assert set(python) - set(js) == {"WIDE"}
+    for name, value in js.items():
+        home = segment if name in python else preprocess
+        want = getattr(home, name)
+        assert value == (list(want) if isinstance(want, tuple) else want), name
+    assert _js_constants(STATIC / "app.js")["MIN_CONFIDENCE"] == predict.MIN_CONFIDENCE
 
 
 def _glyph(digit: np.ndarray, height: int) -> np.ndarray:
