@@ -27,7 +27,7 @@ FORMAT = "mnist-tflite-site/1"
 MARKER = "site.json"
 NAME = "mnist_model"  # the C name of the compiled model: wasm/mnist_model.mjs
 WASM_DIR = "wasm"
-PAGE_FILES = ("app.js", "device.js", "style.css")
+PAGE_FILES = ("app.js", "device.js", "segment.js", "style.css")
 CSP = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' data: blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'none'"
