@@ -21,7 +21,7 @@ from mnist_tflite.micro.aot.compiler import Program
 from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
 
-KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h")
+KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h", "int8_conv_m0.h")
 _CTYPES = {
     np.dtype(np.int8): "int8_t",
     np.dtype(np.int16): "int16_t",
@@ -170,7 +170,9 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
     for key, arr in layer.arrays.items():
         if isinstance(p, ConvParams) and key == "weights":  # the MVE kernels read rows of 16s
             mve = lower.conv_weights_mve(arr, p.conv.c, p.filter.k_pad)
-            out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16), "#else"]
+            m0 = lower.conv_weights_m0(arr, p.conv.c, p.filter.k_pad, p.kernel.h * p.kernel.w * p.input.c)
+            out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16)]
+            out += ["#elif I8K_M0", *_array(f"{prefix}_{key}", m0, 4), "#else"]
             out += [*_array(f"{prefix}_{key}", arr, 4), "#endif"]
             continue
         if isinstance(p, ConvParams) and key == "wino":  # only the DSP kernels (M4, M33) read it

@@ -177,6 +177,16 @@ def conv_weights_mve(packed: np.ndarray, out_c: int, k_pad: int) -> np.ndarray:
     return flat.reshape(-1)
 
 
+def conv_weights_m0(packed: np.ndarray, out_c: int, k_pad: int, k: int) -> np.ndarray:
+    """The ARMv6-M kernel's layout of weights packed by ``_conv_weights`` (int8_conv_m0.h): blocks
+    of four output channels [block][k][4], then the rows of the channels after the last block;
+    k values per row, unpadded, each stored as the weight + 128 (the byte LDRB reads)."""
+    rows = conv_weights_mve(packed, out_c, k_pad).reshape(out_c, -1)[:, :k].astype(np.int16) + 128
+    blocks = out_c // 4 * 4
+    parts = [rows[:blocks].reshape(-1, 4, k).transpose(0, 2, 1).reshape(-1), rows[blocks:].reshape(-1)]
+    return np.concatenate(parts).astype(np.uint8).view(np.int8)
+
+
 def _conv(op: Op, graph: Graph, path: object) -> Layer:
     o = _options(op, path)
     if len(graph.tensors[op.inputs[1]].shape) != 4:

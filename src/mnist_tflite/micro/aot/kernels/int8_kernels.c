@@ -114,6 +114,7 @@ static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
 }
 
 #if !I8K_MVE /* the plain and DSP convolution, on int16 patches */
+#if !I8K_M0 /* (the M0's is in int8_conv_m0.h) */
 static uint32_t load32(const int8_t *p)
 {
 #if defined(__arm__) && !defined(__ARM_FEATURE_UNALIGNED) /* ARMv6-M (M0): no unaligned LDR */
@@ -412,6 +413,8 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
     }
 }
 
+#endif /* !I8K_M0 */
+
 static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out)
 {
     const int32_t *mult = p->quant.mult;
@@ -515,6 +518,9 @@ void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scr
 }
 #endif
 
+#if I8K_M0
+#include "int8_conv_m0.h"
+#endif
 #else
 #include "int8_conv_mve.h"
 #endif
@@ -523,6 +529,8 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
 #if I8K_MVE
     conv_mve(p, in, out, scratch);
+#elif I8K_M0
+    conv_m0(p, in, out, scratch);
 #else
     int16_t *patches = (int16_t *)scratch;
     /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */

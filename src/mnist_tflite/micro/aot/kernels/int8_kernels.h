@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 /* The kernels' instruction set, chosen by the compiler flags: Helium (MVE: Cortex-M55),
- * else DSP (SMLAD: M4, M33), else plain C (M0, M3, the host). All give the same bits.
+ * else DSP (SMLAD: M4, M33), else ARMv6-M (M0: a Thumb-1 convolution), else plain C (M3, the host). All give the same bits.
  * I8K_PLAIN_C forces plain C. The generated file lays out convolution weights for it. */
 #if defined(__ARM_FEATURE_MVE) && !defined(I8K_PLAIN_C)
 #define I8K_MVE 1
@@ -31,6 +31,11 @@
 #define I8K_DSP 1
 #else
 #define I8K_DSP 0
+#endif
+#if defined(__ARM_ARCH_6M__) && !defined(I8K_PLAIN_C) /* Thumb-1 (M0, M0+): int8_conv_m0.h */
+#define I8K_M0 1
+#else
+#define I8K_M0 0
 #endif
 
 #ifdef __cplusplus
