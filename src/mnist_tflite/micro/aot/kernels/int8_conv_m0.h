@@ -43,66 +43,142 @@ static int32_t im2col_m0(const i8k_conv_t *p, const int8_t *in, int cy, int cx, 
     return sum * 128;
 }
 
-/* GCC hands Thumb-1 inline assembly over in divided syntax (and switches back after it) */
-#define I8K_M0_UNIFIED ".syntax unified\n\t"
-
-/* One patch value (x[i]) times four channels' weights (w[4 i .. 4 i + 3]). */
+/* One patch value (x[i], at r0 + 4 i) times four channels' weights (bytes r1 + 4 i .. r1 + 4 i + 3),
+ * added to the sums in r4..r7; r2 and r3 are scratch. */
 #define I8K_M0_TAP(i)                                                                             \
-    "ldr %[t], [%[x], #4*" #i "]\n\t"                                                            \
-    "ldrb %[u], [%[w], #4*" #i "]\n\t"                                                           \
-    "muls %[u], %[t], %[u]\n\t"                                                                  \
-    "add %[a0], %[u]\n\t"                                                                        \
-    "ldrb %[u], [%[w], #4*" #i "+1]\n\t"                                                         \
-    "muls %[u], %[t], %[u]\n\t"                                                                  \
-    "add %[a1], %[u]\n\t"                                                                        \
-    "ldrb %[u], [%[w], #4*" #i "+2]\n\t"                                                         \
-    "muls %[u], %[t], %[u]\n\t"                                                                  \
-    "add %[a2], %[u]\n\t"                                                                        \
-    "ldrb %[u], [%[w], #4*" #i "+3]\n\t"                                                         \
-    "muls %[u], %[t], %[u]\n\t"                                                                  \
-    "add %[a3], %[u]\n\t"
+    "ldr r2, [r0, #4*" #i "]\n\t"                                                                \
+    "ldrb r3, [r1, #4*" #i "]\n\t"                                                               \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r4, r4, r3\n\t"                                                                        \
+    "ldrb r3, [r1, #4*" #i "+1]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r5, r5, r3\n\t"                                                                        \
+    "ldrb r3, [r1, #4*" #i "+2]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r6, r6, r3\n\t"                                                                        \
+    "ldrb r3, [r1, #4*" #i "+3]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r7, r7, r3\n\t"
 
-/* a[0..3] += the k values of patch x times a block of four channels' weights w ([k][4]). */
-static void dot4_m0(const int32_t *x, const uint8_t *w, int k, int32_t *a)
+/* The sum of one register (r4..r7) and the stored one at [r2, #off]: the larger stays. */
+#define I8K_M0_MAX(reg, off, skip)                                                                \
+    "ldr r3, [r2, #" #off "]\n\t"                                                                \
+    "cmp " reg ", r3\n\t"                                                                        \
+    "bge " skip "\n\t"                                                                           \
+    "movs " reg ", r3\n\t"
+
+/* What dot_blocks_m0 reads besides its three pointers. */
+typedef struct {
+    const int32_t *bias;
+    int32_t corr;   /* 128 times the patch's sum: subtracted from every bias */
+    int32_t k;      /* values in the patch */
+    int32_t blocks; /* blocks of four output channels (> 0) */
+    int32_t first;  /* 1: set sums; 0: keep the larger of sums and the new sum */
+} m0_dot_t;
+
+/* For each block of four output channels: bias - corr + the patch x (k int32) times the block's
+ * weights w ([k][4] bytes), into sums (or the larger, see first). Called as AAPCS says: r0 x,
+ * r1 w, r2 sums, r3 args. Inside: r0 walks the patch, r1 the weights, r4..r7 hold four sums;
+ * r8 the patch, r9 sums, r10 bias, r11 corr, r12 where the turns of 8 values end, lr the
+ * patch's end; [sp] where sums end, [sp, #4] first. */
+#define I8K_M0_ARG __attribute__((unused)) /* (read by the assembly, through r0..r3) */
+/* noipa: the compiler must not judge what this does from its body, which it cannot read */
+__attribute__((naked, noipa)) static void dot_blocks_m0(I8K_M0_ARG const int32_t *x, I8K_M0_ARG const uint8_t *w,
+                                                        I8K_M0_ARG int32_t *sums, I8K_M0_ARG const m0_dot_t *args)
 {
-    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], t, u;
-    int n = k >> 3;
-    if (n) { /* 8 values a turn: LDR and LDRB reach them all with immediate offsets */
-        __asm__ volatile(I8K_M0_UNIFIED "1:\n\t" I8K_M0_TAP(0) I8K_M0_TAP(1) I8K_M0_TAP(2) I8K_M0_TAP(3) I8K_M0_TAP(4)
-                             I8K_M0_TAP(5) I8K_M0_TAP(6) I8K_M0_TAP(7) "adds %[x], #32\n\t"
-                                                                       "adds %[w], #32\n\t"
-                                                                       "subs %[n], #1\n\t"
-                                                                       "bne 1b\n\t"
-                         : [a0] "+h"(a0), [a1] "+h"(a1), [a2] "+h"(a2), [a3] "+h"(a3), [x] "+l"(x),
-                           [w] "+l"(w), [n] "+l"(n), [t] "=&l"(t), [u] "=&l"(u)
-                         :
-                         : "cc", "memory");
-    }
-    for (n = k & 7; n; n--, x++, w += 4) {
-        __asm__ volatile(I8K_M0_UNIFIED I8K_M0_TAP(0)
-                         : [a0] "+h"(a0), [a1] "+h"(a1), [a2] "+h"(a2), [a3] "+h"(a3), [t] "=&l"(t), [u] "=&l"(u)
-                         : [x] "l"(x), [w] "l"(w)
-                         : "memory");
-    }
-    a[0] = a0;
-    a[1] = a1;
-    a[2] = a2;
-    a[3] = a3;
+    __asm__ volatile(
+        ".syntax unified\n\t"
+        "push {r4-r7, lr}\n\t"
+        "mov r4, r8\n\t"
+        "mov r5, r9\n\t"
+        "mov r6, r10\n\t"
+        "mov r7, r11\n\t"
+        "push {r4-r7}\n\t"
+        "sub sp, #8\n\t"
+        "mov r8, r0\n\t"
+        "mov r9, r2\n\t"
+        "ldr r4, [r3, #0]\n\t"
+        "mov r10, r4\n\t"
+        "ldr r4, [r3, #4]\n\t"
+        "mov r11, r4\n\t"
+        "ldr r4, [r3, #16]\n\t"
+        "str r4, [sp, #4]\n\t"
+        "ldr r4, [r3, #12]\n\t"
+        "lsls r4, r4, #4\n\t"
+        "adds r4, r2, r4\n\t"
+        "str r4, [sp, #0]\n\t"
+        "ldr r4, [r3, #8]\n\t"
+        "lsls r5, r4, #2\n\t"
+        "adds r5, r0, r5\n\t"
+        "mov lr, r5\n\t"
+        "lsrs r4, r4, #3\n\t"
+        "lsls r4, r4, #5\n\t"
+        "adds r4, r0, r4\n\t"
+        "mov r12, r4\n\t"
+        "6:\n\t" /* a block: the four sums start at bias - corr */
+        "mov r2, r10\n\t"
+        "ldmia r2!, {r4-r7}\n\t"
+        "mov r10, r2\n\t"
+        "mov r3, r11\n\t"
+        "subs r4, r4, r3\n\t"
+        "subs r5, r5, r3\n\t"
+        "subs r6, r6, r3\n\t"
+        "subs r7, r7, r3\n\t"
+        "mov r0, r8\n\t"
+        "cmp r0, r12\n\t"
+        "beq 3f\n\t"
+        "2:\n\t" /* 8 values a turn: LDR and LDRB reach them with immediate offsets */
+        I8K_M0_TAP(0) I8K_M0_TAP(1) I8K_M0_TAP(2) I8K_M0_TAP(3)
+        I8K_M0_TAP(4) I8K_M0_TAP(5) I8K_M0_TAP(6) I8K_M0_TAP(7)
+        "adds r0, #32\n\t"
+        "adds r1, #32\n\t"
+        "cmp r0, r12\n\t"
+        "bne 2b\n\t"
+        "3:\n\t" /* the last k % 8 values */
+        "cmp r0, lr\n\t"
+        "beq 5f\n\t"
+        "4:\n\t" I8K_M0_TAP(0)
+        "adds r0, #4\n\t"
+        "adds r1, #4\n\t"
+        "cmp r0, lr\n\t"
+        "bne 4b\n\t"
+        "5:\n\t"
+        "mov r2, r9\n\t"
+        "ldr r3, [sp, #4]\n\t"
+        "cmp r3, #0\n\t"
+        "bne 7f\n\t"
+        I8K_M0_MAX("r4", 0, "8f") "8:\n\t"
+        I8K_M0_MAX("r5", 4, "9f") "9:\n\t"
+        I8K_M0_MAX("r6", 8, "10f") "10:\n\t"
+        I8K_M0_MAX("r7", 12, "7f")
+        "7:\n\t"
+        "stmia r2!, {r4-r7}\n\t"
+        "mov r9, r2\n\t"
+        "ldr r3, [sp, #0]\n\t"
+        "cmp r2, r3\n\t"
+        "beq 11f\n\t"
+        "b 6b\n\t" /* (a conditional branch does not reach back that far) */
+        "11:\n\t"
+        "add sp, #8\n\t"
+        "pop {r4-r7}\n\t"
+        "mov r8, r4\n\t"
+        "mov r9, r5\n\t"
+        "mov r10, r6\n\t"
+        "mov r11, r7\n\t"
+        "pop {r4-r7, pc}\n\t");
 }
 
-/* Every output channel's sum for the patch in scratch; first: set sums, else keep the larger. */
+/* Every output channel's sum for the patch x; first: set sums, else keep the larger. */
 static void conv_channels_m0(const i8k_conv_t *p, const int32_t *x, int32_t corr, int first, int32_t *sums)
 {
     const int k = p->kernel.h * p->kernel.w * p->input.c, n = p->conv.c;
     const uint8_t *w = (const uint8_t *)p->filter.weights;
     const int32_t *bias = p->filter.bias;
-    int c = 0;
-    for (; c + 4 <= n; c += 4, w += 4 * k) {
-        int32_t a[4] = {bias[c] - corr, bias[c + 1] - corr, bias[c + 2] - corr, bias[c + 3] - corr};
-        dot4_m0(x, w, k, a);
-        for (int q = 0; q < 4; q++) {
-            sums[c + q] = first || a[q] > sums[c + q] ? a[q] : sums[c + q];
-        }
+    int c = 4 * (n >> 2);
+    if (c) {
+        const m0_dot_t args = {bias, corr, k, n >> 2, first};
+        dot_blocks_m0(x, w, sums, &args);
+        w += c * k;
     }
     for (; c < n; c++, w += k) { /* the channels after the last block of four */
         int32_t a = bias[c] - corr;
