@@ -18,26 +18,27 @@
 static int32_t im2col_m0(const i8k_conv_t *p, const int8_t *in, int cy, int cx, int32_t *dst)
 {
     const int iy0 = cy * p->kernel.stride_h - p->kernel.pad_top, ix0 = cx * p->kernel.stride_w - p->kernel.pad_left;
-    const int c = p->input.c, zp = p->in_zp;
+    const int c = p->input.c, run = p->kernel.w * c; /* a patch row: contiguous when all inside */
+    const int cols_inside = ix0 >= 0 && ix0 + p->kernel.w <= p->input.w;
     int32_t sum = 0;
     for (int ky = 0; ky < p->kernel.h; ky++) {
-        const int iy = iy0 + ky;
-        for (int kx = 0; kx < p->kernel.w; kx++) {
-            const int ix = ix0 + kx;
-            if (iy >= 0 && iy < p->input.h && ix >= 0 && ix < p->input.w) {
-                const int8_t *src = in + (iy * p->input.w + ix) * c;
-                for (int i = 0; i < c; i++) {
-                    const int32_t v = src[i];
-                    dst[i] = v;
-                    sum += v;
-                }
-            } else {
-                for (int i = 0; i < c; i++) {
-                    dst[i] = zp;
-                }
-                sum += zp * c;
+        const int iy = iy0 + ky, row_inside = iy >= 0 && iy < p->input.h;
+        const int8_t *src = in + (iy * p->input.w + ix0) * c;
+        if (row_inside && cols_inside) {
+            for (const int32_t *end = dst + run; dst != end;) {
+                const int32_t v = *src++;
+                *dst++ = v;
+                sum += v;
             }
-            dst += c;
+            continue;
+        }
+        for (int kx = 0; kx < p->kernel.w; kx++, src += c) { /* part of the row is padding */
+            const int ix = ix0 + kx, inside = row_inside && ix >= 0 && ix < p->input.w;
+            for (int i = 0; i < c; i++) {
+                const int32_t v = inside ? src[i] : p->in_zp;
+                *dst++ = v;
+                sum += v;
+            }
         }
     }
     return sum * 128;

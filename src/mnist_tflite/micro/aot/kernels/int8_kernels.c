@@ -57,7 +57,18 @@ static inline uint32_t sxtb16_odd(uint32_t x)
  * (1 - 2^30 below zero), then divide truncating" amounts to. b > 0 (a multiplier). */
 static inline int32_t mul_high(int32_t a, int32_t b)
 {
+#if I8K_M0 /* ARMv6-M has no 32x32->64 multiply: four of 16x16 bits. With a = ah 2^16 + al,
+    * b = bh 2^16 + bl: a b + 2^30 = 2^16 (ah bh 2^16 + s) + (al bl mod 2^16), where
+    * s = ah bl + al bh + (al bl >> 16) + 2^14; shifting by 31 drops the last term (< 2^16). */
+    const int32_t ah = a >> 16, bh = b >> 16;
+    const uint32_t al = (uint32_t)a & 0xffffu, bl = (uint32_t)b & 0xffffu;
+    const int32_t s1 = ah * (int32_t)bl + (int32_t)((al * bl) >> 16) + (1 << 14); /* < 2^31 */
+    const int32_t s2 = (int32_t)al * bh; /* s = s1 + s2 may not fit: s >> 15 in parts */
+    const uint32_t low = ((uint32_t)s1 & 0x7fffu) + ((uint32_t)s2 & 0x7fffu);
+    return (int32_t)((uint32_t)(ah * bh) * 2u + (uint32_t)(s1 >> 15) + (uint32_t)(s2 >> 15) + (low >> 15));
+#else
     return (int32_t)(((int64_t)a * b + (1 << 30)) >> 31);
+#endif
 }
 
 /* The saturating rounding doubling high multiply: mul_high, except that
