@@ -246,9 +246,7 @@ def _odd_conv_sources(
         wino=winograd.kernel_weights(weights) if wino else None,
     )  # fmt: skip
     assert not wino or winograd.eligible(weights, kernel, pool, ic)
-    mve = lower.conv_weights_mve(packed, oc, k_pad)
-    arrays = ["#if I8K_MVE", *codegen._array("m_weights", mve, 16), "#else"]
-    arrays += [*codegen._array("m_weights", packed, 4), "#endif"]
+    arrays = codegen.conv_weights_code("m_weights", params)
     others = {"bias": params.filter.bias, "mult": params.quant.mult, "shift": params.quant.shift}
     if wino:
         arrays += [

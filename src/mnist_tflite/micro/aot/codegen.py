@@ -162,18 +162,25 @@ def _array(c_name: str, arr: np.ndarray, align: int) -> list[str]:
     return [head, c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8), "};"]
 
 
+def conv_weights_code(c_name: str, p: ConvParams) -> list[str]:
+    """A convolution's weights in the layout of each instruction set's kernel, chosen when the C is
+    compiled: rows of 16s for MVE, blocks of four channels of LDRB bytes for ARMv6-M (the M0),
+    channel pairs for the plain C and DSP kernels."""
+    packed, k = p.filter.weights, p.kernel.h * p.kernel.w * p.input.c
+    mve = lower.conv_weights_mve(packed, p.conv.c, p.filter.k_pad)
+    m0 = lower.conv_weights_m0(packed, p.conv.c, p.filter.k_pad, k)
+    return ["#if I8K_MVE", *_array(c_name, mve, 16), "#elif I8K_M0", *_array(c_name, m0, 4), "#else",
+            *_array(c_name, packed, 4), "#endif"]  # fmt: skip
+
+
 def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list[str], str]:
     """The definitions of one layer (arrays, parameter struct, scratch check) and its call in invoke()."""
     out = [f"/* layer {i}: {_describe(layer)} */"]
     prefix = f"{name}_l{i}"
     p = layer.params
     for key, arr in layer.arrays.items():
-        if isinstance(p, ConvParams) and key == "weights":  # the MVE kernels read rows of 16s
-            mve = lower.conv_weights_mve(arr, p.conv.c, p.filter.k_pad)
-            m0 = lower.conv_weights_m0(arr, p.conv.c, p.filter.k_pad, p.kernel.h * p.kernel.w * p.input.c)
-            out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16)]
-            out += ["#elif I8K_M0", *_array(f"{prefix}_{key}", m0, 4), "#else"]
-            out += [*_array(f"{prefix}_{key}", arr, 4), "#endif"]
+        if isinstance(p, ConvParams) and key == "weights":
+            out += conv_weights_code(f"{prefix}_{key}", p)
             continue
         if isinstance(p, ConvParams) and key == "wino":  # only the DSP kernels (M4, M33) read it
             out += ["#if I8K_DSP", *_array(f"{prefix}_{key}", arr, 8), "#else"]
