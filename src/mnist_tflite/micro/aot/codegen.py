@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.micro.aot import lower
+from mnist_tflite.micro.aot import lower, winograd
 from mnist_tflite.micro.aot.compiler import Program
 from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
@@ -173,6 +173,14 @@ def conv_weights_code(c_name: str, p: ConvParams) -> list[str]:
             *_array(c_name, packed, 4), "#endif"]  # fmt: skip
 
 
+def wino_weights_code(c_name: str, p: ConvParams) -> list[str]:
+    """A convolution's Winograd weights: the DSP kernels' (M4, M33), the ARMv6-M kernels' (M0), or
+    none where the direct convolution runs."""
+    m0 = winograd.kernel_weights_m0(lower.unpacked_weights(p))
+    return ["#if I8K_DSP", *_array(c_name, p.wino, 8), "#elif I8K_M0", *_array(c_name, m0, 4), "#else",
+            f"#define {c_name} 0", "#endif"]  # fmt: skip
+
+
 def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list[str], str]:
     """The definitions of one layer (arrays, parameter struct, scratch check) and its call in invoke()."""
     out = [f"/* layer {i}: {_describe(layer)} */"]
@@ -182,9 +190,8 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
         if isinstance(p, ConvParams) and key == "weights":
             out += conv_weights_code(f"{prefix}_{key}", p)
             continue
-        if isinstance(p, ConvParams) and key == "wino":  # only the DSP kernels (M4, M33) read it
-            out += ["#if I8K_DSP", *_array(f"{prefix}_{key}", arr, 8), "#else"]
-            out += [f"#define {prefix}_{key} 0", "#endif"]
+        if isinstance(p, ConvParams) and key == "wino":
+            out += wino_weights_code(f"{prefix}_{key}", p)
             continue
         out += _array(f"{prefix}_{key}", arr, 4)
     src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
@@ -204,9 +211,9 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
                 f'"layer {i}: the Winograd kernel needs more scratch than was planned");'
             )
         args.append(f"{name}_arena + {program.plan.scratch[i]}")
-        if p.wino is not None:  # the DSP kernels' Winograd convolution; the direct one elsewhere
+        if p.wino is not None:  # the DSP and ARMv6-M kernels' Winograd convolution; the direct one elsewhere
             call = f"{p.KERNEL}_wino({', '.join(args)});\n#else\n    {p.KERNEL}({', '.join(args)});"
-            return [*out, ""], f"#if I8K_DSP\n    {call}\n#endif"
+            return [*out, ""], f"#if I8K_WINO\n    {call}\n#endif"
     return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
 
 

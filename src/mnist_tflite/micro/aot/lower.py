@@ -255,7 +255,7 @@ def _maxpool(op: Op, graph: Graph, path: object) -> Layer:
                  (dst.h, dst.w, dst.c), params)  # fmt: skip
 
 
-def _unpacked_weights(p: ConvParams) -> np.ndarray:
+def unpacked_weights(p: ConvParams) -> np.ndarray:
     """The OHWI weights back from the kernels' packed layout."""
     oc, kp = p.conv.c, p.filter.k_pad
     rows = conv_weights_mve(p.filter.weights, oc, kp).reshape(oc, -1)
@@ -268,7 +268,7 @@ def _fuse(conv: Layer, pool: Layer, pool_op: Op, graph: Graph, path: object) -> 
     assert isinstance(p, ConvParams) and isinstance(pool.params, PoolParams)
     window, dst = _pool_window(pool_op, p.conv, graph.tensors[pool.dst].shape, path)
     fused = dataclasses.replace(p, output=dst, pool=window, act=p.act.narrowed(pool.params.act))
-    w = _unpacked_weights(p)
+    w = unpacked_weights(p)
     if winograd.eligible(w, p.kernel, window, p.input.c):
         fused = dataclasses.replace(fused, wino=winograd.kernel_weights(w))
     return Layer("conv", (*conv.nodes, pool_op.index), (*conv.ops, "MAX_POOL_2D"), conv.src, pool.dst,

@@ -218,3 +218,147 @@ static void conv_m0(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *sc
         }
     }
 }
+
+/* ---- Winograd F(2x2, 3x3) + 2x2 max pool (int8_kernels.h, micro/aot/winograd.py) ------------ */
+/* The same loop on the transformed tile: 16 products per input channel and 2x2 outputs instead
+ * of 36. V = B^T d B (|V| <= 512) is stored as V + 512 and U as U + 2048 (LDRH reads both); the
+ * sum of (U + 2048)(V + 512) over the input channels is the sum of U V plus 512 times the sum of
+ * U (folded with the constant 2048 * 512 * in_c into the start values the generated file
+ * holds), plus 2048 times the sum of V, which each tile's rows carry. */
+
+/* One value of a row (r0 + 2 i) times the U of four channels (r1 + 8 i .. + 6). */
+#define I8K_M0_WTAP(i)                                                                            \
+    "ldrh r2, [r0, #2*" #i "]\n\t"                                                               \
+    "ldrh r3, [r1, #8*" #i "]\n\t"                                                               \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r4, r4, r3\n\t"                                                                        \
+    "ldrh r3, [r1, #8*" #i "+2]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r5, r5, r3\n\t"                                                                        \
+    "ldrh r3, [r1, #8*" #i "+4]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r6, r6, r3\n\t"                                                                        \
+    "ldrh r3, [r1, #8*" #i "+6]\n\t"                                                             \
+    "muls r3, r2, r3\n\t"                                                                        \
+    "adds r7, r7, r3\n\t"
+
+/* What dot_wino_m0 reads besides its pointers. */
+typedef struct {
+    const int32_t *start; /* the block's start values [16 positions][4] */
+    int32_t row_bytes;    /* 2 * input channels (a multiple of 16) */
+} m0_wino_t;
+
+/* For each of the 16 tile positions: the block's 4 start values - the row's correction + the
+ * row's values times the block's U ([position][input channel][4] uint16), into m[position][4].
+ * rows: per position an int32 correction (2048 times the sum of V), then the input channels'
+ * V + 512 (uint16). AAPCS: r0 rows, r1 U, r2 m, r3 args. Inside: r0 walks the rows, r1 U,
+ * r4..r7 the sums; r9 m, r10 the start values, r11 where m ends, r12 where a row ends, lr
+ * row_bytes. */
+__attribute__((naked, noipa)) static void dot_wino_m0(I8K_M0_ARG const void *rows, I8K_M0_ARG const int16_t *u,
+                                                      I8K_M0_ARG int32_t *m, I8K_M0_ARG const m0_wino_t *args)
+{
+    __asm__ volatile(
+        ".syntax unified\n\t"
+        "push {r4-r7, lr}\n\t"
+        "mov r4, r8\n\t"
+        "mov r5, r9\n\t"
+        "mov r6, r10\n\t"
+        "mov r7, r11\n\t"
+        "push {r4-r7}\n\t"
+        "mov r9, r2\n\t"
+        "ldr r4, [r3, #0]\n\t"
+        "mov r10, r4\n\t"
+        "ldr r4, [r3, #4]\n\t"
+        "mov lr, r4\n\t"
+        "movs r4, #1\n\t"
+        "lsls r4, r4, #8\n\t"
+        "adds r4, r4, r2\n\t" /* m + 16 positions * 4 sums * 4 bytes */
+        "mov r11, r4\n\t"
+        "6:\n\t"
+        "mov r2, r10\n\t"
+        "ldmia r2!, {r4-r7}\n\t"
+        "mov r10, r2\n\t"
+        "ldmia r0!, {r3}\n\t" /* the row's correction; r0 then points at its values */
+        "subs r4, r4, r3\n\t"
+        "subs r5, r5, r3\n\t"
+        "subs r6, r6, r3\n\t"
+        "subs r7, r7, r3\n\t"
+        "mov r2, lr\n\t"
+        "adds r2, r2, r0\n\t"
+        "mov r12, r2\n\t"
+        "2:\n\t" /* 8 input channels a turn */
+        I8K_M0_WTAP(0) I8K_M0_WTAP(1) I8K_M0_WTAP(2) I8K_M0_WTAP(3)
+        I8K_M0_WTAP(4) I8K_M0_WTAP(5) I8K_M0_WTAP(6) I8K_M0_WTAP(7)
+        "adds r0, #16\n\t"
+        "adds r1, #64\n\t"
+        "cmp r0, r12\n\t"
+        "bne 2b\n\t"
+        "mov r2, r9\n\t"
+        "stmia r2!, {r4-r7}\n\t"
+        "mov r9, r2\n\t"
+        "cmp r2, r11\n\t"
+        "beq 7f\n\t"
+        "b 6b\n\t"
+        "7:\n\t"
+        "pop {r4-r7}\n\t"
+        "mov r8, r4\n\t"
+        "mov r9, r5\n\t"
+        "mov r10, r6\n\t"
+        "mov r11, r7\n\t"
+        "pop {r4-r7, pc}\n\t");
+}
+
+/* The rows of one tile (input at base): per position the correction, then V + 512 per channel. */
+static void wino_rows_m0(const i8k_conv_t *p, const int8_t *base, uint8_t *rows)
+{
+    const int ic = p->input.c, row = p->input.w * ic, stride = 4 + 2 * ic;
+    int32_t sum[16] = {0};
+    for (int c = 0; c < ic; c++) {
+        int32_t t[16];
+        for (int x = 0; x < 4; x++) { /* B^T d: down the columns */
+            const int8_t *d = base + x * ic + c;
+            const int32_t d0 = d[0], d1 = d[row], d2 = d[2 * row], d3 = d[3 * row];
+            t[x] = d0 - d2;
+            t[4 + x] = d1 + d2;
+            t[8 + x] = d2 - d1;
+            t[12 + x] = d1 - d3;
+        }
+        uint8_t *o = rows + 4 + 2 * c;
+        for (int y = 0; y < 4; y++, o += 4 * stride) { /* (B^T d) B: along the rows */
+            const int32_t *q = t + 4 * y;
+            const int32_t v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
+            *(uint16_t *)(void *)o = (uint16_t)(v0 + 512);
+            *(uint16_t *)(void *)(o + stride) = (uint16_t)(v1 + 512);
+            *(uint16_t *)(void *)(o + 2 * stride) = (uint16_t)(v2 + 512);
+            *(uint16_t *)(void *)(o + 3 * stride) = (uint16_t)(v3 + 512);
+            sum[4 * y] += v0;
+            sum[4 * y + 1] += v1;
+            sum[4 * y + 2] += v2;
+            sum[4 * y + 3] += v3;
+        }
+    }
+    for (int k = 0; k < 16; k++) {
+        *(int32_t *)(void *)(rows + k * stride) = sum[k] * 2048;
+    }
+}
+
+void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
+{
+    const int ic = p->input.c, oc = p->conv.c;
+    uint8_t *rows = (uint8_t *)scratch;                                       /* 16 * (4 + 2 ic) bytes */
+    int32_t *m = (int32_t *)(void *)(rows + 16 * (4 + 2 * ic));               /* [16][4] */
+    const int16_t *u_all = p->wino, *start = p->wino + 16 * ic * oc;         /* U, then the start values */
+    for (int ty = 0; ty < p->output.h; ty++) {
+        for (int tx = 0; tx < p->output.w; tx++) {
+            wino_rows_m0(p, in + (2 * ty * p->input.w + 2 * tx) * ic, rows);
+            int8_t *o = out + (ty * p->output.w + tx) * oc;
+            for (int c = 0; c < oc; c += 4) {
+                const m0_wino_t args = {(const int32_t *)(const void *)(start + 32 * c), 2 * ic};
+                dot_wino_m0(rows, u_all + 16 * ic * c, m, &args);
+                for (int q = 0; q < 4; q++) {
+                    o[c + q] = wino_output(p, m + q, 4, c + q);
+                }
+            }
+        }
+    }
+}

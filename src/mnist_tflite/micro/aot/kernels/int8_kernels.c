@@ -438,8 +438,32 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
 }
 
 
-#if I8K_DSP
+#if I8K_WINO
 /* ---- Winograd F(2x2, 3x3) + 2x2 max pool (see int8_kernels.h, micro/aot/winograd.py) ------- */
+
+/* A^T m A (4 times the 2x2 block of sums; the sum of tile position k at m[k * step]), its
+ * maximum (the pool), / 4, + bias, requantized. */
+static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int step, int c)
+{
+    int32_t s0[4], s1[4];
+    for (int b = 0; b < 4; b++) {
+        s0[b] = m[b * step] + m[(4 + b) * step] + m[(8 + b) * step];
+        s1[b] = m[(4 + b) * step] - m[(8 + b) * step] - m[(12 + b) * step];
+    }
+    int32_t y = s0[0] + s0[1] + s0[2], t = s0[1] - s0[2] - s0[3];
+    y = t > y ? t : y;
+    t = s1[0] + s1[1] + s1[2];
+    y = t > y ? t : y;
+    t = s1[1] - s1[2] - s1[3];
+    y = t > y ? t : y;
+    /* y is exactly 4 times a sum: the shift is exact */
+    const int32_t v = requantize((y >> 2) + p->filter.bias[c], p->quant.mult[c], p->quant.shift[c]) + p->out_zp;
+    return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
+}
+
+#endif
+
+#if I8K_DSP
 
 /* B^T d B of one 4x4 tile, on words of two int16 channels: d[16] (position 4 * row + column)
  * in, v[position * stride] out. |values| <= 512: the halves never carry into each other. */
@@ -461,25 +485,6 @@ static void wino_input(const uint32_t *d, uint32_t *v, int stride)
         o[2 * stride] = __ssub16(q[2], q[1]);
         o[3 * stride] = __ssub16(q[1], q[3]);
     }
-}
-
-/* A^T m A (4 times the 2x2 block of sums), its maximum (the pool), / 4, + bias, requantized. */
-static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int c)
-{
-    int32_t s0[4], s1[4];
-    for (int b = 0; b < 4; b++) {
-        s0[b] = m[b] + m[4 + b] + m[8 + b];
-        s1[b] = m[4 + b] - m[8 + b] - m[12 + b];
-    }
-    int32_t y = s0[0] + s0[1] + s0[2], t = s0[1] - s0[2] - s0[3];
-    y = t > y ? t : y;
-    t = s1[0] + s1[1] + s1[2];
-    y = t > y ? t : y;
-    t = s1[1] - s1[2] - s1[3];
-    y = t > y ? t : y;
-    /* y is exactly 4 times a sum: the shift is exact */
-    const int32_t v = requantize((y >> 2) + p->filter.bias[c], p->quant.mult[c], p->quant.shift[c]) + p->out_zp;
-    return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
 }
 
 void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
@@ -521,7 +526,7 @@ void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scr
                     m[3][k] = a3;
                 }
                 for (int q = 0; q < 4; q++) {
-                    o[c + q] = wino_output(p, m[q], c + q);
+                    o[c + q] = wino_output(p, m[q], 1, c + q);
                 }
             }
         }
