@@ -1,4 +1,4 @@
-"""Integer-exact Winograd F(2x2, 3x3) for a 3x3 convolution followed by a 2x2 max pool (DSP and ARMv6-M kernels).
+"""Integer-exact Winograd F(2x2, 3x3) for a 3x3 conv followed by a 2x2 max pool (DSP and ARMv6-M kernels).
 
 Lavin and Gray's minimal filtering computes a 2x2 block of a 3x3 convolution from a 4x4
 input tile with 16 multiplications instead of 36: ``Y = A^T [(G g G^T) * (B^T d B)] A``.
