@@ -83,18 +83,23 @@ typedef struct {
  * r8 the patch, r9 sums, r10 bias, r11 corr, r12 where the turns of 8 values end, lr the
  * patch's end; [sp] where sums end, [sp, #4] first. */
 #define I8K_M0_ARG __attribute__((unused)) /* (read by the assembly, through r0..r3) */
+/* Entry and exit of the assembly routines: r4..r11 are the caller's (AAPCS); Thumb-1 pushes only
+ * r0..r7 and lr, so r8..r11 go through r4..r7. */
+#define I8K_M0_ENTER                                                                              \
+    ".syntax unified\n\t"                                                                        \
+    "push {r4-r7, lr}\n\t"                                                                       \
+    "mov r4, r8\n\tmov r5, r9\n\tmov r6, r10\n\tmov r7, r11\n\t"                                   \
+    "push {r4-r7}\n\t"
+#define I8K_M0_LEAVE                                                                              \
+    "pop {r4-r7}\n\t"                                                                            \
+    "mov r8, r4\n\tmov r9, r5\n\tmov r10, r6\n\tmov r11, r7\n\t"                                   \
+    "pop {r4-r7, pc}\n\t"
 /* noipa: the compiler must not judge what this does from its body, which it cannot read */
 __attribute__((naked, noipa)) static void dot_blocks_m0(I8K_M0_ARG const int32_t *x, I8K_M0_ARG const uint8_t *w,
                                                         I8K_M0_ARG int32_t *sums, I8K_M0_ARG const m0_dot_t *args)
 {
     __asm__ volatile(
-        ".syntax unified\n\t"
-        "push {r4-r7, lr}\n\t"
-        "mov r4, r8\n\t"
-        "mov r5, r9\n\t"
-        "mov r6, r10\n\t"
-        "mov r7, r11\n\t"
-        "push {r4-r7}\n\t"
+        I8K_M0_ENTER
         "sub sp, #8\n\t"
         "mov r8, r0\n\t"
         "mov r9, r2\n\t"
@@ -161,12 +166,7 @@ __attribute__((naked, noipa)) static void dot_blocks_m0(I8K_M0_ARG const int32_t
         "b 6b\n\t" /* (a conditional branch does not reach back that far) */
         "11:\n\t"
         "add sp, #8\n\t"
-        "pop {r4-r7}\n\t"
-        "mov r8, r4\n\t"
-        "mov r9, r5\n\t"
-        "mov r10, r6\n\t"
-        "mov r11, r7\n\t"
-        "pop {r4-r7, pc}\n\t");
+        I8K_M0_LEAVE);
 }
 
 /* Every output channel's sum for the patch x; first: set sums, else keep the larger. */
@@ -198,20 +198,14 @@ static void conv_m0(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *sc
     /* Requantization is monotonic (positive multipliers), so the max pool compares the
      * int32 sums and requantizes only the largest: the same bits as pooling int8 outputs. */
     for (int oy = 0; oy < p->output.h; oy++) {
+        const int top = oy * p->pool.stride_h - p->pool.pad_top; /* the window's rows inside the conv */
+        const int y0 = top < 0 ? 0 : top, y1 = top + p->pool.h < p->conv.h ? top + p->pool.h : p->conv.h;
         for (int ox = 0; ox < p->output.w; ox++) {
-            int first = 1;
-            for (int wy = 0; wy < p->pool.h; wy++) {
-                const int cy = oy * p->pool.stride_h - p->pool.pad_top + wy;
-                if (cy < 0 || cy >= p->conv.h) {
-                    continue;
-                }
-                for (int wx = 0; wx < p->pool.w; wx++) {
-                    const int cx = ox * p->pool.stride_w - p->pool.pad_left + wx;
-                    if (cx < 0 || cx >= p->conv.w) {
-                        continue;
-                    }
+            const int left = ox * p->pool.stride_w - p->pool.pad_left;
+            const int x0 = left < 0 ? 0 : left, x1 = left + p->pool.w < p->conv.w ? left + p->pool.w : p->conv.w;
+            for (int cy = y0, first = 1; cy < y1; cy++) {
+                for (int cx = x0; cx < x1; cx++, first = 0) {
                     conv_channels_m0(p, patch, im2col_m0(p, in, cy, cx, patch), first, sums);
-                    first = 0;
                 }
             }
             requantize_row(p, sums, out + (oy * p->output.w + ox) * out_c);
@@ -258,13 +252,7 @@ __attribute__((naked, noipa)) static void dot_wino_m0(I8K_M0_ARG const void *row
                                                       I8K_M0_ARG int32_t *m, I8K_M0_ARG const m0_wino_t *args)
 {
     __asm__ volatile(
-        ".syntax unified\n\t"
-        "push {r4-r7, lr}\n\t"
-        "mov r4, r8\n\t"
-        "mov r5, r9\n\t"
-        "mov r6, r10\n\t"
-        "mov r7, r11\n\t"
-        "push {r4-r7}\n\t"
+        I8K_M0_ENTER
         "mov r9, r2\n\t"
         "ldr r4, [r3, #0]\n\t"
         "mov r10, r4\n\t"
@@ -300,12 +288,7 @@ __attribute__((naked, noipa)) static void dot_wino_m0(I8K_M0_ARG const void *row
         "beq 7f\n\t"
         "b 6b\n\t"
         "7:\n\t"
-        "pop {r4-r7}\n\t"
-        "mov r8, r4\n\t"
-        "mov r9, r5\n\t"
-        "mov r10, r6\n\t"
-        "mov r11, r7\n\t"
-        "pop {r4-r7, pc}\n\t");
+        I8K_M0_LEAVE);
 }
 
 /* The rows of one tile (input at base): per position the correction, then V + 512 per channel. */
