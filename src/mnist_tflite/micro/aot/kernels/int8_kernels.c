@@ -57,7 +57,8 @@ static inline uint32_t sxtb16_odd(uint32_t x)
  * (1 - 2^30 below zero), then divide truncating" amounts to. b > 0 (a multiplier). */
 static inline int32_t mul_high(int32_t a, int32_t b)
 {
-#if I8K_M0 /* ARMv6-M has no 32x32->64 multiply: four of 16x16 bits. With a = ah 2^16 + al,
+#if I8K_M0 || defined(I8K_MUL_HIGH_16) /* (the define: the same on any compiler, for tests) */
+    /* ARMv6-M has no 32x32->64 multiply: four of 16x16 bits. With a = ah 2^16 + al,
     * b = bh 2^16 + bl: a b + 2^30 = 2^16 (ah bh 2^16 + s) + (al bl mod 2^16), where
     * s = ah bl + al bh + (al bl >> 16) + 2^14; shifting by 31 drops the last term (< 2^16). */
     const int32_t ah = a >> 16, bh = b >> 16;
