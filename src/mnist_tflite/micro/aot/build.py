@@ -92,7 +92,7 @@ def check_fits(program: Program, t: targets.Target) -> None:
     """
     if t.flash is None or t.ram is None:
         return
-    weights = program.weight_bytes(dsp=t.kernel_isa == "DSP")
+    weights = program.weight_bytes(t.kernel_isa)
     ram = program.plan.arena_bytes + t.stack_bytes
     if weights > t.flash.length:
         raise MnistTfliteError(
