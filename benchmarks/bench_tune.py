@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -53,7 +54,7 @@ def summarize(out: Path, run: dict[str, Any] | None = None) -> dict[str, Any]:
             "benchmark": "mnist-tflite tune " + " ".join(ARGS),
             "finished": False,
             "run": run,
-            "trials_reported": _partial(out),
+            **_partial(out),
             "machine": {"cpus": os.cpu_count()},
         }
     doc = json.loads((out / "front.json").read_text(encoding="utf-8"))
@@ -177,31 +178,53 @@ def _machine_busy_s() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _partial(out: Path) -> list[dict[str, Any]]:
-    """Each trial's last report (Ray's ``result.json``, one JSON line per report) of a search
-    stopped before its report."""
+def _partial(out: Path) -> dict[str, Any]:
+    """What a search stopped before its report had done: each trial's last report (Ray's
+    ``result.json``, one JSON line per report), each finalist's folds so far, and each refit
+    model that was written, with its test accuracy (the refit models are the ones handed out)."""
     keys = ("point", "arch", "status", "flash", "arena", "epoch", "keras_val_accuracy", "val_accuracy")
-    rows = []
-    for path in sorted(out.glob("ray/*/result.json")):
-        lines = path.read_text(encoding="utf-8").split("\n")
-        last = [json.loads(line) for line in lines if line.strip()][-1:]
-        rows += [{k: r.get(k) for k in (*keys, "seconds")} for r in last]
-    return rows
+    trials = []
+    for path in sorted(out.glob("ray/trial_*/result.json")):
+        lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        if lines:
+            r = json.loads(lines[-1])
+            trials.append({"trial": path.parent.name.removeprefix("trial_"), **{k: r.get(k) for k in keys}})
+    finalists = []
+    for folder in sorted((out / "finalists").glob("*")):
+        folds = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(folder.glob("fold*.json"))]
+        row: dict[str, Any] = {"trial": folder.name, "folds": folds}
+        if (folder / "refit.json").is_file():
+            row["refit"] = json.loads((folder / "refit.json").read_text(encoding="utf-8"))
+            row["refit"]["test_accuracy"] = _test_accuracy(folder / "model.tflite")
+        finalists.append(row)
+    return {"trials": trials, "finalists": finalists}
+
+
+@functools.cache
+def _test_set() -> tuple[Any, Any]:
+    from mnist_tflite.core import data
+
+    ds = data.load("embedded", test_only=True, log=lambda m: None)
+    return data.normalize(ds.x_test), ds.y_test
+
+
+def _test_accuracy(path: Path) -> float:
+    """An int8 model's accuracy on the 10,000 test images."""
+    import numpy as np
+
+    from mnist_tflite.edge.infer import TfliteModel
+
+    x, y = _test_set()
+    return float(np.mean(TfliteModel(path).predict(x) == y))
 
 
 def _every_trained(out: Path) -> list[dict[str, Any]]:
-    import numpy as np
-
-    from mnist_tflite.core import data
-    from mnist_tflite.edge.infer import TfliteModel
-
-    ds = data.load("embedded", log=lambda m: None)
-    x = data.normalize(ds.x_test)
     rows = []
     for path in sorted(out.glob("ray/trial_*/checkpoint_*/model.tflite")):
         meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        accuracy = float(np.mean(TfliteModel(path).predict(x) == ds.y_test))
-        rows.append({"arch": meta["architecture"], "flash": meta["size_bytes"], "test_accuracy": accuracy})
+        rows.append(
+            {"arch": meta["architecture"], "flash": meta["size_bytes"], "test_accuracy": _test_accuracy(path)}
+        )
     return sorted(rows, key=lambda r: r["flash"])
 
 
