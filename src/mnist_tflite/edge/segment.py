@@ -36,7 +36,8 @@ WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is stil
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
 PRIOR = 3.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
-FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
+FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
+FLAT = (0.3, 0.3)  # ... unless (a flat 0, a small 8) this tall and with this share of a digit's ink
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
 PIECE = 0.9  # a digit cut from touching digits is at most this many line heights wide
 MAX_CUTS = 24  # candidate cuts tried in one component of touching digits
@@ -211,6 +212,19 @@ def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
                 changed = True
                 break
     return parts
+
+
+def _digits_only(parts: list[_Part], height: float) -> list[_Part]:
+    """Drop specks, dashes and stray strokes: a digit is tall, or as wide as a digit is tall
+    (a 0 or an 8 written flat and small) with much of a digit's ink."""
+    tall = [p for p in parts if p.height >= FRAGMENT * height]
+    area = float(np.median([p.area for p in tall])) if tall else 0.0
+    return [
+        p
+        for p in parts
+        if p.height >= FRAGMENT * height
+        or (p.height >= FLAT[0] * height and p.width >= FRAGMENT * height and p.area >= FLAT[1] * area)
+    ]
 
 
 def _lines(parts: list[_Part]) -> list[list[_Part]]:
@@ -388,7 +402,7 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
         return [Digit((0.0, 0.0, 1.0, 1.0), 0, ink_to_mnist(full))]
     height = _typical_height(parts)
     parts = _join_pieces(parts, height)
-    parts = [p for p in parts if p.height >= FRAGMENT * height]  # specks, dashes, stray strokes
+    parts = _digits_only(parts, height)
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
     found: list[tuple[tuple[float, float, float, float], int, np.ndarray]] = []  # (box, line, ink)
