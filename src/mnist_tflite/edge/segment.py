@@ -25,7 +25,7 @@ from mnist_tflite.edge.preprocess import ink_to_mnist, picture
 __all__ = ["MAX_DIGITS", "Digit", "SegmentError", "find_digits"]
 
 MAX_DIGITS = 64  # more marks than this is a page of text, not a number
-INK_LEVEL = 0.4  # ink above this (of the ink map's 0..1) connects a component
+INK_LEVEL = 0.12  # ink above this (of the ink map's 0..1) connects a component (a faint digit too)
 RULE_LENGTH = 0.75  # a horizontal run this long (fraction of the width) is a ruled line, not ink
 WHOLE_PICTURE = 0.9  # one component over this fraction of both sides: a table or frame
 JOIN_OVERLAP = 0.5  # parts of one digit overlap this much of the narrower part's width...
@@ -199,7 +199,8 @@ def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
                 # halves of one digit overlap in rows too; two lines of digits leave a gap
                 entwined = stacked and min(small.y1, other.y1) > max(small.y0, other.y0)
                 tall = both.height > JOIN_HEIGHT * height and not entwined
-                if tall or both.width > (1.2 if entwined else 0.95) * max(height, both.height):
+                # one piece over another (a 5's flag over its body) may be a digit wider than tall
+                if tall or both.width > (1.2 if stacked else 0.95) * max(height, both.height):
                     continue
                 if small.height >= 0.6 * height and other.height >= 0.6 * height and not stacked:
                     continue

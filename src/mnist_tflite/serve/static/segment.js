@@ -10,7 +10,7 @@
 import { greyInkMap, inkToMnist } from "./device.js";
 
 const WORK_SIZE = 320; // edge/preprocess.py
-const INK_LEVEL = 0.4, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
+const INK_LEVEL = 0.12, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
 const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6, FLAT = [0.3, 0.3];
 const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 3.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9, MAX_CUTS = 24;
 const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
@@ -120,7 +120,7 @@ function joinPieces(parts, digitHeight) {
         const stacked = overlap >= JOIN_OVERLAP * Math.min(width(small), width(other));
         const entwined = stacked && Math.min(small.y1, other.y1) > Math.max(small.y0, other.y0);
         const tall = height(both) > JOIN_HEIGHT * digitHeight && !entwined;
-        if (tall || width(both) > (entwined ? 1.2 : 0.95) * Math.max(digitHeight, height(both))) return;
+        if (tall || width(both) > (stacked ? 1.2 : 0.95) * Math.max(digitHeight, height(both))) return;
         if (height(small) >= 0.6 * digitHeight && height(other) >= 0.6 * digitHeight && !stacked) return;
         const gap = Math.max(other.x0 - small.x1, small.x0 - other.x1, other.y0 - small.y1, small.y0 - other.y1);
         if (gap <= bestGap) [best, bestGap] = [j, gap];
