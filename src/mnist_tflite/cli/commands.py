@@ -273,7 +273,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if args.verify:
         ending.require("tflite_micro")  # a check that cannot run fails now, with the pip command
-    fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified")
+    fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified",
+              "ram_optimized")  # fmt: skip
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
     folders = [f for f in summary["files"] if f.endswith("/")]  # --target all: one per target
     files = f"{len(folders)} target folders and compile.json" if folders else f"{len(summary['files'])} files"

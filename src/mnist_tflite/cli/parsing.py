@@ -336,7 +336,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
         "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
         "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n"
-        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n\n"
+        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n"
+        "  mnist-tflite compile model.tflite --out fw_ram/ --ram-optimized  # rows streamed, < 3.5 KB RAM\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (runs in qemu-system-arm: "
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
@@ -365,6 +366,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
+    )
+    _flag(
+        p,
+        "--ram-optimized",
+        "stream rows through line buffers instead of holding whole feature maps (convolutions, then a "
+        "fully connected layer; other graphs are refused): same bits, less RAM",
     )
     _flag(p, "--force", "replace an existing --out written by compile")
     _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")

@@ -69,7 +69,7 @@ def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.h").write_text(codegen.header(program, name), encoding="utf-8")
     (directory / f"{name}.c").write_text(codegen.source(program, name, label, ""), encoding="utf-8")
-    for fname, text in codegen.kernel_sources().items():
+    for fname, text in codegen.kernel_sources(program.stream is not None).items():
         (directory / fname).write_text(text, encoding="utf-8")
     return program, host_library(directory, name, directory)
 
