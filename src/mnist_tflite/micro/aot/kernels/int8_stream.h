@@ -51,8 +51,9 @@ static void stream_rows_read(const i8k_conv_t *p, int y, int *lo, int *hi)
 
 /* Output rows [oy0, oy1) of p into out, from in, which holds p's input rows from row0 on: the
  * kernel runs on a copy of p whose rows start at the band's first (its pool rows and input rows
- * renumbered, the padding before them kept only where the band still reads it). */
-static void stream_conv_rows(const i8k_conv_t *p, const int8_t *in, int row0, int8_t *out, int oy0, int oy1,
+ * renumbered, the padding before them kept only where the band still reads it). Out of line: the
+ * copy is on the stack only while the kernel runs, not in every frame of stream_row's recursion. */
+static __attribute__((noinline)) void stream_conv_rows(const i8k_conv_t *p, const int8_t *in, int row0, int8_t *out, int oy0, int oy1,
                              void *scratch)
 {
     i8k_conv_t band = *p;
@@ -87,34 +88,37 @@ static void stream_move_down(int8_t *dst, const int8_t *src, int n)
     i8k_copy(src, dst, (uint32_t)n);
 }
 
-/* Row y of stage k into dst: first the rows it reads into the line buffer before it. */
+static void stream_row(const i8k_stream_t *s, int k, int y, int8_t *dst);
+
+/* Line buffer k - 1 made to hold the rows row y of stage k reads: the rows before them dropped
+ * (the rest moved to the front), the missing ones computed. Returns the first row it holds. */
+static __attribute__((noinline)) int stream_pull(const i8k_stream_t *s, int k, int y)
+{
+    const i8k_conv_t *q = s->stages[k - 1].conv;
+    int8_t *rows = s->stages[k - 1].rows;
+    const int row_bytes = q->output.w * q->output.c;
+    i8k_held_t *h = &s->held[k - 1];
+    int lo, hi;
+    stream_rows_read(s->stages[k].conv, y, &lo, &hi);
+    if (lo > h->base) { /* rows before lo are read no more */
+        const int keep = h->base + h->count - lo;
+        if (keep > 0) {
+            stream_move_down(rows, rows + (lo - h->base) * row_bytes, keep * row_bytes);
+        }
+        h->count = (int16_t)(keep > 0 ? keep : 0);
+        h->base = (int16_t)lo;
+    }
+    for (; h->base + h->count < hi; h->count++) {
+        stream_row(s, k - 1, h->base + h->count, rows + h->count * row_bytes);
+    }
+    return h->base;
+}
+
+/* Row y of stage k into dst, from the caller's input (k == 0) or line buffer k - 1. */
 static void stream_row(const i8k_stream_t *s, int k, int y, int8_t *dst)
 {
-    const i8k_conv_t *p = s->stages[k].conv;
-    const int8_t *in = s->input;
-    int row0 = 0;
-    if (k > 0) {
-        const i8k_conv_t *q = s->stages[k - 1].conv;
-        int8_t *rows = s->stages[k - 1].rows;
-        const int row_bytes = q->output.w * q->output.c;
-        i8k_held_t *h = &s->held[k - 1];
-        int lo, hi;
-        stream_rows_read(p, y, &lo, &hi);
-        if (lo > h->base) { /* rows before lo are read no more */
-            const int keep = h->base + h->count - lo;
-            if (keep > 0) {
-                stream_move_down(rows, rows + (lo - h->base) * row_bytes, keep * row_bytes);
-            }
-            h->count = (int16_t)(keep > 0 ? keep : 0);
-            h->base = (int16_t)lo;
-        }
-        for (; h->base + h->count < hi; h->count++) {
-            stream_row(s, k - 1, h->base + h->count, rows + h->count * row_bytes);
-        }
-        in = rows;
-        row0 = h->base;
-    }
-    stream_conv_rows(p, in, row0, dst, y, y + 1, s->scratch);
+    const int row0 = k ? stream_pull(s, k, y) : 0;
+    stream_conv_rows(s->stages[k].conv, k ? s->stages[k - 1].rows : s->input, row0, dst, y, y + 1, s->scratch);
 }
 
 /* The chain's last stage (index last) row by row into row, each row's products added to the
