@@ -8,6 +8,7 @@ from tests.conftest import edited_model, one_error_line, require
 
 require("tflite_micro")  # before the imports that need them
 
+import copy
 import itertools
 import json
 from pathlib import Path
@@ -41,6 +42,61 @@ def _same_padded_tiny(data: bytes) -> bytes:
     return edited_model(data, edit)
 
 
+def _one_conv_tiny(data: bytes) -> bytes:
+    """tiny_int8 without its second convolution: one streamed convolution (read from the caller's
+    input, no line buffer) into a fully connected layer of 6x6x8 inputs, random weights."""
+
+    def edit(model, schema):
+        g = model.subgraphs[0]
+        del g.operators[2]
+        for op in g.operators[2:]:
+            op.inputs = np.where(op.inputs == 12, 11, op.inputs).astype(np.int32)
+        g.tensors[16].shape = np.array([1, 288], dtype=np.int32)
+        g.tensors[5].shape = np.array([10, 288], dtype=np.int32)
+        weights = np.random.default_rng(1).integers(-60, 61, size=(10, 288), dtype=np.int8)
+        model.buffers[g.tensors[5].buffer].data = np.frombuffer(weights.tobytes(), dtype=np.uint8)
+        model.buffers[g.tensors[3].buffer].data = np.frombuffer(np.int32(288).tobytes(), dtype=np.uint8)
+
+    return edited_model(data, edit)
+
+
+def _three_conv_tiny(data: bytes) -> bytes:
+    """tiny_int8 with a third convolution (3x3, 16 -> 16, random weights) after its second: rows
+    pulled through two line buffers, the second pull inside the first."""
+
+    def edit(model, schema):
+        g = model.subgraphs[0]
+        rng = np.random.default_rng(2)
+
+        def tensor(like: int, shape: list[int], values: np.ndarray | None) -> int:
+            t = copy.deepcopy(g.tensors[like])
+            t.shape = np.array(shape, dtype=np.int32)
+            t.name = f"{t.name.decode()}_third".encode()
+            buf = schema.BufferT()
+            if values is not None:
+                buf.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+            model.buffers.append(buf)
+            t.buffer = len(model.buffers) - 1
+            g.tensors.append(t)
+            return len(g.tensors) - 1
+
+        w = tensor(7, [16, 3, 3, 16], rng.integers(-30, 31, size=(16, 3, 3, 16), dtype=np.int8))
+        b = tensor(6, [16], rng.integers(-2000, 2001, size=16).astype(np.int32))
+        y = tensor(12, [1, 2, 2, 16], None)
+        conv = copy.deepcopy(g.operators[2])
+        conv.inputs, conv.outputs = np.array([12, w, b], dtype=np.int32), np.array([y], dtype=np.int32)
+        g.operators.insert(3, conv)
+        for op in g.operators[4:]:
+            op.inputs = np.where(op.inputs == 12, y, op.inputs).astype(np.int32)
+        g.tensors[16].shape = np.array([1, 64], dtype=np.int32)
+        g.tensors[5].shape = np.array([10, 64], dtype=np.int32)
+        weights = rng.integers(-60, 61, size=(10, 64), dtype=np.int8)
+        model.buffers[g.tensors[5].buffer].data = np.frombuffer(weights.tobytes(), dtype=np.uint8)
+        model.buffers[g.tensors[3].buffer].data = np.frombuffer(np.int32(64).tobytes(), dtype=np.uint8)
+
+    return edited_model(data, edit)
+
+
 @pytest.fixture(scope="module")
 def models(models_dir) -> dict[str, bytes]:
     tiny = (models_dir / "tiny_int8.tflite").read_bytes()
@@ -49,6 +105,8 @@ def models(models_dir) -> dict[str, bytes]:
         "int8_softmax": (models_dir / "int8_softmax.tflite").read_bytes(),
         "tiny_int8": tiny,
         "tiny_same": _same_padded_tiny(tiny),
+        "tiny_one_conv": _one_conv_tiny(tiny),
+        "tiny_three_conv": _three_conv_tiny(tiny),
     }
 
 
@@ -93,7 +151,9 @@ def test_a_fully_connected_row_that_does_not_fit_gets_its_own_buffer(models):
 
 
 @needs_gcc
-@pytest.mark.parametrize("which", ["int8", "int8_softmax", "tiny_int8", "tiny_same"])
+@pytest.mark.parametrize(
+    "which", ["int8", "int8_softmax", "tiny_int8", "tiny_same", "tiny_one_conv", "tiny_three_conv"]
+)
 def test_streamed_host_build_is_bit_exact_with_tflm(which, models, quantized, tmp_path):
     inputs = quantized[:300]
     ours = _streamed_rows(models[which], tmp_path, inputs)
@@ -141,6 +201,21 @@ def test_cortex_m4_firmware_is_bit_exact_in_3_5_kb_at_most_1_5x_the_instructions
     assert '#include "int8_stream.h"' in (tmp_path / "streamed" / "mnist_model.c").read_text()
     assert "int8_stream.h" not in (tmp_path / "default" / "mnist_model.c").read_text()
     assert not (tmp_path / "default" / "int8_stream.h").exists()
+
+
+@needs_m4
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["tiny_same", "tiny_three_conv"])
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_dsp_and_mve_kernels_stream_the_same_bits(which, target, models, tmp_path, capsys):
+    """The DSP (M4) and MVE (M55) kernels on streamed bands: padding at the top, two line buffers."""
+    model = tmp_path / f"{which}.tflite"
+    model.write_bytes(models[which])
+    out = tmp_path / "fw"
+    args = ("--out", str(out), "--target", target, "--images", "200", "--ram-optimized", "--json")
+    code, stdout, _ = _compile(str(model), *args, capsys=capsys)
+    v = json.loads(stdout)["verification"]["target"]
+    assert code == 0 and v["images"] == v["rows_identical"] == 200
 
 
 # ---- refusals -----------------------------------------------------------------------------
