@@ -82,9 +82,7 @@ def measure_ram_optimized(target: str, images: int) -> dict:
 
 def ram_lines(rows: list[dict]) -> list[str]:
     """The streamed builds against the default ones, one line per target."""
-    lines = [
-        f"{'streamed':<12} {'static RAM B':>16} {'instructions':>25} {'x default':>9}  rows identical"
-    ]
+    lines = [f"{'streamed':<12} {'static RAM B':>16} {'instructions':>25} {'x default':>9}  rows identical"]
     for r in rows:
         d = r["default"]
         lines.append(
