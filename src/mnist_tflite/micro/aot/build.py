@@ -368,7 +368,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
         rundir.check_replaceable(out, opts.force, MARKER, "compile")  # again, under the lock
         try:
             if every:
-                summary = {"format": FORMAT, **alltargets.compile_all(opts, staging, one, log)}
+                summary = {"format": FORMAT, "ram_optimized": opts.ram_optimized,
+                           **alltargets.compile_all(opts, staging, one, log)}  # fmt: skip
                 _write(staging / MARKER, json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
             else:
                 summary = _build_into(staging, opts, program, raw, ds, log)

@@ -125,13 +125,9 @@ def _in_place(prev: ConvParams, last: ConvParams) -> bool:
     return columns and rows
 
 
-def plan_stream(
-    layers: list[Layer], storage: dict[int, int], sizes: dict[int, int], external: set[int], path: object
-) -> tuple[list[Layer], Plan, Stream]:
-    """The layers trimmed, the activation buffer's plan and the driver's buffers. Raises
-    MnistTfliteError (one line) for a graph the streaming driver does not run."""
-    n = _check_chain(layers, path)
-    layers = _trim(layers, n)
+def _buffers(layers: list[Layer], n: int) -> tuple[Stream, int]:
+    """The driver's buffers from offset 0: the sums, the line buffers, the scratch, the last row
+    (unless it goes over the last line buffer's first row); and where they end."""
     convs = [layer.params for layer in layers[:n]]
     fc = layers[n].params
     assert isinstance(fc, FcParams) and all(isinstance(p, ConvParams) for p in convs)
@@ -149,33 +145,43 @@ def plan_stream(
     regions.append(("scratch of the convolutions", at, scratch_bytes))
     at += scratch_bytes
     in_place = n > 1 and _in_place(convs[-2], convs[-1])  # type: ignore[arg-type]
-    if in_place:
-        row = rings[-1]
-    else:
-        row = at
+    row = rings[-1] if in_place else at
+    if not in_place:
         regions.append((f"row of layer {n - 1}'s output", at, row_bytes[-1]))
         at += align(row_bytes[-1])
-    acc_end = align(4 * fc.out_n)
-    # the layers from the fully connected one on, as plan.py places them (its input is streamed)
-    tail_plan = plan_memory(layers[n:], storage, sizes, external)
+    return Stream(tuple(range(n)), capacity, tuple(rings), scratch, row, in_place, 0, n, tuple(regions)), at
+
+
+def plan_stream(
+    layers: list[Layer], storage: dict[int, int], sizes: dict[int, int], external: set[int], path: object
+) -> tuple[list[Layer], Plan, Stream]:
+    """The layers trimmed, the activation buffer's plan and the driver's buffers. Raises
+    MnistTfliteError (one line) for a graph the streaming driver does not run."""
+    n = _check_chain(layers, path)
+    layers = _trim(layers, n)
+    stream, end = _buffers(layers, n)
+    fc = layers[n].params
+    assert isinstance(fc, FcParams)
+    after_sums = align(4 * fc.out_n)
+    # the layers from the fully connected one on, as plan.py places them (its input is streamed),
+    # after the sums: the layer's output is written while they are read
+    tail = plan_memory(layers[n:], storage, sizes, external)
     offsets: dict[int, int | None] = {s: None for s in external}
-    for root, off in tail_plan.offsets.items():
-        if off is not None:
-            offsets[root] = acc_end + off
-            regions.append((f"tensor {root}", acc_end + off, sizes[root]))
-    for j in range(n - 1):
-        offsets[storage[layers[j].dst]] = rings[j]
-    offsets.setdefault(storage[layers[n - 1].dst], row)
     buffer_sizes = dict(sizes)
-    for j in range(n - 1):
-        buffer_sizes[storage[layers[j].dst]] = capacity[j] * row_bytes[j]
-    buffer_sizes[storage[layers[n - 1].dst]] = row_bytes[-1]
+    regions = list(stream.regions)
+    for root, off in tail.offsets.items():
+        if off is not None:
+            offsets[root] = after_sums + off
+            regions.append((f"tensor {root} (once the rows are done)", after_sums + off, sizes[root]))
+    for j, rows in enumerate(stream.capacity):
+        root = storage[layers[j].dst]
+        offsets[root] = stream.rings[j]
+        buffer_sizes[root] = rows * layers[j].out_shape[1] * layers[j].out_shape[2]
+    last = storage[layers[n - 1].dst]
+    offsets[last] = stream.row
+    buffer_sizes[last] = layers[n - 1].out_shape[1] * layers[n - 1].out_shape[2]
     plan = Plan(
-        arena_bytes=max(at, acc_end + tail_plan.arena_bytes),
-        offsets=offsets,
-        scratch={i: scratch for i in range(n)},
-        sizes=buffer_sizes,
+        max(end, after_sums + tail.arena_bytes), offsets, {i: stream.scratch for i in range(n)}, buffer_sizes
     )
-    stream = Stream(tuple(range(n)), capacity, tuple(rings), scratch, row, in_place, 0, n,
-                    tuple(sorted(regions, key=lambda r: r[1])))  # fmt: skip
+    stream = dataclasses.replace(stream, regions=tuple(sorted(regions, key=lambda r: r[1])))
     return layers, plan, stream
