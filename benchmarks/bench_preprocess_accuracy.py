@@ -8,6 +8,7 @@ Also broken down by condition (polarity, format, size, rotation, lighting, strok
 
 Usage:
     python benchmarks/bench_preprocess_accuracy.py [--count 2000] [--model tests/models/int8.tflite]
+        [--out benchmarks/results/preprocess_accuracy.json]
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=ROOT / "tests" / "models" / "int8.tflite")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="write the files here instead of a temporary directory")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS.name})")
     args = ap.parse_args()
     m = measure(args.model, args.count, args.seed, args.keep)
     y, clean, photo = m["labels"], m["clean"], m["photo"]
@@ -136,8 +138,8 @@ def main() -> None:
             asdict(r) for r, c, p, t in zip(m["renders"], clean, photo, y, strict=True) if c == t and p != t
         ][:50],
     }
-    write_json(RESULTS, result)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,15 @@ on the load of the machine (wall times do, and are only recorded).
 
 Usage:
     python benchmarks/bench_targets.py [--images 1000] [--targets cortex-m0 cortex-m55 ...] [--ram-optimized]
+
+With ``--targets``, the other targets' rows of the last run (same --images, same mode) stay in the
+JSON, and ``rows_kept_from_the_last_run`` names them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -93,6 +97,17 @@ def ram_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _earlier_rows(results: Path, images: int, measured: set[str]) -> dict[str, dict]:
+    """The last run's rows of the targets not measured now (``--targets`` a few of them), if it
+    ran as many images, so targets.json keeps one table of every target."""
+    if not results.is_file():
+        return {}
+    last = json.loads(results.read_text(encoding="utf-8"))
+    if last.get("images_per_target") != images:
+        return {}
+    return {r["target"]: r for r in last.get("rows", []) if r["target"] not in measured}
+
+
 def main(argv: list[str] | None = None) -> int:
     from mnist_tflite.micro.aot import firmware, targets
     from mnist_tflite.micro.aot.alltargets import INSTRUCTIONS_NOTE, TFLM_ANCHORS, anchors_line, table_lines
@@ -119,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.ram_optimized:
-        rows = [measure_ram_optimized(name, args.images) for name in args.targets]
-        print("\n".join([*table_lines(rows), "", *ram_lines(rows)]))
+        measured = {name: measure_ram_optimized(name, args.images) for name in args.targets}
+        print("\n".join([*table_lines(list(measured.values())), "", *ram_lines(list(measured.values()))]))
     else:
-        rows = [measure(name, args.images) for name in args.targets]
-        print("\n".join([*table_lines(rows, AIM_INSTRUCTIONS), anchors_line()]))
+        measured = {name: measure(name, args.images) for name in args.targets}
+        print("\n".join([*table_lines(list(measured.values()), AIM_INSTRUCTIONS), anchors_line()]))
     results = RESULTS_RAM if args.ram_optimized else RESULTS
+    earlier = _earlier_rows(results, args.images, set(measured))
+    both = {**earlier, **measured}
+    rows = [both[name] for name in targets.ARM_NAMES if name in both]
     doc = {
         "what": "mnist-tflite compile of the seed int8 model for every Cortex-M target, run in QEMU"
         + (" (--ram-optimized, beside the default build)" if args.ram_optimized else ""),
@@ -138,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "tflm_anchors": TFLM_ANCHORS,
         "images_per_target": args.images,
         "rows": rows,
+        "rows_kept_from_the_last_run": sorted(earlier),
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),

@@ -30,6 +30,18 @@ def strokes_of(image: np.ndarray, margin: float = 0.1) -> list[list[tuple[float,
     return strokes
 
 
+def number_strokes(images: list[np.ndarray], aspect: float = 3.0) -> list[list[tuple[float, float]]]:
+    """Several digits side by side on a pad ``aspect`` times wider than tall (the page's
+    number mode): each digit's :func:`strokes_of` in a square cell of its own, centred."""
+    cell = min(1.0, aspect / len(images))  # a cell's side, in pad heights
+    left, top = (aspect - cell * len(images)) / 2, (1.0 - cell) / 2
+    strokes = []
+    for k, image in enumerate(images):
+        x0 = left + k * cell
+        strokes += [[((x0 + cell * x) / aspect, top + cell * y) for x, y in s] for s in strokes_of(image)]
+    return strokes
+
+
 # in the page: replay strokes as pointer events through the page's own handlers, then wait
 # for the answer; returns what the page shows and the pad as a PNG
 REPLAY_JS = """async (strokes) => {

@@ -13,11 +13,11 @@ require("playwright", "fastapi", "uvicorn")  # before the imports that need them
 import math
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.browser_util import screenshot
 from tests.test_serve import make_run_dir, png_bytes, scan_of
 
 pytestmark = pytest.mark.browser
@@ -161,24 +161,10 @@ def test_blank_photo_and_offline(page, server, tmp_path):
 
 def test_screenshot_for_people(page, tmp_path):
     # one screenshot kept where a person can look at it (MNIST_TFLITE_SCREENSHOTS=dir)
-    out = Path(os.environ.get("MNIST_TFLITE_SCREENSHOTS", tmp_path))
-    out.mkdir(parents=True, exist_ok=True)
     page.click("#clear")
     draw(page, DIGITS["0"])
     page.wait_for_selector(DONE, state="attached", timeout=10_000)
-    shot = out / "serve_page.png"
-    page.screenshot(path=str(shot), full_page=True)
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-
-    def region(selector: str) -> np.ndarray:
-        box = page.locator(selector).bounding_box()
-        assert box is not None, f"{selector} is not on the page"
-        x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
-        assert x + w <= pixels.shape[1] and y + h <= pixels.shape[0], f"{selector} is off the screenshot"
-        return pixels[y : y + h, x : x + w]
-
+    region = screenshot(page, "serve_page.png", tmp_path)
     # what a person sees: the stroke on the pad, the 28x28 the model saw, the answer and its bars
     pad = region("#pad")
     stroke = np.abs(pad - np.median(pad)) > 64

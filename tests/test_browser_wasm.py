@@ -13,7 +13,6 @@ require("playwright", "tflite_micro")  # before the imports that need them
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from mnist_tflite.micro.aot import wasm
+from tests.browser_util import screenshot
 from tests.conftest import run_cli
 from tests.strokes import REPLAY_JS, strokes_of
 from tests.test_browser import browser, draw, server  # noqa: F401 (fixtures)
@@ -138,23 +138,10 @@ def test_drawn_digits_get_the_label_predict_gives_the_same_png(page, test_images
 
 
 def test_screenshot_shows_answer_bars_and_input(page, test_images, tmp_path):
-    out = Path(os.environ.get("MNIST_TFLITE_SCREENSHOTS", tmp_path))
-    out.mkdir(parents=True, exist_ok=True)
     images, _ = test_images
     draw(page, strokes_of(images[0]))  # a 7
     page.wait_for_selector("body[data-state=done]", state="attached", timeout=10_000)
-    shot = out / "web_page.png"
-    page.screenshot(path=str(shot), full_page=True)
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-
-    def region(selector: str) -> np.ndarray:
-        box = page.locator(selector).bounding_box()
-        assert box is not None, f"{selector} is not on the page"
-        x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
-        return pixels[y : y + h, x : x + w]
-
+    region = screenshot(page, "web_page.png", tmp_path)
     assert page.inner_text("#label") == "7" and region("#label").std() > 20, "the answer is not drawn"
     seen = region("#seen")
     assert (seen > 128).mean() > 0.02 and (seen < 64).mean() > 0.3, "the model's 28x28 input is not shown"

@@ -129,9 +129,25 @@ def test_softmax_is_bit_exact_on_random_logits(seed_bytes, tmp_path):
     assert (ours == _tflm(data, inputs)).all()
 
 
+def _kernels_library(directory: Path, *defines: str):
+    """The kernels alone as a shared library for this computer, built with ``defines``."""
+    import ctypes
+    import subprocess
+
+    directory.mkdir()
+    for name, text in codegen.kernel_sources().items():
+        (directory / name).write_text(text)
+    out = directory / "libkernels.so"
+    cmd = [firmware.HOST_GCC, *firmware.HOST_CFLAGS, *defines, "-fPIC", "-shared", "-o", str(out)]
+    subprocess.run([*cmd, "int8_kernels.c"], cwd=directory, check=True, capture_output=True)
+    return ctypes.CDLL(str(out))
+
+
 @needs_gcc
-def test_requantization_matches_the_reference_rounding(tmp_path, seed_bytes):
-    """i8k_requantize against a Python transcription of the spec's two roundings."""
+@pytest.mark.parametrize("mul_high", ["int64", "16x16"])
+def test_requantization_matches_the_reference_rounding(mul_high, tmp_path, seed_bytes):
+    """i8k_requantize against a Python transcription of the spec's two roundings; "16x16": with
+    the M0's multiply-high made of four 16x16-bit products (I8K_MUL_HIGH_16), built here."""
     import ctypes
 
     def srdhm(a: int, b: int) -> int:
@@ -150,7 +166,10 @@ def test_requantization_matches_the_reference_rounding(tmp_path, seed_bytes):
         left, right = max(shift, 0), max(-shift, 0)
         return rdpot(srdhm(acc * (1 << left), mult), right)
 
-    _, lib = verify.host_model(seed_bytes, tmp_path / "host")
+    if mul_high == "int64":
+        _, lib = verify.host_model(seed_bytes, tmp_path / "host")
+    else:
+        lib = _kernels_library(tmp_path / "kernels", "-DI8K_MUL_HIGH_16")
     fn = lib.i8k_requantize
     fn.argtypes = (ctypes.c_int32, ctypes.c_int32, ctypes.c_int32)
     fn.restype = ctypes.c_int32
@@ -163,6 +182,8 @@ def test_requantization_matches_the_reference_rounding(tmp_path, seed_bytes):
         acc = rnd.randint(-(2**24), 2**24) >> max(shift, 0)
         mult = rnd.randint(1 << 30, 2**31 - 1)
         cases.append((acc, mult, shift))
+    for _ in range(5_000):  # any int32 sum (the 16x16 products' carries)
+        cases.append((rnd.randint(-(2**31), 2**31 - 1), rnd.randint(1 << 30, 2**31 - 1), rnd.randint(-31, 0)))
     for e in range(1, 12):  # exact ties of the final rounding, both signs
         cases += [((2 * k + 1) << (e - 1), 1 << 30, -e - 1) for k in (-3, -1, 0, 2)]
     for acc, mult, shift in cases:

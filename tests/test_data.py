@@ -254,6 +254,54 @@ def test_test_set_only_directory_evaluates_but_trains_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_test_only_leaves_the_training_files_unread(tmp_path):
+    """evaluate, compile and export-micro --verify need the test split only: the training
+    files are not decompressed, so a corrupt training file cannot stop them (a full load
+    still names it)."""
+    write_idx_dir(tmp_path, n_train=200)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-300])
+    with pytest.raises(MnistTfliteError, match="cannot read gzip data"):
+        data.load(str(tmp_path))
+    ds = data.load(str(tmp_path), test_only=True)
+    assert len(ds.x_train) == 0 and len(ds.x_test) == 10
+    assert ds.source.endswith(": 10 test images")
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    npz = tmp_path / "m.npz"
+
+    def save(**train):
+        np.savez(
+            npz,
+            **{"x_train": x, "y_train": np.zeros(6, np.uint8), **train},
+            x_test=x,
+            y_test=np.ones(6, np.uint8),
+        )
+
+    save(y_train=np.full(6, 12, np.uint8))  # label values are in the data: not read, not checked
+    with pytest.raises(MnistTfliteError, match="y_train: labels out of range"):
+        data.load(str(npz))
+    assert len(data.load(str(npz), test_only=True).x_test) == 6
+    save(x_train=x.astype(np.float32))  # a wrong dtype or count is in the header: still refused
+    with pytest.raises(MnistTfliteError, match="x_train: expected uint8"):
+        data.load(str(npz), test_only=True)
+    save(y_train=np.zeros(5, np.uint8))
+    with pytest.raises(MnistTfliteError, match="y_train: expected 6 integer labels"):
+        data.load(str(npz), test_only=True)
+    save()
+    ds = data.load(str(npz), test_only=True)
+    assert np.array_equal(ds.x_test, x) and len(ds.x_train) == 0
+    with pytest.raises(ValueError):
+        data.load(str(npz), test_only=True, need_train=True)
+
+
+def test_embedded_test_only_is_the_official_test_set(mnist):
+    ds = data.load("embedded", test_only=True)
+    assert len(ds.x_train) == 0
+    assert np.array_equal(ds.x_test, mnist.x_test) and np.array_equal(ds.y_test, mnist.y_test)
+
+
 def test_auto_is_the_keras_cache_else_the_embedded_set_and_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     calls: list[int] = []

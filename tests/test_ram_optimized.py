@@ -205,10 +205,32 @@ def test_cortex_m4_firmware_is_bit_exact_in_3_5_kb_at_most_1_5x_the_instructions
 
 @needs_m4
 @pytest.mark.slow
+def test_cortex_m0_streams_through_its_thumb1_winograd_kernel(models_dir, tmp_path, capsys):
+    """The M0's streamed build runs its own kernels (the Thumb-1 Winograd for the seed's second
+    convolution, as its default build does): same rows, no more instructions than the default."""
+    model = str(models_dir / "int8.tflite")
+    figures = {}
+    for kind, extra in (("default", []), ("streamed", ["--ram-optimized"])):
+        out = tmp_path / kind
+        args = ("--out", str(out), "--target", "cortex-m0", "--images", "200", "--json", *extra)
+        code, stdout, _ = _compile(model, *args, capsys=capsys)
+        assert code == 0
+        figures[kind] = json.loads(stdout)
+    s, default = figures["streamed"], figures["default"]
+    v = s["verification"]["target"]
+    assert v["images"] == v["rows_identical"] == 200
+    # the plain C convolution would take about 3x the default's instructions here
+    assert s["cortex_m0"]["instructions_per_inference"] <= default["cortex_m0"]["instructions_per_inference"]
+    assert s["memory"]["static_ram_bytes"] < default["memory"]["static_ram_bytes"] / 2
+
+
+@needs_m4
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["tiny_same", "tiny_three_conv"])
-@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
-def test_dsp_and_mve_kernels_stream_the_same_bits(which, target, models, tmp_path, capsys):
-    """The DSP (M4) and MVE (M55) kernels on streamed bands: padding at the top, two line buffers."""
+@pytest.mark.parametrize("target", ["cortex-m0", "cortex-m4", "cortex-m55"])
+def test_every_instruction_set_streams_the_same_bits(which, target, models, tmp_path, capsys):
+    """The Thumb-1 (M0), DSP (M4) and MVE (M55) kernels on streamed bands: padding at the top, two
+    line buffers."""
     model = tmp_path / f"{which}.tflite"
     model.write_bytes(models[which])
     out = tmp_path / "fw"

@@ -58,7 +58,7 @@ def test_every_cortex_m_runs_in_qemu_bit_exact_with_tflm(target, models_dir, tmp
 
 
 @needs_arm
-@pytest.mark.parametrize("target", ["cortex-m0", "cortex-m55"])  # the plain C and the MVE kernels
+@pytest.mark.parametrize("target", ["cortex-m0", "cortex-m55"])  # the Thumb-1 and the MVE kernels
 def test_the_tiny_model_without_pool_and_with_softmax_is_bit_exact(target, models_dir, tmp_path, capsys):
     """tiny_int8: a convolution without a pool (the MVE path's four outputs in a row), 8 and 16
     channels, SOFTMAX on the device."""
@@ -246,22 +246,14 @@ def _odd_conv_sources(
         wino=winograd.kernel_weights(weights) if wino else None,
     )  # fmt: skip
     assert not wino or winograd.eligible(weights, kernel, pool, ic)
-    mve = lower.conv_weights_mve(packed, oc, k_pad)
-    arrays = ["#if I8K_MVE", *codegen._array("m_weights", mve, 16), "#else"]
-    arrays += [*codegen._array("m_weights", packed, 4), "#endif"]
+    arrays = codegen.conv_weights_code("m_weights", params)
     others = {"bias": params.filter.bias, "mult": params.quant.mult, "shift": params.quant.shift}
     if wino:
-        arrays += [
-            "#if I8K_DSP",
-            *codegen._array("m_wino", params.wino, 8),
-            "#else",
-            "#define m_wino 0",
-            "#endif",
-        ]
+        arrays += codegen.wino_weights_code("m_wino", params)
     for key, arr in others.items():
         arrays += codegen._array(f"m_{key}", arr, 4)
     size_in, size_out = h * w * ic, out.h * out.w * oc
-    wino_call = ["#if I8K_DSP", "    i8k_conv_wino(&m, input, output, scratch);", "#else"] if wino else []
+    wino_call = ["#if I8K_WINO", "    i8k_conv_wino(&m, input, output, scratch);", "#else"] if wino else []
     wino_call += ["    i8k_conv(&m, input, output, scratch);", *(["#endif"] if wino else [])]
     c = [
         '#include "m.h"', '#include "int8_kernels.h"', "#define I8K_ALIGNED(n) __attribute__((aligned(n)))",
@@ -313,9 +305,10 @@ def test_winograd_sums_are_exactly_four_times_the_convolution():
 @needs_arm
 @pytest.mark.parametrize("wino", [False, True], ids=["odd", "winograd"])
 def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(wino, tmp_path):
-    """The plain C (M0, host), DSP (M4) and MVE (M55) kernels on odd channel counts, padding and
-    a pool window larger than 4: the same output bytes everywhere. And the M4's Winograd kernel
-    on the largest sums int8 weights and inputs can make, against the direct kernels."""
+    """The plain C (host), Thumb-1 (M0), DSP (M4) and MVE (M55) kernels on odd channel counts,
+    padding and a pool window larger than 4: the same output bytes everywhere. And the M4's and
+    the M0's Winograd kernels on the largest sums int8 weights and inputs can make, against the
+    direct kernels."""
     from mnist_tflite.micro.aot import codegen
 
     rng = np.random.default_rng(21)
@@ -343,22 +336,27 @@ def test_every_instruction_set_gives_the_same_bits_on_an_odd_convolution(wino, t
     assert len(np.unique(rows["host"])) > 20  # not a constant output that agrees trivially
 
 
-def test_the_winograd_weights_count_only_where_the_dsp_kernels_link_them(models_dir, monkeypatch):
+def test_the_winograd_weights_count_only_where_the_kernels_link_them(models_dir, monkeypatch):
+    """The DSP kernels (M4) link the Winograd weights, the Thumb-1 ones (M0) their own layout of
+    them with the sums' start values, the plain C ones (M3) neither: the flash check counts that."""
     from mnist_tflite.core.errors import MnistTfliteError
+    from mnist_tflite.micro.aot import lower, winograd
     from mnist_tflite.micro.aot.build import check_fits
     from mnist_tflite.micro.aot.compiler import load_program
 
     _, program = load_program(models_dir / "int8.tflite")
-    wino = sum(
-        layer.params.wino.nbytes
-        for layer in program.layers
-        if getattr(layer.params, "wino", None) is not None
-    )
+    (p,) = [layer.params for layer in program.layers if getattr(layer.params, "wino", None) is not None]
+    wino = p.wino.nbytes
     assert wino == 64 * 32 * 16 * 2  # 64 out x 32 in channels x 16 positions, int16: 65,536 B
-    assert program.weight_bytes() == program.weight_bytes(dsp=False) + wino
+    m0 = winograd.kernel_weights_m0(lower.unpacked_weights(p)).nbytes
+    assert m0 == wino + 64 * 16 * 4  # and an int32 start value per output channel and position
+    direct = program.weight_bytes("plain C")
+    assert program.weight_bytes("DSP") == direct + wino and program.weight_bytes("Thumb-1") == direct + m0
     flash = Region(0, 64 * 1024)  # holds the direct weights, not the Winograd ones too
-    for name in ("cortex-m0", "cortex-m4"):
+    for name in ("cortex-m0", "cortex-m3", "cortex-m4"):
         _shrunk(monkeypatch, name, flash=flash)
-    check_fits(program, targets.get("cortex-m0"))
+    check_fits(program, targets.get("cortex-m3"))
     with pytest.raises(MnistTfliteError, match="its weights need 101,306 bytes of flash"):
         check_fits(program, targets.get("cortex-m4"))
+    with pytest.raises(MnistTfliteError, match="its weights need 105,402 bytes of flash"):
+        check_fits(program, targets.get("cortex-m0"))

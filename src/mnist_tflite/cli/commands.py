@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnist_tflite.edge.evaluate import compare_models
     from mnist_tflite.report import tables as report_mod
 
-    ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr))
+    ds = data.load(args.data, log=lambda m: print(m, file=sys.stderr), test_only=True)
     check_int_range(args.latency_samples, "--latency-samples", 0, len(ds.x_test))
     options = _pick(args, "reference", "latency_samples", "allow_modified")
     rows = compare_models(args.models, ds.x_test, ds.y_test, class_names=ds.class_names, **options)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,9 @@ def _find_idx(directory: Path, split: str, kind: str, prefix: str | None = None)
     return min(candidates, key=lambda p: (p.name not in official, p.name))
 
 
-def load_idx_dir(directory: str | os.PathLike[str], *, train_prefix: str | None = None) -> Dataset:
+def load_idx_dir(
+    directory: str | os.PathLike[str], *, train_prefix: str | None = None, test_only: bool = False
+) -> Dataset:
     """Load ``train-*`` and ``t10k-*`` IDX image and label files from one directory.
 
     A directory with only ``t10k-*`` files loads with no training images (enough to
@@ -158,12 +161,15 @@ def load_idx_dir(directory: str | os.PathLike[str], *, train_prefix: str | None 
 
     Args:
         train_prefix: load ``<train_prefix>-images-...`` as the training set (e.g. ``train-5k``).
+        test_only: leave the training files unread (no training images in the result).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise fail(directory, "not a directory; expected train-*/t10k-* IDX files")
     splits = {}
-    has_train = any(p.name.startswith("train") and "ubyte" in p.name for p in directory.iterdir())
+    has_train = not test_only and any(
+        p.name.startswith("train") and "ubyte" in p.name for p in directory.iterdir()
+    )
     for split in ("train", "t10k"):
         prefix = train_prefix if split == "train" else None
         if split == "train" and not has_train:
@@ -238,8 +244,28 @@ def _check_pair(images_path: Path, labels_path: Path, images: np.ndarray, labels
 # --- npz ---------------------------------------------------------------------------------
 
 
-def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
-    """Load an ``.npz`` with ``x_train, y_train, x_test, y_test`` (the Keras mnist.npz layout)."""
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_header_only(npz: Any, key: str) -> np.ndarray:
+    """A zero-filled, zero-stride stand-in with the member's shape and dtype, read from its
+    ``.npy`` header alone (the data is not decompressed)."""
+    fmt = np.lib.format
+    with npz.zip.open(f"{key}.npy") as f:
+        version = fmt.read_magic(f)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:  # a newer header layout: read the array the ordinary way
+            return npz[key]
+        shape, _, dtype = read(f, max_header_size=10_000)
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def load_npz(path: str | os.PathLike[str], *, name: str = "mnist", test_only: bool = False) -> Dataset:
+    """Load an ``.npz`` with ``x_train, y_train, x_test, y_test`` (the Keras mnist.npz layout).
+
+    ``test_only``: the training arrays must be there, and their headers (shape, dtype) are
+    checked, but they are not decompressed.
+    """
     path = Path(path)
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -254,7 +280,10 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
                     f"missing arrays {sorted(missing)}; found {sorted(npz.files)}, "
                     "expected x_train, y_train, x_test, y_test",
                 )
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {
+                k: _npz_header_only(npz, k) if test_only and k.endswith("_train") else npz[k]
+                for k in NPZ_KEYS
+            }
     except MnistTfliteError:
         raise
     except FileNotFoundError:
@@ -275,6 +304,8 @@ def load_npz(path: str | os.PathLike[str], *, name: str = "mnist") -> Dataset:
             )
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise fail(path, f"y_{split}: labels out of range {y.min()}..{y.max()}, expected 0..9")
+    if test_only:  # shapes and types checked above; the pixels stay compressed
+        arrays["x_train"], arrays["y_train"] = np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros(0, np.uint8)
     return Dataset(
         arrays["x_train"],
         arrays["y_train"].astype(np.uint8),
@@ -299,14 +330,14 @@ def embedded_dir() -> Path:
     return Path(str(resources.files("mnist_tflite") / "_data" / "mnist"))
 
 
-def load_embedded(sample: bool = False) -> Dataset:
+def load_embedded(sample: bool = False, test_only: bool = False) -> Dataset:
     """The embedded official set (checksums verified); ``sample``: the 5,000-digit training sample."""
-    d = load_idx_dir(embedded_dir(), train_prefix="train-5k" if sample else None)
+    d = load_idx_dir(embedded_dir(), train_prefix="train-5k" if sample else None, test_only=test_only)
     what = "sample (5,000 training digits of the official set)" if sample else "official set"
     return replace(d, source=f"embedded MNIST {what} ({MNIST_ATTRIBUTION})")
 
 
-def load_keras_cache(cache: Path) -> Dataset:
+def load_keras_cache(cache: Path, test_only: bool = False) -> Dataset:
     """Keras's ``mnist.npz``, checked against the sha256 Keras itself checks on download."""
     if cache.is_file() and file_digest(cache, "sha256") != KERAS_MNIST_SHA256:
         raise fail(
@@ -314,7 +345,7 @@ def load_keras_cache(cache: Path) -> Dataset:
             f"sha256 {file_digest(cache, 'sha256')[:16]}... is not that of Keras's mnist.npz "
             f"({KERAS_MNIST_SHA256[:16]}...): corrupt or replaced; delete it, or pass --data embedded",
         )
-    ds = load_npz(cache)
+    ds = load_npz(cache, test_only=test_only)
     return Dataset(ds.x_train, ds.y_train, ds.x_test, ds.y_test, source=f"Keras MNIST cache {cache}")
 
 
@@ -324,6 +355,7 @@ def load(
     downloader: Callable[[], object] | None = None,
     log: Callable[[str], None] = print,
     need_train: bool = False,
+    test_only: bool = False,
 ) -> Dataset:
     """Load a data set from ``auto``, ``embedded``, ``sample``, ``keras``, an IDX directory or ``.npz``.
 
@@ -336,6 +368,8 @@ def load(
             ``training.download.keras_mnist``).
         log: kept for callers; ``auto`` no longer falls back to a sample, so it has nothing to say.
         need_train: the caller trains or calibrates: data without training images is an error.
+        test_only: the caller needs only the test split: the training images are not read
+            (evaluating, compiling and verifying on the 10,000 test images).
 
     Returns:
         A validated :class:`Dataset`.
@@ -343,31 +377,38 @@ def load(
     Example:
         >>> ds = load("/usr/share/datasets/fashion-mnist")
     """
-    ds = _load(spec, downloader)
+    if need_train and test_only:
+        raise ValueError("need_train and test_only exclude each other")
+    ds = _load(spec, downloader, test_only)
     if need_train and not len(ds.x_train):
         raise fail(spec, "only a test set (t10k-*), no training images: nothing to train; add train-* files")
     # every log line, report and sidecar that names the data says how much of it there was
-    return replace(ds, source=f"{ds.source}: {len(ds.x_train):,} training + {len(ds.x_test):,} test images")
+    counts = (
+        f"{len(ds.x_test):,} test images"
+        if test_only
+        else (f"{len(ds.x_train):,} training + {len(ds.x_test):,} test images")
+    )
+    return replace(ds, source=f"{ds.source}: {counts}")
 
 
-def _load(spec: str, downloader: Callable[[], object] | None) -> Dataset:
+def _load(spec: str, downloader: Callable[[], object] | None, test_only: bool = False) -> Dataset:
     if spec in ("auto", "keras"):
         cache = keras_cache_path()
         if spec == "keras" and not cache.exists() and downloader is not None:
             downloader()
         if cache.exists():
-            return load_keras_cache(cache)
+            return load_keras_cache(cache, test_only)
         if spec == "keras":
             raise fail(cache, "no Keras MNIST cache and the download failed; --data embedded is offline")
-        return load_embedded()
+        return load_embedded(test_only=test_only)
     if spec in ("embedded", "sample"):
-        return load_embedded(sample=spec == "sample")
+        return load_embedded(sample=spec == "sample", test_only=test_only)
     check_data_spec(spec)  # a device or FIFO would block np.load
     path = Path(spec)
     if path.is_dir():
-        return load_idx_dir(path)
+        return load_idx_dir(path, test_only=test_only)
     if path.suffix == ".npz" or path.is_file():
-        return load_npz(path)
+        return load_npz(path, test_only=test_only)
     raise fail(spec, "no such file or directory; expected auto, embedded, sample, an IDX directory or .npz")
 
 

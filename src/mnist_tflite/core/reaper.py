@@ -7,6 +7,11 @@ agents were alive 40 s later. A SIGKILL runs no cleanup code, so the cleanup run
 descendants every :data:`POLL_S` (pid and start time, so a reused pid is never hit) and,
 once we are gone (or the block ends), kills those still alive and removes the temp folders
 ``<prefix>-<pid>-*`` whose owners are gone. No TensorFlow, no Ray: the standard library only.
+
+A process born in the last poll interval before the ``kill -9`` is never seen as a descendant:
+once we are dead it belongs to init. So the block also marks the environment every process
+it starts inherits (:data:`TAG_VAR`), and after our death the watcher also kills every process
+whose environment carries our mark (CI caught two such orphans of a Ray worker once).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 POLL_S = 0.25
 _MODULE = "mnist_tflite.core.reaper"
 _DONE = b"done\n"
+TAG_VAR = "MNIST_TFLITE_REAPER_TAGS"
 
 
 def _children() -> dict[int, list[int]]:
@@ -78,6 +84,27 @@ def is_running(pid: int, start: int) -> bool:
     return bool(stat and stat[1] == start)
 
 
+def tagged(tag: str) -> set[tuple[int, int]]:
+    """(pid, start time) of every live process but watchers whose environment at start carried
+    ``tag`` in :data:`TAG_VAR`."""
+    needle = f"{TAG_VAR}=".encode()
+    found: set[tuple[int, int]] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(needle) and tag.encode() in var[len(needle) :].split(b","):
+                stat = _stat(int(entry.name))
+                if stat and not _is_watcher(int(entry.name)):
+                    found.add((int(entry.name), stat[1]))
+                break
+    return found
+
+
 def _kill(seen: set[tuple[int, int]]) -> None:
     for pid, start in seen:
         if is_running(pid, start):
@@ -85,10 +112,11 @@ def _kill(seen: set[tuple[int, int]]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def watch(owner: int, prefixes: Sequence[str], paths: Sequence[str] = ()) -> None:
-    """Note ``owner``'s descendants until it exits or says it is done on stdin; then kill them,
-    sweep the temp folders of ``prefixes`` and remove ``paths`` (folders named with the owner's
-    pid, such as a half-built output). The body of the watcher process."""
+def watch(owner: int, prefixes: Sequence[str], paths: Sequence[str] = (), tag: str = "") -> None:
+    """Note ``owner``'s descendants until it exits or says it is done on stdin; then kill them
+    and the processes marked with ``tag``, sweep the temp folders of ``prefixes`` and remove
+    ``paths`` (folders named with the owner's pid, such as a half-built output). The body of
+    the watcher process."""
     import select
 
     from mnist_tflite.core.procs import pid_alive, sweep_temp
@@ -101,6 +129,8 @@ def watch(owner: int, prefixes: Sequence[str], paths: Sequence[str] = ()) -> Non
             break
     for _ in range(3):  # what a dying daemon started a moment ago is caught on the next pass
         seen |= {d for pid, _ in seen for d in descendants(pid)}
+        if tag:
+            seen |= tagged(tag)
         _kill(seen)
         time.sleep(POLL_S)
     deadline = time.monotonic() + 5
@@ -121,9 +151,13 @@ def reaping(prefixes: Sequence[str] = (), paths: Sequence[str | os.PathLike[str]
     if not os.path.isdir("/proc/self"):
         yield
         return
-    job = {"owner": os.getpid(), "prefixes": list(prefixes), "paths": [str(p) for p in paths]}
+    owner = os.getpid()
+    tag = f"{owner}.{(_stat(owner) or (0, 0))[1]}"
+    job = {"owner": owner, "prefixes": list(prefixes), "paths": [str(p) for p in paths], "tag": tag}
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    before = os.environ.get(TAG_VAR)
+    os.environ[TAG_VAR] = ",".join(filter(None, [before, tag]))
     watcher = subprocess.Popen(
         [sys.executable, "-m", _MODULE, json.dumps(job)],
         stdin=subprocess.PIPE,
@@ -135,6 +169,10 @@ def reaping(prefixes: Sequence[str] = (), paths: Sequence[str | os.PathLike[str]
     try:
         yield
     finally:
+        if before is None:
+            os.environ.pop(TAG_VAR, None)
+        else:
+            os.environ[TAG_VAR] = before
         with contextlib.suppress(OSError):
             watcher.stdin.write(_DONE)  # type: ignore[union-attr]
             watcher.stdin.close()  # type: ignore[union-attr]
@@ -145,4 +183,4 @@ def reaping(prefixes: Sequence[str] = (), paths: Sequence[str | os.PathLike[str]
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is for the owner
     job = json.loads(sys.argv[1])
-    watch(job["owner"], job["prefixes"], job["paths"])
+    watch(job["owner"], job["prefixes"], job["paths"], job.get("tag", ""))

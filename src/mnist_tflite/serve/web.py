@@ -27,7 +27,7 @@ FORMAT = "mnist-tflite-site/1"
 MARKER = "site.json"
 NAME = "mnist_model"  # the C name of the compiled model: wasm/mnist_model.mjs
 WASM_DIR = "wasm"
-PAGE_FILES = ("app.js", "device.js", "style.css")
+PAGE_FILES = ("app.js", "device.js", "segment.js", "style.css")
 CSP = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' data: blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'none'"
@@ -221,7 +221,7 @@ def _check_in_node(
     problem = wasm.node_problem()
     if problem:
         return {"vs_tflm": problem}
-    ds = data_mod.load(opts.data, log=log)
+    ds = data_mod.load(opts.data, log=log, test_only=True)
     count = max(1, min(opts.images, len(ds.x_test)))
     inputs = aot.quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-web-") as tmp_name:

@@ -93,7 +93,7 @@ def check_fits(program: Program, t: targets.Target) -> None:
     """
     if t.flash is None or t.ram is None:
         return
-    weights = program.weight_bytes(dsp=t.kernel_isa == "DSP")
+    weights = program.weight_bytes(t.kernel_isa)
     ram = program.plan.arena_bytes + t.stack_bytes
     if weights > t.flash.length:
         raise MnistTfliteError(
@@ -357,7 +357,7 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
         check_fits(program, targets.get(opts.target))
     if program.input.size != 28 * 28:
         raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
-    ds = data_mod.load(opts.data, log=log)
+    ds = data_mod.load(opts.data, log=log, test_only=True)
     out = Path(opts.out)
 
     def one(folder: Path, target_opts: CompileOptions) -> dict[str, Any]:
@@ -390,7 +390,7 @@ def _compile_wasm(opts: CompileOptions, log: Callable[[str], None]) -> dict[str,
     summary = describe(program, opts, sha256_bytes(raw))
     if program.input.size != 28 * 28:
         raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")
-    ds = data_mod.load(opts.data, log=log)
+    ds = data_mod.load(opts.data, log=log, test_only=True)
     count = len(ds.x_test) if opts.verify else min(opts.images, len(ds.x_test))
     inputs = quantize_images(ds.x_test[:count], program.input.scale, program.input.zero_point)
     out = Path(opts.out)

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tflite.micro.aot import lower
+from mnist_tflite.micro.aot import lower, winograd
 from mnist_tflite.micro.aot.compiler import Program
 from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
 from mnist_tflite.micro.aot.stream import STREAM_HEADER
 
-KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h")
+KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h", "int8_conv_m0.h")
 _CTYPES = {
     np.dtype(np.int8): "int8_t",
     np.dtype(np.int16): "int16_t",
@@ -171,20 +171,36 @@ def _array(c_name: str, arr: np.ndarray, align: int) -> list[str]:
     return [head, c_array(arr.reshape(-1), per_line=16 if arr.dtype.itemsize == 1 else 8), "};"]
 
 
+def conv_weights_code(c_name: str, p: ConvParams) -> list[str]:
+    """A convolution's weights in the layout of each instruction set's kernel, chosen when the C is
+    compiled: rows of 16s for MVE, blocks of four channels of LDRB bytes for ARMv6-M (the M0),
+    channel pairs for the plain C and DSP kernels."""
+    packed, k = p.filter.weights, p.kernel.h * p.kernel.w * p.input.c
+    mve = lower.conv_weights_mve(packed, p.conv.c, p.filter.k_pad)
+    m0 = lower.conv_weights_m0(packed, p.conv.c, p.filter.k_pad, k)
+    return ["#if I8K_MVE", *_array(c_name, mve, 16), "#elif I8K_M0", *_array(c_name, m0, 4), "#else",
+            *_array(c_name, packed, 4), "#endif"]  # fmt: skip
+
+
+def wino_weights_code(c_name: str, p: ConvParams) -> list[str]:
+    """A convolution's Winograd weights: the DSP kernels' (M4, M33), the ARMv6-M kernels' (M0), or
+    none where the direct convolution runs."""
+    m0 = winograd.kernel_weights_m0(lower.unpacked_weights(p))
+    return ["#if I8K_DSP", *_array(c_name, p.wino, 8), "#elif I8K_M0", *_array(c_name, m0, 4), "#else",
+            f"#define {c_name} 0", "#endif"]  # fmt: skip
+
+
 def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list[str], str]:
     """The definitions of one layer (arrays, parameter struct, scratch check) and its call in invoke()."""
     out = [f"/* layer {i}: {_describe(layer)} */"]
     prefix = f"{name}_l{i}"
     p = layer.params
     for key, arr in layer.arrays.items():
-        if isinstance(p, ConvParams) and key == "weights":  # the MVE kernels read rows of 16s
-            mve = lower.conv_weights_mve(arr, p.conv.c, p.filter.k_pad)
-            out += ["#if I8K_MVE", *_array(f"{prefix}_{key}", mve, 16), "#else"]
-            out += [*_array(f"{prefix}_{key}", arr, 4), "#endif"]
+        if isinstance(p, ConvParams) and key == "weights":
+            out += conv_weights_code(f"{prefix}_{key}", p)
             continue
-        if isinstance(p, ConvParams) and key == "wino":  # only the DSP kernels (M4, M33) read it
-            out += ["#if I8K_DSP", *_array(f"{prefix}_{key}", arr, 8), "#else"]
-            out += [f"#define {prefix}_{key} 0", "#endif"]
+        if isinstance(p, ConvParams) and key == "wino":
+            out += wino_weights_code(f"{prefix}_{key}", p)
             continue
         out += _array(f"{prefix}_{key}", arr, 4)
     src, dst = _pointer(program, layer.src, name), _pointer(program, layer.dst, name)
@@ -204,9 +220,9 @@ def _layer_code(program: Program, i: int, layer: Layer, name: str) -> tuple[list
                 f'"layer {i}: the Winograd kernel needs more scratch than was planned");'
             )
         args.append(f"{name}_arena + {program.plan.scratch[i]}")
-        if p.wino is not None:  # the DSP kernels' Winograd convolution; the direct one elsewhere
+        if p.wino is not None:  # the DSP and ARMv6-M kernels' Winograd convolution; the direct one elsewhere
             call = f"{p.KERNEL}_wino({', '.join(args)});\n#else\n    {p.KERNEL}({', '.join(args)});"
-            return [*out, ""], f"#if I8K_DSP\n    {call}\n#endif"
+            return [*out, ""], f"#if I8K_WINO\n    {call}\n#endif"
     return [*out, ""], f"    {p.KERNEL}({', '.join(args)});"
 
 

@@ -82,12 +82,19 @@ class Program:
     def macs_computed(self) -> int:
         return sum(layer.macs_computed for layer in self.layers)
 
-    def weight_bytes(self, dsp: bool = True) -> int:
-        """Bytes of constant arrays; ``dsp=False``: without the Winograd weights only the DSP
-        kernels link (a plain C or MVE build does not hold them)."""
-        return sum(
-            a.nbytes for layer in self.layers for key, a in layer.arrays.items() if dsp or key != "wino"
-        )
+    def weight_bytes(self, kernels: str = "DSP") -> int:
+        """Bytes of constant arrays the ``kernels`` (a target's ``kernel_isa``) link: the Winograd
+        weights only with the DSP kernels, and with the Thumb-1 ones (M0) in their own layout, 4
+        bytes more per output channel and tile position (the sums' start values); a plain C or
+        MVE build does not hold them."""
+        total = 0
+        for layer in self.layers:
+            for key, a in layer.arrays.items():
+                if key != "wino" or kernels == "DSP":
+                    total += a.nbytes
+                elif kernels == "Thumb-1":
+                    total += a.nbytes + 16 * 4 * layer.out_shape[-1]
+        return total
 
 
 def compile_model(data: bytes, path: object = "model", ram_optimized: bool = False) -> Program:

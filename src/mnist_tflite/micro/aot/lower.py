@@ -177,6 +177,16 @@ def conv_weights_mve(packed: np.ndarray, out_c: int, k_pad: int) -> np.ndarray:
     return flat.reshape(-1)
 
 
+def conv_weights_m0(packed: np.ndarray, out_c: int, k_pad: int, k: int) -> np.ndarray:
+    """The ARMv6-M kernel's layout of weights packed by ``_conv_weights`` (int8_conv_m0.h): blocks
+    of four output channels [block][k][4], then the rows of the channels after the last block;
+    k values per row, unpadded, each stored as the weight + 128 (the byte LDRB reads)."""
+    rows = conv_weights_mve(packed, out_c, k_pad).reshape(out_c, -1)[:, :k].astype(np.int16) + 128
+    blocks = out_c // 4 * 4
+    parts = [rows[:blocks].reshape(-1, 4, k).transpose(0, 2, 1).reshape(-1), rows[blocks:].reshape(-1)]
+    return np.concatenate(parts).astype(np.uint8).view(np.int8)
+
+
 def _conv(op: Op, graph: Graph, path: object) -> Layer:
     o = _options(op, path)
     if len(graph.tensors[op.inputs[1]].shape) != 4:
@@ -245,7 +255,7 @@ def _maxpool(op: Op, graph: Graph, path: object) -> Layer:
                  (dst.h, dst.w, dst.c), params)  # fmt: skip
 
 
-def _unpacked_weights(p: ConvParams) -> np.ndarray:
+def unpacked_weights(p: ConvParams) -> np.ndarray:
     """The OHWI weights back from the kernels' packed layout."""
     oc, kp = p.conv.c, p.filter.k_pad
     rows = conv_weights_mve(p.filter.weights, oc, kp).reshape(oc, -1)
@@ -258,7 +268,7 @@ def _fuse(conv: Layer, pool: Layer, pool_op: Op, graph: Graph, path: object) -> 
     assert isinstance(p, ConvParams) and isinstance(pool.params, PoolParams)
     window, dst = _pool_window(pool_op, p.conv, graph.tensors[pool.dst].shape, path)
     fused = dataclasses.replace(p, output=dst, pool=window, act=p.act.narrowed(pool.params.act))
-    w = _unpacked_weights(p)
+    w = unpacked_weights(p)
     if winograd.eligible(w, p.kernel, window, p.input.c):
         fused = dataclasses.replace(fused, wino=winograd.kernel_weights(w))
     return Layer("conv", (*conv.nodes, pool_op.index), (*conv.ops, "MAX_POOL_2D"), conv.src, pool.dst,

@@ -153,6 +153,7 @@ Params = ConvParams | FcParams | PoolParams | SoftmaxParams | CopyParams
 
 WINO_SCRATCH_PER_CHANNEL = 32  # the transformed 4x4 input tile: 16 int16 per input channel
 WINO_SCRATCH_SUMS = 4 * 16 * 4  # then the 16 sums of 4 output channels, int32
+WINO_SCRATCH_M0 = 16 * 4  # the ARMv6-M kernel's correction per tile position, int32
 
 
 def conv_scratch_bytes(k_pad: int, out_c: int, pooled: bool) -> int:
@@ -205,6 +206,10 @@ class Layer:
     def scratch_bytes(self) -> int:
         p = self.params
         if isinstance(p, ConvParams):
-            wino = 0 if p.wino is None else WINO_SCRATCH_PER_CHANNEL * p.input.c + WINO_SCRATCH_SUMS
+            wino = (
+                0
+                if p.wino is None
+                else WINO_SCRATCH_PER_CHANNEL * p.input.c + WINO_SCRATCH_SUMS + WINO_SCRATCH_M0
+            )
             return max(conv_scratch_bytes(p.filter.k_pad, p.conv.c, p.pool.pooling), wino)
         return 0

@@ -42,7 +42,7 @@ class Target:
     core: str  # "Cortex-M4", for people
     cpu_flags: tuple[str, ...] = ()
     board: str | None = None  # qemu-system-arm -M <board>
-    kernel_isa: str = "plain C"  # "plain C" | "DSP" | "MVE": the kernels' path the flags select
+    kernel_isa: str = "plain C"  # "plain C" | "Thumb-1" | "DSP" | "MVE": the kernels' path the flags select
     flash: Region | None = None
     ram: Region | None = None
     image_region: Region | None = None  # None: images over semihosting
@@ -84,7 +84,7 @@ _MPS2 = dict(flash=Region(0x0000_0000, 4 * MB), ram=Region(0x2000_0000, 4 * MB),
 
 TARGETS: tuple[Target, ...] = (
     Target(
-        "cortex-m0", "Cortex-M0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "microbit", "plain C",
+        "cortex-m0", "Cortex-M0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "microbit", "Thumb-1",
         flash=Region(0x0000_0000, 256 * KB), ram=Region(0x2000_0000, 16 * KB), image_region=None,
         stack_bytes=2 * KB, systick_hz=16_000_000, macs_per_instruction=Fraction(1, 2),
         bound_rule="MULS + ADDS per MAC",

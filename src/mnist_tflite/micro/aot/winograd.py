@@ -1,4 +1,4 @@
-"""Integer-exact Winograd F(2x2, 3x3) for a 3x3 convolution followed by a 2x2 max pool (DSP kernels).
+"""Integer-exact Winograd F(2x2, 3x3) for a 3x3 conv followed by a 2x2 max pool (DSP and ARMv6-M kernels).
 
 Lavin and Gray's minimal filtering computes a 2x2 block of a 3x3 convolution from a 4x4
 input tile with 16 multiplications instead of 36: ``Y = A^T [(G g G^T) * (B^T d B)] A``.
@@ -56,6 +56,23 @@ def kernel_weights(w: np.ndarray) -> np.ndarray:
     order = np.arange(i).reshape(i // 4, 2, 2).transpose(0, 2, 1).reshape(-1)  # 0,2,1,3,4,6,5,7...
     u = u[:, :, order].reshape(o // 4, 4, 16, i // 2, 2)  # [quad, oc, pos, word, half]
     return u.transpose(0, 2, 3, 1, 4).reshape(-1).astype(np.int16)
+
+
+U_OFFSET, V_OFFSET = 2048, 512  # the ARMv6-M kernel loads U and V as unsigned halfwords
+
+
+def kernel_weights_m0(w: np.ndarray) -> np.ndarray:
+    """U for the ARMv6-M kernel (int8_conv_m0.h), int16: U + 2048 ordered [output quad][tile
+    position 16][input channel][channel of the quad], then the sums' int32 start values (as int16
+    pairs, low half first) [output quad][position][channel]: minus 512 times the sum of U over the
+    input channels and 2048 * 512 per input channel, which the offsets of U and V add."""
+    o, _, _, i = w.shape
+    u = transformed(w).reshape(o, 16, i)  # [O, pos, I]
+    lay = (u + U_OFFSET).reshape(o // 4, 4, 16, i).transpose(0, 2, 3, 1).reshape(-1)
+    start = -(V_OFFSET * u.sum(axis=2) + U_OFFSET * V_OFFSET * i)  # [O, pos]
+    start = start.reshape(o // 4, 4, 16).transpose(0, 2, 1).reshape(-1)
+    wrapped = ((start + 2**31) % 2**32 - 2**31).astype("<i4")  # the kernel sums modulo 2^32
+    return np.concatenate([lay.astype(np.int16), wrapped.view("<i2").astype(np.int16)])
 
 
 def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -127,7 +127,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict[str,
     if opts.verify:
         from mnist_tflite.core import data as data_mod
 
-        ds = data_mod.load(opts.data, log=log)
+        ds = data_mod.load(opts.data, log=log, test_only=True)
         log(f"verifying in TFLM on {len(ds.x_test):,} test images ({ds.source})")
         summary["verification"] = verify(
             opts.model,

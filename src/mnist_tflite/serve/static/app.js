@@ -2,19 +2,24 @@
 // the server (/api/predict). The same page is served by `serve` and written by `export-web`
 // (a static site: <body data-site="static">, no server, a service worker for offline use).
 // Plain JS modules, no build step, no network access beyond where the page came from.
-import { loadModel, probabilities, quantize, toMnist } from "./device.js";
+import { inkToMnist, loadModel, probabilities, quantize, toMnist } from "./device.js";
+import { findDigits, padPicture } from "./segment.js";
 
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d");
 const STROKE = 18; // px on the 280 px pad: about MNIST's stroke once scaled to 20 px
-const SEND = 140; // px: the drawing as uploaded
+const SEND = 0.5; // of the pad's size: the drawing as uploaded
+const PAD = { single: 280, number: 840 }; // the pad's width; its height stays 280
+const MIN_CONFIDENCE = 0.6; // edge/predict.py's: a digit below it is "?", with its two best guesses
+const WHOLE = { x: 0, y: 0, w: 1, h: 1 }; // where a picture lies on the pad (a drawing: all of it)
 
 const STATIC_SITE = document.body.dataset.site === "static";
 const MODULE_URL = new URL("wasm/mnist_model.mjs", document.baseURI).href;
 
 const state = { input: null, inputName: "drawing.png", hasInk: false, seq: 0, models: null, drawing: false,
-  device: null, deviceVariant: null, deviceNote: "" };
+  device: null, deviceVariant: null, deviceNote: "",
+  numberMode: false, askNumber: false, frame: WHOLE, digits: null, serverWhy: "" }; // the number (issue 22)
 
 // ---- drawing (pointer events cover mouse, touch and pen) -------------------------------
 
@@ -64,8 +69,10 @@ function endStroke(ev) {
   const t0 = performance.now();
   state.drawing = false;
   if (pad.hasPointerCapture(ev.pointerId)) pad.releasePointerCapture(ev.pointerId);
+  state.frame = WHOLE;
+  state.serverWhy = "";
   if (onDevice()) {
-    const answer = classifyOnDevice(t0);
+    const answer = state.numberMode ? readNumberOnDevice(t0) : classifyOnDevice(t0);
     if (answer && !STATIC_SITE) padPng((blob) => crossCheck(blob, answer));
     return;
   }
@@ -73,9 +80,15 @@ function endStroke(ev) {
     showError({ detail: state.deviceNote || "the model is still loading" });
     return;
   }
+  askServer();
+}
+
+/** The drawing to /api/predict (the digits of a number in number mode). */
+function askServer() {
   padPng((blob) => {
     state.input = blob;
     state.inputName = "drawing.png";
+    state.askNumber = state.numberMode;
     predict();
   });
 }
@@ -84,10 +97,11 @@ function endStroke(ev) {
 function padPng(then) {
   // sent at half size: to_mnist scales it to 20 px anyway, and 4x fewer pixels is ~4x faster
   const small = document.createElement("canvas");
-  small.width = small.height = SEND;
+  small.width = pad.width * SEND;
+  small.height = pad.height * SEND;
   const g = small.getContext("2d");
   g.imageSmoothingQuality = "high";
-  g.drawImage(pad, 0, 0, SEND, SEND);
+  g.drawImage(pad, 0, 0, small.width, small.height);
   small.toBlob(then, "image/png");
 }
 pad.addEventListener("pointerup", endStroke);
@@ -100,6 +114,17 @@ $("clear").addEventListener("click", () => {
   showIdle();
 });
 
+/** One digit on a square pad, or a number (digits side by side) on a wide one. */
+function setNumberMode(on) {
+  state.numberMode = on;
+  pad.width = on ? PAD.number : PAD.single;
+  document.body.classList.toggle("number-mode", on);
+  pad.setAttribute("aria-label", on ? "drawing pad: write a number, digits side by side"
+    : "drawing pad: draw one digit");
+  $("clear").click();
+}
+$("number-mode").addEventListener("change", (ev) => setNumberMode(ev.target.checked));
+
 // ---- photo upload ----------------------------------------------------------------------
 
 $("upload").addEventListener("change", (ev) => {
@@ -108,6 +133,9 @@ $("upload").addEventListener("change", (ev) => {
   if (!file) return;
   state.input = file;
   state.inputName = file.name;
+  state.askNumber = true; // a photo may hold a number: its digits, with their boxes
+  state.serverWhy = "";
+  state.frame = null; // known once the picture is drawn
   const url = URL.createObjectURL(file);
   const img = new Image();
   img.onload = () => {
@@ -116,6 +144,9 @@ $("upload").addEventListener("change", (ev) => {
     const w = img.width * s, h = img.height * s;
     ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
     URL.revokeObjectURL(url);
+    state.frame = { x: (pad.width - w) / 2 / pad.width, y: (pad.height - h) / 2 / pad.height,
+      w: w / pad.width, h: h / pad.height };
+    showBoxes(); // the answer may have come first
   };
   img.onerror = () => URL.revokeObjectURL(url); // the server will say what is wrong with it
   img.src = url;
@@ -128,10 +159,13 @@ function currentVariant() {
   return state.models && state.models.variants.length > 1 ? $("variant").value : null;
 }
 
-async function ask(variant) {
+async function ask(variant, number = false) {
   const form = new FormData();
   form.append("image", state.input, state.inputName);
-  const url = "/api/predict" + (variant ? "?model=" + encodeURIComponent(variant) : "");
+  const query = new URLSearchParams();
+  if (variant) query.set("model", variant);
+  if (number) query.set("number", "1");
+  const url = "/api/predict" + (query.toString() ? "?" + query : "");
   const t0 = performance.now();
   const resp = await fetch(url, { method: "POST", body: form });
   const body = await resp.json().catch(() => ({ detail: "the server sent no JSON (HTTP " + resp.status + ")" }));
@@ -143,7 +177,7 @@ async function predict() {
   const seq = ++state.seq;
   document.body.dataset.state = "busy";
   try {
-    const { ok, body, roundTrip } = await ask(currentVariant());
+    const { ok, body, roundTrip } = await ask(currentVariant(), state.askNumber);
     if (seq !== state.seq) return; // a newer drawing or a clear superseded this answer
     if (ok) showResult(body, roundTrip);
     else showError(body);
@@ -174,8 +208,9 @@ function buildBars(names) {
 }
 
 function showIdle() {
+  showDigits(null);
   $("label").textContent = "–";
-  $("confidence").textContent = "draw a digit";
+  $("confidence").textContent = state.numberMode ? "write a number" : "draw a digit";
   $("latency").textContent = "";
   $("agree").textContent = "";
   $("error").hidden = true;
@@ -191,8 +226,8 @@ function showIdle() {
   document.body.dataset.state = "idle";
 }
 
-function drawSeen(input) {
-  const seen = $("seen").getContext("2d");
+function drawSeen(input, canvas = $("seen")) {
+  const seen = canvas.getContext("2d");
   const img = seen.createImageData(28, 28);
   for (let y = 0; y < 28; y++) {
     for (let x = 0; x < 28; x++) {
@@ -207,6 +242,7 @@ function drawSeen(input) {
 
 /** The answer, the bars and the 28x28 image, from the device or the server. */
 function showAnswer(r) {
+  showDigits(r.digits && r.digits.length === 1 ? r.digits : null); // a photo of one digit: its box
   $("error").hidden = true;
   $("agree").textContent = "";
   $("label").textContent = r.class_name;
@@ -224,9 +260,11 @@ function showAnswer(r) {
 }
 
 function showResult(r, roundTrip) {
-  showAnswer(r);
+  if (r.digits && r.digits.length > 1) showNumber(r);
+  else showAnswer(r);
+  if (r.number_error) $("agree").textContent = "no number read: " + r.number_error;
   $("latency").textContent =
-    (state.device ? "" : state.deviceNote ? state.deviceNote + ": " : "") +
+    (state.serverWhy || (state.device ? "" : state.deviceNote ? state.deviceNote + ": " : "")) +
     "server " + r.latency_ms.toFixed(1) + " ms (inference " + r.inference_ms.toFixed(2) + " ms) · round trip " +
     roundTrip.toFixed(0) + " ms";
   document.body.dataset.state = "done";
@@ -256,11 +294,8 @@ function classifyOnDevice(t0) {
   const out = model.classify(q);
   const t3 = performance.now();
   const p = probabilities(out, model.output);
-  let label = 0;
-  for (let i = 1; i < p.length; i++) if (p[i] > p[label]) label = i;
-  const input = [];
-  for (let y = 0; y < 28; y++) input.push(Array.from(x.subarray(28 * y, 28 * y + 28), (v) => Math.round(255 * v)));
-  const answer = { label, class_name: String(label), probabilities: p, input, model: state.deviceVariant };
+  const label = best(p);
+  const answer = { label, class_name: String(label), probabilities: p, input: rows(x), model: state.deviceVariant };
   showAnswer(answer);
   $("latency").textContent =
     "ran on this device (WebAssembly" + (simd ? " SIMD" : "") + "): inference " + (t3 - t2).toFixed(2) +
@@ -272,19 +307,154 @@ function classifyOnDevice(t0) {
   return answer;
 }
 
+function best(p) {
+  let label = 0;
+  for (let i = 1; i < p.length; i++) if (p[i] > p[label]) label = i;
+  return label;
+}
+
+/** A Float32Array(784) in [0, 1] -> 28 rows of 0..255, as the API's "input". */
+function rows(x) {
+  const out = [];
+  for (let y = 0; y < 28; y++) out.push(Array.from(x.subarray(28 * y, 28 * y + 28), (v) => Math.round(255 * v)));
+  return out;
+}
+
+/** One digit of a number as the API gives it (edge/predict.py's Reading.to_dict). */
+function digitOf(box, line, p, x) {
+  const order = p.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  const confidence = order[0][0];
+  return { box, line, label: confidence >= MIN_CONFIDENCE ? String(order[0][1]) : "?", confidence,
+    top: order.slice(0, 2).map(([v, i]) => ({ label: String(i), probability: v })), probabilities: p, image: rows(x) };
+}
+
+/** The number of digits: "?" for an uncertain one, lines separated by a space. */
+function numberOf(digits) {
+  return digits.map((d, i) => (i && d.line !== digits[i - 1].line ? " " : "") + d.label).join("");
+}
+
+/** Number mode on this device: find the digits (segment.js) and classify each; the answer,
+ * or null (a blank pad, no digits, or a drawing left to the server). t0: pointer-up. */
+function readNumberOnDevice(t0) {
+  state.seq++; // an answer from the server still in flight is superseded
+  const { model, simd } = state.device;
+  const t1 = performance.now();
+  const sure = (x) => Math.max(...probabilities(model.classify(quantize(x, model.input)), model.output));
+  const picture = padPicture(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+  const found = findDigits(picture, sure);
+  if (!found) {
+    showIdle();
+    $("label").textContent = "?";
+    document.body.dataset.state = "blank";
+    return null;
+  }
+  if (found.error) {
+    showError({ detail: "drawing: " + found.error });
+    return null;
+  }
+  if (found.defer && !STATIC_SITE) {
+    state.serverWhy = "the server reads this drawing (it has " + found.defer + "): ";
+    askServer();
+    return null;
+  }
+  const digits = [];
+  for (const d of found.digits) {
+    const x = inkToMnist(d.ink);
+    if (!x) continue; // (no ink left at 20 px)
+    const p = probabilities(model.classify(quantize(x, model.input)), model.output);
+    digits.push(digitOf(d.box, d.line, p, x));
+  }
+  const t2 = performance.now();
+  if (!digits.length) {
+    showError({ error: "blank", detail: "drawing: no ink left once scaled to 20 px" });
+    return null;
+  }
+  const answer = { number: numberOf(digits), uncertain: digits.some((d) => d.label === "?"), digits,
+    model: state.deviceVariant };
+  if (digits.length === 1) { // one digit: answered as the single-digit pad answers, with its box
+    const { probabilities: p, image } = digits[0], label = best(p);
+    showAnswer({ ...answer, label, class_name: String(label), probabilities: p, input: image });
+  } else showNumber(answer);
+  $("latency").textContent =
+    "read on this device (WebAssembly" + (simd ? " SIMD" : "") + "): " + digits.length + " digit" +
+    (digits.length === 1 ? "" : "s") + " found and classified in " + (t2 - t1).toFixed(1) + " ms" +
+    (found.defer ? "; not done here: " + found.defer : "");
+  const body = document.body.dataset;
+  body.answerMs = (performance.now() - t0).toFixed(2);
+  body.state = "done";
+  return answer;
+}
+
+/** A number's answer (several digits, from the device or the server): the number as text
+ * (a live region: screen readers say it), each digit with its 28x28, the boxes on the picture. */
+function showNumber(r) {
+  showIdle();
+  showDigits(r.digits);
+  const unsure = r.digits.filter((d) => d.label === "?").length;
+  $("label").textContent = r.number;
+  $("confidence").textContent =
+    r.digits.length + " digits" + (unsure ? ", " + unsure + " uncertain (?)" : ", all sure");
+  $("model-name").textContent = "model " + r.model + " ·";
+  markReportRow(r.model);
+}
+
+const pct = (v) => (100 * v).toFixed(1) + " %";
+
+/** The digits' list (number mode) and their boxes on the pad; null clears both. */
+function showDigits(digits) {
+  state.digits = digits;
+  const list = $("digits");
+  list.replaceChildren();
+  const several = digits !== null && digits.length > 1;
+  list.hidden = !several;
+  $("bars").hidden = $("seen-figure").hidden = several;
+  for (const d of several ? digits : []) {
+    const li = document.createElement("li");
+    const seen = Object.assign(document.createElement("canvas"), { width: 28, height: 28 });
+    seen.setAttribute("aria-hidden", "true");
+    drawSeen(d.image, seen);
+    const [a, b] = d.top;
+    const guess = d.label !== "?" ? d.label + " " + pct(d.confidence)
+      : "? (" + a.label + " " + pct(a.probability) + " or " + b.label + " " + pct(b.probability) + ")";
+    li.append(seen, Object.assign(document.createElement("span"), { textContent: guess }));
+    li.className = d.label === "?" ? "unsure" : "";
+    list.append(li);
+  }
+  showBoxes();
+}
+
+/** Each digit's box (fractions of the picture) over the pad, where the picture lies on it. */
+function showBoxes() {
+  const layer = $("boxes"), f = state.frame, per = (v) => (100 * v).toFixed(3) + "%";
+  layer.replaceChildren();
+  if (!state.digits || !f) return;
+  for (const d of state.digits) {
+    const [x0, y0, x1, y1] = d.box;
+    const div = document.createElement("div");
+    div.className = "box" + (d.label === "?" ? " unsure" : "");
+    div.dataset.box = d.box.join(",");
+    Object.assign(div.style, { left: per(f.x + x0 * f.w), top: per(f.y + y0 * f.h),
+      width: per((x1 - x0) * f.w), height: per((y1 - y0) * f.h) });
+    div.append(Object.assign(document.createElement("span"), { textContent: d.label }));
+    layer.append(div);
+  }
+}
+
 /** Serve mode: the server classifies the same drawing; say whether it agrees. */
 async function crossCheck(blob, answer) {
   const seq = state.seq;
   state.input = blob;
   state.inputName = "drawing.png";
+  state.askNumber = state.numberMode;
   try {
-    const { ok, body } = await ask(currentVariant());
+    const { ok, body } = await ask(currentVariant(), state.askNumber);
     if (seq !== state.seq) return;
+    const [mine, theirs] = state.askNumber ? [answer.number, body.number] : [answer.class_name, body.class_name];
     $("agree").textContent = !ok
       ? "server: " + (body.detail || body.error)
-      : body.label === answer.label
-        ? "device and server agree (" + body.class_name + ")"
-        : "device says " + answer.class_name + ", server says " + body.class_name;
+      : mine === theirs
+        ? "device and server agree (" + theirs + ")"
+        : "device says " + mine + ", server says " + theirs;
   } catch (err) {
     if (seq === state.seq) $("agree").textContent = "server not reachable: answered on this device only";
   }

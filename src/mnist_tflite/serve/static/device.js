@@ -134,10 +134,21 @@ function inkMap(rgba, w, h) {
     b[i] = rgba[j + 2] / 255;
     lum[i] = r[i] * 0.299 + g[i] * 0.587 + b[i] * 0.114;
   }
+  return inkOf(grey ? [r] : [r, g, b], lum, w, h);
+}
+
+/** A grey picture (values in [0, 1]) -> its ink map, or null when there is no digit. */
+export function greyInkMap(a, w, h) {
+  return inkOf([a], a, w, h);
+}
+
+/** Channels (one grey, or r, g, b) and their luminance -> the ink map, or null. */
+function inkOf(channels, lum, w, h) {
+  const n = w * h;
   const level = quantile(everyThird(lum), 0.5);
   const light = level >= 0.65 ? true : level <= 0.35 ? false
     : level - quantile(lum, 0.005) >= quantile(lum, 0.995) - level;
-  const diffs = (grey ? [r] : [r, g, b]).map((ch) => {
+  const diffs = channels.map((ch) => {
     const bg = background(ch, w, h, light), d = new Float32Array(n);
     for (let i = 0; i < n; i++) d[i] = light ? (bg[i] - ch[i]) / Math.max(bg[i], 0.2) : ch[i] - bg[i];
     return d;
@@ -319,8 +330,12 @@ function place(img) {
 /** RGBA pixels of the pad (w x h) -> Float32Array(784) in [0, 1], white on black; null if blank. */
 export function toMnist(rgba, w, h) {
   const ink = inkMap(rgba, w, h);
-  if (!ink) return null;
-  let img = crop({ a: ink, w, h });
+  return ink && inkToMnist({ a: ink, w, h });
+}
+
+/** An ink map {a, w, h} of one digit -> Float32Array(784) (edge/preprocess.py's ink_to_mnist), or null. */
+export function inkToMnist(ink) {
+  let img = crop(ink);
   img = crop(normalizeStrokes(img));
   const scale = BOX / Math.max(img.w, img.h);
   const patch = resize(img, Math.max(1, roundEven(img.w * scale)), Math.max(1, roundEven(img.h * scale)));

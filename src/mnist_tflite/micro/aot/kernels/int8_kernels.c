@@ -57,7 +57,19 @@ static inline uint32_t sxtb16_odd(uint32_t x)
  * (1 - 2^30 below zero), then divide truncating" amounts to. b > 0 (a multiplier). */
 static inline int32_t mul_high(int32_t a, int32_t b)
 {
+#if I8K_M0 || defined(I8K_MUL_HIGH_16) /* (the define: the same on any compiler, for tests) */
+    /* ARMv6-M has no 32x32->64 multiply: four of 16x16 bits. With a = ah 2^16 + al,
+    * b = bh 2^16 + bl: a b + 2^30 = 2^16 (ah bh 2^16 + s) + (al bl mod 2^16), where
+    * s = ah bl + al bh + (al bl >> 16) + 2^14; shifting by 31 drops the last term (< 2^16). */
+    const int32_t ah = a >> 16, bh = b >> 16;
+    const uint32_t al = (uint32_t)a & 0xffffu, bl = (uint32_t)b & 0xffffu;
+    const int32_t s1 = ah * (int32_t)bl + (int32_t)((al * bl) >> 16) + (1 << 14); /* < 2^31 */
+    const int32_t s2 = (int32_t)al * bh; /* s = s1 + s2 may not fit: s >> 15 in parts */
+    const uint32_t low = ((uint32_t)s1 & 0x7fffu) + ((uint32_t)s2 & 0x7fffu);
+    return (int32_t)((uint32_t)(ah * bh) * 2u + (uint32_t)(s1 >> 15) + (uint32_t)(s2 >> 15) + (low >> 15));
+#else
     return (int32_t)(((int64_t)a * b + (1 << 30)) >> 31);
+#endif
 }
 
 /* The saturating rounding doubling high multiply: mul_high, except that
@@ -114,6 +126,7 @@ static inline int8_t clamp8(int32_t v, int8_t lo, int8_t hi)
 }
 
 #if !I8K_MVE /* the plain and DSP convolution, on int16 patches */
+#if !I8K_M0 /* (the M0's is in int8_conv_m0.h) */
 static uint32_t load32(const int8_t *p)
 {
 #if defined(__arm__) && !defined(__ARM_FEATURE_UNALIGNED) /* ARMv6-M (M0): no unaligned LDR */
@@ -412,6 +425,8 @@ static void conv_channels(const i8k_conv_t *p, const int16_t *patches, int npx, 
     }
 }
 
+#endif /* !I8K_M0 */
+
 static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out)
 {
     const int32_t *mult = p->quant.mult;
@@ -424,8 +439,32 @@ static void requantize_row(const i8k_conv_t *p, const int32_t *sums, int8_t *out
 }
 
 
-#if I8K_DSP
+#if I8K_WINO
 /* ---- Winograd F(2x2, 3x3) + 2x2 max pool (see int8_kernels.h, micro/aot/winograd.py) ------- */
+
+/* A^T m A (4 times the 2x2 block of sums; the sum of tile position k at m[k * step]), its
+ * maximum (the pool), / 4, + bias, requantized. */
+static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int step, int c)
+{
+    int32_t s0[4], s1[4];
+    for (int b = 0; b < 4; b++) {
+        s0[b] = m[b * step] + m[(4 + b) * step] + m[(8 + b) * step];
+        s1[b] = m[(4 + b) * step] - m[(8 + b) * step] - m[(12 + b) * step];
+    }
+    int32_t y = s0[0] + s0[1] + s0[2], t = s0[1] - s0[2] - s0[3];
+    y = t > y ? t : y;
+    t = s1[0] + s1[1] + s1[2];
+    y = t > y ? t : y;
+    t = s1[1] - s1[2] - s1[3];
+    y = t > y ? t : y;
+    /* y is exactly 4 times a sum: the shift is exact */
+    const int32_t v = requantize((y >> 2) + p->filter.bias[c], p->quant.mult[c], p->quant.shift[c]) + p->out_zp;
+    return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
+}
+
+#endif
+
+#if I8K_DSP
 
 /* B^T d B of one 4x4 tile, on words of two int16 channels: d[16] (position 4 * row + column)
  * in, v[position * stride] out. |values| <= 512: the halves never carry into each other. */
@@ -447,25 +486,6 @@ static void wino_input(const uint32_t *d, uint32_t *v, int stride)
         o[2 * stride] = __ssub16(q[2], q[1]);
         o[3 * stride] = __ssub16(q[1], q[3]);
     }
-}
-
-/* A^T m A (4 times the 2x2 block of sums), its maximum (the pool), / 4, + bias, requantized. */
-static int8_t wino_output(const i8k_conv_t *p, const int32_t *m, int c)
-{
-    int32_t s0[4], s1[4];
-    for (int b = 0; b < 4; b++) {
-        s0[b] = m[b] + m[4 + b] + m[8 + b];
-        s1[b] = m[4 + b] - m[8 + b] - m[12 + b];
-    }
-    int32_t y = s0[0] + s0[1] + s0[2], t = s0[1] - s0[2] - s0[3];
-    y = t > y ? t : y;
-    t = s1[0] + s1[1] + s1[2];
-    y = t > y ? t : y;
-    t = s1[1] - s1[2] - s1[3];
-    y = t > y ? t : y;
-    /* y is exactly 4 times a sum: the shift is exact */
-    const int32_t v = requantize((y >> 2) + p->filter.bias[c], p->quant.mult[c], p->quant.shift[c]) + p->out_zp;
-    return (int8_t)(v < p->act.min ? p->act.min : v > p->act.max ? p->act.max : v);
 }
 
 void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
@@ -507,7 +527,7 @@ void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scr
                     m[3][k] = a3;
                 }
                 for (int q = 0; q < 4; q++) {
-                    o[c + q] = wino_output(p, m[q], c + q);
+                    o[c + q] = wino_output(p, m[q], 1, c + q);
                 }
             }
         }
@@ -515,6 +535,9 @@ void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scr
 }
 #endif
 
+#if I8K_M0
+#include "int8_conv_m0.h"
+#endif
 #else
 #include "int8_conv_mve.h"
 #endif
@@ -523,6 +546,8 @@ void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch)
 {
 #if I8K_MVE
     conv_mve(p, in, out, scratch);
+#elif I8K_M0
+    conv_m0(p, in, out, scratch);
 #else
     int16_t *patches = (int16_t *)scratch;
     /* the layout I8K_CONV_SCRATCH_BYTES states: two patches, then the sums */

@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 /* The kernels' instruction set, chosen by the compiler flags: Helium (MVE: Cortex-M55),
- * else DSP (SMLAD: M4, M33), else plain C (M0, M3, the host). All give the same bits.
+ * else DSP (SMLAD: M4, M33), else ARMv6-M (M0: a Thumb-1 convolution), else plain C (M3, the host). All give the same bits.
  * I8K_PLAIN_C forces plain C. The generated file lays out convolution weights for it. */
 #if defined(__ARM_FEATURE_MVE) && !defined(I8K_PLAIN_C)
 #define I8K_MVE 1
@@ -32,6 +32,12 @@
 #else
 #define I8K_DSP 0
 #endif
+#if defined(__ARM_ARCH_6M__) && !defined(I8K_PLAIN_C) /* Thumb-1 (M0, M0+): int8_conv_m0.h */
+#define I8K_M0 1
+#else
+#define I8K_M0 0
+#endif
+#define I8K_WINO (I8K_DSP || I8K_M0) /* the kernels with a Winograd convolution (i8k_conv_wino) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -98,7 +104,11 @@ typedef struct {
      * the transformed weights U = (2G) g (2G)^T, int16, ordered [output quad][tile position
      * 0..15][input word][channel of the quad][half], where input word 2j holds channels 4j and
      * 4j+2, word 2j+1 channels 4j+1 and 4j+3 (input.c % 8 == 0, conv.c % 4 == 0); read by
-     * i8k_conv_wino only. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES). */
+     * i8k_conv_wino only. Scratch: 32 * input.c + 256 bytes (I8K_WINO_SCRATCH_BYTES).
+     * The ARMv6-M kernels (M0) run it too, on their own layout (int8_conv_m0.h): U + 2048 ordered
+     * [output quad][tile position][input channel][channel of the quad], then the int32 start
+     * values of the sums [output quad][tile position][channel of the quad]; 64 more bytes of
+     * scratch. */
     const int16_t *wino;
 } i8k_conv_t;
 
@@ -115,7 +125,11 @@ typedef struct {
     (4u * (uint32_t)(k_pad) + ((pooled) ? 4u : 8u) * (uint32_t)(out_c))
 #endif
 
+#if I8K_M0
+#define I8K_WINO_SCRATCH_BYTES(in_c) (32u * (uint32_t)(in_c) + 320u)
+#else
 #define I8K_WINO_SCRATCH_BYTES(in_c) (32u * (uint32_t)(in_c) + 256u)
+#endif
 
 /* Fully connected: weights [out_n][k_pad]; mult/shift per output, or one for all
  * (per_channel 0). No scratch. */
@@ -145,9 +159,9 @@ typedef struct {
 } i8k_softmax_t;
 
 void i8k_conv(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
-#if I8K_DSP
+#if I8K_WINO
 /* The Winograd kernel of a convolution whose p->wino is set (the generated code calls it under
- * #if I8K_DSP, so a model without one links none of it). */
+ * #if I8K_WINO, so a model without one links none of it). */
 void i8k_conv_wino(const i8k_conv_t *p, const int8_t *in, int8_t *out, void *scratch);
 #endif
 void i8k_fc(const i8k_fc_t *p, const int8_t *in, int8_t *out);

@@ -65,7 +65,7 @@ static __attribute__((noinline)) void stream_conv_rows(const i8k_conv_t *p, cons
     band.input.h = (uint16_t)(p->input.h - in_shift);
     band.output.h = (uint16_t)(oy1 - oy0);
     in += (in_shift - row0) * p->input.w * p->input.c;
-#if I8K_DSP
+#if I8K_WINO
     if (p->wino) {
         i8k_conv_wino(&band, in, out, scratch);
         return;
