@@ -49,29 +49,40 @@ static void stream_rows_read(const i8k_conv_t *p, int y, int *lo, int *hi)
     *hi = i1 < p->input.h ? i1 : p->input.h;
 }
 
-/* Output rows [oy0, oy1) of p into out, from in, which holds p's input rows from row0 on: the
- * kernel runs on a copy of p whose rows start at the band's first (its pool rows and input rows
- * renumbered, the padding before them kept only where the band still reads it). Out of line: the
- * copy is on the stack only while the kernel runs, not in every frame of stream_row's recursion. */
-static __attribute__((noinline)) void stream_conv_rows(const i8k_conv_t *p, const int8_t *in, int row0, int8_t *out, int oy0, int oy1,
-                             void *scratch)
+/* The band of output row y of stage k into *band, a copy of the stage's convolution whose rows
+ * start at the band's first (its pool rows and input rows renumbered, the padding before them
+ * kept only where the band still reads it); returns where the band's first input row is: in the
+ * caller's input (k == 0) or line buffer k - 1, which holds the rows from held[k - 1].base on.
+ * Out of line, so that its registers are not saved while the kernel runs. */
+static __attribute__((noinline)) const int8_t *stream_band(const i8k_stream_t *s, int k, int y, i8k_conv_t *band)
 {
-    i8k_conv_t band = *p;
-    const int c0 = oy0 * p->pool.stride_h - p->pool.pad_top, conv_shift = c0 > 0 ? c0 : 0;
+    const i8k_conv_t *p = s->stages[k].conv;
+    *band = *p;
+    const int c0 = y * p->pool.stride_h - p->pool.pad_top, conv_shift = c0 > 0 ? c0 : 0;
     const int i0 = conv_shift * p->kernel.stride_h - p->kernel.pad_top, in_shift = i0 > 0 ? i0 : 0;
-    band.pool.pad_top = (uint8_t)(conv_shift - c0);
-    band.conv.h = (uint16_t)(p->conv.h - conv_shift);
-    band.kernel.pad_top = (uint8_t)(in_shift - i0);
-    band.input.h = (uint16_t)(p->input.h - in_shift);
-    band.output.h = (uint16_t)(oy1 - oy0);
-    in += (in_shift - row0) * p->input.w * p->input.c;
+    const int row0 = k ? s->held[k - 1].base : 0;
+    band->pool.pad_top = (uint8_t)(conv_shift - c0);
+    band->conv.h = (uint16_t)(p->conv.h - conv_shift);
+    band->kernel.pad_top = (uint8_t)(in_shift - i0);
+    band->input.h = (uint16_t)(p->input.h - in_shift);
+    band->output.h = 1;
+    return (k ? s->stages[k - 1].rows : s->input) + (in_shift - row0) * p->input.w * p->input.c;
+}
+
+/* Output row y of stage k into dst: the stage's kernel on its band. Out of line: the band is on
+ * the stack only while the kernel runs, not in every frame of the pull's recursion (the streamed
+ * build's stack is most of its RAM after the line buffers). */
+static __attribute__((noinline)) void stream_conv_rows(const i8k_stream_t *s, int k, int y, int8_t *dst)
+{
+    i8k_conv_t band;
+    const int8_t *in = stream_band(s, k, y, &band);
 #if I8K_WINO
-    if (p->wino) {
-        i8k_conv_wino(&band, in, out, scratch);
+    if (band.wino) {
+        i8k_conv_wino(&band, in, dst, s->scratch);
         return;
     }
 #endif
-    i8k_conv(&band, in, out, scratch);
+    i8k_conv(&band, in, dst, s->scratch);
 }
 
 /* n bytes from src down to dst (dst < src; they may overlap), a word at a time where aligned. */
@@ -90,9 +101,10 @@ static void stream_move_down(int8_t *dst, const int8_t *src, int n)
 
 static void stream_row(const i8k_stream_t *s, int k, int y, int8_t *dst);
 
-/* Line buffer k - 1 made to hold the rows row y of stage k reads: the rows before them dropped
- * (the rest moved to the front), the missing ones computed. Returns the first row it holds. */
-static __attribute__((noinline)) int stream_pull(const i8k_stream_t *s, int k, int y)
+/* Line buffer k - 1 with the rows before those row y of stage k reads dropped (the rest moved to
+ * the front); returns the row after the last it reads. Out of line: its registers are not saved
+ * while the pull computes rows. */
+static __attribute__((noinline)) int stream_drop(const i8k_stream_t *s, int k, int y)
 {
     const i8k_conv_t *q = s->stages[k - 1].conv;
     int8_t *rows = s->stages[k - 1].rows;
@@ -108,17 +120,44 @@ static __attribute__((noinline)) int stream_pull(const i8k_stream_t *s, int k, i
         h->count = (int16_t)(keep > 0 ? keep : 0);
         h->base = (int16_t)lo;
     }
+    return hi;
+}
+
+/* Line buffer k - 1 made to hold the rows row y of stage k reads: the rows before them dropped,
+ * the missing ones computed. */
+static __attribute__((noinline)) void stream_pull(const i8k_stream_t *s, int k, int y)
+{
+    const int hi = stream_drop(s, k, y);
+    const i8k_conv_t *q = s->stages[k - 1].conv;
+    int8_t *rows = s->stages[k - 1].rows;
+    const int row_bytes = q->output.w * q->output.c;
+    i8k_held_t *h = &s->held[k - 1];
     for (; h->base + h->count < hi; h->count++) {
         stream_row(s, k - 1, h->base + h->count, rows + h->count * row_bytes);
     }
-    return h->base;
 }
 
 /* Row y of stage k into dst, from the caller's input (k == 0) or line buffer k - 1. */
 static void stream_row(const i8k_stream_t *s, int k, int y, int8_t *dst)
 {
-    const int row0 = k ? stream_pull(s, k, y) : 0;
-    stream_conv_rows(s->stages[k].conv, k ? s->stages[k - 1].rows : s->input, row0, dst, y, y + 1, s->scratch);
+    if (k) {
+        stream_pull(s, k, y);
+    }
+    stream_conv_rows(s, k, y, dst);
+}
+
+/* A row's n values times the fully connected weights from column at, added to the sums. Out of
+ * line: the loop's registers are not saved across the pulls. */
+static __attribute__((noinline)) void stream_fc_add(const i8k_fc_t *fc, const int8_t *row, int at, int n, int32_t *acc)
+{
+    for (int o = 0; o < fc->out_n; o++) {
+        const int8_t *w = fc->filter.weights + o * fc->filter.k_pad + at;
+        int32_t a = acc[o];
+        for (int i = 0; i < n; i++) {
+            a += (int32_t)row[i] * w[i];
+        }
+        acc[o] = a;
+    }
 }
 
 /* The chain's last stage (index last) row by row into row, each row's products added to the
@@ -132,14 +171,7 @@ static void stream_fc(const i8k_stream_t *s, int last, int8_t *row, const i8k_fc
     }
     for (int y = 0; y < p->output.h; y++) {
         stream_row(s, last, y, row);
-        for (int o = 0; o < fc->out_n; o++) {
-            const int8_t *w = fc->filter.weights + o * fc->filter.k_pad + y * n;
-            int32_t a = acc[o];
-            for (int i = 0; i < n; i++) {
-                a += (int32_t)row[i] * w[i];
-            }
-            acc[o] = a;
-        }
+        stream_fc_add(fc, row, y * n, n, acc);
     }
     for (int o = 0; o < fc->out_n; o++) {
         const int q = fc->per_channel ? o : 0;
