@@ -34,6 +34,8 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         overrides["epochs"] = args.epochs
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
+    if args.precision is not None:
+        overrides["precision"] = args.precision
     return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig.for_arch(**overrides)
 
 

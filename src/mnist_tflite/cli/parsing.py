@@ -29,9 +29,9 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from mnist_tflite.training.train import TrainConfig
+    from mnist_tflite.training.train import PRECISIONS, TrainConfig
 
-    d = TrainConfig()
+    d, tiny = TrainConfig.for_arch(), TrainConfig.for_arch("tiny")
     p.add_argument(
         "--data",
         default="auto",
@@ -42,10 +42,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"epochs (default: {d.epochs}; tiny: {d.for_arch('tiny').epochs})",
+        help=f"epochs (default: {d.epochs}; tiny: {tiny.epochs})",
     )
-    p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"(default: {d.batch_size}; tiny: {tiny.batch_size})"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help=f"training arithmetic (default: {d.precision}; tiny: {tiny.precision}; "
+        "auto = mixed_bfloat16 on a CPU with native bfloat16, else float32)",
+    )
     p.add_argument(
         "--seed-recipe",
         action="store_true",
