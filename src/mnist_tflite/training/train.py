@@ -194,6 +194,8 @@ def train(
         log(f"  computing in {precision} (float32 weights; the model is handed out in float32)")
     model = arch.build(len(dataset.class_names), dtype=None if precision == "float32" else precision)
     ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+    if ema:
+        log(f"  handing out the moving average of the weights (momentum {config.ema_momentum:g})")
     model.compile(
         optimizer=keras.optimizers.Adam(lr, **ema),
         loss="sparse_categorical_crossentropy",
