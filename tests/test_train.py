@@ -110,7 +110,7 @@ def test_seed_recipe_is_the_write_ups():
         (TrainConfig(epochs=0), "--epochs must be >= 1, received: 0"),
         (TrainConfig(batch_size=0), "--batch-size must be >= 1"),
         (TrainConfig(val_fraction=1.5), "validation fraction must be in"),
-        (TrainConfig(ema_momentum=1.0), r"EMA momentum must be in \[0, 1\), received: 1.0"),
+        (TrainConfig(ema_momentum=1.0), r"--ema: the momentum must be in \[0, 1\), received: 1.0"),
         (
             TrainConfig(precision="fp8"),
             "--precision: expected one of auto, float32, mixed_bfloat16, received: 'fp8'",

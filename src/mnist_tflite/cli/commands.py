@@ -36,6 +36,8 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         overrides["batch_size"] = args.batch_size
     if args.precision is not None:
         overrides["precision"] = args.precision
+    if args.ema is not None:
+        overrides["ema_momentum"] = args.ema
     return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig.for_arch(**overrides)
 
 

@@ -56,6 +56,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "auto = mixed_bfloat16 on a CPU with native bfloat16, else float32)",
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="MOMENTUM",
+        help=f"hand out the exponential moving average of the weights with this momentum, e.g. 0.999 "
+        f"(default: {d.ema_momentum:g} = off)",
+    )
+    p.add_argument(
         "--seed-recipe",
         action="store_true",
         help="train exactly as the seed write-up: 5 epochs, no augmentation, no LR schedule",

@@ -82,7 +82,7 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {self.val_fraction}")
         if not 0.0 <= self.ema_momentum < 1.0:
-            raise MnistTfliteError(f"EMA momentum must be in [0, 1), received: {self.ema_momentum}")
+            raise MnistTfliteError(f"--ema: the momentum must be in [0, 1), received: {self.ema_momentum}")
         if self.precision not in PRECISIONS:
             raise MnistTfliteError(
                 f"--precision: expected one of {', '.join(PRECISIONS)}, received: {self.precision!r}"
