@@ -29,9 +29,9 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str, example: str)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from mnist_tflite.training.train import TrainConfig
+    from mnist_tflite.training.train import PRECISIONS, TrainConfig
 
-    d = TrainConfig()
+    d, tiny = TrainConfig.for_arch(), TrainConfig.for_arch("tiny")
     p.add_argument(
         "--data",
         default="auto",
@@ -42,10 +42,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"epochs (default: {d.epochs}; tiny: {d.for_arch('tiny').epochs})",
+        help=f"epochs (default: {d.epochs}; tiny: {tiny.epochs})",
     )
-    p.add_argument("--batch-size", type=int, default=None, help=f"(default: {d.batch_size})")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"(default: {d.batch_size}; tiny: {tiny.batch_size})"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help=f"training arithmetic (default: {d.precision}; tiny: {tiny.precision}; "
+        "auto = mixed_bfloat16 on a CPU with native bfloat16, else float32)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="MOMENTUM",
+        help=f"hand out the exponential moving average of the weights with this momentum, e.g. 0.999 "
+        f"(default: {d.ema_momentum:g} = off)",
+    )
     p.add_argument(
         "--seed-recipe",
         action="store_true",
@@ -336,7 +353,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
         "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
         "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n"
-        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n\n"
+        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n"
+        "  mnist-tflite compile model.tflite --out fw_ram/ --ram-optimized  # rows streamed, < 3.5 KB RAM\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (runs in qemu-system-arm: "
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
@@ -365,6 +383,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
+    )
+    _flag(
+        p,
+        "--ram-optimized",
+        "stream rows through line buffers instead of holding whole feature maps (convolutions, then a "
+        "fully connected layer; other graphs are refused): same bits, less RAM",
     )
     _flag(p, "--force", "replace an existing --out written by compile")
     _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")

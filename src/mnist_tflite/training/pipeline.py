@@ -167,6 +167,7 @@ def build(
         "train": {
             "config": asdict(config.train),
             "seconds": trained.seconds,
+            "precision": trained.precision,
             "keras_accuracy": float((keras_probs.argmax(1) == ds.y_test).mean()),
             "history": trained.history,
         },
@@ -201,6 +202,7 @@ def train_stage(
             history=resume["train"]["history"],
             seconds=resume["train"]["seconds"],
             config=tc,
+            precision=resume["train"].get("precision", "float32"),
         )
     else:
         log(f"[2/4] training {tc.arch} for {tc.epochs} epochs (seed {tc.seed})")

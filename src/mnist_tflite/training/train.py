@@ -17,6 +17,7 @@ from mnist_tflite.core.values import check_int_range, check_seed
 from mnist_tflite.training.tfimport import import_tf
 
 MAX_EPOCHS = 100_000
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 MAX_BATCH = 65_536  # larger batches than the data set are pointless; TF overflows far beyond
 
 
@@ -39,12 +40,26 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_block: int = 0  # which val_fraction-sized block is held out (a fold of a cross-validation)
     seed: int = 0
+    # mixed_bfloat16: bfloat16 arithmetic, float32 weights and softmax (Keras mixed precision);
+    # auto: that when the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), else float32.
+    # The trained model is always handed out as float32 (same layers, same weights).
+    precision: str = "float32"
+    # > 0: the weights handed out are an exponential moving average of the trained ones, with
+    # this momentum (Keras' Adam ``use_ema``); the validation figures during training are not
+    ema_momentum: float = 0.0
 
     @classmethod
     def seed_recipe(cls, **overrides: Any) -> TrainConfig:
         """The seed's recipe: 5 epochs, batch 32, Adam defaults, no augmentation, no schedule, no hold-out."""
         base = dict(
-            epochs=5, batch_size=32, learning_rate=1e-3, cosine_decay=False, augment=False, val_fraction=0.0
+            epochs=5,
+            batch_size=32,
+            learning_rate=1e-3,
+            cosine_decay=False,
+            augment=False,
+            val_fraction=0.0,
+            precision="float32",
+            ema_momentum=0.0,
         )
         return cls(**{**base, **overrides})
 
@@ -66,6 +81,12 @@ class TrainConfig:
         check_seed(self.seed)
         if not 0.0 <= self.val_fraction < 1.0:
             raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {self.val_fraction}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise MnistTfliteError(f"--ema: the momentum must be in [0, 1), received: {self.ema_momentum}")
+        if self.precision not in PRECISIONS:
+            raise MnistTfliteError(
+                f"--precision: expected one of {', '.join(PRECISIONS)}, received: {self.precision!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,24 @@ class TrainResult:
     history: dict[str, list[float]]
     seconds: float
     config: TrainConfig
+    precision: str = "float32"  # what training computed in (``config.precision`` resolved)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Does this CPU multiply bfloat16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)?"""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``mixed_bfloat16`` on a CPU with native bfloat16, else ``float32``."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
 
 
 def set_determinism(seed: int) -> None:
@@ -150,9 +189,15 @@ def train(
     lr: Any = config.learning_rate
     if config.cosine_decay:
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-    model = arch.build(len(dataset.class_names))
+    precision = resolve_precision(config.precision)
+    if precision != "float32":
+        log(f"  computing in {precision} (float32 weights; the model is handed out in float32)")
+    model = arch.build(len(dataset.class_names), dtype=None if precision == "float32" else precision)
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+    if ema:
+        log(f"  handing out the moving average of the weights (momentum {config.ema_momentum:g})")
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(lr, **ema),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -173,7 +218,10 @@ def train(
     )
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return TrainResult(model=model, history=history, seconds=seconds, config=config)
+    if precision != "float32":  # the same layers in float32, for conversion and for the .keras file
+        trained, model = model, arch.build(len(dataset.class_names))
+        model.set_weights(trained.get_weights())
+    return TrainResult(model=model, history=history, seconds=seconds, config=config, precision=precision)
 
 
 class _EpochLog:
