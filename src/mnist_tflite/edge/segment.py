@@ -36,15 +36,11 @@ WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is stil
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
 PRIOR = 3.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
-TOUCHING_WIDTH = 0.55  # a digit's width in a line where all digits touch (none to measure)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
 FLAT = (0.3, 0.3)  # ... unless (a flat 0, a small 8) this tall and with this share of a digit's ink
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
 PIECE = 0.9  # a digit cut from touching digits is at most this many line heights wide
 MAX_CUTS = 24  # candidate cuts tried in one component of touching digits
-SCRAP = 0.2  # a mark in a cut piece under this share of its largest mark is a neighbour's scrap
-SEAM_REACH = 0.15  # a curved cut strays at most this many line heights from its candidate column...
-BEND = 0.01  # ... paying this much ink (a fifth of a fully inked pixel) per pixel it bends
 
 Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) images -> (N,) confidence of the best class
 
@@ -277,63 +273,12 @@ def _cut_costs(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return costs[best, np.arange(w)], np.asarray(SLOPES)[best]
 
 
-def _seams(patch: np.ndarray, columns: list[int], reach: int) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-ink cut paths from top to bottom, one per candidate column.
-
-    Dynamic programming, one row at a time: a path goes down a row, then runs sideways
-    along it as far as it likes (paying the ink it crosses and ``BEND`` a pixel), within
-    ``reach`` pixels of its column, so it can wind between interlocking digits where no
-    straight line gets through. Returns (K, H) the column where the path leaves each row,
-    and (K,) the ink it crosses.
-    """
+def _between(patch: np.ndarray, left: tuple[float, float], right: tuple[float, float]) -> np.ndarray:
+    """The ink between two cut lines, each (x at the middle row, slope)."""
     h, w = patch.shape
-    offsets = np.arange(-reach, reach + 1)
-    cols = np.asarray(columns)[:, None] + offsets[None, :]  # (K, W) window columns
-    inside = (cols >= 0) & (cols < w)
-    safe = np.clip(cols, 0, w - 1)
-    big = np.float64(1e6)
-    at_w = np.arange(cols.shape[1])[None, :]
-    out = np.zeros(cols.shape)
-    src = np.zeros((h, *cols.shape), dtype=np.int64)
-    for y in range(h):
-        step = np.where(inside, patch[y][safe], big) + BEND
-        arrive = out + step
-        c = np.cumsum(step, axis=1)
-        v = arrive - c  # run right: arrive[k] + c[x] - c[k]
-        run = np.minimum.accumulate(v, axis=1)
-        k_r = np.maximum.accumulate(np.where(v <= run, at_w, 0), axis=1)
-        right = c + run
-        d = np.cumsum(step[:, ::-1], axis=1)[:, ::-1]  # run left: arrive[k] + d[x] - d[k]
-        u = (arrive - d)[:, ::-1]
-        run_l = np.minimum.accumulate(u, axis=1)
-        k_l = (cols.shape[1] - 1) - np.maximum.accumulate(np.where(u <= run_l, at_w, 0), axis=1)
-        left = d + run_l[:, ::-1]
-        k_l = k_l[:, ::-1]
-        out = np.minimum(right, left)
-        src[y] = np.where(right <= left, k_r, k_l)
-    at = np.argmin(out, axis=1)
-    cost = out[np.arange(len(cols)), at] - h * BEND
-    path = np.empty((len(cols), h), dtype=np.int64)
-    for y in range(h - 1, -1, -1):
-        path[:, y] = at
-        at = src[y, np.arange(len(cols)), at]
-    paths = np.take_along_axis(cols, path, axis=1)
-    return np.maximum.accumulate(paths, axis=0), cost  # no path crosses the one left of it
-
-
-def _between(patch: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """The ink between two cut paths, each the path's column in every row, without the
-    scraps of a neighbour the cuts left (marks under a fifth of the piece's largest)."""
-    xs = np.arange(patch.shape[1])[None, :]
-    piece = patch * ((xs >= left[:, None]) & (xs < right[:, None]))
-    labels, count = _label(piece > INK_LEVEL)
-    if count < 2:
-        return piece
-    mass = np.bincount(labels.ravel(), weights=piece.ravel(), minlength=count + 1)
-    mass[0] = 0.0
-    keep = mass >= SCRAP * mass.max()
-    keep[0] = True  # the soft edge around the strokes
-    return piece * keep[labels]
+    ys = np.arange(h)[:, None] - (h - 1) / 2
+    xs = np.arange(w)[None, :]
+    return patch * ((xs - left[1] * ys >= left[0]) & (xs - right[1] * ys < right[0]))
 
 
 def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) -> list[np.ndarray]:
@@ -346,26 +291,17 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     is of it; without, by how close its width is to a digit's. Each cut through ink costs.
     """
     cost, slope = _cut_costs(patch)
-    h, w = patch.shape
-    reach = max(1, int(SEAM_REACH * height))
-    _, all_cost = _seams(patch, list(range(w)), reach)
-    seam_cost = np.asarray(all_cost)
-    order = np.argsort(seam_cost[1:-1], kind="stable") + 1
+    w = patch.shape[1]
+    order = np.argsort(cost[1:-1], kind="stable") + 1
     spaced: list[int] = []
     for x in order.tolist():  # cheapest first; no two candidates closer than a stroke or two
-        if seam_cost[x] > seam_cost[x - 1] or seam_cost[x] > seam_cost[x + 1]:
+        if cost[x] > cost[x - 1] or cost[x] > cost[x + 1]:
             continue
         if all(abs(x - y) >= 0.15 * height for y in spaced) and len(spaced) < MAX_CUTS:
             spaced.append(x)
     spaced.sort()
-    # each candidate column is cut two ways, straight (slanted) and curved: the model chooses
-    ys = np.arange(h) - (h - 1) / 2
-    straight = [np.ceil(x + slope[x] * ys) for x in spaced]
-    curved, curved_cost = _seams(patch, spaced, reach) if spaced else ([], [])
-    edges = [0, *[x for x in spaced for _ in range(2)], w]
-    bounds = [np.zeros(h), *[b for pair in zip(straight, curved, strict=True) for b in pair], np.full(h, w)]
-    inked = [(float(cost[x]), float(c)) for x, c in zip(spaced, curved_cost, strict=True)]
-    crossing = [0.0, *[c / height for pair in inked for c in pair], 0.0]
+    edges = [0, *spaced, w]
+    bounds = [(-np.inf, 0.0), *[(float(x), float(slope[x])) for x in spaced], (np.inf, 0.0)]
     spans = [
         (i, j)
         for i in range(len(edges))
@@ -388,6 +324,7 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     if judge is not None:
         scores = scores * PRIOR + np.log(np.maximum(sure, 1e-6))
     # a cut pays for the ink it crosses, in line heights (a stroke is about 0.1)
+    crossing = [0.0, *[float(cost[x]) / height for x in spaced], 0.0]
     best = np.full(len(edges), -np.inf)
     best[0] = 0.0
     back = [-1] * len(edges)
@@ -407,9 +344,8 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
 def _line_width(line: list[_Part], height: float) -> float:
     """The width of one digit in this line: the median of the parts that hold one digit."""
     single = [p.width for p in line if DIGIT_WIDTH[0] * height <= p.width <= WIDE_JUDGED * height]
-    if not single:
-        return TOUCHING_WIDTH * height
-    return float(np.clip(np.median(single), DIGIT_WIDTH[0] * height, DIGIT_WIDTH[1] * height))
+    guess = float(np.median(single)) if single else 0.55 * height
+    return float(np.clip(guess, DIGIT_WIDTH[0] * height, DIGIT_WIDTH[1] * height))
 
 
 def _box(part: _Part, piece: np.ndarray, shape: tuple[int, int]) -> tuple[float, float, float, float]:
