@@ -61,6 +61,9 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "e6-b128-cos-aug-bf16": _row(6, 128, 2e-3, precision="mixed_bfloat16"),
         "e9-b256-cos-aug-bf16": _row(9, 256, 4e-3, precision="mixed_bfloat16"),
         "e12-b256-cos-aug-bf16": _row(12, 256, 4e-3, precision="mixed_bfloat16"),
+        # the weights handed out are the moving average of the last ~1,000 steps' weights
+        "e9-b256-cos-aug-bf16-ema": _row(9, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.999),
+        "e12-b256-cos-aug-bf16-ema": _row(12, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.999),
     },
     "tiny": {
         "e10-b128-cos-lr3": _row(10, 128, 3e-3, augment=False),

@@ -213,3 +213,47 @@ def test_blank_a_frame_too_many_marks_and_a_ruled_line(module, tmp_path):
             find_digits(a)
         assert page == {"error": str(python.value)}
     assert got[3]["defer"] == "a long line (ruled paper?) to take out"
+
+
+def test_a_mid_grey_picture_with_a_shadow_has_pythons_polarity_and_ink(test_images, tmp_path):
+    """A grey board or a shadowed sheet (median level 0.35-0.65): device.js decides polarity
+    from the tails around the local level as edge/ink.py does, so its ink map is Python's."""
+    from mnist_tflite.edge.ink import BlankImageError, ink_map
+
+    rng = np.random.default_rng(5)
+    pictures = []
+    for k, digit in enumerate(test_images[0][:24]):
+        h, w = int(rng.integers(80, 280)), int(rng.integers(120, 320))
+        a = np.full((h, w), rng.uniform(0.4, 0.6), np.float32)
+        a[:, : int(w * rng.uniform(0.2, 0.8))] -= rng.uniform(0.1, 0.25)  # a shadow's edge
+        g = _glyph(digit, h // 2) * rng.uniform(0.25, 0.4) * (1 if k % 2 else -1)  # chalk or pen
+        y, x = int(rng.integers(0, h - g.shape[0])), int(rng.integers(0, w - g.shape[1]))
+        a[y : y + g.shape[0], x : x + g.shape[1]] += g
+        pictures.append(np.clip(a + rng.normal(0, 0.01, a.shape), 0, 1).astype(np.float32))
+    (tmp_path / "pics.bin").write_bytes(b"".join(p.tobytes() for p in pictures))
+    (tmp_path / "run.mjs").write_text(
+        f"""import {{ readFileSync }} from "node:fs";
+import {{ greyInkMap }} from "{(STATIC / "device.js").as_uri()}";
+const shapes = {json.dumps([p.shape for p in pictures])}, raw = readFileSync(process.argv[2]);
+let at = 0;
+for (const [h, w] of shapes) {{
+  const a = new Float32Array(raw.buffer.slice(raw.byteOffset + at, raw.byteOffset + at + 4 * w * h));
+  at += 4 * w * h;
+  const ink = greyInkMap(a, w, h);
+  console.log(JSON.stringify(ink && Array.from(ink)));
+}}"""
+    )
+    res = subprocess.run(
+        ["node", str(tmp_path / "run.mjs"), str(tmp_path / "pics.bin")], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    same = 0
+    for a, line in zip(pictures, res.stdout.splitlines(), strict=True):
+        try:
+            want = ink_map(a[..., None])
+        except BlankImageError:
+            want = None
+        got = json.loads(line)
+        assert (got is None) == (want is None)
+        same += want is None or float(np.abs(np.reshape(got, a.shape) - want).max()) < 0.02
+    assert same == len(pictures)

@@ -65,6 +65,28 @@ def test_bfloat16_training_hands_out_a_float32_model_deterministically(mnist):
     assert probs.dtype == np.float32 and (probs.argmax(1) == small.y_test).mean() >= f32_acc - 0.05
 
 
+def test_ema_hands_out_the_averaged_weights(mnist):
+    """With an EMA momentum the model handed out holds the moving average, not the last step's
+    weights: different weights from the same seed without it, deterministic, still a classifier."""
+    small = data.Dataset(
+        mnist.x_train[::10], mnist.y_train[::10], mnist.x_test[:200], mnist.y_test[:200], "t"
+    )
+    plain, ema, again = (
+        train(small, TrainConfig(epochs=1, batch_size=64, seed=3, ema_momentum=m), log=lambda m: None)
+        for m in (0.0, 0.5, 0.5)  # about 8 steps here: a short average
+    )
+    pairs = list(zip(plain.model.get_weights(), ema.model.get_weights(), strict=True))
+    assert not any(np.array_equal(x, y) for x, y in pairs)
+    assert all(
+        np.array_equal(x, y) for x, y in zip(ema.model.get_weights(), again.model.get_weights(), strict=True)
+    )
+    x = data.normalize(small.x_test)
+    acc_plain, acc_ema = (
+        (r.model.predict(x, verbose=0).argmax(1) == small.y_test).mean() for r in (plain, ema)
+    )
+    assert acc_ema >= acc_plain - 0.05
+
+
 def test_auto_precision_follows_the_cpu(monkeypatch):
     from mnist_tflite.training import train as train_mod
 
@@ -88,6 +110,7 @@ def test_seed_recipe_is_the_write_ups():
         (TrainConfig(epochs=0), "--epochs must be >= 1, received: 0"),
         (TrainConfig(batch_size=0), "--batch-size must be >= 1"),
         (TrainConfig(val_fraction=1.5), "validation fraction must be in"),
+        (TrainConfig(ema_momentum=1.0), r"--ema: the momentum must be in \[0, 1\), received: 1.0"),
         (
             TrainConfig(precision="fp8"),
             "--precision: expected one of auto, float32, mixed_bfloat16, received: 'fp8'",

@@ -36,6 +36,8 @@ def _train_config(args: argparse.Namespace):  # -> TrainConfig
         overrides["batch_size"] = args.batch_size
     if args.precision is not None:
         overrides["precision"] = args.precision
+    if args.ema is not None:
+        overrides["ema_momentum"] = args.ema
     return TrainConfig.seed_recipe(**overrides) if args.seed_recipe else TrainConfig.for_arch(**overrides)
 
 
@@ -277,7 +279,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if args.verify:
         ending.require("tflite_micro")  # a check that cannot run fails now, with the pip command
-    fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified")
+    fields = ("model", "out", "target", "images", "name", "verify", "force", "data", "allow_modified",
+              "ram_optimized")  # fmt: skip
     summary = compile_to_dir(CompileOptions(**_pick(args, *fields)), log=_progress(args))
     folders = [f for f in summary["files"] if f.endswith("/")]  # --target all: one per target
     files = f"{len(folders)} target folders and compile.json" if folders else f"{len(summary['files'])} files"

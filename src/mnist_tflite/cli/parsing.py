@@ -56,6 +56,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "auto = mixed_bfloat16 on a CPU with native bfloat16, else float32)",
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="MOMENTUM",
+        help=f"hand out the exponential moving average of the weights with this momentum, e.g. 0.999 "
+        f"(default: {d.ema_momentum:g} = off)",
+    )
+    p.add_argument(
         "--seed-recipe",
         action="store_true",
         help="train exactly as the seed write-up: 5 epochs, no augmentation, no LR schedule",
@@ -358,7 +366,8 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "  mnist-tflite compile model.tflite --out fw_m0/ --target cortex-m0   # micro:bit, 16 KB RAM\n"
         "  mnist-tflite compile model.tflite --out fw_host/ --target host   # only gcc needed\n"
         "  mnist-tflite compile model.tflite --out web/ --target wasm       # browsers, Node 18+\n"
-        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n\n"
+        "  mnist-tflite compile model.tflite --out fw_all/ --target all   # every Cortex-M, one table\n"
+        "  mnist-tflite compile model.tflite --out fw_ram/ --ram-optimized  # rows streamed, < 3.5 KB RAM\n\n"
         "writes <name>.c/.h (weights, static buffer, <name>_invoke), the int8 kernels, a Makefile,\n"
         "firmware.elf (runs in qemu-system-arm: "
         + ", ".join(f"{t.name} -M {t.board}" for t in targets.TARGETS if t.is_arm)
@@ -387,6 +396,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--data", default="embedded", help="test images: embedded | IDX directory | .npz (default: embedded)"
+    )
+    _flag(
+        p,
+        "--ram-optimized",
+        "stream rows through line buffers instead of holding whole feature maps (convolutions, then a "
+        "fully connected layer; other graphs are refused): same bits, less RAM",
     )
     _flag(p, "--force", "replace an existing --out written by compile")
     _flag(p, "--allow-modified", "use the model even if its SHA-256 differs from its sidecar's")

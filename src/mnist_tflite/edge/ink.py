@@ -48,9 +48,13 @@ def _light_background(lum: np.ndarray) -> bool:
         return True
     if level <= 0.35:
         return False
-    # a mid-grey background: the ink is whichever tail reaches further from it
-    low, high = float(quantile(lum, 0.005)), float(quantile(lum, 0.995))
-    return (level - low) >= (high - level)
+    # a mid-grey picture (a grey board, or a shadow across the sheet): the ink is whichever
+    # tail reaches further from the local level, so that a shadow's edge, dark on one side
+    # and light on the other, counts for neither polarity
+    f = max(1, int(max(lum.shape) * CLOSING))  # blocks as wide as the background window
+    local = _upsample(_block(lum, f, np.add) / np.float32(f * f), f, lum.shape) if f > 1 else lum
+    detail = lum - local
+    return -float(quantile(detail, 0.005)) >= float(quantile(detail, 0.995))
 
 
 def running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:

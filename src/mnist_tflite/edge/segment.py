@@ -25,7 +25,7 @@ from mnist_tflite.edge.preprocess import ink_to_mnist, picture
 __all__ = ["MAX_DIGITS", "Digit", "SegmentError", "find_digits"]
 
 MAX_DIGITS = 64  # more marks than this is a page of text, not a number
-INK_LEVEL = 0.4  # ink above this (of the ink map's 0..1) connects a component
+INK_LEVEL = 0.12  # ink above this (of the ink map's 0..1) connects a component (a faint digit too)
 RULE_LENGTH = 0.75  # a horizontal run this long (fraction of the width) is a ruled line, not ink
 WHOLE_PICTURE = 0.9  # one component over this fraction of both sides: a table or frame
 JOIN_OVERLAP = 0.5  # parts of one digit overlap this much of the narrower part's width...
@@ -36,7 +36,8 @@ WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is stil
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
 PRIOR = 3.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
-FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped
+FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
+FLAT = (0.3, 0.3)  # ... unless (a flat 0, a small 8) this tall and with this share of a digit's ink
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
 PIECE = 0.9  # a digit cut from touching digits is at most this many line heights wide
 MAX_CUTS = 24  # candidate cuts tried in one component of touching digits
@@ -198,7 +199,8 @@ def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
                 # halves of one digit overlap in rows too; two lines of digits leave a gap
                 entwined = stacked and min(small.y1, other.y1) > max(small.y0, other.y0)
                 tall = both.height > JOIN_HEIGHT * height and not entwined
-                if tall or both.width > (1.2 if entwined else 0.95) * max(height, both.height):
+                # one piece over another (a 5's flag over its body) may be a digit wider than tall
+                if tall or both.width > (1.2 if stacked else 0.95) * max(height, both.height):
                     continue
                 if small.height >= 0.6 * height and other.height >= 0.6 * height and not stacked:
                     continue
@@ -211,6 +213,19 @@ def _join_pieces(parts: list[_Part], height: float) -> list[_Part]:
                 changed = True
                 break
     return parts
+
+
+def _digits_only(parts: list[_Part], height: float) -> list[_Part]:
+    """Drop specks, dashes and stray strokes: a digit is tall, or as wide as a digit is tall
+    (a 0 or an 8 written flat and small) with much of a digit's ink."""
+    tall = [p for p in parts if p.height >= FRAGMENT * height]
+    area = float(np.median([p.area for p in tall])) if tall else 0.0
+    return [
+        p
+        for p in parts
+        if p.height >= FRAGMENT * height
+        or (p.height >= FLAT[0] * height and p.width >= FRAGMENT * height and p.area >= FLAT[1] * area)
+    ]
 
 
 def _lines(parts: list[_Part]) -> list[list[_Part]]:
@@ -388,7 +403,7 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
         return [Digit((0.0, 0.0, 1.0, 1.0), 0, ink_to_mnist(full))]
     height = _typical_height(parts)
     parts = _join_pieces(parts, height)
-    parts = [p for p in parts if p.height >= FRAGMENT * height]  # specks, dashes, stray strokes
+    parts = _digits_only(parts, height)
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
     found: list[tuple[tuple[float, float, float, float], int, np.ndarray]] = []  # (box, line, ink)

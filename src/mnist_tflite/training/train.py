@@ -44,6 +44,9 @@ class TrainConfig:
     # auto: that when the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), else float32.
     # The trained model is always handed out as float32 (same layers, same weights).
     precision: str = "float32"
+    # > 0: the weights handed out are an exponential moving average of the trained ones, with
+    # this momentum (Keras' Adam ``use_ema``); the validation figures during training are not
+    ema_momentum: float = 0.0
 
     @classmethod
     def seed_recipe(cls, **overrides: Any) -> TrainConfig:
@@ -56,6 +59,7 @@ class TrainConfig:
             augment=False,
             val_fraction=0.0,
             precision="float32",
+            ema_momentum=0.0,
         )
         return cls(**{**base, **overrides})
 
@@ -77,6 +81,8 @@ class TrainConfig:
         check_seed(self.seed)
         if not 0.0 <= self.val_fraction < 1.0:
             raise MnistTfliteError(f"validation fraction must be in [0, 1), received: {self.val_fraction}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise MnistTfliteError(f"--ema: the momentum must be in [0, 1), received: {self.ema_momentum}")
         if self.precision not in PRECISIONS:
             raise MnistTfliteError(
                 f"--precision: expected one of {', '.join(PRECISIONS)}, received: {self.precision!r}"
@@ -187,8 +193,11 @@ def train(
     if precision != "float32":
         log(f"  computing in {precision} (float32 weights; the model is handed out in float32)")
     model = arch.build(len(dataset.class_names), dtype=None if precision == "float32" else precision)
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+    if ema:
+        log(f"  handing out the moving average of the weights (momentum {config.ema_momentum:g})")
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(lr, **ema),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

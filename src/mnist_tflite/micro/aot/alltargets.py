@@ -147,7 +147,8 @@ def compile_all(
 
 def summary_text(doc: Mapping[str, Any], out: object = None) -> str:
     """What ``compile --target all`` prints (without --json)."""
-    lines = [f"{doc['name']}: {doc['model']} -> {out or ''} (every Cortex-M target, QEMU)"]
+    streamed = ", rows streamed: --ram-optimized" if doc.get("ram_optimized") else ""
+    lines = [f"{doc['name']}: {doc['model']} -> {out or ''} (every Cortex-M target, QEMU{streamed})"]
     lines += ["  " + line for line in table_lines(doc["rows"])]
     host = doc["verification"].get("host_all")
     if host and "rows_identical" in host:

@@ -58,6 +58,7 @@ class CompileOptions:
     force: bool = False
     data: str = "embedded"
     allow_modified: bool = False
+    ram_optimized: bool = False  # rows streamed through line buffers (stream.py)
 
 
 def check_options(opts: CompileOptions) -> None:
@@ -131,6 +132,8 @@ def _layers(program: Program) -> list[dict[str, Any]]:
 
 
 def _plan(program: Program) -> list[dict[str, Any]]:
+    if program.stream is not None:
+        return [{"what": what, "offset": off, "bytes": n} for what, off, n in program.stream.regions]
     plan = program.plan
     rows = [
         {"what": f"tensor {root}", "offset": off, "bytes": plan.sizes[root]}
@@ -152,6 +155,7 @@ def describe(program: Program, opts: CompileOptions, sha256: str) -> dict[str, A
         "model_bytes": program.model_bytes,
         "name": opts.name,
         "target": opts.target,
+        "ram_optimized": program.stream is not None,
         "input": program.input.describe(),
         "output": {**program.output.describe(), "kind": program.output_kind},
         "layers": _layers(program),
@@ -179,7 +183,7 @@ def write_sources(
     files = {
         f"{n}.h": codegen.header(program, n),
         f"{n}.c": codegen.source(program, n, Path(opts.model).name, sha256),
-        **codegen.kernel_sources(),
+        **codegen.kernel_sources(program.stream is not None),
         **firmware.board_sources(opts.target),
         "main.c": harness.harness_main(n, len(inputs), images),
         **({"test_images.S": harness.images_asm()} if images == "embedded" else {}),
@@ -346,7 +350,9 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
     if opts.target == wasm.TARGET:
         return _compile_wasm(opts, log)
     every = opts.target == alltargets.ALL
-    raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
+    raw, program = load_program(
+        opts.model, allow_modified=opts.allow_modified, ram_optimized=opts.ram_optimized
+    )
     if not every:
         check_fits(program, targets.get(opts.target))
     if program.input.size != 28 * 28:
@@ -362,7 +368,8 @@ def compile_to_dir(opts: CompileOptions, log: Callable[[str], None] = print) -> 
         rundir.check_replaceable(out, opts.force, MARKER, "compile")  # again, under the lock
         try:
             if every:
-                summary = {"format": FORMAT, **alltargets.compile_all(opts, staging, one, log)}
+                summary = {"format": FORMAT, "ram_optimized": opts.ram_optimized,
+                           **alltargets.compile_all(opts, staging, one, log)}  # fmt: skip
                 _write(staging / MARKER, json.dumps(summary, indent=2, default=atomic._jsonable) + "\n")
             else:
                 summary = _build_into(staging, opts, program, raw, ds, log)
@@ -377,7 +384,9 @@ def _compile_wasm(opts: CompileOptions, log: Callable[[str], None]) -> dict[str,
     from mnist_tflite.core import data as data_mod
     from mnist_tflite.core.sidecar import sha256_bytes
 
-    raw, program = load_program(opts.model, allow_modified=opts.allow_modified)
+    raw, program = load_program(
+        opts.model, allow_modified=opts.allow_modified, ram_optimized=opts.ram_optimized
+    )
     summary = describe(program, opts, sha256_bytes(raw))
     if program.input.size != 28 * 28:
         raise fail(opts.model, f"the input has {program.input.size} values; the test images need 784 (28x28)")

@@ -20,6 +20,7 @@ from mnist_tflite.micro.aot import lower, winograd
 from mnist_tflite.micro.aot.compiler import Program
 from mnist_tflite.micro.aot.params import ConvParams, CopyParams, Layer
 from mnist_tflite.micro.aot.plan import align
+from mnist_tflite.micro.aot.stream import STREAM_HEADER
 
 KERNEL_FILES = ("int8_kernels.c", "int8_kernels.h", "int8_conv_mve.h", "int8_conv_m0.h")
 _CTYPES = {
@@ -30,10 +31,12 @@ _CTYPES = {
 }
 
 
-def kernel_sources() -> dict[str, str]:
-    """The hand-written kernels shipped with the package (copied next to the generated code)."""
+def kernel_sources(stream: bool = False) -> dict[str, str]:
+    """The hand-written kernels shipped with the package (copied next to the generated code);
+    ``stream``: with the streaming driver of --ram-optimized."""
     root = resources.files("mnist_tflite.micro.aot") / "kernels"
-    return {name: (root / name).read_text(encoding="utf-8") for name in KERNEL_FILES}
+    names = (*KERNEL_FILES, STREAM_HEADER) if stream else KERNEL_FILES
+    return {name: (root / name).read_text(encoding="utf-8") for name in names}
 
 
 def c_array(values: Iterable[int], per_line: int = 16, indent: str = "    ") -> str:
@@ -115,15 +118,21 @@ def _preamble(program: Program, name: str, model_label: str, sha256: str) -> lis
         "inference; activations in",
         f" * one static buffer of {program.plan.arena_bytes:,} bytes, planned at compile time:",
     ]
+    if program.stream is not None:  # --ram-optimized
+        out[3] = out[3].replace("kernel calls", "layers")
+        out += [f" *   [{off:>6}, {off + n:>6})  {what}" for what, off, n in program.stream.regions]
+        out.append(" * Rows stream through the line buffers (--ram-optimized: int8_stream.h).")
     for root, off in sorted(program.plan.offsets.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
-        if off is not None:
+        if off is not None and program.stream is None:
             out.append(f" *   [{off:>6}, {off + program.plan.sizes[root]:>6})  tensor {root}")
     for i, off in sorted(program.plan.scratch.items()):
-        out.append(f" *   [{off:>6}, {off + program.layers[i].scratch_bytes:>6})  scratch of layer {i}")
+        if program.stream is None:
+            out.append(f" *   [{off:>6}, {off + program.layers[i].scratch_bytes:>6})  scratch of layer {i}")
     if program.folded:
         folded = ", ".join(f"{op} (node {n})" for n, op in program.folded)
         out.append(f" * Folded at compile time (batch 1, no code): {folded}.")
-    out += [" */", f'#include "{name}.h"', '#include "int8_kernels.h"', ""]
+    out += [" */", f'#include "{name}.h"', '#include "int8_kernels.h"']
+    out += [f'#include "{STREAM_HEADER}"', ""] if program.stream is not None else [""]
     out += [
         "#if defined(__GNUC__)",
         "#define I8K_ALIGNED(n) __attribute__((aligned(n)))",
@@ -227,6 +236,9 @@ def source(program: Program, name: str, model_label: str, sha256: str) -> str:
         calls.append(call)
     size = max(program.plan.arena_bytes, 4)
     out += [f"static int8_t {name}_arena[{size}] I8K_ALIGNED(8);", ""]
+    if program.stream is not None:
+        out += _stream_definitions(program, name)
+        calls = [_stream_call(program, name), *calls[program.stream.fc + 1 :]]
     out.append(
         f"int {name}_invoke(const int8_t input[{program.input.size}], int8_t output[{program.output.size}])"
     )
@@ -236,3 +248,30 @@ def source(program: Program, name: str, model_label: str, sha256: str) -> str:
     out += calls
     out += ["    return 0;", "}"]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out) + "\n")
+
+
+def _stream_definitions(program: Program, name: str) -> list[str]:
+    """The streaming driver's table of stages (--ram-optimized): each convolution and its line buffer."""
+    st = program.stream
+    assert st is not None
+    rows = [f"{name}_arena + {off}" for off in st.rings] + ["0"]
+    stages = [f"    {{&{name}_l{i}, {ring}}}," for i, ring in zip(st.stages, rows, strict=True)]
+    return [f"static const i8k_stage_t {name}_stages[{len(stages)}] = {{", *stages, "};", ""]
+
+
+def _stream_call(program: Program, name: str) -> str:
+    """invoke()'s streamed part: the convolutions row by row into the fully connected layer's sums."""
+    st = program.stream
+    assert st is not None
+    fc = program.layers[st.fc]
+    held = max(len(st.capacity), 1)
+    where = "over the first row of the last line buffer" if st.row_in_place else "in its own row"
+    return "\n".join(
+        [
+            f"    i8k_held_t held[{held}] = {{{{0, 0}}}};",
+            f"    const i8k_stream_t stream = {{{name}_stages, held, input, {name}_arena + {st.scratch}}};",
+            f"    /* layers 0..{st.fc}: the last convolution's rows {where}, each added to the sums */",
+            f"    stream_fc(&stream, {len(st.stages) - 1}, {name}_arena + {st.row}, &{name}_l{st.fc}, "
+            f"(int32_t *)(void *)({name}_arena + {st.acc}), {_pointer(program, fc.dst, name)});",
+        ]
+    )

@@ -9,7 +9,8 @@ The passes, one module each:
 3. ``lower.py``: shape-only ops folded away (``fold.py``), the rest lowered into kernel calls
    with typed parameter structs (``params.py``), each CONV_2D fused with the MAX_POOL_2D after it;
 4. ``plan.py``: one static activation buffer, tensors placed so that the live ones never
-   overlap (a row-by-row layer may write over input rows it has finished with).
+   overlap (a row-by-row layer may write over input rows it has finished with); or, with
+   ``--ram-optimized``, ``stream.py``: rows streamed through line buffers.
 
 Then ``codegen.py`` writes the C and ``build.py`` (the ``compile`` command) builds and runs it.
 """
@@ -26,6 +27,7 @@ from mnist_tflite.micro.aot.params import Layer
 from mnist_tflite.micro.aot.plan import Plan, align, plan_memory
 from mnist_tflite.micro.aot.quantization import quantize_multiplier, softmax_params
 from mnist_tflite.micro.aot.read import int8_problem, read_graph
+from mnist_tflite.micro.aot.stream import Stream, plan_stream
 
 __all__ = [
     "Program",
@@ -74,6 +76,7 @@ class Program:
     output_tensor: int
     plan: Plan
     macs_model: int
+    stream: Stream | None = None  # --ram-optimized: the streaming driver's buffers (stream.py)
 
     @property
     def macs_computed(self) -> int:
@@ -94,8 +97,12 @@ class Program:
         return total
 
 
-def compile_model(data: bytes, path: object = "model") -> Program:
-    """Check, fold, fuse and plan ``data`` (a .tflite flatbuffer). Raises MnistTfliteError."""
+def compile_model(data: bytes, path: object = "model", ram_optimized: bool = False) -> Program:
+    """Check, fold, fuse and plan ``data`` (a .tflite flatbuffer). Raises MnistTfliteError.
+
+    ``ram_optimized``: stream rows through line buffers (stream.py) instead of holding whole
+    feature maps; a graph the streaming driver does not run is refused.
+    """
     graph = read_graph(data, path)
     lowered = lower(graph, path)
     storage, tensors = lowered.storage, graph.tensors
@@ -106,7 +113,11 @@ def compile_model(data: bytes, path: object = "model") -> Program:
         for layer in lowered.layers
         for t in (layer.src, layer.dst)
     }
-    plan = plan_memory(lowered.layers, storage, sizes, external)
+    layers, stream = lowered.layers, None
+    if ram_optimized:
+        layers, plan, stream = plan_stream(layers, storage, sizes, external, path)
+    else:
+        plan = plan_memory(layers, storage, sizes, external)
     names = [graph.ops[i].name for i in lowered.kept]
     last_op = next((name for name in reversed(names) if name != "RESHAPE"), "RESHAPE")
     return Program(
@@ -114,19 +125,22 @@ def compile_model(data: bytes, path: object = "model") -> Program:
         input=Quant(tuple(x.shape), x.scale, x.zero_point),
         output=Quant(tuple(y.shape), y.scale, y.zero_point),
         output_kind={"FULLY_CONNECTED": "logits", "SOFTMAX": "softmax"}.get(last_op, last_op.lower()),
-        layers=lowered.layers,
+        layers=layers,
         folded=lowered.folded,
         storage=storage,
         input_tensor=graph.input_tensor,
         output_tensor=graph.output_tensor,
         plan=plan,
         macs_model=graph.info.macs,
+        stream=stream,
     )
 
 
-def load_program(path: str | os.PathLike[str], *, allow_modified: bool = False) -> tuple[bytes, Program]:
+def load_program(
+    path: str | os.PathLike[str], *, allow_modified: bool = False, ram_optimized: bool = False
+) -> tuple[bytes, Program]:
     """Read a ``.tflite`` the user named, vetted as every command vets it (sidecar), and compile it."""
     from mnist_tflite.edge.infer import read_model_bytes
 
     data, _, _ = read_model_bytes(path, allow_modified=allow_modified)
-    return data, compile_model(data, path)
+    return data, compile_model(data, path, ram_optimized=ram_optimized)

@@ -50,6 +50,7 @@ def summary_text(s: Mapping[str, Any], out: object = None) -> str:
     lines.append(
         f"  RAM       activation buffer {_kb(mem['arena_bytes'])}"
         + (f" + stack {mem['stack_bytes']:,} bytes = {_kb(ram)} static RAM" if ram is not None else "")
+        + (", rows streamed (--ram-optimized)" if s.get("ram_optimized") else "")
     )
     if "instructions_per_inference" in core:
         lines.append(

@@ -53,8 +53,14 @@ def compare(rows: np.ndarray, reference: np.ndarray | str, labels: np.ndarray, w
     return out
 
 
-def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str = "mnist_model") -> tuple:
-    """Compile a model (a path or flatbuffer bytes) into ``directory`` and build it for this computer.
+def host_model(
+    model: str | os.PathLike[str] | bytes,
+    directory: Path,
+    name: str = "mnist_model",
+    ram_optimized: bool = False,
+) -> tuple:
+    """Compile a model (a path or flatbuffer bytes) into ``directory`` and build it for this computer
+    (``ram_optimized``: with the streaming plan of stream.py).
 
     Returns:
         ``(program, lib)``: the compiled Program and the ctypes handle of ``lib<name>.so``
@@ -62,14 +68,14 @@ def host_model(model: str | os.PathLike[str] | bytes, directory: Path, name: str
     """
     program: Program
     if isinstance(model, bytes):
-        program, label = compile_model(model, "model"), "model"
+        program, label = compile_model(model, "model", ram_optimized), "model"
     else:
-        _, program = load_program(model)
+        _, program = load_program(model, ram_optimized=ram_optimized)
         label = Path(model).name
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.h").write_text(codegen.header(program, name), encoding="utf-8")
     (directory / f"{name}.c").write_text(codegen.source(program, name, label, ""), encoding="utf-8")
-    for fname, text in codegen.kernel_sources().items():
+    for fname, text in codegen.kernel_sources(program.stream is not None).items():
         (directory / fname).write_text(text, encoding="utf-8")
     return program, host_library(directory, name, directory)
 

@@ -218,7 +218,7 @@ def write_sources(directory: Path, program: Program, name: str, model_label: str
     texts = {
         f"{name}.h": codegen.header(program, name),
         f"{name}.c": codegen.source(program, name, model_label, sha256),
-        **codegen.kernel_sources(),
+        **codegen.kernel_sources(program.stream is not None),
         RUNTIME: runtime_source(name, program),
         files(name)["module"]: module_source(name, program),
         "Makefile": makefile(name),

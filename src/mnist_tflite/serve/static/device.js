@@ -142,12 +142,28 @@ export function greyInkMap(a, w, h) {
   return inkOf([a], a, w, h);
 }
 
+/** edge/ink.py's polarity of a mid-grey picture: the dark tail reaches further from the local
+ * level (block means, interpolated back) than the light one, so a shadow's edge is neither. */
+function darkTail(lum, w, h) {
+  const f = Math.max(1, Math.floor(Math.max(w, h) * CLOSING)), n = w * h, detail = new Float32Array(n);
+  if (f > 1) {
+    const sw = Math.ceil(w / f), sh = Math.ceil(h / f), sums = new Float32Array(sw * sh);
+    for (let y = 0; y < sh * f; y++) {
+      const row = Math.min(h - 1, y) * w, out = Math.floor(y / f) * sw;
+      for (let x = 0; x < sw * f; x++) sums[out + Math.floor(x / f)] += lum[row + Math.min(w - 1, x)];
+    }
+    for (let i = 0; i < sums.length; i++) sums[i] /= f * f;
+    const local = resize({ a: sums, w: sw, h: sh }, sw * f, sh * f, bilinear, 1, false);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) detail[y * w + x] = lum[y * w + x] - local.a[y * sw * f + x];
+  }
+  return -quantile(detail, 0.005) >= quantile(detail, 0.995);
+}
+
 /** Channels (one grey, or r, g, b) and their luminance -> the ink map, or null. */
 function inkOf(channels, lum, w, h) {
   const n = w * h;
   const level = quantile(everyThird(lum), 0.5);
-  const light = level >= 0.65 ? true : level <= 0.35 ? false
-    : level - quantile(lum, 0.005) >= quantile(lum, 0.995) - level;
+  const light = level >= 0.65 ? true : level <= 0.35 ? false : darkTail(lum, w, h);
   const diffs = channels.map((ch) => {
     const bg = background(ch, w, h, light), d = new Float32Array(n);
     for (let i = 0; i < n; i++) d[i] = light ? (bg[i] - ch[i]) / Math.max(bg[i], 0.2) : ch[i] - bg[i];

@@ -10,8 +10,8 @@
 import { greyInkMap, inkToMnist } from "./device.js";
 
 const WORK_SIZE = 320; // edge/preprocess.py
-const INK_LEVEL = 0.4, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
-const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6;
+const INK_LEVEL = 0.12, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
+const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6, FLAT = [0.3, 0.3];
 const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 3.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9, MAX_CUTS = 24;
 const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
 const MAX_DIGITS = 64;
@@ -120,7 +120,7 @@ function joinPieces(parts, digitHeight) {
         const stacked = overlap >= JOIN_OVERLAP * Math.min(width(small), width(other));
         const entwined = stacked && Math.min(small.y1, other.y1) > Math.max(small.y0, other.y0);
         const tall = height(both) > JOIN_HEIGHT * digitHeight && !entwined;
-        if (tall || width(both) > (entwined ? 1.2 : 0.95) * Math.max(digitHeight, height(both))) return;
+        if (tall || width(both) > (stacked ? 1.2 : 0.95) * Math.max(digitHeight, height(both))) return;
         if (height(small) >= 0.6 * digitHeight && height(other) >= 0.6 * digitHeight && !stacked) return;
         const gap = Math.max(other.x0 - small.x1, small.x0 - other.x1, other.y0 - small.y1, small.y0 - other.y1);
         if (gap <= bestGap) [best, bestGap] = [j, gap];
@@ -134,6 +134,16 @@ function joinPieces(parts, digitHeight) {
     }
   }
   return parts;
+}
+
+/** segment.py's _digits_only: specks, dashes and stray strokes dropped; a flat, small digit
+ * (a 0 or an 8) kept when it is a digit wide with much of a digit's ink. */
+function digitsOnly(parts, digitHeight) {
+  const tall = parts.filter((p) => height(p) >= FRAGMENT * digitHeight);
+  const area = tall.length ? median(tall.map((p) => p.area)) : 0;
+  const flat = (p) =>
+    height(p) >= FLAT[0] * digitHeight && width(p) >= FRAGMENT * digitHeight && p.area >= FLAT[1] * area;
+  return parts.filter((p) => height(p) >= FRAGMENT * digitHeight || flat(p));
 }
 
 /** segment.py's _lines: lines of writing, top down, each left to right. */
@@ -297,7 +307,7 @@ export function findDigits(pic, judge) {
   const whole = { a: full, w, h };
   if (!marks.length) return { digits: [{ box: [0, 0, 1, 1], line: 0, ink: whole }], defer };
   const digitHeight = typicalHeight(marks);
-  const parts = joinPieces(marks, digitHeight).filter((p) => height(p) >= FRAGMENT * digitHeight);
+  const parts = digitsOnly(joinPieces(marks, digitHeight), digitHeight);
   if (parts.length > MAX_DIGITS) return { error: tooMany(parts.length, "separate marks") };
   const digits = [];
   lines(parts).forEach((line, number) => {
