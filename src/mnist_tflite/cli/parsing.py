@@ -60,8 +60,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="MOMENTUM",
-        help=f"hand out the exponential moving average of the weights with this momentum, e.g. 0.999 "
-        f"(default: {d.ema_momentum:g} = off)",
+        help="hand out the exponential moving average of the weights with this momentum "
+        f"(default: {d.ema_momentum:g}; tiny: {tiny.ema_momentum:g}; 0: the last step's weights)",
     )
     p.add_argument(
         "--seed-recipe",
