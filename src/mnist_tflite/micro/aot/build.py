@@ -132,18 +132,7 @@ def _layers(program: Program) -> list[dict[str, Any]]:
 
 
 def _plan(program: Program) -> list[dict[str, Any]]:
-    if program.stream is not None:
-        return [{"what": what, "offset": off, "bytes": n} for what, off, n in program.stream.regions]
-    plan = program.plan
-    rows = [
-        {"what": f"tensor {root}", "offset": off, "bytes": plan.sizes[root]}
-        for root, off in plan.offsets.items()
-        if off is not None
-    ]
-    rows += [
-        {"what": f"scratch of layer {i}", "offset": off, "bytes": program.layers[i].scratch_bytes}
-        for i, off in plan.scratch.items()
-    ]
+    rows = [{"what": what, "offset": off, "bytes": n} for what, off, n in program.regions()]
     return sorted(rows, key=lambda r: r["offset"])
 
 

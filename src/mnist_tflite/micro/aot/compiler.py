@@ -82,6 +82,22 @@ class Program:
     def macs_computed(self) -> int:
         return sum(layer.macs_computed for layer in self.layers)
 
+    def regions(self) -> list[tuple[str, int, int]]:
+        """Where the activation buffer's parts live, as (what, offset, bytes): the streaming
+        driver's buffers by offset, or the planned tensors by offset, then each layer's scratch."""
+        if self.stream is not None:
+            return list(self.stream.regions)
+        plan = self.plan
+        placed = sorted(
+            ((root, off) for root, off in plan.offsets.items() if off is not None), key=lambda kv: kv[1]
+        )
+        out = [(f"tensor {root}", off, plan.sizes[root]) for root, off in placed]
+        out += [
+            (f"scratch of layer {i}", off, self.layers[i].scratch_bytes)
+            for i, off in sorted(plan.scratch.items())
+        ]
+        return out
+
     def weight_bytes(self, kernels: str = "DSP") -> int:
         """Bytes of constant arrays the ``kernels`` (a target's ``kernel_isa``) link: the Winograd
         weights only with the DSP kernels, and with the Thumb-1 ones (M0) in their own layout, 4
