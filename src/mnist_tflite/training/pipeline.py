@@ -24,7 +24,7 @@ from mnist_tflite.report import notes as notes_mod
 from mnist_tflite.report import tables as report_mod
 from mnist_tflite.training.convert import load_model_source, versions, write_tflite
 from mnist_tflite.training.download import keras_mnist
-from mnist_tflite.training.train import TrainConfig, TrainResult, save_model, train
+from mnist_tflite.training.train import TrainConfig, TrainResult, cpu_flags, save_model, train
 from mnist_tflite.training.variants import Variant, build_variant
 
 
@@ -68,20 +68,8 @@ def fingerprint(config: RunConfig, recipes: list[Recipe]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = [
-                        f
-                        for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-                        if f in have
-                    ]
-                    break
-    except OSError:
-        pass
+    have = cpu_flags()
+    flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in have]
     return {
         "machine": platform.machine(),
         "cores": os.cpu_count(),

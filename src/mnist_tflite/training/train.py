@@ -98,14 +98,18 @@ class TrainResult:
     precision: str = "float32"  # what training computed in (``config.precision`` resolved)
 
 
-def cpu_has_bfloat16() -> bool:
-    """Does this CPU multiply bfloat16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)?"""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (the ``flags`` line of /proc/cpuinfo); empty where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+
+
+def cpu_has_bfloat16() -> bool:
+    """Does this CPU multiply bfloat16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)?"""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str) -> str:
