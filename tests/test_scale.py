@@ -233,7 +233,8 @@ def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
         }
 
     rows = [
-        row("garbage", 3000, 2000, 0.45),  # alone under 4 KB: the best there, last of the bests
+        row("garbage", 3000, 2000, 0.45),  # far behind the best (USEFUL_GAP): never a finalist
+        row("poor", 3500, 2000, 0.91),  # the best under 4 KB: last of the bests
         row("s1", 7000, 3000, 0.975),
         row("s2", 7500, 3500, 0.960),  # 1.5 points behind s1 under 8 KB / 4 KB: told apart
         row("m1", 14000, 5000, 0.990),
@@ -246,7 +247,7 @@ def test_finalists_are_the_trials_validation_cannot_tell_from_a_budgets_best():
     names = lambda chosen: [r["trial"] for r in chosen]  # noqa: E731
     ladder = budgets(16384, 8192)
     # every budget's best first, most accurate budgets first; then the second bests
-    assert names(choose(rows, ladder, 100)) == ["m1", "s1", "garbage", "m3", "m2"]
+    assert names(choose(rows, ladder, 100)) == ["m1", "s1", "poor", "m3", "m2"]
     assert names(choose(rows, ladder, 2)) == ["m1", "s1"]
     assert choose([row("f", 9000, 4000, 0.9, status="failed")], ladder, 8) == []
 
