@@ -64,6 +64,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         # the weights handed out are the moving average of the last ~1,000 steps' weights
         "e9-b256-cos-aug-bf16-ema": _row(9, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.999),
         "e12-b256-cos-aug-bf16-ema": _row(12, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.999),
+        "e12-b256-cos-aug-bf16-ema9995": _row(12, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.9995),
+        "e12-b256-cos5-aug-bf16-ema": _row(12, 256, 5e-3, precision="mixed_bfloat16", ema_momentum=0.999),
+        "e12-b256-cos-aug-bf16-ema-val0": _row(
+            12, 256, 4e-3, precision="mixed_bfloat16", ema_momentum=0.999, val_fraction=0.0
+        ),
+        "e14-b512-cos6-aug-bf16-ema": _row(14, 512, 6e-3, precision="mixed_bfloat16", ema_momentum=0.998),
     },
     "tiny": {
         "e10-b128-cos-lr3": _row(10, 128, 3e-3, augment=False),
