@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="embedded", help="training and test data (default: embedded: all of it)")
     p.add_argument("--only", help="comma-separated row names (default: the whole grid)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="keep rows already in the JSON file, skip them")
+    p.add_argument("--resume", action="store_true", help="skip rows already in the JSON file")
     p.add_argument("--seed-script", action="store_true", help="run the seed write-up's own code once")
     args = p.parse_args(argv)
 
@@ -196,10 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(grid)}")
     out = RESULTS / ("training_sweep.json" if args.arch == "seed" else f"training_sweep_{args.arch}.json")
-    doc: dict[str, Any] = {"rows": []}
-    if (args.resume or args.seed_script) and out.exists():  # --seed-script adds to the rows
-        doc = json.loads(out.read_text())
-    done = {r["name"] for r in doc["rows"]}
+    # the rows measured before stay (a row run again replaces its old self); --resume skips them
+    doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    done = {r["name"] for r in doc["rows"]} if args.resume else set()
     ds = data.load(args.data, log=lambda line: None)
     doc.update(
         data=ds.summary(),
