@@ -1,8 +1,8 @@
 """After the search: cross-validate the finalists, then refit the front on all the training data.
 
-A trial is scored on one fold of the training data (1,667 of the 5,000 images with the
-default 3 folds). That ranks models only to within about half a point: an image is 0.06
-point, and two models a few tenths apart swap places from one split to the next. The
+A trial is scored on one fold of the search's training images (4,000 of the 12,000 with the
+default 3 folds). That ranks models only to within a few tenths of a point: an image is
+0.025 point, and two models a few tenths apart swap places from one split to the next. The
 first search ran on 500 images and handed out an 8 KB model (98.1 % test) as the best
 under 16 KB while it had trained two that reached 98.6 % and 98.8 % test. So the search
 ends in three steps:
@@ -11,12 +11,13 @@ ends in three steps:
    validation fold cannot tell apart from the budget's most accurate one (less than two
    standard errors of a difference behind it). Every budget's best is taken first, the
    budgets with the most accurate bests first, then every budget's second, and so on, up
-   to ``--finalists``. (Taking budgets smallest first let budgets below any useful size, a
+   to ``--finalists``; a trial more than ``USEFUL_GAP`` behind the most accurate one is
+   never a finalist. (Taking budgets smallest first let budgets below any useful size, a
    45 % model the best under 4 KB, take the places of the 16-32 KB contenders; taking the
    most accurate trials first left the 8 KB budget without a finalist.)
 2. **Cross-validation** (:func:`cross_validate`): each finalist is trained again with
    each other fold held out (Ray tasks, one CPU each), so its score counts every training
-   image once: 5,000 predictions instead of 1,667. The budget's best model and the front
+   image once: 12,000 predictions instead of 4,000. The budget's best model and the front
    are chosen on this score. The test set is still not used.
 3. **Refit** (:func:`refit`): the front's architectures are trained once more on all the
    training data (nothing held out) and those models are handed out and tested.
