@@ -208,9 +208,16 @@ def test_every_board_in_the_table_is_one_qemu_emulates():
 
 
 def test_generated_makefile_runs_the_board_of_the_target(tmp_path: Path):
+    from mnist_tflite.micro.aot.codegen import KERNEL_FILES
+
     for t in ARM:
-        text = firmware.makefile("m", t.name)
+        text = firmware.makefile("m", t.name, KERNEL_FILES)
         assert f"-M {t.board} " in text and " ".join(t.cpu_flags) in text and f"-T {t.linker_file}" in text
+        assert "int8_stream.h" not in text
+    # the streamed build's header is a prerequisite of both programs: editing it rebuilds them
+    text = firmware.makefile("m", "cortex-m4", (*KERNEL_FILES, "int8_stream.h"))
+    rules = [line for line in text.splitlines() if line.startswith(("firmware.elf:", "firmware_host:"))]
+    assert len(rules) == 2 and all("int8_stream.h" in line for line in rules)
 
 
 def _odd_conv_sources(

@@ -169,14 +169,15 @@ def write_sources(
 ) -> list[str]:
     n = opts.name
     images = targets.get(opts.target).images
+    kernels = codegen.kernel_sources(program.stream is not None)
     files = {
         f"{n}.h": codegen.header(program, n),
         f"{n}.c": codegen.source(program, n, Path(opts.model).name, sha256),
-        **codegen.kernel_sources(program.stream is not None),
+        **kernels,
         **firmware.board_sources(opts.target),
         "main.c": harness.harness_main(n, len(inputs), images),
         **({"test_images.S": harness.images_asm()} if images == "embedded" else {}),
-        "Makefile": firmware.makefile(n, opts.target),
+        "Makefile": firmware.makefile(n, opts.target, tuple(kernels)),
     }
     for fname, text in files.items():
         _write(directory / fname, text)
