@@ -20,7 +20,7 @@ from mnist_tflite.cli import main
 from mnist_tflite.edge.images import load_image
 from mnist_tflite.edge.predict import Classifier, Reading
 from mnist_tflite.edge.preprocess import BlankImageError
-from mnist_tflite.edge.segment import MAX_DIGITS, SegmentError, _label, find_digits
+from mnist_tflite.edge.segment import MAX_DIGITS, SegmentError, _candidates, _label, find_digits
 from tests.numbers import render_number
 from tests.photos import make
 
@@ -116,6 +116,26 @@ def test_touching_digits_are_cut(clf, sure_digits, tmp_path):
         path, _ = _number(sure_digits, text, 20 + i, tmp_path, gap=None, slant=0.0)
         found = find_digits(load_image(path), judge=lambda x: clf._proba(x).max(axis=1))
         assert len(found) == len(text), text
+
+
+def test_a_cut_bends_between_interlocking_digits():
+    """A digit whose bar overhangs the next one's stem (a 7 before a 1) leaves no straight gap:
+    a cut line bent at the middle row separates them, so one candidate is exactly the first."""
+    patch = np.zeros((40, 40), np.float32)
+    patch[:, 12:15] = 1.0  # the first digit's stem...
+    patch[0:3, 12:24] = 1.0  # ... and its bar, over the second's stem
+    first = patch.copy()
+    patch[10:, 22:25] = 1.0  # the second digit
+    found = _candidates(patch, 40.0)
+    assert any(np.array_equal(ink, first) for ink in found.inks)
+
+
+@pytest.mark.parametrize(("text", "seed"), [("0522", 5), ("5544", 50)])
+def test_interlocking_touching_digits_are_read(clf, sure_digits, tmp_path, text, seed):
+    """Touching digits that interlock (composed from test digits): read whole. Before the cuts
+    could bend, these read 0527 and 52344."""
+    path, info = _number(sure_digits, text, seed, tmp_path, gap=None)
+    assert clf.read_number(path).number == text, info
 
 
 def test_a_single_digit_is_read_exactly_as_before(clf, test_images, tmp_path):
