@@ -138,6 +138,24 @@ def test_interlocking_touching_digits_are_read(clf, sure_digits, tmp_path, text,
     assert clf.read_number(path).number == text, info
 
 
+def test_the_composer_says_which_digit_drew_each_pixel(sure_digits):
+    """``owners``: each digit's pixels, left to right, on the ink; the photo is drawn the same."""
+    digits, labels = [[sure_digits[d][0] for d in (3, 0, 8)], [sure_digits[1][0]]], [[3, 0, 8], [1]]
+    photo, _, _ = render_number(digits, labels, np.random.default_rng(4), gap=None)
+    owners: list[np.ndarray] = []
+    again, _, info = render_number(digits, labels, np.random.default_rng(4), gap=None, owners=owners)
+    assert again == photo
+    owner = owners[0]
+    assert owner.shape == info.size[::-1]
+    assert set(np.unique(owner).tolist()) == {0, 1, 2, 3, 4}
+    ys, xs = np.nonzero(owner)
+    centre = [xs[owner[ys, xs] == k].mean() for k in (1, 2, 3)]
+    assert centre == sorted(centre)  # the first line, left to right
+    assert ys[owner[ys, xs] == 4].mean() > ys[owner[ys, xs] == 1].mean()  # the second line, below
+    ink = 255 - np.asarray(Image.open(io.BytesIO(again)).convert("L"), np.int16)
+    assert (ink[owner > 0] > ink[owner == 0].mean()).mean() > 0.9  # owned pixels are inked
+
+
 def test_a_single_digit_is_read_exactly_as_before(clf, test_images, tmp_path):
     x, y = test_images
     made = make(x[:40], y[:40], tmp_path, count=40, seed=3)
