@@ -62,13 +62,23 @@ def _touch_offset(row_right: np.ndarray, glyph: np.ndarray, top: int) -> int:
 
 
 def compose_line(
-    digits: list[np.ndarray], rng: np.random.Generator, *, gap: tuple[int, int] | None, jitter: float = 0.12
+    digits: list[np.ndarray],
+    rng: np.random.Generator,
+    *,
+    gap: tuple[int, int] | None,
+    jitter: float = 0.12,
+    owners: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """uint8 28x28 digits -> one line of ink (uint8, white on black). ``gap=None``: touching."""
+    """uint8 28x28 digits -> one line of ink (uint8, white on black). ``gap=None``: touching.
+
+    ``owners``, when a list, receives the line's ground truth: which digit (1, 2, ...; 0 for
+    none) put the most ink in each pixel.
+    """
     glyphs = [_scaled(_crop(d), float(rng.uniform(1 - jitter, 1 + jitter))) for d in digits]
     height = max(g.shape[0] for g in glyphs) + 6
     width = sum(g.shape[1] for g in glyphs) + (len(glyphs) + 1) * (max(gap) if gap else 1) + 8
     line = np.zeros((height, width), np.uint8)
+    owner = np.zeros((height, width), np.uint8)
     row_right = np.full(height, -1)  # rightmost core pixel drawn on each row
     x = 3
     for i, g in enumerate(glyphs):
@@ -78,6 +88,8 @@ def compose_line(
         elif i:
             x += int(rng.integers(gap[0], gap[1] + 1))
         region = line[top : top + g.shape[0], x : x + g.shape[1]]
+        mine = owner[top : top + g.shape[0], x : x + g.shape[1]]
+        mine[(g > region) & (g > 0)] = i + 1
         np.maximum(region, g, out=region)
         for y in range(g.shape[0]):
             core = np.nonzero(g[y] > 128)[0]
@@ -85,30 +97,50 @@ def compose_line(
                 row_right[top + y] = max(row_right[top + y], x + int(core[-1]))
         x += g.shape[1]
     cols = np.nonzero(line.any(axis=0))[0]
+    if owners is not None:
+        owners.append(owner[:, max(0, cols[0] - 3) : cols[-1] + 4])
     return line[:, max(0, cols[0] - 3) : cols[-1] + 4]
 
 
-def _shear(ink: np.ndarray, slant: float) -> np.ndarray:
+def _shear(ink: np.ndarray, slant: float, resample=Image.Resampling.BILINEAR) -> np.ndarray:
     """Italic: each row moves right by ``slant`` pixels per pixel above the bottom."""
     h, w = ink.shape
     extra = int(np.ceil(abs(slant) * h))
     img = Image.fromarray(ink)
     shift = -slant * h if slant > 0 else 0.0
     data = (1, slant, shift, 0, 1, 0)
-    return np.asarray(img.transform((w + extra, h), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR))
+    return np.asarray(img.transform((w + extra, h), Image.Transform.AFFINE, data, resample))
 
 
-def compose(lines: list[list[np.ndarray]], rng: np.random.Generator, *, gap, slant: float) -> np.ndarray:
-    """Lines of digits -> one ink picture, lines stacked with a blank between, slanted."""
-    drawn = [compose_line(line, rng, gap=gap) for line in lines]
+def compose(
+    lines: list[list[np.ndarray]],
+    rng: np.random.Generator,
+    *,
+    gap,
+    slant: float,
+    owners: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Lines of digits -> one ink picture, lines stacked with a blank between, slanted.
+
+    ``owners``, when a list, receives the picture's ground truth (as :func:`compose_line`'s,
+    digits counted across the lines).
+    """
+    line_owners: list[np.ndarray] = []
+    drawn = [compose_line(line, rng, gap=gap, owners=line_owners) for line in lines]
     width = max(d.shape[1] for d in drawn)
     space = int(rng.integers(6, 12))
-    rows = []
-    for i, d in enumerate(drawn):
+    rows, truth, first = [], [], 0
+    for i, (d, o) in enumerate(zip(drawn, line_owners, strict=True)):
         if i:
             rows.append(np.zeros((space, width), np.uint8))
+            truth.append(np.zeros((space, width), np.uint8))
         indent = int(rng.integers(0, width - d.shape[1] + 1))
-        rows.append(np.pad(d, ((0, 0), (indent, width - d.shape[1] - indent))))
+        pad = ((0, 0), (indent, width - d.shape[1] - indent))
+        rows.append(np.pad(d, pad))
+        truth.append(np.pad(np.where(o > 0, o + first, 0).astype(np.uint8), pad))
+        first += len(lines[i])
+    if owners is not None:
+        owners.append(_shear(np.vstack(truth), slant, Image.Resampling.NEAREST))
     return _shear(np.vstack(rows), slant)
 
 
@@ -122,10 +154,16 @@ def render_number(
     ruled: bool = False,
     shadow: bool = False,
     width: int | None = None,
+    owners: list[np.ndarray] | None = None,
 ) -> tuple[bytes, str, NumberRender]:
-    """Digits (uint8 28x28) by line -> (file bytes, suffix, how it was made)."""
+    """Digits (uint8 28x28) by line -> (file bytes, suffix, how it was made).
+
+    ``owners``, when a list, receives the ground truth for analysis: an (h, w) uint8 map of
+    the photo, each pixel the digit (1, 2, ... across lines) whose ink is drawn there, 0 none.
+    """
     slant = float(rng.uniform(-0.25, 0.25)) if slant is None else slant
-    ink = compose(lines, rng, gap=gap, slant=slant)
+    truth: list[np.ndarray] = []
+    ink = compose(lines, rng, gap=gap, slant=slant, owners=truth)
     w = width or int(rng.integers(240, 901))
     cover = float(rng.uniform(0.5, 0.9))  # of the width, or of the height for a tall number
     scale = min(w * cover / ink.shape[1], w * 1.2 * cover / ink.shape[0])
@@ -139,6 +177,12 @@ def render_number(
     ox = int(rng.integers(0, max(0, w - glyph.width) + 1))
     oy = int(rng.integers(0, max(0, h - glyph.height) + 1))
     canvas.paste(glyph, (ox, oy))
+    if owners is not None:  # the same steps, without mixing digits' numbers
+        near = Image.Resampling.NEAREST
+        label = Image.fromarray(truth[0]).resize(size, near).rotate(rotation, resample=near, expand=True)
+        owner = Image.new("L", (w, h), 0)
+        owner.paste(label, (ox, oy))
+        owners.append(np.asarray(owner))
     a = np.clip((np.asarray(canvas, np.float32) / 255.0 - 0.15) * 1.6, 0.0, 1.0)[..., None]
     marks = None
     if ruled:  # pale lines every line-height or so, one under the digits' baseline

@@ -20,7 +20,7 @@ from mnist_tflite.cli import main
 from mnist_tflite.edge.images import load_image
 from mnist_tflite.edge.predict import Classifier, Reading
 from mnist_tflite.edge.preprocess import BlankImageError
-from mnist_tflite.edge.segment import MAX_DIGITS, SegmentError, _label, find_digits
+from mnist_tflite.edge.segment import MAX_DIGITS, SegmentError, _candidates, _label, find_digits
 from tests.numbers import render_number
 from tests.photos import make
 
@@ -116,6 +116,44 @@ def test_touching_digits_are_cut(clf, sure_digits, tmp_path):
         path, _ = _number(sure_digits, text, 20 + i, tmp_path, gap=None, slant=0.0)
         found = find_digits(load_image(path), judge=lambda x: clf._proba(x).max(axis=1))
         assert len(found) == len(text), text
+
+
+def test_a_cut_bends_between_interlocking_digits():
+    """A digit whose bar overhangs the next one's stem (a 7 before a 1) leaves no straight gap:
+    a cut line bent at the middle row separates them, so one candidate is exactly the first."""
+    patch = np.zeros((40, 40), np.float32)
+    patch[:, 12:15] = 1.0  # the first digit's stem...
+    patch[0:3, 12:24] = 1.0  # ... and its bar, over the second's stem
+    first = patch.copy()
+    patch[10:, 22:25] = 1.0  # the second digit
+    found = _candidates(patch, 40.0)
+    assert any(np.array_equal(ink, first) for ink in found.inks)
+
+
+@pytest.mark.parametrize(("text", "seed"), [("0522", 5), ("5544", 50)])
+def test_interlocking_touching_digits_are_read(clf, sure_digits, tmp_path, text, seed):
+    """Touching digits that interlock (composed from test digits): read whole. Before the cuts
+    could bend, these read 0527 and 52344."""
+    path, info = _number(sure_digits, text, seed, tmp_path, gap=None)
+    assert clf.read_number(path).number == text, info
+
+
+def test_the_composer_says_which_digit_drew_each_pixel(sure_digits):
+    """``owners``: each digit's pixels, left to right, on the ink; the photo is drawn the same."""
+    digits, labels = [[sure_digits[d][0] for d in (3, 0, 8)], [sure_digits[1][0]]], [[3, 0, 8], [1]]
+    photo, _, _ = render_number(digits, labels, np.random.default_rng(4), gap=None)
+    owners: list[np.ndarray] = []
+    again, _, info = render_number(digits, labels, np.random.default_rng(4), gap=None, owners=owners)
+    assert again == photo
+    owner = owners[0]
+    assert owner.shape == info.size[::-1]
+    assert set(np.unique(owner).tolist()) == {0, 1, 2, 3, 4}
+    ys, xs = np.nonzero(owner)
+    centre = [xs[owner[ys, xs] == k].mean() for k in (1, 2, 3)]
+    assert centre == sorted(centre)  # the first line, left to right
+    assert ys[owner[ys, xs] == 4].mean() > ys[owner[ys, xs] == 1].mean()  # the second line, below
+    ink = 255 - np.asarray(Image.open(io.BytesIO(again)).convert("L"), np.int16)
+    assert (ink[owner > 0] > ink[owner == 0].mean()).mean() > 0.9  # owned pixels are inked
 
 
 def test_a_single_digit_is_read_exactly_as_before(clf, test_images, tmp_path):

@@ -34,13 +34,14 @@ WIDE = 1.35  # a component wider than this many line heights holds touching digi
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
-PRIOR = 3.0  # weight of the width prior against the model's log-confidence
+PRIOR = 1.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
 FLAT = (0.3, 0.3)  # ... unless (a flat 0, a small 8) this tall and with this share of a digit's ink
 SLOPES = (-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35)  # cut lines tried: dx per dy (slanted writing)
 PIECE = 0.9  # a digit cut from touching digits is at most this many line heights wide
-MAX_CUTS = 24  # candidate cuts tried in one component of touching digits
+CUT_SPACING = 0.1  # candidate cuts are at least this many line heights apart...
+MAX_CUTS = 32  # ... and at most this many in one component of touching digits
 
 Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) images -> (N,) confidence of the best class
 
@@ -259,49 +260,67 @@ def _ink_of(part: _Part, ink: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _cut_costs(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each column x: the least ink a cut line through (x, middle) crosses, and its slope."""
+    """For each column x: the least ink a cut line through (x, middle) crosses, and its
+    slopes (above the middle row, from it down). A cut bends at the middle row: interlocking
+    digits (a 7's bar over the next digit's top, a 4 under it) leave no straight gap."""
     h, w = patch.shape
     ys = np.arange(h)[:, None] - (h - 1) / 2
     xs = np.arange(w)[None, :]
-    costs = np.full((len(SLOPES), w), np.inf)
-    for k, slope in enumerate(SLOPES):
-        # column x of the sheared picture holds the pixels on the line x + slope * (y - mid)
-        col = np.broadcast_to(np.rint(xs - slope * ys).astype(int), patch.shape)
-        inside = (col >= 0) & (col < w)
-        costs[k] = np.bincount(col[inside], weights=patch[inside], minlength=w)[:w]
-    best = np.argmin(costs, axis=0)
-    return costs[best, np.arange(w)], np.asarray(SLOPES)[best]
+    halves = []
+    for rows in (ys[:, 0] < 0, ys[:, 0] >= 0):  # the top half, then the bottom half
+        part, dy = patch[rows], ys[rows]
+        costs = np.full((len(SLOPES), w), np.inf)
+        for k, slope in enumerate(SLOPES):
+            # column x of the sheared half holds the pixels on the line x + slope * (y - mid)
+            col = np.broadcast_to(np.rint(xs - slope * dy).astype(int), part.shape)
+            inside = (col >= 0) & (col < w)
+            costs[k] = np.bincount(col[inside], weights=part[inside], minlength=w)[:w]
+        best = np.argmin(costs, axis=0)
+        halves.append((costs[best, np.arange(w)], np.asarray(SLOPES)[best]))
+    (top, up), (bottom, down) = halves
+    return top + bottom, np.stack([up, down], axis=1)
 
 
-def _between(patch: np.ndarray, left: tuple[float, float], right: tuple[float, float]) -> np.ndarray:
-    """The ink between two cut lines, each (x at the middle row, slope)."""
+def _between(patch: np.ndarray, left: tuple[float, ...], right: tuple[float, ...]) -> np.ndarray:
+    """The ink between two cut lines, each (x at the middle row, slope above it, slope below)."""
     h, w = patch.shape
     ys = np.arange(h)[:, None] - (h - 1) / 2
     xs = np.arange(w)[None, :]
-    return patch * ((xs - left[1] * ys >= left[0]) & (xs - right[1] * ys < right[0]))
+
+    def across(cut: tuple[float, ...]) -> np.ndarray:
+        return xs - np.where(ys < 0, cut[1], cut[2]) * ys
+
+    return patch * ((across(left) >= left[0]) & (across(right) < right[0]))
 
 
-def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) -> list[np.ndarray]:
-    """Cut the ink of touching digits into digits, left to right.
+@dataclass(frozen=True)
+class _Candidates:
+    """Where touching digits may be cut: the cut lines, and the stretches between two of
+    them that may be one digit (``spans``: indices into ``bounds``; ``inks``: their ink)."""
 
-    Over-segment, then choose: the candidate cuts are the columns where a slanted cut
-    line crosses the least ink (local minima); every stretch between two candidates that
-    is about a digit wide is a candidate digit, and the best chain of candidates from left
-    to right wins. With a ``judge`` (the model), a candidate scores by how sure the model
-    is of it; without, by how close its width is to a digit's. Each cut through ink costs.
-    """
+    edges: list[int]  # each cut line's x at the middle row; 0 and the width at the ends
+    bounds: list[tuple[float, float, float]]  # (x at the middle row, slopes); infinite at the ends
+    crossing: list[float]  # the ink each cut line crosses, in line heights
+    spans: list[tuple[int, int]]
+    inks: list[np.ndarray]
+
+
+def _candidates(patch: np.ndarray, height: float) -> _Candidates:
+    """Over-segment: the candidate cuts are the columns where a slanted cut line crosses
+    the least ink (local minima, no two closer than a stroke or two); every stretch between
+    two candidates that is about a digit wide (and the whole) may be a digit."""
     cost, slope = _cut_costs(patch)
     w = patch.shape[1]
     order = np.argsort(cost[1:-1], kind="stable") + 1
     spaced: list[int] = []
-    for x in order.tolist():  # cheapest first; no two candidates closer than a stroke or two
+    for x in order.tolist():  # cheapest first
         if cost[x] > cost[x - 1] or cost[x] > cost[x + 1]:
             continue
-        if all(abs(x - y) >= 0.15 * height for y in spaced) and len(spaced) < MAX_CUTS:
+        if all(abs(x - y) >= CUT_SPACING * height for y in spaced) and len(spaced) < MAX_CUTS:
             spaced.append(x)
     spaced.sort()
     edges = [0, *spaced, w]
-    bounds = [(-np.inf, 0.0), *[(float(x), float(slope[x])) for x in spaced], (np.inf, 0.0)]
+    bounds = [(-np.inf, 0.0, 0.0), *[(float(x), *map(float, slope[x])) for x in spaced], (np.inf, 0.0, 0.0)]
     spans = [
         (i, j)
         for i in range(len(edges))
@@ -310,7 +329,19 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     ]
     inks = [_between(patch, bounds[i], bounds[j]) for i, j in spans]
     keep = [k for k, a in enumerate(inks) if float(a.sum()) > 0.5]
-    spans, inks = [spans[k] for k in keep], [inks[k] for k in keep]
+    crossing = [0.0, *[float(cost[x]) / height for x in spaced], 0.0]
+    return _Candidates(edges, bounds, crossing, [spans[k] for k in keep], [inks[k] for k in keep])
+
+
+def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) -> list[np.ndarray]:
+    """Cut the ink of touching digits into digits, left to right.
+
+    Over-segment (:func:`_candidates`), then choose the best chain of candidates from left
+    to right. With a ``judge`` (the model), a candidate scores by how sure the model
+    is of it; without, by how close its width is to a digit's. Each cut through ink costs.
+    """
+    c = _candidates(patch, height)
+    edges, bounds, spans, inks, crossing = c.edges, c.bounds, c.spans, c.inks, c.crossing
     if not spans:
         return [patch]
     if judge is not None:  # all candidates in one call
@@ -324,7 +355,6 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     if judge is not None:
         scores = scores * PRIOR + np.log(np.maximum(sure, 1e-6))
     # a cut pays for the ink it crosses, in line heights (a stroke is about 0.1)
-    crossing = [0.0, *[float(cost[x]) / height for x in spaced], 0.0]
     best = np.full(len(edges), -np.inf)
     best[0] = 0.0
     back = [-1] * len(edges)

@@ -12,7 +12,8 @@ import { greyInkMap, inkToMnist } from "./device.js";
 const WORK_SIZE = 320; // edge/preprocess.py
 const INK_LEVEL = 0.12, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
 const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6, FLAT = [0.3, 0.3];
-const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 3.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9, MAX_CUTS = 24;
+const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 1.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9;
+const CUT_SPACING = 0.1, MAX_CUTS = 32;
 const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
 const MAX_DIGITS = 64;
 
@@ -186,49 +187,55 @@ function roundEven(x) {
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-/** segment.py's _cut_costs: per column, the least ink a slanted cut line through it crosses. */
+/** segment.py's _cut_costs: per column, the least ink a cut line through it crosses, bent at
+ * the middle row (its slope above, its slope below: each half's cheapest). */
 function cutCosts(patch) {
-  const { a, w, h } = patch, cost = new Float64Array(w).fill(Infinity), slope = new Float64Array(w);
-  for (const s of SLOPES) {
-    const c = new Float64Array(w);
-    for (let y = 0; y < h; y++) {
-      const dy = y - (h - 1) / 2;
-      for (let x = 0; x < w; x++) {
-        const col = roundEven(x - s * dy);
-        if (col >= 0 && col < w) c[col] += a[y * w + x];
+  const { a, w, h } = patch, cost = new Float64Array(w), slope = Array.from({ length: w }, () => [0, 0]);
+  for (const [half, y0, y1] of [[0, 0, Math.ceil((h - 1) / 2)], [1, Math.ceil((h - 1) / 2), h]]) {
+    const least = new Float64Array(w).fill(Infinity);
+    for (const s of SLOPES) {
+      const c = new Float64Array(w);
+      for (let y = y0; y < y1; y++) {
+        const dy = y - (h - 1) / 2;
+        for (let x = 0; x < w; x++) {
+          const col = roundEven(x - s * dy);
+          if (col >= 0 && col < w) c[col] += a[y * w + x];
+        }
       }
+      for (let x = 0; x < w; x++) if (c[x] < least[x]) [least[x], slope[x][half]] = [c[x], s];
     }
-    for (let x = 0; x < w; x++) if (c[x] < cost[x]) [cost[x], slope[x]] = [c[x], s];
+    for (let x = 0; x < w; x++) cost[x] += least[x];
   }
   return { cost, slope };
 }
 
-/** segment.py's _between: the ink between two cut lines, each [x at the middle row, slope]. */
+/** segment.py's _between: the ink between two cut lines, each [x at the middle row, slope
+ * above it, slope below]. */
 function between(patch, left, right) {
   const { a, w, h } = patch, out = new Float32Array(w * h);
   let sum = 0;
   for (let y = 0; y < h; y++) {
-    const dy = y - (h - 1) / 2;
+    const dy = y - (h - 1) / 2, [l, r] = dy < 0 ? [left[1], right[1]] : [left[2], right[2]];
     for (let x = 0; x < w; x++) {
-      if (x - left[1] * dy >= left[0] && x - right[1] * dy < right[0]) sum += out[y * w + x] = a[y * w + x];
+      if (x - l * dy >= left[0] && x - r * dy < right[0]) sum += out[y * w + x] = a[y * w + x];
     }
   }
   return { a: out, w, h, sum };
 }
 
-/** segment.py's _split: touching digits cut where slanted lines cross the least ink, the
- * chain of pieces chosen by width and by how sure the model (judge) is of each piece. */
+/** segment.py's _candidates and _split: touching digits cut where bent lines cross the least
+ * ink, the chain of pieces chosen by width and by how sure the model (judge) is of each piece. */
 function split(patch, lineHeight, digitWidth, judge) {
   const { cost, slope } = cutCosts(patch), w = patch.w;
   const order = Array.from({ length: Math.max(0, w - 2) }, (_, i) => i + 1).sort((p, q) => cost[p] - cost[q] || p - q);
   const spaced = [];
   for (const x of order) {
     if (cost[x] > cost[x - 1] || cost[x] > cost[x + 1]) continue;
-    if (spaced.every((y) => Math.abs(x - y) >= 0.15 * lineHeight) && spaced.length < MAX_CUTS) spaced.push(x);
+    if (spaced.every((y) => Math.abs(x - y) >= CUT_SPACING * lineHeight) && spaced.length < MAX_CUTS) spaced.push(x);
   }
   spaced.sort((p, q) => p - q);
   const edges = [0, ...spaced, w], last = edges.length - 1;
-  const bounds = [[-Infinity, 0], ...spaced.map((x) => [x, slope[x]]), [Infinity, 0]];
+  const bounds = [[-Infinity, 0, 0], ...spaced.map((x) => [x, ...slope[x]]), [Infinity, 0, 0]];
   const spans = [];
   for (let i = 0; i < edges.length; i++) {
     for (let j = i + 1; j < edges.length; j++) {
