@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,26 +43,39 @@ from tests.photos import make  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "numbers.json"
 
 
-def _number_set(clf, x, y, count: int, seed: int, touching: bool, out: Path) -> dict:
+def draw_numbers(
+    x: np.ndarray, y: np.ndarray, count: int, seed: int, touching: bool, owners: list | None = None
+) -> Iterator[tuple[np.ndarray, bytes, str, Any]]:
+    """The set's numbers, one by one: (the four test digits' indices, photo file bytes, suffix,
+    how it was drawn). ``owners``, when a list, receives each photo's ground truth
+    (``render_number``'s) as it is drawn; the photos are the same either way."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))[: count * 4].reshape(count, 4)
-    files, truth, ceiling, renders = [], [], [], []
-    clean = clf.model.predict(x[order.ravel()].astype(np.float32) / 255.0).reshape(count, 4)
     for i, idx in enumerate(order):
-        data_, suffix, info = render_number(
+        photo, suffix, info = render_number(
             [list(x[idx])],
             [list(y[idx])],
             rng,
             gap=None if touching else (3, 10),
             ruled=i % 3 == 0,
             shadow=i % 4 == 1,
+            owners=owners,
         )
+        yield idx, photo, suffix, info
+
+
+def _number_set(clf, x, y, count: int, seed: int, touching: bool, out: Path) -> dict:
+    files, truth, renders, digits = [], [], [], []
+    for i, (idx, photo, suffix, info) in enumerate(draw_numbers(x, y, count, seed, touching)):
         path = out / f"{'t' if touching else 's'}{i:05d}_{info.text}{suffix}"
-        path.write_bytes(data_)
+        path.write_bytes(photo)
         files.append(path)
         truth.append(info.text)
-        ceiling.append(bool((clean[i] == y[idx]).all()))
         renders.append(info)
+        digits.append(idx)
+    order = np.stack(digits)
+    clean = clf.model.predict(x[order.ravel()].astype(np.float32) / 255.0).reshape(count, 4)
+    ceiling = [bool((clean[i] == y[idx]).all()) for i, idx in enumerate(order)]
     t = time.perf_counter()
     answers = list(clf.read_files(files))
     seconds = time.perf_counter() - t

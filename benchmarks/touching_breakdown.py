@@ -28,6 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_numbers import draw_numbers  # noqa: E402  (beside this script: the same photos)
+
 from mnist_tflite.core import data  # noqa: E402
 from mnist_tflite.core.atomic import write_json  # noqa: E402
 from mnist_tflite.edge import segment  # noqa: E402
@@ -35,7 +37,6 @@ from mnist_tflite.edge.images import load_image  # noqa: E402
 from mnist_tflite.edge.ink import ink_map  # noqa: E402
 from mnist_tflite.edge.predict import Classifier  # noqa: E402
 from mnist_tflite.edge.preprocess import ink_to_mnist, picture  # noqa: E402
-from tests.numbers import render_number  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "touching_breakdown.json"
 PURE = 0.85  # a candidate is a digit: this share of its ink is the digit's, and of the digit's in it
@@ -94,14 +95,10 @@ def main() -> None:
     _recording(cuts)
     n = collections.Counter()
     counts = collections.Counter()
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(x))[: args.count * 4].reshape(args.count, 4)
+    owners: list[np.ndarray] = []
     with tempfile.TemporaryDirectory(prefix="touching_") as tmp:
-        for i, idx in enumerate(order):
-            owners: list[np.ndarray] = []
-            look = {"ruled": i % 3 == 0, "shadow": i % 4 == 1}  # as bench_numbers draws them
-            digits, labels = [list(x[idx])], [list(y[idx])]
-            photo, suffix, info = render_number(digits, labels, rng, gap=None, owners=owners, **look)
+        drawn = draw_numbers(x, y, args.count, args.seed, touching=True, owners=owners)
+        for i, (_, photo, suffix, info) in enumerate(drawn):
             path = Path(tmp) / f"t{i:05d}{suffix}"
             path.write_bytes(photo)
             image = load_image(path)
@@ -113,7 +110,7 @@ def main() -> None:
             n["count_right_a_digit_wrong"] += len(read) == len(info.text) and read != info.text
             counts[len(read)] += 1
             shape = ink_map(picture(image)).shape
-            owner = np.asarray(Image.fromarray(owners[0]).resize(shape[::-1], Image.Resampling.NEAREST))
+            owner = np.asarray(Image.fromarray(owners.pop()).resize(shape[::-1], Image.Resampling.NEAREST))
             for cut in cuts:
                 p, patch, height = cut["part"], cut["patch"], cut["height"]
                 own = owner[p.y0 : p.y1, p.x0 : p.x1]
