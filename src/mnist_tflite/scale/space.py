@@ -22,9 +22,15 @@ from typing import Any
 from mnist_tflite.training.model import Architecture
 
 INPUT = (28, 28, 1)
+# The moving statistics of batch norm follow the weights within about ten steps (PyTorch's
+# default; Keras' 0.99 takes a hundred). Training is the same either way; what changes is
+# every evaluation before the end: with 0.99, `deep32` on the search subset validated at 12 %
+# after 2 epochs and 51 % after 5 (training accuracy 97 %), so early stopping at epoch 5
+# compared batch-norm models by their lag. With 0.9: 96 % and 98 %.
+BN_MOMENTUM = 0.9
 MAX_BLOCKS = 3
 # dense at the small end, where a filter more or less decides whether a model fits 8 KB / 4 KB
-FILTERS = (4, 6, 7, 8, 10, 12, 16, 18, 20, 24, 32, 48, 64)
+FILTERS = (4, 6, 7, 8, 10, 12, 16, 18, 20, 24, 28, 32, 40, 48, 64)
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,11 @@ class ArchSpec:
             if b.stride != 1:
                 kwargs["strides"] = b.stride
             if self.batch_norm:
-                out += [(kind, {**kwargs, "use_bias": False}), ("BatchNormalization", {}), ("ReLU", {})]
+                out += [
+                    (kind, {**kwargs, "use_bias": False}),
+                    ("BatchNormalization", {"momentum": BN_MOMENTUM}),
+                    ("ReLU", {}),
+                ]
             else:
                 out.append((kind, {**kwargs, "activation": "relu"}))
             if b.pool:
@@ -341,22 +351,31 @@ def _b1(*blocks: Block, batch_norm: bool = True) -> ArchSpec:
 # (15 epochs, int8, test): batch norm (folded: free) and, for the smallest, no augmentation:
 # micro 98.94 % without, 98.41 % with; medium 99.09 % without.
 HINTS: tuple[Hint, ...] = (
-    Hint("micro", _b1(Block(7, 5, 2, pool=True), Block(18, 3)), 5e-3),  # 7,936 B, arena 3,896 B
-    Hint("small", _b1(Block(12, 5, 2, pool=True), Block(24, 3)), 3e-3),  # ~10.9 KB, arena ~4.8 KB
-    Hint("medium", _b1(Block(16, 5, 2, pool=True), Block(32, 3)), 3e-3),  # 14,512 B
+    # sizes: the int8 file without names (what tune measures and hands out), and the TFLM arena
+    Hint("micro", _b1(Block(7, 5, 2, pool=True), Block(18, 3)), 5e-3),  # 7,144 B, arena 3,896 B
+    # the widest strided pair under 8 KB and a 4 KB arena once the names are gone
+    Hint("micro20", _b1(Block(8, 5, 2, pool=True), Block(20, 3)), 5e-3),  # 7,880 B, 4,040 B
+    Hint("small", _b1(Block(12, 5, 2, pool=True), Block(24, 3)), 3e-3),  # 9,992 B, 4,680 B
+    Hint("medium", _b1(Block(16, 5, 2, pool=True), Block(32, 3)), 3e-3),  # ~13.6 KB
     # a stride-1 first conv and a pooling after each block: 2-5x the MACs for the same flash
-    Hint("pool12", _b1(Block(12, 5, pool=True), Block(24, 3, pool=True)), 3e-3, True),  # ~13 KB
-    Hint("pool24", _b1(Block(24, 5, pool=True), Block(48, 3, pool=True)), 3e-3, True),  # ~28 KB
+    Hint("pool12", _b1(Block(12, 5, pool=True), Block(24, 3, pool=True)), 3e-3, True),  # ~12 KB
+    Hint("pool24", _b1(Block(24, 5, pool=True), Block(48, 3, pool=True)), 3e-3, True),  # ~27 KB
     # three 3x3 blocks: the seed's shape, narrower, with a third conv instead of its wide dense layer
     Hint(
         "deep16", _b1(Block(12, 3, pool=True), Block(24, 3, pool=True), Block(24, 3)), 3e-3, True
-    ),  # 15,480 B
+    ),  # 14,456 B
+    Hint(
+        "deep16w", _b1(Block(12, 3, pool=True), Block(24, 3, pool=True), Block(28, 3)), 3e-3, True
+    ),  # 15,792 B: the widest third block under 16 KB
     Hint(
         "deep24", _b1(Block(16, 3, pool=True), Block(32, 3, pool=True), Block(32, 3)), 3e-3, True
-    ),  # 22,848 B
+    ),  # 21,824 B
     Hint(
         "deep32", _b1(Block(16, 3, pool=True), Block(32, 3, pool=True), Block(48, 3)), 3e-3, True
-    ),  # 29,344 B
+    ),  # 28,320 B
+    Hint(
+        "deep40", _b1(Block(20, 3, pool=True), Block(40, 3, pool=True), Block(40, 3)), 3e-3, True
+    ),  # 30,912 B: the widest even step under 32 KB
     # the front's smallest member in one search on all 60,000 (6,504 B, 98.49 % test); the next
     # search's sampler did not meet it, and its smallest was then 40 B over the 5k front's 7,896 B
     Hint("mini", _b1(Block(7, 5, pool=True), Block(8, 5, pool=True)), 2.2e-3, True),

@@ -49,6 +49,18 @@ def int8_recipe() -> Any:
     return get_recipe("int8")
 
 
+def int8_flatbuffer(model_or_arch: Any, rep: np.ndarray, seed: int | None = None) -> bytes:
+    """The file ``tune`` measures and hands out: the int8 recipe's flatbuffer without the
+    names a device never reads (``convert.without_names``). An ``Architecture`` (with
+    ``seed``) is converted untrained: the trained model's exact size."""
+    from mnist_tflite.training import search as tf_search
+    from mnist_tflite.training.convert import convert, without_names
+
+    if seed is None:
+        return without_names(convert(model_or_arch, int8_recipe(), rep))
+    return without_names(tf_search.untrained_flatbuffer(model_or_arch, int8_recipe(), rep, seed))
+
+
 def measure_tflm(flatbuffer: bytes) -> tuple[int | None, str | None]:
     """(exact TFLM arena in bytes, None), or (None, why TFLM cannot run it)."""
     from mnist_tflite.edge.flatbuffer import parse
@@ -113,10 +125,9 @@ _LOADED: dict[tuple[str, int, int | None], tuple[Any, np.ndarray]] = {}
 
 def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
     """Exact int8 flash and TFLM arena of a point, untrained (a few seconds, no training)."""
-    from mnist_tflite.training import search as tf_search
 
     _, rep = _setup(settings)
-    fb = tf_search.untrained_flatbuffer(spec.architecture("smallest"), int8_recipe(), rep, settings["seed"])
+    fb = int8_flatbuffer(spec.architecture("smallest"), rep, settings["seed"])
     arena, problem = measure_tflm(fb)
     return {"arch": spec.label(), "flash": len(fb), "arena": arena, "problem": problem}
 
@@ -155,13 +166,10 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any], report: Callable
         return infeasible(problem)
 
     from mnist_tflite.edge.flatbuffer import parse
-    from mnist_tflite.training import search as tf_search
 
     ds, rep = _setup(settings)
     # exact flash and arena before any training
-    fb0 = tf_search.untrained_flatbuffer(
-        spec.architecture(name or "tuned"), int8_recipe(), rep, settings["seed"]
-    )
+    fb0 = int8_flatbuffer(spec.architecture(name or "tuned"), rep, settings["seed"])
     arena0, tflm_error = measure_tflm(fb0)
     figures = {"flash": len(fb0), "arena": arena0, "macs": parse(fb0).macs}
     if tflm_error:
@@ -262,7 +270,6 @@ def _train_int8(
     """Train the point as every trial is trained (same epochs, seed, schedule, split) and
     convert it to int8: (flatbuffer, train config, train result). ``full``: the refit, on
     every training image for ``refit_epochs``."""
-    from mnist_tflite.training.convert import convert
     from mnist_tflite.training.train import TrainConfig, train
 
     spec, lr = space.from_config(config)
@@ -278,7 +285,7 @@ def _train_int8(
         seed=int(settings["seed"]),
     )
     result = train(ds, cfg, architecture=arch, on_epoch=on_epoch, log=lambda m: None)
-    return convert(result.model, int8_recipe(), rep), cfg, result
+    return int8_flatbuffer(result.model, rep), cfg, result
 
 
 def cross_validation_fold(config: dict[str, Any], settings: dict[str, Any], fold: int) -> dict[str, Any]:
