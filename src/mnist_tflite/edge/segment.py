@@ -462,7 +462,7 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
     parts = _digits_only(parts, height)
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
-    found: list[tuple[_Part, int, np.ndarray]] = []  # (part, line, its ink)
+    found: list[tuple[_Part, int, np.ndarray, bool]] = []  # (part, line, its ink, cut from it)
     for number, line in enumerate(_lines(parts)):
         line_height = float(np.median([p.height for p in line]))
         digit_width = _line_width(line, line_height)
@@ -472,13 +472,16 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
                 pieces = _split(patch, line_height, digit_width, judge)
             else:
                 pieces = [patch]
-            found += [(p, number, q) for q in pieces]
+            found += [(p, number, q, len(pieces) > 1) for q in pieces]
             if len(found) > MAX_DIGITS:
                 raise _too_many(len(found), "digits")
     if len(found) == 1:  # one digit: exactly the single-digit path, specks and all
-        part, _, piece = found[0]
+        part, _, piece, _ = found[0]
         return [Digit(_box(part, piece, (h, w)), 0, ink_to_mnist(full))]
+    # a piece cut from touching digits stays as the model judged it (grown, it would cross the cut)
     return [
-        Digit(_box(p, q, (h, w)), number, ink_to_mnist(_own_strokes(p, q, strength, labels, peak)))
-        for p, number, q in found
+        Digit(
+            _box(p, q, (h, w)), number, ink_to_mnist(q if cut else _own_strokes(p, q, strength, labels, peak))
+        )
+        for p, number, q, cut in found
     ]

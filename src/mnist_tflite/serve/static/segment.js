@@ -344,14 +344,17 @@ export function findDigits(pic, judge) {
     for (const p of line) {
       const patch = inkOf(p, full, labels, w);
       const wide = width(p) > WIDE_JUDGED * Math.max(lineHeight, height(p));
-      for (const piece of wide ? split(patch, lineHeight, digitWidth, judge) : [patch]) {
-        digits.push({ box: boxOf(p, piece, w, h), line: number, ink: piece, part: p });
+      const pieces = wide ? split(patch, lineHeight, digitWidth, judge) : [patch];
+      for (const piece of pieces) {
+        digits.push({ box: boxOf(p, piece, w, h), line: number, ink: piece, part: pieces.length > 1 ? null : p });
       }
     }
   });
   if (digits.length > MAX_DIGITS) return { error: tooMany(digits.length, "digits") };
   if (digits.length === 1) digits[0].ink = whole; // one digit: exactly the single-digit path
-  else for (const d of digits) d.ink = ownStrokes(d.part, d.ink, ink.strength, ink.peak, labels, w);
+  else { // a piece cut from touching digits stays as the model judged it (grown, it would cross the cut)
+    for (const d of digits) if (d.part) d.ink = ownStrokes(d.part, d.ink, ink.strength, ink.peak, labels, w);
+  }
   for (const d of digits) delete d.part;
   return { digits, defer };
 }
