@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw
 
 from mnist_tflite.cli import main
 from mnist_tflite.edge.images import load_image
+from mnist_tflite.edge.ink import ink_map, running
 from mnist_tflite.edge.predict import Classifier, Reading
-from mnist_tflite.edge.preprocess import BlankImageError
+from mnist_tflite.edge.preprocess import BlankImageError, ink_to_mnist, picture
 from mnist_tflite.edge.segment import MAX_DIGITS, SegmentError, _candidates, _label, find_digits
 from tests.numbers import render_number
 from tests.photos import make
@@ -168,6 +169,50 @@ def test_a_single_digit_is_read_exactly_as_before(clf, test_images, tmp_path):
             np.testing.assert_array_equal(reading.digits[0].image, before.image)
             assert reading.digits[0].label == before.label and reading.digits[0].source == str(path)
     assert one >= 39
+
+
+def test_a_digit_in_a_lighter_pen_is_the_same_digit(sure_digits):
+    """A number's digits cut their strokes against their own ink, not the picture's darkest:
+    a digit written at 40 % of its neighbours' strength gives the same 28x28 as written dark
+    (cut picture-wide, as before, its strokes all fell under the ink map's cut)."""
+    glyphs = [_glyph_ink(sure_digits[d][0]) for d in (4, 0, 7, 2)]
+
+    def page(strength: float) -> np.ndarray:
+        ink = np.zeros((80, 260), np.float32)
+        for k, g in enumerate(glyphs):
+            ink[18:62, 12 + 62 * k : 56 + 62 * k] = g * (strength if k == 2 else 1.0)
+        return np.rint(255 * (1.0 - ink)).astype(np.uint8)  # dark on white paper
+
+    dark, light = find_digits(page(1.0)), find_digits(page(0.4))
+    assert len(dark) == len(light) == 4
+    a, b = dark[2].image, light[2].image  # picture-wide, the light 7 peaked at 0.25: no solid pixel
+    assert b.max() == 1.0 and abs(int((b > 0.5).sum()) - int((a > 0.5).sum())) <= 0.1 * (a > 0.5).sum()
+    assert np.abs(b - a).mean() < 0.06  # its box is a pixel smaller (the cut ink's); the strokes agree
+    for k in (0, 1, 3):  # the others are untouched
+        np.testing.assert_array_equal(light[k].image, dark[k].image)
+
+
+def _glyph_ink(digit: np.ndarray) -> np.ndarray:
+    """A 28x28 test digit as ink in [0, 1], 44 px tall."""
+    return np.asarray(Image.fromarray(digit).resize((44, 44), Image.Resampling.BILINEAR), np.float32) / 255
+
+
+def test_a_small_blurred_digits_thin_strokes_are_kept(clf, sure_digits, tmp_path):
+    """A blurred photo of a number: its 0 (about 30 px tall) has strokes fainter than the other
+    digits' ink. Cut picture-wide, as before, it keeps a fifth of its solid pixels and reads 2
+    (the number read 2423); cut against its own strokes, it is whole and reads 0."""
+    owners: list[np.ndarray] = []
+    path, info = _number(sure_digits, "0423", 139, tmp_path, gap=(3, 10), owners=owners)
+    assert info.blur > 2
+    image = load_image(path)
+    assert clf.read_number(image).number == "0423"
+    full = ink_map(picture(image))
+    owner = np.asarray(Image.fromarray(owners[0]).resize(full.shape[::-1], Image.Resampling.NEAREST))
+    mine = running(running((owner == 1).astype(np.float32), 5, 0, np.maximum), 5, 1, np.maximum)
+    before = ink_to_mnist(full * mine)  # the 0's own pixels, cut as the whole picture is
+    now = find_digits(image)[0].image
+    assert clf.model.predict(np.stack([before, now])).tolist() == [2, 0]
+    assert (now > 0.5).sum() > 3 * (before > 0.5).sum()
 
 
 def test_a_digit_broken_in_two_stays_one_digit(clf, sure_digits, tmp_path):

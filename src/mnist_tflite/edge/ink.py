@@ -141,6 +141,16 @@ def _upsample(a: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
 
 def ink_map(a: np.ndarray) -> np.ndarray:
     """(H, W, C) colour image in [0, 1] -> ink strength (H, W) in [0, 1], 0 = background."""
+    return cut_ink(*ink_strength(a))
+
+
+def ink_strength(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W, C) colour image in [0, 1] -> (how far each pixel is from the paper, above the
+    noise; the strongest mark's level): the ink before :func:`cut_ink` scales it to 0..1.
+
+    Raises:
+        BlankImageError: when no mark stands out from the paper and its noise.
+    """
     light = _light_background(_luminance(a))
     channels = [a[..., c] for c in range(min(a.shape[-1], 3))]
     diffs = []
@@ -171,8 +181,18 @@ def ink_map(a: np.ndarray) -> np.ndarray:
             f"no ink found: the strongest mark differs from the background by {peak:.0%} of full "
             f"scale, expected at least {needed:.0%} (blank page?)"
         )
+    return ink, peak
+
+
+def cut_ink(strength: np.ndarray, peak: float) -> np.ndarray:
+    """Ink strength -> the ink map in [0, 1]: under ``LOW_CUT`` of the peak is paper, over
+    ``HIGH_CUT`` solid ink.
+
+    Raises:
+        BlankImageError: when only a few pixels are solid ink.
+    """
     low, high = LOW_CUT * peak, HIGH_CUT * peak
-    ink = np.clip((ink - low) / (high - low), 0.0, 1.0)
+    ink = np.clip((strength - low) / (high - low), 0.0, 1.0)
     if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
         raise BlankImageError("no digit found: only a few specks differ from the background (blank page?)")
     return ink

@@ -56,7 +56,7 @@ function everyThird(a) {
 }
 
 /** 3x3 mean, edges repeated (separable: rows of three, then columns of three). */
-function box3(a, w, h) {
+export function box3(a, w, h) {
   const rows = new Float32Array(w * h), out = new Float32Array(w * h);
   for (let y = 0; y < h; y++) {
     const o = y * w;
@@ -70,7 +70,7 @@ function box3(a, w, h) {
 }
 
 /** Centred running max or min (op) of width k along rows (along = 1) or columns, edges repeated. */
-function running(a, w, h, k, along, op) {
+export function running(a, w, h, k, along, op) {
   const out = new Float32Array(w * h), lo = k >> 1;
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
@@ -142,6 +142,11 @@ export function greyInkMap(a, w, h) {
   return inkOf([a], a, w, h);
 }
 
+/** A grey picture -> {strength, peak} (edge/ink.py's ink_strength), or null when blank. */
+export function greyInkStrength(a, w, h) {
+  return strengthOf([a], a, w, h);
+}
+
 /** edge/ink.py's polarity of a mid-grey picture: the dark tail reaches further from the local
  * level (block means, interpolated back) than the light one, so a shadow's edge is neither. */
 function darkTail(lum, w, h) {
@@ -161,6 +166,13 @@ function darkTail(lum, w, h) {
 
 /** Channels (one grey, or r, g, b) and their luminance -> the ink map, or null. */
 function inkOf(channels, lum, w, h) {
+  const s = strengthOf(channels, lum, w, h);
+  return s && cutInk(s.strength, s.peak);
+}
+
+/** edge/ink.py's ink_strength: how far each pixel is from the paper, and the strongest
+ * mark's level (the ink before cutInk), or null when nothing stands out. */
+function strengthOf(channels, lum, w, h) {
   const n = w * h;
   const level = quantile(everyThird(lum), 0.5);
   const light = level >= 0.65 ? true : level <= 0.35 ? false : darkTail(lum, w, h);
@@ -188,10 +200,16 @@ function inkOf(channels, lum, w, h) {
   for (let i = 0; i < smooth.length; i++) top = smooth[i] > top ? smooth[i] : top;
   const peak = Math.max(smooth.length > 1000 ? quantile(smooth, 0.999) : top, 0.8 * top);
   if (peak < Math.max(MIN_CONTRAST, NOISE_MARGIN * noise)) return null; // nothing drawn
-  const low = LOW_CUT * peak, high = HIGH_CUT * peak;
+  return { strength: ink, peak };
+}
+
+/** edge/ink.py's cut_ink: strength -> the ink map in [0, 1] (a new array), or null when only
+ * a few pixels are solid ink. */
+export function cutInk(strength, peak) {
+  const low = LOW_CUT * peak, high = HIGH_CUT * peak, ink = new Float32Array(strength.length);
   let solid = 0;
   for (let i = 0; i < ink.length; i++) {
-    const v = (ink[i] - low) / (high - low);
+    const v = (strength[i] - low) / (high - low);
     ink[i] = v < 0 ? 0 : v > 1 ? 1 : v;
     solid += ink[i] > 0.5;
   }

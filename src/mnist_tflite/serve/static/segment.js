@@ -7,13 +7,14 @@
 // such a line says so (`defer`): serve's page then asks /api/predict?number=1, a static site
 // reads it as it is and says why.
 
-import { greyInkMap, inkToMnist } from "./device.js";
+import { box3, cutInk, greyInkStrength, inkToMnist, running } from "./device.js";
 
 const WORK_SIZE = 320; // edge/preprocess.py
 const INK_LEVEL = 0.12, RULE_LENGTH = 0.75, WHOLE_PICTURE = 0.9; // edge/segment.py, from here on
 const JOIN_OVERLAP = 0.5, JOIN_HEIGHT = 1.7, WIDE_JUDGED = 0.8, FRAGMENT = 0.6, FLAT = [0.3, 0.3];
 const WIDEST = 1.5, WHOLE_PENALTY = 1.0, PRIOR = 1.0, DIGIT_WIDTH = [0.5, 0.85], PIECE = 0.9;
-const CUT_SPACING = 0.1, MAX_CUTS = 32;
+const CUT_SPACING = 0.1, MAX_CUTS = 32, STROKE_WINDOW = 0.15, FAINTEST = 0.25;
+const LOW_CUT = 0.3, HIGH_CUT = 0.75; // edge/ink.py's, which segment.py cuts a digit's strokes with
 const SLOPES = [-0.35, -0.2, -0.1, 0.0, 0.1, 0.2, 0.35];
 const MAX_DIGITS = 64;
 
@@ -275,6 +276,27 @@ function lineWidth(line, lineHeight) {
   return Math.min(DIGIT_WIDTH[1] * lineHeight, Math.max(DIGIT_WIDTH[0] * lineHeight, guess));
 }
 
+/** segment.py's _own_strokes: a digit's ink again, each stroke cut against the strongest ink
+ * near it (or FAINTEST of the picture's peak), not the picture's: a small digit's thin strokes. */
+function ownStrokes(part, piece, strength, peak, labels, w) {
+  const pw = piece.w, ph = piece.h, n = pw * ph, inked = new Float32Array(n), s = new Float32Array(n);
+  for (let i = 0; i < n; i++) inked[i] = piece.a[i] > 0 ? 1 : 0;
+  const near = running(running(inked, pw, ph, 5, 0, Math.max), pw, ph, 5, 1, Math.max);
+  for (let y = 0; y < ph; y++) {
+    for (let x = 0; x < pw; x++) {
+      const at = (part.y0 + y) * w + part.x0 + x, lab = labels[at];
+      if (near[y * pw + x] > 0 && (lab === 0 || part.ids.includes(lab))) s[y * pw + x] = strength[at];
+    }
+  }
+  const k = Math.max(3, Math.floor(STROKE_WINDOW * ph) | 1), out = new Float32Array(n);
+  const local = running(running(box3(s, pw, ph), pw, ph, k, 0, Math.max), pw, ph, k, 1, Math.max);
+  for (let i = 0; i < n; i++) {
+    const v = (s[i] / Math.max(local[i], FAINTEST * peak) - LOW_CUT) / (HIGH_CUT - LOW_CUT);
+    out[i] = v < 0 ? 0 : v > 1 ? 1 : v;
+  }
+  return { a: out, w: pw, h: ph };
+}
+
 /** segment.py's _box: a piece's box as fractions of the picture (its ink within its part). */
 function boxOf(part, piece, w, h) {
   let y0 = Infinity, y1 = -1, x0 = Infinity, x1 = -1;
@@ -300,7 +322,7 @@ const tooMany = (count, what) =>
  * of the picture, line, ink: {a, w, h}}; defer names what only the server does, or "". */
 export function findDigits(pic, judge) {
   const { w, h } = pic;
-  const full = greyInkMap(pic.a, w, h);
+  const ink = greyInkStrength(pic.a, w, h), full = ink && cutInk(ink.strength, ink.peak);
   if (!full) return null;
   const { labels, parts: marks } = components(full, w, h);
   for (const p of marks) {
@@ -322,12 +344,17 @@ export function findDigits(pic, judge) {
     for (const p of line) {
       const patch = inkOf(p, full, labels, w);
       const wide = width(p) > WIDE_JUDGED * Math.max(lineHeight, height(p));
-      for (const piece of wide ? split(patch, lineHeight, digitWidth, judge) : [patch]) {
-        digits.push({ box: boxOf(p, piece, w, h), line: number, ink: piece });
+      const pieces = wide ? split(patch, lineHeight, digitWidth, judge) : [patch];
+      for (const piece of pieces) {
+        digits.push({ box: boxOf(p, piece, w, h), line: number, ink: piece, part: pieces.length > 1 ? null : p });
       }
     }
   });
   if (digits.length > MAX_DIGITS) return { error: tooMany(digits.length, "digits") };
   if (digits.length === 1) digits[0].ink = whole; // one digit: exactly the single-digit path
+  else { // a piece cut from touching digits stays as the model judged it (grown, it would cross the cut)
+    for (const d of digits) if (d.part) d.ink = ownStrokes(d.part, d.ink, ink.strength, ink.peak, labels, w);
+  }
+  for (const d of digits) delete d.part;
   return { digits, defer };
 }
