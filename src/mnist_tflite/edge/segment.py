@@ -13,6 +13,7 @@ labelled run by run (SciPy's ``ndimage`` would add 0.7 s to ``predict``'s start-
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ WIDE = 1.35  # a component wider than this many line heights holds touching digi
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
+WHOLE_SURE = 0.99  # with the reader: the model this sure of the uncut whole keeps it one digit
 PRIOR = 1.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
@@ -44,6 +46,8 @@ CUT_SPACING = 0.1  # candidate cuts are at least this many line heights apart...
 MAX_CUTS = 32  # ... and at most this many in one component of touching digits
 
 Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) images -> (N,) confidence of the best class
+# a component's ink -> its digits, left to right: (column, probabilities of the 10 digits) each
+ReadInk = Callable[[np.ndarray], list[tuple[float, np.ndarray]]]
 
 
 class SegmentError(MnistTfliteError):
@@ -55,12 +59,15 @@ class Digit:
     """One digit found in a picture.
 
     ``box`` is (left, top, right, bottom) as fractions of the picture's width and height;
-    ``line`` counts lines of writing from the top; ``image`` is its (28, 28) MNIST image.
+    ``line`` counts lines of writing from the top; ``image`` is its (28, 28) MNIST image;
+    ``probabilities``, when the touching-digit reader read it, are the reader's (else None:
+    the model classifies ``image``).
     """
 
     box: tuple[float, float, float, float]
     line: int
     image: np.ndarray
+    probabilities: np.ndarray | None = None
 
 
 # --- connected components, run by run ---------------------------------------------------
@@ -371,6 +378,32 @@ def _split(patch: np.ndarray, height: float, width: float, judge: Judge | None) 
     return [_between(patch, bounds[i], bounds[j]) for i, j in reversed(chosen)]
 
 
+def _cut_at(patch: np.ndarray, height: float, columns: list[float]) -> list[np.ndarray]:
+    """Cut touching digits between the columns where the reader saw each one: at the
+    candidate cut (:func:`_candidates`) nearest the middle of two neighbours, else straight
+    down that middle."""
+    c = _candidates(patch, height)
+    inner = list(zip(c.edges[1:-1], c.bounds[1:-1], strict=True))
+    bounds: list[tuple[float, float, float]] = [c.bounds[0]]
+    for a, b in itertools.pairwise(columns):
+        middle = (a + b) / 2
+        near = [(abs(x - middle), bound) for x, bound in inner if a < x < b]
+        bounds.append(min(near)[1] if near else (middle, 0.0, 0.0))
+    bounds.append(c.bounds[-1])
+    pieces = [_between(patch, left, right) for left, right in itertools.pairwise(bounds)]
+    return [q if float(q.sum()) > 0.5 else patch for q in pieces]
+
+
+def _one_digit(patch: np.ndarray, wide: float, reads: list, judge: Judge | None) -> bool:
+    """A wide single digit (a broad 0, a slanted 4) that the reader took for two: the model
+    is surer of the whole as one digit than the reader is of all its digits together."""
+    if judge is None or wide > WIDEST:
+        return False
+    together = float(np.prod([q.max() for _, q in reads]))
+    whole = float(np.asarray(judge(ink_to_mnist(patch)[None]))[0])
+    return whole >= WHOLE_SURE and whole > together
+
+
 def _line_width(line: list[_Part], height: float) -> float:
     """The width of one digit in this line: the median of the parts that hold one digit."""
     single = [p.width for p in line if DIGIT_WIDTH[0] * height <= p.width <= WIDE_JUDGED * height]
@@ -393,7 +426,7 @@ def _too_many(count: int, what: str) -> SegmentError:
     )
 
 
-def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
+def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = None) -> list[Digit]:
     """A photo or array of a handwritten number -> its digits, by line, left to right.
 
     Args:
@@ -401,6 +434,9 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
             A 28x28 array is one MNIST digit and is returned as it is.
         judge: (N, 28, 28) candidate digits -> the model's confidence in each; used to
             choose where touching digits are cut (without it, by their widths).
+        reader: a component's ink -> its digits (column, probabilities), read without
+            cutting (:class:`mnist_tflite.edge.reader.Reader`); when given, it reads every
+            component that may hold touching digits, and the cuts only make the pictures.
 
     Returns:
         The digits found, each with its box and its (28, 28) image. When only one is found,
@@ -436,19 +472,30 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
     parts = _digits_only(parts, height)
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
-    found: list[tuple[tuple[float, float, float, float], int, np.ndarray]] = []  # (box, line, ink)
+    # (box, line, ink, the reader's probabilities or None)
+    found: list[tuple[tuple[float, float, float, float], int, np.ndarray, np.ndarray | None]] = []
     for number, line in enumerate(_lines(parts)):
         line_height = float(np.median([p.height for p in line]))
         digit_width = _line_width(line, line_height)
         for p in line:
             patch = _ink_of(p, ink, labels)
-            if p.width > (WIDE_JUDGED if judge else WIDE) * max(line_height, p.height):
-                pieces = _split(patch, line_height, digit_width, judge)
-            else:
+            probs: list[np.ndarray | None] = [None]
+            if p.width <= (WIDE_JUDGED if judge or reader else WIDE) * max(line_height, p.height):
                 pieces = [patch]
-            found += [(_box(p, q, (h, w)), number, q) for q in pieces]
+            elif reader is not None:
+                reads = reader(patch)
+                wide = p.width / max(line_height, p.height)
+                if len(reads) > 1 and not _one_digit(patch, wide, reads, judge):
+                    pieces = _cut_at(patch, line_height, [x for x, _ in reads])
+                    probs = [q for _, q in reads]
+                else:
+                    pieces = [patch]
+            else:
+                pieces = _split(patch, line_height, digit_width, judge)
+            probs = probs * len(pieces) if len(probs) != len(pieces) else probs
+            found += [(_box(p, q, (h, w)), number, q, r) for q, r in zip(pieces, probs, strict=True)]
             if len(found) > MAX_DIGITS:
                 raise _too_many(len(found), "digits")
     if len(found) == 1:  # one digit: exactly the single-digit path, specks and all
         return [Digit(found[0][0], 0, ink_to_mnist(full))]
-    return [Digit(box, number, ink_to_mnist(q)) for box, number, q in found]
+    return [Digit(box, number, ink_to_mnist(q), r) for box, number, q, r in found]
