@@ -87,7 +87,7 @@ def test_the_shipped_reader_has_its_sidecar():
     meta = json.loads(DEFAULT_READER.with_suffix(".json").read_text())
     assert meta["size_bytes"] == DEFAULT_READER.stat().st_size <= 400_000
     assert "training set" in meta["data_source"] and "LeCun" in meta["data_source"]
-    assert meta["held_out"]["number_right"] >= 0.9
+    assert meta["held_out"]["number_right"] >= 0.8  # held-out strings of 1-5 training digits
     Reader()  # its SHA-256 matches
 
 
@@ -156,3 +156,21 @@ def test_corrupt_reader_is_one_line_exit_2(models_dir, tmp_path, capsys):
     classifier = models_dir / "int8.tflite"  # a classifier is not a reader: said, not run
     with pytest.raises(MnistTfliteError, match="not a reader"):
         Reader(classifier)
+
+
+@pytest.mark.slow
+def test_retraining_the_reader_is_deterministic(tmp_path):
+    from mnist_tflite.training.reader import ReaderConfig, train_reader
+
+    config = ReaderConfig(strings=256, held_out=64, epochs=2, seed=3)
+    a = train_reader(config, tmp_path / "a.tflite", log=lambda m: None)
+    b = train_reader(config, tmp_path / "b.tflite", log=lambda m: None)
+    assert (
+        a["sha256"] == b["sha256"]
+        and (tmp_path / "a.tflite").read_bytes() == (tmp_path / "b.tflite").read_bytes()
+    )
+    assert "training set" in a["data_source"] and 0.0 <= a["held_out"]["number_right"] <= 1.0
+    reader = Reader(tmp_path / "a.tflite")  # what the trainer writes, the runner loads
+    assert reader.probabilities(np.zeros((HEIGHT, WIDTH), np.float32)).sum(axis=1) == pytest.approx(
+        1.0, abs=1e-4
+    )

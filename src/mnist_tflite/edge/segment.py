@@ -35,7 +35,8 @@ WIDE = 1.35  # a component wider than this many line heights holds touching digi
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
-WHOLE_SURE = 0.99  # with the reader: the model this sure of the uncut whole keeps it one digit
+WHOLE_SURE = 0.5  # with the reader: the model this sure of the uncut whole may keep it one digit
+NARROW_WHOLE = (1.1, 0.99)  # ... and a component this narrow (line heights) when the model is this sure
 PRIOR = 1.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
@@ -395,13 +396,17 @@ def _cut_at(patch: np.ndarray, height: float, columns: list[float]) -> list[np.n
 
 
 def _one_digit(patch: np.ndarray, wide: float, reads: list, judge: Judge | None) -> bool:
-    """A wide single digit (a broad 0, a slanted 4) that the reader took for two: the model
-    is surer of the whole as one digit than the reader is of all its digits together."""
+    """A wide single digit (a broad 0, a slanted 4, a 7 with a long bar) that the reader took
+    for two: the model is surer of the whole as one digit than the reader is of all its
+    digits together, or the component is hardly wider than a digit and the model all but
+    certain of it (the reader can be certain of "77" in one long-barred 7)."""
     if judge is None or wide > WIDEST:
         return False
     together = float(np.prod([q.max() for _, q in reads]))
     whole = float(np.asarray(judge(ink_to_mnist(patch)[None]))[0])
-    return whole >= WHOLE_SURE and whole > together
+    return (whole >= WHOLE_SURE and whole > together) or (
+        wide <= NARROW_WHOLE[0] and whole >= NARROW_WHOLE[1]
+    )
 
 
 def _line_width(line: list[_Part], height: float) -> float:

@@ -124,6 +124,7 @@ def train_reader(config: ReaderConfig, out: Path, *, log=print) -> dict[str, Any
     tf = import_tf()
     import keras
 
+    keras.backend.clear_session()  # layer names (in the flatbuffer) restart: same seed, same bytes
     set_determinism(config.seed)
     d = data.load("embedded", log=lambda m: None)  # the official 60,000 + 10,000, checksummed
     x, y = d.x_train, d.y_train.astype(np.int32)
