@@ -36,7 +36,9 @@ WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model d
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
 WHOLE_SURE = 0.5  # with the reader: the model this sure of the uncut whole may keep it one digit
-NARROW_WHOLE = (1.1, 0.99)  # ... and a component this narrow (line heights) when the model is this sure
+# the reader reads components wider than this many line heights; narrower ones are cut and chosen
+# as without it (the reader can be sure of "77" in one long-barred 7; a wider single digit is rare)
+READER_WIDE = 1.1
 PRIOR = 1.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
@@ -396,17 +398,13 @@ def _cut_at(patch: np.ndarray, height: float, columns: list[float]) -> list[np.n
 
 
 def _one_digit(patch: np.ndarray, wide: float, reads: list, judge: Judge | None) -> bool:
-    """A wide single digit (a broad 0, a slanted 4, a 7 with a long bar) that the reader took
-    for two: the model is surer of the whole as one digit than the reader is of all its
-    digits together, or the component is hardly wider than a digit and the model all but
-    certain of it (the reader can be certain of "77" in one long-barred 7)."""
+    """A wide single digit (a broad 0, a slanted 4) that the reader took for two: the model
+    is surer of the whole as one digit than the reader is of all its digits together."""
     if judge is None or wide > WIDEST:
         return False
     together = float(np.prod([q.max() for _, q in reads]))
     whole = float(np.asarray(judge(ink_to_mnist(patch)[None]))[0])
-    return (whole >= WHOLE_SURE and whole > together) or (
-        wide <= NARROW_WHOLE[0] and whole >= NARROW_WHOLE[1]
-    )
+    return whole >= WHOLE_SURE and whole > together
 
 
 def _line_width(line: list[_Part], height: float) -> float:
@@ -440,8 +438,8 @@ def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = N
         judge: (N, 28, 28) candidate digits -> the model's confidence in each; used to
             choose where touching digits are cut (without it, by their widths).
         reader: a component's ink -> its digits (column, probabilities), read without
-            cutting (:class:`mnist_tflite.edge.reader.Reader`); when given, it reads every
-            component that may hold touching digits, and the cuts only make the pictures.
+            cutting (:class:`mnist_tflite.edge.reader.Reader`); when given, it reads the
+            components wider than ``READER_WIDE`` line heights (its cuts only make the pictures).
 
     Returns:
         The digits found, each with its box and its (28, 28) image. When only one is found,
@@ -487,10 +485,11 @@ def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = N
             probs: list[np.ndarray | None] = [None]
             if p.width <= (WIDE_JUDGED if judge or reader else WIDE) * max(line_height, p.height):
                 pieces = [patch]
-            elif reader is not None:
+            elif reader is not None and p.width > READER_WIDE * max(line_height, p.height):
                 reads = reader(patch)
-                wide = p.width / max(line_height, p.height)
-                if len(reads) > 1 and not _one_digit(patch, wide, reads, judge):
+                if len(reads) > 1 and not _one_digit(
+                    patch, p.width / max(line_height, p.height), reads, judge
+                ):
                     pieces = _cut_at(patch, line_height, [x for x, _ in reads])
                     probs = [q for _, q in reads]
                 else:
