@@ -11,6 +11,7 @@ when each digit is cut out by the ground truth itself (what any cut could do).
 
 Usage:
     python benchmarks/touching_breakdown.py [--count 300] [--model tests/models/int8.tflite]
+        [--reader src/mnist_tflite/edge/models/reader.tflite]
         [--out benchmarks/results/touching_breakdown.json]
 """
 
@@ -37,6 +38,7 @@ from mnist_tflite.edge.images import load_image  # noqa: E402
 from mnist_tflite.edge.ink import ink_map  # noqa: E402
 from mnist_tflite.edge.predict import Classifier  # noqa: E402
 from mnist_tflite.edge.preprocess import ink_to_mnist, picture  # noqa: E402
+from mnist_tflite.edge.reader import DEFAULT_READER, Reader  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "touching_breakdown.json"
 PURE = 0.85  # a candidate is a digit: this share of its ink is the digit's, and of the digit's in it
@@ -53,7 +55,7 @@ def _recording(cuts: list[dict]):
 
     def split_recorded(patch, height, width, judge):
         pieces = split(patch, height, width, judge)
-        cuts.append({"part": last["part"], "patch": patch, "height": height, "pieces": len(pieces)})
+        cuts.append({"part": last["part"], "patch": patch, "height": height, "pieces": pieces})
         return pieces
 
     segment._ink_of, segment._split = ink_of_recorded, split_recorded
@@ -86,11 +88,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=300, help="touching numbers (default: 300)")
     ap.add_argument("--model", type=Path, default=ROOT / "tests" / "models" / "int8.tflite")
     ap.add_argument("--seed", type=int, default=1, help="bench_numbers' touching set: its --seed + 1")
+    ap.add_argument("--reader", type=Path, default=DEFAULT_READER, help="the touching-digit reader")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS.name})")
     args = ap.parse_args()
     d = data.load("embedded", log=lambda m: None)
     x, y = d.x_test, d.y_test.astype(int)
-    clf = Classifier(args.model)
+    clf = Classifier(args.model, reader=None)  # the cut chooser
+    with_reader = Classifier(args.model, reader=args.reader)
+    reader = Reader(args.reader)
     cuts: list[dict] = []
     _recording(cuts)
     n = collections.Counter()
@@ -102,12 +107,16 @@ def main() -> None:
             path = Path(tmp) / f"t{i:05d}{suffix}"
             path.write_bytes(photo)
             image = load_image(path)
+            # the reader first: its narrow components are cut too, and are not the chooser's record
+            read_r = "".join(dg.label for dg in with_reader.read_number(image).digits)
             cuts.clear()
             read = "".join(dg.label for dg in clf.read_number(image).digits)
             n["numbers"] += 1
             n["number_right"] += read == info.text
             n["count_right"] += len(read) == len(info.text)
             n["count_right_a_digit_wrong"] += len(read) == len(info.text) and read != info.text
+            n["reader_number_right"] += read_r == info.text
+            n["reader_count_right"] += len(read_r) == len(info.text)
             counts[len(read)] += 1
             shape = ink_map(picture(image)).shape
             owner = np.asarray(Image.fromarray(owners.pop()).resize(shape[::-1], Image.Resampling.NEAREST))
@@ -118,8 +127,14 @@ def main() -> None:
                 inside = [k for k in range(1, 5) if mass[k] > 0.2 * max(mass.values())]
                 truth = [int(info.text[k - 1]) for k in inside]
                 n["cut_components"] += 1
-                n["cut_into_the_right_count"] += cut["pieces"] == len(inside)
-                n["cut_into_fewer"] += cut["pieces"] < len(inside)
+                pieces = np.stack([ink_to_mnist(q) for q in cut["pieces"]])
+                chosen = [int(v) for v in clf._proba(pieces).argmax(axis=1)]
+                n["chooser_reads_component_right"] += chosen == truth
+                read_c = [int(np.argmax(r.probabilities)) for r in reader.read(patch)]
+                n["reader_reads_component_right"] += read_c == truth
+                n["reader_count_right_in_component"] += len(read_c) == len(truth)
+                n["cut_into_the_right_count"] += len(cut["pieces"]) == len(inside)
+                n["cut_into_fewer"] += len(cut["pieces"]) < len(inside)
                 c = segment._candidates(patch, height)
                 labels = clf._proba(np.stack([ink_to_mnist(a) for a in c.inks])).argmax(axis=1)
                 for k, t in zip(inside, truth, strict=True):

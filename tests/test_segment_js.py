@@ -72,8 +72,9 @@ def test_the_pages_constants_are_pythons():
 
     js = _js_constants(STATIC / "segment.js")
     python = {n: v for n, v in vars(segment).items() if n.isupper() and isinstance(v, int | float | tuple)}
-    # WIDE: the threshold without a model to judge cuts; the page always has its model
-    assert set(python) - set(js) == {"WIDE"}
+    # WIDE: the threshold without a model to judge cuts; the page always has its model.
+    # READER_WIDE, WHOLE_SURE: when the reader reads a component; the page has no reader
+    assert set(python) - set(js) == {"WIDE", "READER_WIDE", "WHOLE_SURE"}
     for name, value in js.items():
         home = segment if name in python else preprocess
         want = getattr(home, name)

@@ -183,7 +183,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_ray(args)
     if args.address or args.output:
         raise MnistTfliteError("--address and --output go with --ray")
-    clf = Classifier(args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size)
+    reader = None if args.single or args.reader == "none" else args.reader
+    clf = Classifier(
+        args.model, allow_modified=args.allow_modified, buffer_size=args.buffer_size, reader=reader
+    )
     check_int_range(args.top_k, "--top-k", 1, len(clf.class_names))
     if not 0.0 <= args.min_confidence <= 1.0:
         raise MnistTfliteError(f"--min-confidence must be in 0..1, received: {args.min_confidence}")

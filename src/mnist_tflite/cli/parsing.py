@@ -236,6 +236,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         default=0.6,
         help="below this probability a digit is shown as ? (default: 0.6; not with --single)",
     )
+    p.add_argument(
+        "--reader",
+        metavar="FILE",
+        default="default",
+        help="the .tflite that reads touching digits (default: the one shipped with mnist-tflite; "
+        "none: cut them and let the model choose the pieces)",
+    )
     _allow_modified(p)
     p.add_argument(
         "--buffer-size",

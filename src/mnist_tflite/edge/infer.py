@@ -146,6 +146,19 @@ def read_model_bytes(
     return data, meta, verified
 
 
+def vetted_model_bytes(
+    path: str | os.PathLike[str], *, allow_modified: bool = False
+) -> tuple[bytes, dict[str, Any] | None]:
+    """:func:`read_model_bytes`, and a file its sidecar does not vouch for is probed first
+    (a corrupt flatbuffer can crash LiteRT): (bytes, sidecar metadata or None)."""
+    data, meta, verified = read_model_bytes(path, allow_modified=allow_modified)
+    if not verified:
+        problem = probe(data)
+        if problem:
+            raise fail(path, problem)
+    return data, meta
+
+
 def quantize(x: np.ndarray, dtype: Any, scale: float, zero_point: int) -> np.ndarray:
     """Real values -> an integer tensor: round(x / scale) + zero_point, clipped to ``dtype``.
 
@@ -201,11 +214,7 @@ class TfliteModel:
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, received: {kernels!r}")
         self.path = Path(path)
-        data, self.metadata, verified = read_model_bytes(self.path, allow_modified=allow_modified)
-        if not verified:
-            problem = probe(data)
-            if problem:
-                raise fail(self.path, problem)
+        data, self.metadata = vetted_model_bytes(self.path, allow_modified=allow_modified)
         self._data, self._resolver = data, getattr(OpResolverType, _RESOLVERS[kernels])
         self.num_threads = max(1, int(num_threads or os.cpu_count() or 1))
         try:

@@ -9,6 +9,7 @@ files needs memory for one batch only.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -100,7 +101,8 @@ class Reading:
 
     ``boxes`` are (left, top, right, bottom) as fractions of the picture's width and height;
     ``lines`` the line of writing of each digit. A digit whose confidence is below
-    ``min_confidence`` is uncertain: ``?`` in :attr:`number`.
+    ``min_confidence`` is uncertain: ``?`` in :attr:`number`. ``by_reader`` says which
+    digits the touching-digit reader read (label and probabilities its own; the others: the model).
     """
 
     source: str
@@ -108,6 +110,7 @@ class Reading:
     boxes: tuple[tuple[float, float, float, float], ...]
     lines: tuple[int, ...]
     min_confidence: float = MIN_CONFIDENCE
+    by_reader: tuple[bool, ...] = ()
 
     def is_sure(self, digit: Prediction) -> bool:
         return digit.confidence >= self.min_confidence
@@ -148,10 +151,12 @@ class Reading:
         """JSON-ready: the number, and each digit's box, line, label, probabilities, image
         (one digit: also ``label``, ``confidence`` and ``top`` as a single digit's answer)."""
         digits = []
-        for d, box, line in zip(self.digits, self.boxes, self.lines, strict=True):
+        readers = self.by_reader or (False,) * len(self.digits)
+        for d, box, line, by in zip(self.digits, self.boxes, self.lines, readers, strict=True):
             item = {
                 "box": list(box),
                 "line": line,
+                "read_by": "reader" if by else "model",
                 "label": d.label if self.is_sure(d) else "?",
                 "confidence": round(d.confidence, 6),
                 "top": [{"label": n, "probability": round(p, 6)} for n, p in d.top(max(top_k, 2))],
@@ -172,6 +177,7 @@ def read_digits(
     *,
     source: str = "image",
     min_confidence: float = MIN_CONFIDENCE,
+    reader: Any = None,
 ) -> Reading:
     """Find the digits of a picture and classify them (one model call for all of them).
 
@@ -179,6 +185,8 @@ def read_digits(
         image: a ``PIL.Image.Image`` or array (files: :func:`preprocess.load_image` first).
         proba: (N, 28, 28) images in [0, 1] -> (N, classes) probabilities (the model).
         class_names: the model's class names.
+        reader: a :class:`mnist_tflite.edge.reader.Reader` for touching digits (its labels
+            and probabilities replace the model's for the digits it reads), or None.
 
     Example:
         >>> read_digits(load_image("meter.jpg"), model.predict_proba, model.class_names).number
@@ -186,16 +194,22 @@ def read_digits(
     """
     from mnist_tflite.edge.segment import find_digits
 
-    found = find_digits(image, judge=lambda x: np.asarray(proba(x)).max(axis=1))
+    found = find_digits(
+        image,
+        judge=lambda x: np.asarray(proba(x)).max(axis=1),
+        reader=None if reader is None else reader.read,
+    )
     x = np.stack([d.image for d in found]).astype(np.float32)
     probs = np.asarray(proba(x))
     names = [source] if len(found) == 1 else [f"{source}[{k}]" for k in range(len(found))]
     digits = []
-    for name, img, p in zip(names, x, probs, strict=True):
+    for name, img, p, d in zip(names, x, probs, found, strict=True):
+        p = p if d.probabilities is None else d.probabilities
         i = int(np.argmax(p))
         digits.append(Prediction(name, class_names[i], i, float(p[i]), p, class_names, img))
     boxes = tuple(d.box for d in found)
-    return Reading(source, tuple(digits), boxes, tuple(d.line for d in found), min_confidence)
+    by_reader = tuple(d.probabilities is not None for d in found)
+    return Reading(source, tuple(digits), boxes, tuple(d.line for d in found), min_confidence, by_reader)
 
 
 @dataclass(frozen=True)
@@ -223,22 +237,32 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield p
 
 
+@functools.cache
+def _shipped_reader() -> Any:
+    from mnist_tflite.edge.reader import Reader
+
+    return Reader()
+
+
 def number_fields(
-    image: Any, model: Any, *, max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    image: Any, model: Any, *, max_pixels: int = preprocess.DEFAULT_MAX_PIXELS, reader: Any = "default"
 ) -> dict[str, Any]:
     """The number in a picture, as fields of a JSON answer (``serve``'s ``/api/predict``).
 
     ``image`` is a file's bytes or a pixel array; ``model`` a ``TfliteModel``. Gives
     ``number`` ("2026", ``?`` for an uncertain digit, lines separated by a space),
     ``uncertain``, ``digits`` (each: box as fractions of the picture, line, label,
-    confidence, top 2, probabilities, 28x28 image 0..255) and ``number_ms``; when no number
-    can be read, ``number`` is None and ``number_error`` says why.
+    confidence, top 2, probabilities, 28x28 image 0..255, read_by) and ``number_ms``; when no
+    number can be read, ``number`` is None and ``number_error`` says why. Touching digits are
+    read by ``reader`` (``"default"``: the shipped one; None: cut and chosen by the model).
     """
     start = time.perf_counter()
     try:
         if isinstance(image, bytes | bytearray):
             image = preprocess.load_image(image, name="upload", max_pixels=max_pixels)
-        full = read_digits(image, model.predict_proba, model.class_names, source="upload").to_dict(2)
+        reader = _shipped_reader() if reader == "default" else reader
+        full = read_digits(image, model.predict_proba, model.class_names, source="upload", reader=reader)
+        full = full.to_dict(2)
         doc = {key: full[key] for key in ("number", "uncertain", "digits")}
     except MnistTfliteError as exc:
         doc = {"number": None, "uncertain": False, "digits": [], "number_error": str(exc)}
@@ -257,6 +281,9 @@ class Classifier:
             batches it runs fastest with.
         num_threads: interpreter threads (default: all cores).
         max_pixels: refuse larger images (decompression bombs).
+        reader: the ``.tflite`` that reads touching digits in :meth:`read_number`
+            (``"default"``: the one shipped in the package; None: cut them and let the
+            model choose the pieces).
 
     Example:
         >>> clf = Classifier("runs/demo/int8.tflite")
@@ -273,10 +300,14 @@ class Classifier:
         buffer_size: int = 256,
         num_threads: int | None = None,
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
+        reader: str | os.PathLike[str] | None = "default",
     ) -> None:
         from mnist_tflite.edge.infer import TfliteModel
+        from mnist_tflite.edge.reader import DEFAULT_READER, Reader
 
         self.model = TfliteModel(model_path, allow_modified=allow_modified, num_threads=num_threads)
+        # touching digits: read by the CTC reader (None: cut and chosen by the model, as before)
+        self.reader = None if reader is None else Reader(DEFAULT_READER if reader == "default" else reader)
         self.buffer_size = max(1, int(buffer_size))
         self.max_pixels = max_pixels
         self.class_names = self.model.class_names
@@ -315,7 +346,12 @@ class Classifier:
             image = preprocess.load_image(image, name=source, max_pixels=self.max_pixels)
         try:
             return read_digits(
-                image, self._proba, self.class_names, source=source, min_confidence=min_confidence
+                image,
+                self._proba,
+                self.class_names,
+                source=source,
+                min_confidence=min_confidence,
+                reader=self.reader,
             )
         except MnistTfliteError as exc:
             message = str(exc)

@@ -14,6 +14,7 @@ labelled run by run (SciPy's ``ndimage`` would add 0.7 s to ``predict``'s start-
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,10 @@ WIDE = 1.35  # a component wider than this many line heights holds touching digi
 WIDE_JUDGED = 0.8  # ... or, with the model to judge, may hold them: the model decides
 WIDEST = 1.5  # the widest single digit (a 5 or an 8, turned): uncut, it is still a candidate...
 WHOLE_PENALTY = 1.0  # ... paying this per line height of width over one
+WHOLE_SURE = 0.5  # with the reader: the model this sure of the uncut whole may keep it one digit
+# the reader reads components wider than this many line heights; narrower ones are cut and chosen
+# as without it (the reader can be sure of "77" in one long-barred 7; a wider single digit is rare)
+READER_WIDE = 1.1
 PRIOR = 1.0  # weight of the width prior against the model's log-confidence
 DIGIT_WIDTH = (0.5, 0.85)  # a digit's width, in line heights (measured on composed numbers)
 FRAGMENT = 0.6  # a mark under this fraction of a digit's height that joined no digit is dropped...
@@ -47,6 +52,8 @@ STROKE_WINDOW = 0.15  # a digit's strokes are measured against the strongest ink
 FAINTEST = 0.25  # ... or this share of the picture's strongest ink, if that is more (noise stays noise)
 
 Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) images -> (N,) confidence of the best class
+# a component's ink -> its digits, left to right: (column, probabilities of the 10 digits) each
+ReadInk = Callable[[np.ndarray], list[tuple[float, np.ndarray]]]
 
 
 class SegmentError(MnistTfliteError):
@@ -58,12 +65,15 @@ class Digit:
     """One digit found in a picture.
 
     ``box`` is (left, top, right, bottom) as fractions of the picture's width and height;
-    ``line`` counts lines of writing from the top; ``image`` is its (28, 28) MNIST image.
+    ``line`` counts lines of writing from the top; ``image`` is its (28, 28) MNIST image;
+    ``probabilities``, when the touching-digit reader read it, are the reader's (else None:
+    the model classifies ``image``).
     """
 
     box: tuple[float, float, float, float]
     line: int
     image: np.ndarray
+    probabilities: np.ndarray | None = None
 
 
 # --- connected components, run by run ---------------------------------------------------
@@ -396,6 +406,32 @@ def _own_strokes(
     return np.clip((level - LOW_CUT) / (HIGH_CUT - LOW_CUT), 0.0, 1.0)
 
 
+def _cut_at(patch: np.ndarray, height: float, columns: list[float]) -> list[np.ndarray]:
+    """Cut touching digits between the columns where the reader saw each one: at the
+    candidate cut (:func:`_candidates`) nearest the middle of two neighbours, else straight
+    down that middle."""
+    c = _candidates(patch, height)
+    inner = list(zip(c.edges[1:-1], c.bounds[1:-1], strict=True))
+    bounds: list[tuple[float, float, float]] = [c.bounds[0]]
+    for a, b in itertools.pairwise(columns):
+        middle = (a + b) / 2
+        near = [(abs(x - middle), bound) for x, bound in inner if a < x < b]
+        bounds.append(min(near)[1] if near else (middle, 0.0, 0.0))
+    bounds.append(c.bounds[-1])
+    pieces = [_between(patch, left, right) for left, right in itertools.pairwise(bounds)]
+    return [q if float(q.sum()) > 0.5 else patch for q in pieces]
+
+
+def _one_digit(patch: np.ndarray, wide: float, reads: list, judge: Judge | None) -> bool:
+    """A wide single digit (a broad 0, a slanted 4) that the reader took for two: the model
+    is surer of the whole as one digit than the reader is of all its digits together."""
+    if judge is None or wide > WIDEST:
+        return False
+    together = float(np.prod([q.max() for _, q in reads]))
+    whole = float(np.asarray(judge(ink_to_mnist(patch)[None]))[0])
+    return whole >= WHOLE_SURE and whole > together
+
+
 def _line_width(line: list[_Part], height: float) -> float:
     """The width of one digit in this line: the median of the parts that hold one digit."""
     single = [p.width for p in line if DIGIT_WIDTH[0] * height <= p.width <= WIDE_JUDGED * height]
@@ -418,7 +454,7 @@ def _too_many(count: int, what: str) -> SegmentError:
     )
 
 
-def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
+def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = None) -> list[Digit]:
     """A photo or array of a handwritten number -> its digits, by line, left to right.
 
     Args:
@@ -426,6 +462,9 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
             A 28x28 array is one MNIST digit and is returned as it is.
         judge: (N, 28, 28) candidate digits -> the model's confidence in each; used to
             choose where touching digits are cut (without it, by their widths).
+        reader: a component's ink -> its digits (column, probabilities), read without
+            cutting (:class:`mnist_tflite.edge.reader.Reader`); when given, it reads the
+            components wider than ``READER_WIDE`` line heights (its cuts only make the pictures).
 
     Returns:
         The digits found, each with its box and its (28, 28) image. When only one is found,
@@ -462,26 +501,41 @@ def find_digits(image, *, judge: Judge | None = None) -> list[Digit]:
     parts = _digits_only(parts, height)
     if len(parts) > MAX_DIGITS:
         raise _too_many(len(parts), "separate marks")
-    found: list[tuple[_Part, int, np.ndarray, bool]] = []  # (part, line, its ink, cut from it)
+    # (part, line, ink, cut from a wider component, the reader's probabilities or None)
+    found: list[tuple[_Part, int, np.ndarray, bool, np.ndarray | None]] = []
     for number, line in enumerate(_lines(parts)):
         line_height = float(np.median([p.height for p in line]))
         digit_width = _line_width(line, line_height)
         for p in line:
             patch = _ink_of(p, ink, labels)
-            if p.width > (WIDE_JUDGED if judge else WIDE) * max(line_height, p.height):
-                pieces = _split(patch, line_height, digit_width, judge)
-            else:
+            probs: list[np.ndarray | None] = [None]
+            if p.width <= (WIDE_JUDGED if judge or reader else WIDE) * max(line_height, p.height):
                 pieces = [patch]
-            found += [(p, number, q, len(pieces) > 1) for q in pieces]
+            elif reader is not None and p.width > READER_WIDE * max(line_height, p.height):
+                reads = reader(patch)
+                if len(reads) > 1 and not _one_digit(
+                    patch, p.width / max(line_height, p.height), reads, judge
+                ):
+                    pieces = _cut_at(patch, line_height, [x for x, _ in reads])
+                    probs = [q for _, q in reads]
+                else:
+                    pieces = [patch]
+            else:
+                pieces = _split(patch, line_height, digit_width, judge)
+            probs = probs * len(pieces) if len(probs) != len(pieces) else probs
+            found += [(p, number, q, len(pieces) > 1, r) for q, r in zip(pieces, probs, strict=True)]
             if len(found) > MAX_DIGITS:
                 raise _too_many(len(found), "digits")
     if len(found) == 1:  # one digit: exactly the single-digit path, specks and all
-        part, _, piece, _ = found[0]
+        part, _, piece, _, _ = found[0]
         return [Digit(_box(part, piece, (h, w)), 0, ink_to_mnist(full))]
-    # a piece cut from touching digits stays as the model judged it (grown, it would cross the cut)
+    # a piece cut from touching digits stays as it was judged or read (grown, it would cross the cut)
     return [
         Digit(
-            _box(p, q, (h, w)), number, ink_to_mnist(q if cut else _own_strokes(p, q, strength, labels, peak))
+            _box(p, q, (h, w)),
+            number,
+            ink_to_mnist(q if cut else _own_strokes(p, q, strength, labels, peak)),
+            r,
         )
-        for p, number, q, cut in found
+        for p, number, q, cut, r in found
     ]
