@@ -44,7 +44,7 @@ from mnist_tflite.edge.images import load_image  # noqa: E402
 from mnist_tflite.edge.ink import cut_ink, ink_strength  # noqa: E402
 from mnist_tflite.edge.predict import Classifier  # noqa: E402
 from mnist_tflite.edge.preprocess import ink_to_mnist, picture  # noqa: E402
-from tests.numbers import _shear  # noqa: E402
+from mnist_tflite.training.compose import shear  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "spaced_breakdown.json"
 OWN_STROKES = segment._own_strokes  # the ground truth's digits are always cut this way
@@ -132,7 +132,7 @@ def main() -> None:
             if read[j] == info.text[j]:
                 continue
             part, piece = pieces[j]
-            sheared = _shear(np.pad(x[idx[j]], 4), info.slant).astype(np.float32) / 255.0
+            sheared = shear(np.pad(x[idx[j]], 4), info.slant).astype(np.float32) / 255.0
             r = {
                 "truth": int(info.text[j]),
                 "k": j + 1,

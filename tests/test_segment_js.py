@@ -66,9 +66,9 @@ def _js_constants(path: Path) -> dict[str, object]:
 
 
 def test_the_pages_constants_are_pythons():
-    """segment.js repeats segment.py's (and preprocess.py's, predict.py's) constants: the same
+    """segment.js repeats segment.py's (and ink.py's, preprocess.py's, predict.py's) constants: the same
     values, and none of segment.py's missing, so a change to one side fails here."""
-    from mnist_tflite.edge import predict, preprocess, segment
+    from mnist_tflite.edge import ink, predict, preprocess, segment
 
     js = _js_constants(STATIC / "segment.js")
     python = {n: v for n, v in vars(segment).items() if n.isupper() and isinstance(v, int | float | tuple)}
@@ -76,7 +76,7 @@ def test_the_pages_constants_are_pythons():
     # READER_WIDE, WHOLE_SURE: when the reader reads a component; the page has no reader
     assert set(python) - set(js) == {"WIDE", "READER_WIDE", "WHOLE_SURE"}
     for name, value in js.items():
-        home = segment if name in python else preprocess
+        home = segment if name in python else ink if hasattr(ink, name) else preprocess
         want = getattr(home, name)
         assert value == (list(want) if isinstance(want, tuple) else want), name
     assert _js_constants(STATIC / "app.js")["MIN_CONFIDENCE"] == predict.MIN_CONFIDENCE

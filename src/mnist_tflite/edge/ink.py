@@ -184,15 +184,19 @@ def ink_strength(a: np.ndarray) -> tuple[np.ndarray, float]:
     return ink, peak
 
 
+def stretch(strength: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """Ink strength -> [0, 1]: under ``LOW_CUT`` of ``peak`` is paper, over ``HIGH_CUT`` solid ink."""
+    low, high = LOW_CUT * peak, HIGH_CUT * peak
+    return np.clip((strength - low) / (high - low), 0.0, 1.0)
+
+
 def cut_ink(strength: np.ndarray, peak: float) -> np.ndarray:
-    """Ink strength -> the ink map in [0, 1]: under ``LOW_CUT`` of the peak is paper, over
-    ``HIGH_CUT`` solid ink.
+    """Ink strength -> the ink map in [0, 1] (:func:`stretch` against the picture's peak).
 
     Raises:
         BlankImageError: when only a few pixels are solid ink.
     """
-    low, high = LOW_CUT * peak, HIGH_CUT * peak
-    ink = np.clip((strength - low) / (high - low), 0.0, 1.0)
+    ink = stretch(strength, peak)
     if int((ink > 0.5).sum()) < MIN_INK_PIXELS:
         raise BlankImageError("no digit found: only a few specks differ from the background (blank page?)")
     return ink

@@ -303,11 +303,11 @@ class Classifier:
         reader: str | os.PathLike[str] | None = "default",
     ) -> None:
         from mnist_tflite.edge.infer import TfliteModel
-        from mnist_tflite.edge.reader import DEFAULT_READER, Reader
+        from mnist_tflite.edge.reader import Reader
 
         self.model = TfliteModel(model_path, allow_modified=allow_modified, num_threads=num_threads)
         # touching digits: read by the CTC reader (None: cut and chosen by the model, as before)
-        self.reader = None if reader is None else Reader(DEFAULT_READER if reader == "default" else reader)
+        self.reader = _shipped_reader() if reader == "default" else None if reader is None else Reader(reader)
         self.buffer_size = max(1, int(buffer_size))
         self.max_pixels = max_pixels
         self.class_names = self.model.class_names

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mnist_tflite.core.errors import MnistTfliteError
-from mnist_tflite.edge.ink import HIGH_CUT, LOW_CUT, box3, cut_ink, ink_strength, running
+from mnist_tflite.edge.ink import box3, cut_ink, ink_strength, running, stretch
 from mnist_tflite.edge.preprocess import ink_to_mnist, picture
 
 __all__ = ["MAX_DIGITS", "Digit", "SegmentError", "find_digits"]
@@ -393,8 +393,8 @@ def _own_strokes(
     strokes fainter than the picture's strongest ink, and the picture-wide cut of the ink map
     drops them (an 8 without its waist, a 7 without its bar). MNIST's strokes are solid
     whatever the pen: each pixel near the piece (its ink grown two pixels, nothing of a
-    neighbour's component) is measured against the strongest ink around it, then cut as
-    :func:`mnist_tflite.edge.ink.cut_ink` cuts the picture.
+    neighbour's component) is measured against the strongest ink around it, then stretched
+    as :func:`mnist_tflite.edge.ink.cut_ink` stretches the picture's.
     """
     sl = (slice(part.y0, part.y1), slice(part.x0, part.x1))
     lab = labels[sl]
@@ -402,8 +402,7 @@ def _own_strokes(
     s = strength[sl] * (near & ((lab == 0) | np.isin(lab, part.ids)))
     k = max(3, int(STROKE_WINDOW * part.height) | 1)
     local = running(running(box3(s), k, 0, np.maximum), k, 1, np.maximum)
-    level = s / np.maximum(local, FAINTEST * peak)
-    return np.clip((level - LOW_CUT) / (HIGH_CUT - LOW_CUT), 0.0, 1.0)
+    return stretch(s / np.maximum(local, FAINTEST * peak))
 
 
 def _cut_at(patch: np.ndarray, height: float, columns: list[float]) -> list[np.ndarray]:
@@ -508,7 +507,7 @@ def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = N
         digit_width = _line_width(line, line_height)
         for p in line:
             patch = _ink_of(p, ink, labels)
-            probs: list[np.ndarray | None] = [None]
+            probs: list[np.ndarray | None] = []  # the reader's, when it read the component
             if p.width <= (WIDE_JUDGED if judge or reader else WIDE) * max(line_height, p.height):
                 pieces = [patch]
             elif reader is not None and p.width > READER_WIDE * max(line_height, p.height):
@@ -522,7 +521,7 @@ def find_digits(image, *, judge: Judge | None = None, reader: ReadInk | None = N
                     pieces = [patch]
             else:
                 pieces = _split(patch, line_height, digit_width, judge)
-            probs = probs * len(pieces) if len(probs) != len(pieces) else probs
+            probs = probs or [None] * len(pieces)
             found += [(p, number, q, len(pieces) > 1, r) for q, r in zip(pieces, probs, strict=True)]
             if len(found) > MAX_DIGITS:
                 raise _too_many(len(found), "digits")

@@ -125,7 +125,6 @@ _LOADED: dict[tuple[str, int, int | None], tuple[Any, np.ndarray]] = {}
 
 def footprint(spec: space.ArchSpec, settings: dict[str, Any]) -> dict[str, Any]:
     """Exact int8 flash and TFLM arena of a point, untrained (a few seconds, no training)."""
-
     _, rep = _setup(settings)
     fb = int8_flatbuffer(spec.architecture("smallest"), rep, settings["seed"])
     arena, problem = measure_tflm(fb)

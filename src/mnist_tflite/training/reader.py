@@ -193,8 +193,7 @@ def train_reader(config: ReaderConfig, out: Path, *, log=print) -> dict[str, Any
         },
         "data_source": (
             f"MNIST training set, digits 0-{len(x) - HOLD_OUT - 1} (held out: the last {HOLD_OUT}); "
-            "the MNIST database of handwritten digits, Yann LeCun, Corinna Cortes and Christopher J.C. "
-            "Burges, CC BY-SA 3.0"
+            f"the MNIST database of handwritten digits ({data.MNIST_ATTRIBUTION})"
         ),
         "training": {**config.__dict__, "seconds": round(seconds, 1), "weights": int(model.count_params())},
         "held_out": {
