@@ -12,7 +12,7 @@ as clean 28x28 arrays, all classified right). Then the single-digit photos of
 
 Usage:
     python benchmarks/bench_numbers.py [--count 2000] [--model tests/models/int8.tflite]
-        [--out benchmarks/results/numbers.json]
+        [--reader src/mnist_tflite/edge/models/reader.tflite] [--out benchmarks/results/numbers.json]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from mnist_tflite.core import data  # noqa: E402
 from mnist_tflite.core.atomic import write_json  # noqa: E402
 from mnist_tflite.edge.predict import Classifier, Failure, Prediction  # noqa: E402
+from mnist_tflite.edge.reader import DEFAULT_READER  # noqa: E402
 from tests.numbers import render_number  # noqa: E402
 from tests.photos import make  # noqa: E402
 
@@ -146,7 +147,7 @@ def _single_digits(clf, x, y, count: int, out: Path) -> dict:
     }
 
 
-def _timing(model: Path, x, y, out: Path, runs: int) -> dict:
+def _timing(model: Path, reader: Path, x, y, out: Path, runs: int) -> dict:
     """A 4-digit number on a 4000x3000 JPEG: read in-process (warm) and by the CLI (cold)."""
     from PIL import Image
 
@@ -156,7 +157,7 @@ def _timing(model: Path, x, y, out: Path, runs: int) -> dict:
     img = Image.open(io.BytesIO(data_)).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
     path = out / "number_12mp.jpg"
     img.save(path, "JPEG", quality=90)
-    clf = Classifier(model)
+    clf = Classifier(model, reader=reader)
     reading = clf.read_number(path)
     warm = []
     for _ in range(runs):
@@ -168,7 +169,7 @@ def _timing(model: Path, x, y, out: Path, runs: int) -> dict:
     for _ in range(max(3, runs // 4)):
         t = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "mnist_tflite", "predict", str(model), str(path)],
+            [sys.executable, "-m", "mnist_tflite", "predict", str(model), str(path), "--reader", str(reader)],
             capture_output=True,
             env=env,
             check=False,
@@ -190,19 +191,22 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000, help="numbers in each set (default: 2000)")
     ap.add_argument("--singles", type=int, default=2000, help="single-digit photos (default: 2000)")
     ap.add_argument("--model", type=Path, default=ROOT / "tests" / "models" / "int8.tflite")
+    ap.add_argument("--reader", type=Path, default=DEFAULT_READER, help="the touching-digit reader")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=20, help="timing runs (default: 20)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS.name})")
     args = ap.parse_args()
     d = data.load("embedded", log=lambda m: None)
     x, y = d.x_test, d.y_test.astype(int)
-    clf = Classifier(args.model)
+    if args.count < 1 or args.singles < 1:
+        ap.error(f"--count and --singles must be at least 1 (got {args.count} and {args.singles})")
+    clf = Classifier(args.model, reader=args.reader)
     with tempfile.TemporaryDirectory(prefix="numbers_") as tmp:
         out = Path(tmp)
         spaced = _number_set(clf, x, y, args.count, args.seed, False, out)
         touching = _number_set(clf, x, y, args.count, args.seed + 1, True, out)
         singles = _single_digits(clf, x, y, args.singles, out / "singles")
-        timing = _timing(args.model, x, y, out, args.runs)
+        timing = _timing(args.model, args.reader, x, y, out, args.runs)
     print(
         f"model {args.model.name}: {args.count} 4-digit numbers per set, composed from test digits, as photos"
     )
@@ -225,6 +229,7 @@ def main() -> None:
     result = {
         "benchmark": "reading 4-digit numbers from photos (numbers composed from MNIST test digits)",
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+        "reader": str(args.reader.relative_to(ROOT) if args.reader.is_relative_to(ROOT) else args.reader),
         "seed": args.seed,
         "targets": {
             "spaced_number_right_pct": 95,

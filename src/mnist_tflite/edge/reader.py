@@ -77,7 +77,7 @@ def normalize(ink: np.ndarray) -> Normalized:
 class DigitRead(NamedTuple):
     """One digit the reader found: where (a column of the component) and how sure."""
 
-    column: float  # the component's column at the middle of the steps that emitted it
+    column: float  # the component's column at the digit's middle (where CTC placed it, corrected)
     probabilities: np.ndarray  # (10,), summing to 1: the step where the reader was surest
 
 
@@ -142,6 +142,9 @@ class Reader:
             expected = f"expected {[1, WIDTH // STEP, BLANK + 1]} (steps x 10 digits + blank)"
             raise fail(self.path, f"output shape {list(shape)}; {expected}")
         self._in, self._out = ins[0]["index"], outs[0]["index"]
+        # CTC places a digit where its network was surest, not at its middle: the trainer
+        # measured how far right of that the digits' centres lie (reader pixels; 0 if unsaid)
+        self.column_offset = float((self.metadata or {}).get("column_offset", 0.0))
         self._lock = threading.Lock()  # one interpreter; a server's threads take turns
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -157,7 +160,7 @@ class Reader:
         probs = self.probabilities(norm.image)
         found = []
         for _, first, last, peak in decode(probs):
-            centre = ((first + last) / 2 + 0.5) * STEP - MARGIN
+            centre = ((first + last) / 2 + 0.5) * STEP + self.column_offset - MARGIN
             p = probs[peak, :BLANK].astype(np.float64)
             found.append(DigitRead(norm.x0 + centre / norm.scale, p / max(float(p.sum()), 1e-12)))
         return found
