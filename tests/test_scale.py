@@ -1117,3 +1117,25 @@ def test_predict_ray_on_the_cluster_gives_the_local_answers(
     local_text = _cli("predict", str(model), str(photos), "--top-k", "3", "--single")
     assert ray_text.stdout == local_text.stdout and ray_text.stdout.count("\n") == 100
     assert ray_text.returncode == local_text.returncode == 1
+
+
+def test_a_sound_model_tflm_crashes_on_is_not_called_corrupt():
+    """A single 16-filter convolution with batch norm and a fixed batch of 1 crashes this TFLM
+    build (SIGSEGV while preparing); LiteRT loads and runs the same file. The trial says which
+    interpreter failed, and does not call a sound file corrupt."""
+    import numpy as np
+
+    from mnist_tflite.edge.probe import probe
+    from mnist_tflite.scale.trial import int8_recipe, measure_tflm
+    from mnist_tflite.training.search import untrained_flatbuffer
+
+    spec = space.ArchSpec(
+        blocks=(space.Block(16, 3, 2, pool=True),), downsample=2, batch_norm=True, fixed_batch=True
+    )
+    rep = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
+    fb = untrained_flatbuffer(spec.architecture("t"), int8_recipe(), rep)
+    assert probe(fb) is None  # LiteRT: fine
+    arena, problem = measure_tflm(fb)
+    assert arena is None and problem is not None
+    assert "TFLM interpreter crashed" in problem and "LiteRT loads and runs it" in problem
+    assert "corrupt" not in problem

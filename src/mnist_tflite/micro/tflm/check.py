@@ -91,8 +91,13 @@ def tflm_problem(res: ChildResult, info: ModelInfo, data: bytes | None = None) -
         from mnist_tflite.edge.probe import probe
 
         litert = probe(data) if data else None
-        extra = f"; LiteRT rejects it too: {litert}" if litert else ""
-        return f"corrupt model: the TFLM interpreter crashed ({res.signal}) while loading it{extra}"
+        if not data or litert:
+            extra = f"; LiteRT rejects it too: {litert}" if litert else ""
+            return f"corrupt model: the TFLM interpreter crashed ({res.signal}) while loading it{extra}"
+        return (
+            f"the TFLM interpreter crashed ({res.signal}) while loading it, though LiteRT loads and "
+            "runs it: a model this TFLM build cannot run, not a damaged file"
+        )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return f"TFLM cannot run it: {lines[-1] if lines else res.error}"
 
