@@ -106,6 +106,40 @@ def decode(probs: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
+class Phase(NamedTuple):
+    """The reader's answer with its input shifted ``shift`` pixels right."""
+
+    shift: int
+    probs: np.ndarray  # (steps, 11)
+    digits: list[tuple[int, int, int, int]]  # decode(probs)
+
+    @property
+    def text(self) -> tuple[int, ...]:
+        return tuple(d for d, *_ in self.digits)
+
+    @property
+    def sureness(self) -> float:
+        """The best path's log-probability."""
+        return float(np.log(np.maximum(self.probs.max(axis=1), 1e-30)).sum())
+
+
+def vote(phases: list[Phase]) -> Phase:
+    """The reading most phases agree on (the surest phase among those that read it); when
+    no two phases agree, the unshifted one.
+
+    Measured on the first 600 touching numbers of ``bench_numbers.py`` (601 wide components):
+    one phase read 461 right, four phases voted 481; on 800 held-out strings of training
+    digits, 685 and 711.
+    """
+    counts: dict[tuple[int, ...], int] = {}
+    for ph in phases:
+        counts[ph.text] = counts.get(ph.text, 0) + 1
+    most = max(counts.values())
+    if most == 1:
+        return phases[0]
+    return max((ph for ph in phases if counts[ph.text] == most), key=lambda ph: ph.sureness)
+
+
 class Reader:
     """The touching-digit reader: a ``.tflite`` of (N, HEIGHT, WIDTH, 1) -> (N, steps, 11).
 
@@ -155,13 +189,25 @@ class Reader:
             return np.array(self._interp.get_tensor(self._out)[0], dtype=np.float32)
 
     def read(self, ink: np.ndarray) -> list[DigitRead]:
-        """A component's ink map (H, W) -> its digits, left to right."""
+        """A component's ink map (H, W) -> its digits, left to right.
+
+        The reader answers every ``STEP`` columns, so where that grid falls on the digits
+        changes what it reads now and then (a squeezed 1 between two steps). It reads the
+        component at every phase of the grid (shifted right by 0 to ``STEP - 1`` pixels) and
+        takes the reading most phases agree on (:func:`vote`).
+        """
         norm = normalize(ink)
-        probs = self.probabilities(norm.image)
+        phases = []
+        for shift in range(STEP):
+            image = np.zeros_like(norm.image)
+            image[:, shift:] = norm.image[:, : WIDTH - shift]
+            probs = self.probabilities(image)
+            phases.append(Phase(shift, probs, decode(probs)))
+        chosen = vote(phases)
         found = []
-        for _, first, last, peak in decode(probs):
-            centre = ((first + last) / 2 + 0.5) * STEP + self.column_offset - MARGIN
-            p = probs[peak, :BLANK].astype(np.float64)
+        for _, first, last, peak in chosen.digits:
+            centre = ((first + last) / 2 + 0.5) * STEP + self.column_offset - chosen.shift - MARGIN
+            p = chosen.probs[peak, :BLANK].astype(np.float64)
             found.append(DigitRead(norm.x0 + centre / norm.scale, p / max(float(p.sum()), 1e-12)))
         return found
 
