@@ -339,4 +339,27 @@ def serve(
         lifespan="off",
         timeout_keep_alive=5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = _server_class()(config)
+    server.run(sockets=[sock])
+    if server.signalled:
+        # uvicorn raises the signal again once it has shut down, but asyncio's runner turns a
+        # late Ctrl-C into a cancel of a task that may already be finishing: then run() returns
+        # as if nothing happened (exit 0). Ctrl-C and `kill` always end as interrupted (130).
+        raise KeyboardInterrupt
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering the signals that stopped it."""
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            self.signalled: list[int] = []
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.signalled.append(sig)
+            super().handle_exit(sig, frame)
+
+    return Server
