@@ -1139,3 +1139,23 @@ def test_a_sound_model_tflm_crashes_on_is_not_called_corrupt():
     assert arena is None and problem is not None
     assert "TFLM interpreter crashed" in problem and "LiteRT loads and runs it" in problem
     assert "corrupt" not in problem
+
+
+def test_a_saved_search_without_trials_is_started_over_not_restored(tmp_path):
+    """kill -9 just after Ray first saved its state leaves an experiment state with no trial:
+    Ray's restore fails on it (IndexError), so --resume must start over instead."""
+    import json
+
+    from mnist_tflite.scale.tune import saved_trials
+
+    assert saved_trials(tmp_path) is None  # nothing saved: a new search anyway
+    (tmp_path / "experiment_state-2026-12-07_21-27-30.json").write_text(
+        json.dumps({"trial_data": [["{}", "{}"]], "runner_data": {}})
+    )
+    assert saved_trials(tmp_path) == 1
+    (tmp_path / "experiment_state-2026-12-07_21-27-39.json").write_text(
+        json.dumps({"trial_data": [], "runner_data": {}})
+    )
+    assert saved_trials(tmp_path) == 0  # the newest one is what Ray would restore
+    (tmp_path / "experiment_state-2026-12-07_21-28-00.json").write_text("{trunc")
+    assert saved_trials(tmp_path) is None  # unreadable: Ray's own message

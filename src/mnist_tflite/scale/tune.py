@@ -21,6 +21,7 @@ No TensorFlow in this process: trials run in Ray workers.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -302,6 +303,20 @@ def _stop_gracefully() -> Iterator[list[int]]:
 _NO_TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
+def saved_trials(exp_path: Path) -> int | None:
+    """How many trials Ray's newest saved experiment state holds (the file Ray restores from:
+    the greatest ``experiment_state-*.json``); None when there is none or it cannot be read."""
+    states = sorted(exp_path.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # let Ray say what is wrong with it
+    trials = state.get("trial_data") if isinstance(state, dict) else None
+    return len(trials) if isinstance(trials, list) else None
+
+
 def _tuner(
     options: TuneOptions, settings: dict[str, Any], out: Path, cpus: int, log: Callable[[str], None]
 ) -> tuple[Any, str]:
@@ -317,7 +332,11 @@ def _tuner(
     param_space = _param_space(tune)
     exp_path = out.resolve() / EXPERIMENT
     searcher, algorithm = _searcher(options.seed)
-    if options.resume and tune.Tuner.can_restore(str(exp_path)):
+    if options.resume and tune.Tuner.can_restore(str(exp_path)) and saved_trials(exp_path) == 0:
+        # killed after Ray saved its state but before any trial was in it: Ray cannot restore
+        # that (IndexError in its controller), and there is nothing to continue
+        log("tune: the saved search holds no trial yet: starting it over")
+    elif options.resume and tune.Tuner.can_restore(str(exp_path)):
         log(f"tune: resuming the search in {exp_path}")
         restored = tune.Tuner.restore(
             str(exp_path), trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
