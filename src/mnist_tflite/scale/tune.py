@@ -332,11 +332,12 @@ def _tuner(
     param_space = _param_space(tune)
     exp_path = out.resolve() / EXPERIMENT
     searcher, algorithm = _searcher(options.seed)
-    if options.resume and tune.Tuner.can_restore(str(exp_path)) and saved_trials(exp_path) == 0:
+    restorable = options.resume and tune.Tuner.can_restore(str(exp_path))
+    if restorable and saved_trials(exp_path) == 0:
         # killed after Ray saved its state but before any trial was in it: Ray cannot restore
         # that (IndexError in its controller), and there is nothing to continue
         log("tune: the saved search holds no trial yet: starting it over")
-    elif options.resume and tune.Tuner.can_restore(str(exp_path)):
+    elif restorable:
         log(f"tune: resuming the search in {exp_path}")
         restored = tune.Tuner.restore(
             str(exp_path), trainable, resume_unfinished=True, resume_errored=False, param_space=param_space

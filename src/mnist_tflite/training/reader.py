@@ -25,8 +25,9 @@ from PIL import Image, ImageFilter
 
 from mnist_tflite.core import atomic, data, sidecar
 from mnist_tflite.core.errors import MnistTfliteError, fail
+from mnist_tflite.edge.infer import vetted_model_bytes
 from mnist_tflite.edge.quiet import stderr_silenced
-from mnist_tflite.edge.reader import BLANK, HEIGHT, MARGIN, STEP, WIDTH, decode, normalize
+from mnist_tflite.edge.reader import BLANK, HEIGHT, MARGIN, STEP, WIDTH, decode, normalize, placed
 from mnist_tflite.training.compose import compose_line, shear
 from mnist_tflite.training.convert import versions
 from mnist_tflite.training.tfimport import import_tf, quiet_stdout
@@ -120,11 +121,11 @@ def column_offset(probs: np.ndarray, lengths: np.ndarray, centres: list) -> floa
     the median over the strings it read with the right count. CTC places each digit at
     the steps where its network was surest, not at its middle; :class:`Reader` adds this."""
     gaps = [
-        c - placed
+        c - at
         for p, n, cs in zip(probs, lengths, centres, strict=True)
         if len(read := decode(p)) == n
         for (_, first, last, _), c in zip(read, cs, strict=True)
-        for placed in [((first + last) / 2 + 0.5) * STEP]
+        for at in [placed(first, last)]
     ]
     return round(float(np.median(gaps)), 2) if gaps else 0.0
 
@@ -287,14 +288,9 @@ def train_reader(config: ReaderConfig, out: Path, *, log=print) -> dict[str, Any
 def remeasure(path: Path) -> dict[str, Any]:
     """Measure a trained reader again on its held-out strings (its sidecar's seed) and write
     the figures into its sidecar (the model file is not touched); returns the sidecar."""
-    if not path.is_file():
-        raise fail(path, "no such file")
-    meta = sidecar.read(path)
+    flatbuffer, meta = vetted_model_bytes(path)  # a missing file, a sidecar that does not vouch for it
     if meta is None or "training" not in meta:
         raise fail(path, "no reader sidecar beside it (expected the .json its trainer wrote)")
-    flatbuffer = path.read_bytes()
-    if sidecar.sha256_bytes(flatbuffer) != meta.get("sha256"):
-        raise fail(path, "its SHA-256 is not the one its sidecar states: not the reader it describes")
     t = meta["training"]
     config = ReaderConfig(held_out=int(t["held_out"]), seed=int(t["seed"]))
     meta = {k: v for k, v in meta.items() if k != "format"}
