@@ -1159,3 +1159,28 @@ def test_a_saved_search_without_trials_is_started_over_not_restored(tmp_path):
     assert saved_trials(tmp_path) == 0  # the newest one is what Ray would restore
     (tmp_path / "experiment_state-2026-12-07_21-28-00.json").write_text("{trunc")
     assert saved_trials(tmp_path) is None  # unreadable: Ray's own message
+
+
+def test_a_search_cut_off_while_ray_wrote_tuner_pkl_is_started_over(tmp_path):
+    """kill -9 while Ray wrote tuner.pkl (once, when a search begins, not atomically) leaves it
+    empty or cut: Ray's restore fails on it (EOFError; seen once in CI), so --resume starts the
+    search over, and the new Tuner writes a whole tuner.pkl in its place."""
+    from mnist_tflite.scale.options import TuneOptions
+    from mnist_tflite.scale.tune import EXPERIMENT, _tuner, tuner_state_readable
+
+    exp = tmp_path / EXPERIMENT
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"")
+    assert not tuner_state_readable(exp)
+    options = TuneOptions(out=tmp_path, flash=16384, trials=2, max_epochs=1, seed=0, resume=True)
+    lines: list[str] = []
+    _tuner(options, options.settings(), tmp_path, 2, lines.append)
+    assert any("tuner.pkl incomplete" in line and "starting it over" in line for line in lines), lines
+    assert tuner_state_readable(exp)
+    whole = (exp / "tuner.pkl").read_bytes()
+    (exp / "tuner.pkl").write_bytes(whole[: len(whole) // 2])  # cut mid-write
+    assert not tuner_state_readable(exp)
+    (exp / "tuner.pkl").write_bytes(whole)
+    lines.clear()
+    _tuner(options, options.settings(), tmp_path, 2, lines.append)  # whole again: Ray restores
+    assert any("resuming the search" in line for line in lines), lines

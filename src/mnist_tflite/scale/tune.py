@@ -317,6 +317,18 @@ def saved_trials(exp_path: Path) -> int | None:
     return len(trials) if isinstance(trials, list) else None
 
 
+def tuner_state_readable(exp_path: Path) -> bool:
+    """Whether Ray's ``tuner.pkl`` in ``exp_path`` unpickles whole. Ray writes it once, when a
+    new search begins, straight into place: a kill -9 at that moment leaves it empty or cut."""
+    import pickle
+
+    try:
+        pickle.loads((exp_path / "tuner.pkl").read_bytes())
+    except Exception:  # any failure to unpickle: a file Ray cannot restore from
+        return False
+    return True
+
+
 def _tuner(
     options: TuneOptions, settings: dict[str, Any], out: Path, cpus: int, log: Callable[[str], None]
 ) -> tuple[Any, str]:
@@ -333,7 +345,11 @@ def _tuner(
     exp_path = out.resolve() / EXPERIMENT
     searcher, algorithm = _searcher(options.seed)
     restorable = options.resume and tune.Tuner.can_restore(str(exp_path))
-    if restorable and saved_trials(exp_path) == 0:
+    if restorable and not tuner_state_readable(exp_path):
+        # killed while Ray wrote tuner.pkl (once, when the search began, not atomically): Ray's
+        # restore fails on it (EOFError), and no trial can have run yet
+        log("tune: the saved search was cut off while it began (tuner.pkl incomplete): starting it over")
+    elif restorable and saved_trials(exp_path) == 0:
         # killed after Ray saved its state but before any trial was in it: Ray cannot restore
         # that (IndexError in its controller), and there is nothing to continue
         log("tune: the saved search holds no trial yet: starting it over")
