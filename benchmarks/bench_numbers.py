@@ -196,10 +196,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20, help="timing runs (default: 20)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS.name})")
     args = ap.parse_args()
-    d = data.load("embedded", log=lambda m: None)
-    x, y = d.x_test, d.y_test.astype(int)
     if args.count < 1 or args.singles < 1:
         ap.error(f"--count and --singles must be at least 1 (got {args.count} and {args.singles})")
+    d = data.load("embedded", log=lambda m: None)
+    x, y = d.x_test, d.y_test.astype(int)
     clf = Classifier(args.model, reader=args.reader)
     with tempfile.TemporaryDirectory(prefix="numbers_") as tmp:
         out = Path(tmp)
