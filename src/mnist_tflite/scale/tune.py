@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,17 @@ def _fit(
     try:
         with _stop_gracefully() as stopped:
             grid = tuner.fit()
+        finished = grid.num_terminated + grid.num_errors
+        if options.resume and not stopped and finished < options.trials:
+            # a kill -9 between Ray counting a new trial and saving it: the restored search ends
+            # short and would end so on every --resume; only a new search runs them all
+            log(
+                f"tune: the saved search ended with {finished} of {options.trials} trials (a kill -9 "
+                "cut the others off before Ray saved them): starting it over"
+            )
+            tuner, algorithm = _tuner(replace(options, resume=False), settings, out, cpus, log)
+            with _stop_gracefully() as stopped:
+                grid = tuner.fit()
     finally:
         progress.SINK["log"] = None
     finished = grid.num_terminated + grid.num_errors
