@@ -813,6 +813,46 @@ def test_tune_sigterm_then_20_random_kill_9s_then_resume(tmp_path):
     assert json.loads((out / "front.json").read_text())["best"] and not list(tmp_path.glob(".tune.staging-*"))
 
 
+@pytest.mark.slow
+def test_a_restored_search_that_lost_a_trial_is_started_over(tmp_path):
+    """A kill -9 between Ray counting a new trial and saving it leaves a saved search whose
+    search algorithm has handed out every trial but whose state holds fewer: Ray restores it,
+    runs nothing, and it ends short. That state, made on purpose (SIGTERM after the first trial,
+    then the second trial taken out of the saved state): --resume starts the search over and
+    finishes it, where it would say "interrupted" on every --resume."""
+    out = tmp_path / "tune"
+    small = ("--flash", "16KB", "--trials", "2", "--max-epochs", "1", "--folds", "2", "--finalists", "1")
+    small += ("--data", "sample", "--search-images", "2000", "--refit-epochs", "1")
+    env = cli_env({"TUNE_GLOBAL_CHECKPOINT_S": "0"})
+    proc = subprocess.Popen(
+        cli_argv("tune", "--out", str(out), *small),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        _read_until(proc, "[  1/2]")
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    (state,) = (out / "ray").glob("experiment_state-*.json")
+    doc = json.loads(state.read_text())
+    assert len(doc["trial_data"]) == 2, [json.loads(t)["status"] for t, _ in doc["trial_data"]]
+    doc["trial_data"] = doc["trial_data"][:1]
+    state.write_text(json.dumps(doc))
+    res = subprocess.run(
+        cli_argv("tune", "--out", str(out), "--resume"), capture_output=True, text=True, env=env, timeout=600
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "the saved search ended with 1 of 2 trials" in res.stdout and "starting it over" in res.stdout
+    report = json.loads((out / "front.json").read_text())
+    assert len(report["trials"]) == 2 and report["best"]
+    _complete_or_absent(out)
+
+
 # -- a real two-node cluster ------------------------------------------------------------------------
 
 

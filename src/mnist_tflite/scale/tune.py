@@ -252,10 +252,12 @@ def _fit(
     tuner, algorithm = _tuner(options, settings, out, cpus, log)
     progress.SINK["log"] = log
     try:
-        with _stop_gracefully() as stopped:
-            grid = tuner.fit()
-        finished = grid.num_terminated + grid.num_errors
-        if options.resume and not stopped and finished < options.trials:
+        for attempt in (1, 2):
+            with _stop_gracefully() as stopped:
+                grid = tuner.fit()
+            finished = grid.num_terminated + grid.num_errors
+            if attempt == 2 or not options.resume or stopped or finished >= options.trials:
+                break
             # a kill -9 between Ray counting a new trial and saving it: the restored search ends
             # short and would end so on every --resume; only a new search runs them all
             log(
@@ -263,11 +265,8 @@ def _fit(
                 "cut the others off before Ray saved them): starting it over"
             )
             tuner, algorithm = _tuner(replace(options, resume=False), settings, out, cpus, log)
-            with _stop_gracefully() as stopped:
-                grid = tuner.fit()
     finally:
         progress.SINK["log"] = None
-    finished = grid.num_terminated + grid.num_errors
     results = [grid[i] for i in range(len(grid))]
     if stopped or finished < options.trials:  # Ctrl-C or SIGTERM: Tune stopped and saved its state
         done = sum(
