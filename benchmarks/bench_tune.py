@@ -40,6 +40,8 @@ from mnist_tflite.core.reaper import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tune.json"
+# a run stopped before its report: what it had done, beside (not over) the last finished run's figures
+PARTIAL = RESULTS.with_name("tune_partial.json")
 ARGS = (
     *("--flash", "48KB", "--ram", "32KB", "--trials", "30", "--max-epochs", "30"),
     *("--folds", "3", "--finalists", "10", "--search-images", "12000", "--refit-epochs", "15"),
@@ -252,6 +254,12 @@ def main() -> None:
             "the 2 cores)",
         }
         result = summarize(args.out, run)
+    if result.get("finished") is False:
+        write_json(PARTIAL, result)
+        sys.exit(
+            f"bench_tune: the search in {args.summarize or args.out} stopped before its report; "
+            f"what it had done is in {PARTIAL.relative_to(ROOT)} ({RESULTS.relative_to(ROOT)} untouched)"
+        )
     write_json(RESULTS, result)
     for name, target in result["targets"].items():
         print(f"{'met' if target['met'] else 'NOT met'}: {name}")
