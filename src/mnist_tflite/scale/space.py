@@ -367,7 +367,7 @@ HINTS: tuple[Hint, ...] = (
     ),  # 21,824 B
     # Not here: the widest models each budget allows (C8k5/2-P C20k3 at 7,880 B; C12k3-P C24k3-P
     # C28k3, C16k3-P C32k3-P C48k3, C20k3-P C40k3-P C40k3 at 16 and 32 KB). They lost in the
-    # search on all 60,000 and took 22 of its 34 trial minutes, putting tune over an hour.
+    # search on all 60,000 and took 22 of its 34 trial minutes.
     # the front's smallest member in one search on all 60,000 (6,504 B, 98.49 % test); the next
     # search's sampler did not meet it, and its smallest was then 40 B over the 5k front's 7,896 B
     Hint("mini", _b1(Block(7, 5, pool=True), Block(8, 5, pool=True)), 2.2e-3, True),
