@@ -767,6 +767,18 @@ def _complete_or_absent(out: Path) -> None:
     assert (out / "front.md").is_file() and (out / "front.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _sigterm_after_first_trial(proc: subprocess.Popen) -> tuple[subprocess.Popen, str]:
+    """SIGTERM to a 2-trial tune once its first trial has reported; (the ended process, its output
+    after that line)."""
+    try:
+        _read_until(proc, "[  1/2]")
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    return proc, rest
+
+
 @pytest.mark.slow
 def test_tune_sigterm_then_20_random_kill_9s_then_resume(tmp_path):
     """SIGTERM: exit 130 with the resume hint. Then 20 kill -9 at random moments: each time Ray's
@@ -788,13 +800,7 @@ def test_tune_sigterm_then_20_random_kill_9s_then_resume(tmp_path):
             command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
 
-    proc = start()
-    try:
-        _read_until(proc, "[  1/2]")
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=120)[0]
-    finally:
-        proc.kill()
+    proc, rest = _sigterm_after_first_trial(start())
     assert proc.returncode == 130, rest
     assert f"continue with: mnist-tflite tune --out {out} --resume" in rest and "Traceback" not in rest
     rng = np.random.default_rng(19)
@@ -824,19 +830,15 @@ def test_a_restored_search_that_lost_a_trial_is_started_over(tmp_path):
     small = ("--flash", "16KB", "--trials", "2", "--max-epochs", "1", "--folds", "2", "--finalists", "1")
     small += ("--data", "sample", "--search-images", "2000", "--refit-epochs", "1")
     env = cli_env({"TUNE_GLOBAL_CHECKPOINT_S": "0"})
-    proc = subprocess.Popen(
-        cli_argv("tune", "--out", str(out), *small),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    proc, rest = _sigterm_after_first_trial(
+        subprocess.Popen(
+            cli_argv("tune", "--out", str(out), *small),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
     )
-    try:
-        _read_until(proc, "[  1/2]")
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=120)[0]
-    finally:
-        proc.kill()
     assert proc.returncode == 130, rest
     (state,) = (out / "ray").glob("experiment_state-*.json")
     doc = json.loads(state.read_text())
